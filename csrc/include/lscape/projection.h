@@ -1,0 +1,106 @@
+// The sparse +-1 projection P (D x d): its definition, shared by every backend, and the kernel API.
+//
+// Definition (mirrored by python/lscape/reference/projection.py; see docs in projection.py):
+//   rows are cut into chunks of S = seg_rows rows (S a power of two fixed by D and the density);
+//   the nonzeros of column j inside chunk c (a "segment") come from the random stream
+//   stream_key(seed, j << 32 | c): starting at the chunk's first row, draw k gives the gap
+//   g_k = floor(log2(u_k) / log2(1 - p)) (u_k uniform in (0, 1]) to the next nonzero row, and the top
+//   bit of the draw is the sign.  Geometric gaps are memoryless, so restarting at every chunk keeps each
+//   entry independently nonzero with probability p, while every chunk can be generated on its own.
+//   Column j's nonzeros are +-1/sqrt(n_j) with n_j its count; an empty column stays zero.
+//
+// Kernels are pure functions on buffers: pointers, sizes, a thread count (CPU) or stream (CUDA).
+#pragma once
+#include <cstdint>
+
+#include "lscape/rng.h"
+
+namespace lscape {
+namespace proj {
+
+struct Spec {
+  int64_t D;          // rows (1 <= D < 2^31)
+  int64_t d;          // columns (1 <= d <= D)
+  uint64_t seed;
+  float cinv;         // float32(1 / log2(1 - density)); <= 0, and -0 when density is 1
+  int64_t seg_rows;   // S: rows per chunk, a power of two <= 2^24
+  int64_t n_chunks;   // ceil(D / S)
+};
+
+LS_HD uint64_t segment_key(const Spec& s, int64_t col, int64_t chunk) {
+  return rng::stream_key(s.seed, (static_cast<uint64_t>(col) << 32) | static_cast<uint64_t>(chunk));
+}
+
+// The gap encoded by one draw: rows skipped before the next nonzero, capped at smax = float(S) (a gap
+// of S always ends the segment; S <= 2^24 is exact in float32, and capping in float keeps huge gaps of
+// tiny densities from overflowing the integer).  Branch-free so that loops of draws vectorise.
+LS_HD uint32_t draw_gap(uint32_t h, float cinv, float smax) {
+  const float t = rng::fmul(rng::log2_approx(rng::uniform24(h)), cinv);
+  return static_cast<uint32_t>(static_cast<int32_t>(t < smax ? t : smax));
+}
+
+// Walks one segment's nonzeros in increasing row order.  Sign bit 1 means -1.
+struct SegmentCursor {
+  uint64_t key;
+  uint32_t k;      // next draw
+  uint32_t pos;    // first row the next nonzero may occupy
+  uint32_t end;    // one past the chunk's last row
+  float smax;
+  float cinv;
+
+  LS_HD SegmentCursor(const Spec& s, int64_t col, int64_t chunk)
+      : key(segment_key(s, col, chunk)),
+        k(0),
+        pos(static_cast<uint32_t>(chunk * s.seg_rows)),
+        end(static_cast<uint32_t>((chunk + 1) * s.seg_rows < s.D ? (chunk + 1) * s.seg_rows : s.D)),
+        smax(static_cast<float>(s.seg_rows)),
+        cinv(s.cinv) {}
+
+  LS_HD bool next(uint32_t& row, uint32_t& neg) {
+    const uint32_t h = rng::draw32(key, k++);
+    const uint32_t r = pos + draw_gap(h, cinv, smax);  // pos < 2^31, gap <= 2^24: no overflow
+    if (r >= end) return false;
+    row = r;
+    neg = h >> 31;
+    pos = r + 1;
+    return true;
+  }
+};
+
+// Row index with the sign folded into bit 31.
+LS_HD int32_t pack_index(uint32_t row, uint32_t neg) { return static_cast<int32_t>(row | (neg << 31)); }
+
+// ---- storage layout of the "indices" kind -------------------------------------------------------
+// indices: packed rows (pack_index), chunk-major, then column, then increasing row.
+// chunk_ptr[c] (int64, n_chunks + 1 entries): offset in `indices` of chunk c's first nonzero.
+// seg_start[c * (d + 1) + j] (int32, n_chunks x (d + 1)): offset of segment (j, c) from chunk_ptr[c];
+//   entry j = d is the chunk's total, so segment (j, c) holds seg_start[.. j + 1] - seg_start[.. j].
+// (Offsets relative to the chunk keep 4 bytes per segment; a chunk must hold fewer than 2^31 nonzeros.)
+
+// ---- CPU kernels (csrc/cpu/projection.cpp) ------------------------------------------------------
+// Count nonzeros per segment (seg_counts[c * d + j], uint32, may be null) and per column (col_counts).
+void count_cpu(const Spec& s, uint32_t* seg_counts, int64_t* col_counts, int nthreads);
+// Write the packed indices into the layout above.
+void fill_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr, int32_t* indices,
+              int nthreads);
+
+// out (B, D) = theta (B, d) P^T;   rout (B, d) = g (B, D) P.   scales: d entries, 1/sqrt(n_j) or 0.
+// All arrays C-contiguous; out is overwritten.
+template <typename T>
+void matvec_indices_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
+                        const int32_t* indices, const T* scales, const T* theta, T* out, int64_t B,
+                        int nthreads);
+template <typename T>
+void rmatvec_indices_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
+                         const int32_t* indices, const T* scales, const T* g, T* out, int64_t B,
+                         int nthreads);
+template <typename T>
+void matvec_implicit_cpu(const Spec& s, const T* scales, const T* theta, T* out, int64_t B, int nthreads);
+template <typename T>
+void rmatvec_implicit_cpu(const Spec& s, const T* scales, const T* g, T* out, int64_t B, int nthreads);
+
+// Which code path the CPU kernels run on this processor ("avx2" or "baseline").
+const char* cpu_isa();
+
+}  // namespace proj
+}  // namespace lscape

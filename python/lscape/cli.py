@@ -1,0 +1,114 @@
+"""The `lscape` command: `lscape info`, `lscape demo`, `lscape bench`."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from . import __version__, _backend
+
+
+def info() -> str:
+    """Versions, backends (and why one is missing) and thread counts, as text."""
+    lines = [f"lscape {__version__}  (python {platform.python_version()}, torch {torch.__version__}, "
+             f"numpy {np.__version__}, {platform.machine()})"]
+    lines.append("backends:")
+    for b in _backend.backends().values():
+        lines.append(f"  {b.name:<6} {'yes' if b.available else 'no ':<4} {b.reason}")
+    lines.append(f"selected now: cpu tensors -> {_backend.select(torch.device('cpu'))}"
+                 f"  (LSCAPE_BACKEND={os.environ.get('LSCAPE_BACKEND', 'auto')})")
+    ext = _backend.cpu_extension()
+    omp = ext.omp_max_threads() if ext is not None else "n/a"
+    lines.append(f"threads: lscape kernels {_backend.num_threads()} (OMP_NUM_THREADS="
+                 f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, torch {torch.get_num_threads()}, "
+                 f"OpenMP default {omp}), cores {os.cpu_count()}")
+    return "\n".join(lines)
+
+
+def _time(fn, repeat: int = 5) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def demo(D: int = 656_810, d: int = 9_000, seed: int = 0) -> None:
+    """The paper's projection (Chang, §III.D: D = 656,810, d = 9,000): build it, check it, time it."""
+    from .projection import SparseSignProjection
+
+    print(f"Sparse +-1 projection P, D = {D:,}, d = {d:,}, density 1/sqrt(D)  [{_backend.select(torch.device('cpu'))} backend]")
+    t0 = time.perf_counter()
+    P = SparseSignProjection(D, d, seed=seed)
+    t_build = time.perf_counter() - t0
+    Pi = SparseSignProjection(D, d, seed=seed, storage="implicit")
+    print(f"  nnz {P.nnz:,} (expected {D * d / np.sqrt(D):,.0f}), built in {t_build:.3f} s, "
+          f"{P.nbytes / P.nnz:.2f} bytes per nonzero; implicit storage holds {Pi.nbytes:,} bytes")
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.randn(d, generator=gen)
+    g = torch.randn(D, generator=gen)
+    Ptheta, Ptg = P.matvec(theta), P.rmatvec(g)
+    adj = abs(float(Ptheta.double() @ g.double()) - float(theta.double() @ Ptg.double()))
+    same = float((Pi.matvec(theta) - Ptheta).abs().max())
+    print(f"  adjoint check |<P theta, g> - <theta, P^T g>| = {adj:.2e};  implicit vs indices max diff {same:.1e}")
+    cols = P.matvec(torch.eye(d)[:4]).norm(dim=1)
+    print(f"  first column norms {', '.join(f'{c:.6f}' for c in cols.tolist())}")
+    csr = torch.sparse_csr_tensor(*_csr_parts(P), size=(D, d))
+    csr_t = csr.t().to_sparse_csr()
+    rows = [("lscape indices", lambda: P.matvec(theta), lambda: P.rmatvec(g)),
+            ("lscape implicit", lambda: Pi.matvec(theta), lambda: Pi.rmatvec(g)),
+            ("torch CSR", lambda: csr @ theta, lambda: csr_t @ g)]
+    print(f"  {'':<16} {'P theta (ms)':>13} {'P^T g (ms)':>12}")
+    base = None
+    for name, mv, rmv in rows:
+        tm, tr = _time(mv) * 1e3, _time(rmv) * 1e3
+        print(f"  {name:<16} {tm:13.2f} {tr:12.2f}")
+        base = base or (tm, tr)
+    print("  (best of 5; `lscape bench` runs the full benchmark with ratios)")
+
+
+def _csr_parts(P):
+    A = P.to_scipy()
+    return (torch.from_numpy(A.indptr.astype(np.int64)), torch.from_numpy(A.indices.astype(np.int64)),
+            torch.from_numpy(A.data))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lscape", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="versions, backends and threads")
+    p_demo = sub.add_parser("demo", help="build, check and time the paper-size projection")
+    p_demo.add_argument("--D", type=int, default=656_810)
+    p_demo.add_argument("--d", type=int, default=9_000)
+    p_bench = sub.add_parser("bench", help="run bench/ and print the ratio table")
+    p_bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to pytest")
+    ns = parser.parse_args(argv)
+    if ns.cmd == "info":
+        print(info())
+    elif ns.cmd == "demo":
+        demo(ns.D, ns.d)
+    elif ns.cmd == "bench":
+        return _bench(ns.args)
+    return 0
+
+
+def _bench(extra: list[str]) -> int:
+    """Run the pytest-benchmark suites in ./bench (from a source checkout) and print the ratio table."""
+    here = os.path.join(os.getcwd(), "bench")
+    if not os.path.isfile(os.path.join(here, "report.py")):
+        print("lscape bench: run it from a source checkout (no ./bench/report.py here)", file=sys.stderr)
+        return 2
+    import subprocess
+
+    return subprocess.call([sys.executable, os.path.join(here, "report.py"), *extra])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per kernel family: input checks, backend dispatch and autograd Functions."""

@@ -1,0 +1,216 @@
+"""SparseSignProjection: the sparse random +-1 matrix P (D x d) of random-subspace training.
+
+How P is drawn (a function of D, d, seed and density alone, identical on every backend and storage):
+- each entry is nonzero independently with probability `density` (default 1/sqrt(D), as in Li et al.
+  2018 and Fort & Scherlis 2019), with a random sign;
+- positions are drawn column by column as geometric gaps between successive nonzero rows (inverse-CDF
+  of a counter-based uniform), restarted at every chunk of S rows (S a power of two about 16/density)
+  so any chunk can be generated alone: memorylessness keeps the entries independent;
+- column j's nonzeros are +-1/sqrt(n_j), n_j its count, so nonzero columns have unit norm; a column
+  that drew no nonzero (probability (1 - density)^D) stays all zero, and `empty_columns` counts them.
+The counter-based generator is csrc/include/lscape/rng.h, mirrored bit for bit by lscape.reference.rng.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _checks
+from .ops import projection as ops
+from .reference import projection as ref
+
+STORAGES = ("indices", "implicit")
+DENSE_LIMIT = 2**28  # to_dense() refuses more elements than this (1 GiB of float32)
+
+
+class SparseSignProjection:
+    """A D x d sparse +-1 projection with normalised columns.
+
+    Args:
+        D: rows (the full parameter count), 1 <= D < 2^31.
+        d: columns (the subspace dimension), 1 <= d <= D.
+        seed: any integer in [0, 2^64).
+        density: probability that an entry is nonzero, in (0, 1]; default 1/sqrt(D).
+        storage: "indices" holds one int32 per nonzero (row and sign) plus 4 bytes per chunk-column
+            segment; "implicit" holds O(d) numbers and regenerates the nonzeros on every product.
+        device: where the buffers live and products run (default CPU).
+
+    Products: `matvec(theta)` (d,) or (B, d) -> (D,) or (B, D); `rmatvec(g)` (D,) or (B, D) -> (d,) or
+    (B, d); `P(theta)` is matvec with autograd (its gradient is rmatvec).  Inputs may be torch tensors
+    (float32 or float64), numpy arrays (CPU) or CuPy arrays (CUDA); results come back in the same kind.
+    """
+
+    def __init__(self, D: int, d: int, *, seed: int = 0, density: float | None = None,
+                 storage: str = "indices", device: torch.device | str | None = None) -> None:
+        D = _checks.int_arg("D", D, low=1, high=ref.MAX_ROWS - 1)
+        d = _checks.int_arg("d", d, low=1)
+        if d > D:
+            raise ValueError(f"d: got {d}, expected at most D = {D} (P is D x d with d <= D)")
+        seed = _checks.int_arg("seed", seed, low=0, high=2**64 - 1)
+        if density is None:
+            density = 1.0 / math.sqrt(D)
+        density = _checks.float_arg("density", density, low=0.0, high=1.0, low_open=True)
+        self.storage = _checks.choice_arg("storage", storage, STORAGES)
+        self.device = _device_arg(device)
+        self.spec = ref.make_spec(D, d, seed, density)
+        self._buffers = ops.build(self.spec, self.storage, self.device)
+        self._scale_cache: dict[torch.dtype, torch.Tensor] = {}
+        self._coo_cache: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
+
+    # ---- description -------------------------------------------------------------------------------
+    D = property(lambda self: self.spec.D)
+    d = property(lambda self: self.spec.d)
+    seed = property(lambda self: self.spec.seed)
+    density = property(lambda self: self.spec.density)
+    shape = property(lambda self: (self.spec.D, self.spec.d))
+
+    @property
+    def col_counts(self) -> torch.Tensor:
+        """Nonzeros per column, (d,) int64."""
+        return self._buffers["col_counts"]
+
+    @property
+    def nnz(self) -> int:
+        """Number of nonzeros."""
+        return int(self.col_counts.sum())
+
+    @property
+    def empty_columns(self) -> int:
+        """Columns that drew no nonzero (they stay zero)."""
+        return int((self.col_counts == 0).sum())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory P holds (its buffers and cached scales; a torch-backend COO cache included)."""
+        held = list(self._buffers.values()) + list(self._scale_cache.values())
+        held += [t for coo in self._coo_cache.values() for t in coo]
+        return sum(t.numel() * t.element_size() for t in held)
+
+    def __repr__(self) -> str:
+        return (f"SparseSignProjection(D={self.D}, d={self.d}, seed={self.seed}, density={self.density:.4g}, "
+                f"storage={self.storage!r}, device={str(self.device)!r}, nnz={self.nnz})")
+
+    def to(self, device: torch.device | str) -> "SparseSignProjection":
+        """The same matrix with its buffers on `device`."""
+        device = _device_arg(device)
+        if device == self.device:
+            return self
+        other = object.__new__(SparseSignProjection)
+        other.storage, other.device, other.spec = self.storage, device, self.spec
+        other._buffers = {k: v.to(device) for k, v in self._buffers.items()}
+        other._scale_cache, other._coo_cache = {}, {}
+        return other
+
+    # ---- products ----------------------------------------------------------------------------------
+    def matvec(self, theta: Any) -> Any:
+        """P theta: (d,) -> (D,) or (B, d) -> (B, D)."""
+        return self._apply(theta, "theta", transpose=False, grad=False)
+
+    def rmatvec(self, g: Any) -> Any:
+        """P^T g: (D,) -> (d,) or (B, D) -> (B, d)."""
+        return self._apply(g, "g", transpose=True, grad=False)
+
+    def __call__(self, theta: Any) -> Any:
+        """P theta with autograd: the gradient with respect to theta is rmatvec."""
+        return self._apply(theta, "theta", transpose=False, grad=True)
+
+    def _apply(self, x: Any, name: str, transpose: bool, grad: bool) -> Any:
+        t, back = _as_tensor(x, name)
+        n = self.D if transpose else self.d
+        other = self.d if transpose else self.D
+        if t.ndim not in (1, 2) or t.shape[-1] != n:
+            raise ValueError(f"{name}: got {_checks.describe(x)}, expected shape ({n},) or (B, {n}) "
+                             f"for a {self.D} x {self.d} projection")
+        if t.dtype not in ops.KERNEL_DTYPES:
+            raise TypeError(f"{name}: got dtype {t.dtype}, expected torch.float32 or torch.float64")
+        if t.device != self.device and not (t.device.type == self.device.type == "cuda"
+                                            and self.device.index is None):
+            raise ValueError(f"{name}: got a tensor on {t.device}, but the projection lives on "
+                             f"{self.device}; use P.to({str(t.device)!r})")
+        single = t.ndim == 1
+        t2 = (t.unsqueeze(0) if single else t).contiguous()
+        if grad:
+            fn = ops.RMatVec if transpose else ops.MatVec
+            out = fn.apply(t2, self)
+        else:
+            with torch.no_grad():
+                out = ops.product(self, t2, transpose)
+        if single:
+            out = out.reshape(other)
+        return back(out)
+
+    # ---- helpers the ops use -----------------------------------------------------------------------
+    def _scales(self, dtype: torch.dtype) -> torch.Tensor:
+        s = self._scale_cache.get(dtype)
+        if s is None:
+            s = self._scale_cache[dtype] = ref.column_scales(self.col_counts, dtype).contiguous()
+        return s
+
+    def _reference_coo(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, cols, values) for the torch backend, built once per dtype."""
+        coo = self._coo_cache.get(dtype)
+        if coo is None:
+            b = self._buffers
+            rows, cols, neg = ref.decode(b["seg_start"], b["chunk_ptr"], b["indices"])
+            coo = self._coo_cache[dtype] = (rows, cols, ref.coo_values(cols, neg, self._scales(dtype)))
+        return coo
+
+    def _pattern(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, cols, neg) of all nonzeros in storage order, as numpy arrays."""
+        if self.storage == "indices":
+            b = {k: v.cpu() for k, v in self._buffers.items()}
+            rows, cols, neg = ref.decode(b["seg_start"], b["chunk_ptr"], b["indices"])
+            return rows.numpy(), cols.numpy(), neg.numpy()
+        counts, rows, neg = ref.pattern(self.spec)
+        cols = np.tile(np.arange(self.d), self.spec.n_chunks).repeat(counts.ravel().astype(np.int64))
+        return rows, cols, neg
+
+    # ---- conversions -------------------------------------------------------------------------------
+    def to_scipy(self, dtype: Any = np.float32):
+        """P as a scipy.sparse CSR matrix (D x d)."""
+        import scipy.sparse as sp
+
+        rows, cols, neg = self._pattern()
+        scales = ref.column_scales(self.col_counts.cpu(), torch.float64).numpy()
+        vals = np.where(neg, -scales[cols], scales[cols]).astype(dtype)
+        return sp.csr_matrix((vals, (rows, cols)), shape=self.shape)
+
+    def to_dense(self, dtype: torch.dtype = torch.float32, *, max_elements: int = DENSE_LIMIT) -> torch.Tensor:
+        """P as a dense (D, d) tensor on its device; refused above max_elements entries."""
+        if self.D * self.d > max_elements:
+            raise ValueError(f"to_dense: P has {self.D} x {self.d} = {self.D * self.d:,} entries, more than "
+                             f"max_elements = {max_elements:,}; use matvec/rmatvec or to_scipy() instead")
+        rows, cols, neg = (torch.from_numpy(a).to(self.device) for a in self._pattern())
+        dense = torch.zeros(self.shape, dtype=dtype, device=self.device)
+        dense[rows, cols] = ref.coo_values(cols, neg, self._scales(dtype))
+        return dense
+
+
+def _device_arg(device) -> torch.device:
+    try:
+        dev = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: got {device!r}, expected a torch device such as 'cpu' or 'cuda'") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: got {dev}, expected a CPU or CUDA device")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: got {dev}, but torch sees no CUDA device here")
+    return dev
+
+
+def _as_tensor(x: Any, name: str):
+    """(tensor, back) where back(result) returns the result in x's kind (torch, numpy or CuPy)."""
+    if isinstance(x, torch.Tensor):
+        return x, lambda out: out
+    if isinstance(x, np.ndarray):
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name}: got numpy dtype {x.dtype}, expected float32 or float64")
+        return torch.from_numpy(np.ascontiguousarray(x)), lambda out: out.detach().numpy()
+    if type(x).__module__.startswith("cupy"):
+        import cupy  # an optional extra; present if x is a CuPy array
+
+        return torch.from_dlpack(x), lambda out: cupy.from_dlpack(out.detach())
+    raise TypeError(f"{name}: got {_checks.describe(x)}, expected a torch tensor, numpy array or CuPy array")

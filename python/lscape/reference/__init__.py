@@ -1,0 +1,1 @@
+"""Pure torch/numpy implementations of every kernel: the CPU fallback and the test oracle."""

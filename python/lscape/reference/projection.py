@@ -1,0 +1,190 @@
+"""Reference implementation of the sparse +-1 projection (numpy for the pattern, torch for products).
+
+The pattern is the one defined in csrc/include/lscape/projection.h, reproduced bit for bit: rows are
+cut into chunks of S rows; segment (column j, chunk c) walks the random stream
+stream_key(seed, j << 32 | c), each draw giving the geometric gap to the next nonzero row and its sign.
+This module generates every segment of a set of chunks at once (vectorised over segments, one draw
+per segment per step), which is slow next to the C++ kernel but short enough to read against the spec.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import rng
+
+MAX_ROWS = 2**31 - 1  # rows are int32 with the sign in bit 31
+
+
+@dataclass(frozen=True)
+class ProjSpec:
+    """Everything that defines P.  `cinv` = float32(1 / log2(1 - density)), `seg_rows` = S."""
+
+    D: int
+    d: int
+    seed: int
+    density: float
+    cinv: float
+    seg_rows: int
+    n_chunks: int
+
+    def as_tuple(self) -> tuple[int, int, int, float, int, int]:
+        """The (D, d, seed, cinv, seg_rows, n_chunks) tuple the extension kernels take."""
+        return (self.D, self.d, self.seed, self.cinv, self.seg_rows, self.n_chunks)
+
+    @property
+    def expected_nnz(self) -> float:
+        return self.D * self.d * self.density
+
+
+def segment_rows(density: float) -> int:
+    """Rows per chunk: the power of two >= 16 / density (about 16 nonzeros per segment), in [2^10, 2^24].
+
+    Large enough that restarting the stream at each chunk costs little, small enough that a chunk of
+    the output stays in cache and that there are many chunks to share among threads.
+    """
+    want = math.ceil(16.0 / density)
+    return 1 << min(24, max(10, (want - 1).bit_length()))
+
+
+def make_spec(D: int, d: int, seed: int, density: float) -> ProjSpec:
+    """The spec of P; arguments are assumed validated (see lscape.projection)."""
+    if density >= 1.0:
+        cinv = -0.0
+    else:
+        # log1p keeps tiny densities exact; computed once here so every backend uses the same float32.
+        cinv = float(np.float32(math.log(2.0) / math.log1p(-density)))
+    S = segment_rows(density)
+    return ProjSpec(D, d, int(seed), float(density), cinv, S, -(-D // S))
+
+
+def _gaps(h: np.ndarray, spec: ProjSpec) -> np.ndarray:
+    t = rng.log2_approx(rng.uniform24(h)) * np.float32(spec.cinv)
+    S = spec.seg_rows
+    return np.where(t < np.float32(S), np.minimum(t, np.float32(S)).astype(np.int64), S)
+
+
+def pattern(spec: ProjSpec, c0: int = 0, c1: int | None = None):
+    """Nonzeros of chunks [c0, c1), in storage order (chunk, column, row).
+
+    Returns (seg_counts (c1 - c0, d) uint32, rows (nnz,) int64, neg (nnz,) bool).
+    """
+    c1 = spec.n_chunks if c1 is None else c1
+    S, D, d = spec.seg_rows, spec.D, spec.d
+    cc, jj = np.meshgrid(np.arange(c0, c1, dtype=np.int64), np.arange(d, dtype=np.int64), indexing="ij")
+    cc, jj = cc.ravel(), jj.ravel()
+    seg = np.arange(cc.size, dtype=np.int64)  # storage order of the segment
+    keys = rng.stream_key(spec.seed, (jj.astype(np.uint64) << np.uint64(32)) | cc.astype(np.uint64))
+    pos = cc * S
+    end = np.minimum((cc + 1) * S, D)
+    seg_ids, rows_out, neg_out = [], [], []
+    k = 0
+    active = np.arange(cc.size)
+    while active.size:
+        h = rng.draw32(keys[active], np.uint32(k))
+        r = pos[active] + _gaps(h, spec)
+        alive = r < end[active]
+        active = active[alive]
+        r = r[alive]
+        seg_ids.append(seg[active])
+        rows_out.append(r)
+        neg_out.append((h[alive] >> np.uint32(31)).astype(bool))
+        pos[active] = r + 1
+        k += 1
+    seg_ids = np.concatenate(seg_ids)
+    order = np.argsort(seg_ids, kind="stable")  # draws were appended in draw order within a segment
+    counts = np.bincount(seg_ids, minlength=cc.size).astype(np.uint32).reshape(c1 - c0, d)
+    return counts, np.concatenate(rows_out)[order], np.concatenate(neg_out)[order]
+
+
+def storage(spec: ProjSpec):
+    """The "indices" storage, exactly as the kernels lay it out (see projection.h).
+
+    Returns (seg_start (n_chunks, d + 1) int32, chunk_ptr (n_chunks + 1,) int64, indices (nnz,) int32)
+    as numpy arrays.
+    """
+    counts, rows, neg = pattern(spec)
+    return layout(counts) + (pack(rows, neg),)
+
+
+def layout(seg_counts: np.ndarray):
+    """(seg_start, chunk_ptr) from per-segment counts (n_chunks, d)."""
+    n_chunks, d = seg_counts.shape
+    seg_start = np.zeros((n_chunks, d + 1), dtype=np.int64)
+    np.cumsum(seg_counts, axis=1, out=seg_start[:, 1:])
+    totals = seg_start[:, -1]
+    if totals.size and totals.max() >= 2**31:
+        raise ValueError("density too high: a chunk of P would hold 2^31 or more nonzeros")
+    chunk_ptr = np.zeros(n_chunks + 1, dtype=np.int64)
+    np.cumsum(totals, out=chunk_ptr[1:])
+    return seg_start.astype(np.int32), chunk_ptr
+
+
+def pack(rows: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """Rows with the sign folded into bit 31, as int32."""
+    return (rows.astype(np.uint32) | (neg.astype(np.uint32) << np.uint32(31))).view(np.int32)
+
+
+def column_scales(col_counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """1/sqrt(n_j) for columns with n_j > 0, else 0 (an empty column stays zero)."""
+    n = col_counts.to(dtype)
+    return torch.where(n > 0, 1.0 / torch.sqrt(n.clamp_min(1)), torch.zeros_like(n))
+
+
+# ---- products, in torch, on any device --------------------------------------------------------------
+
+def decode(seg_start: torch.Tensor, chunk_ptr: torch.Tensor, indices: torch.Tensor):
+    """(rows, cols, neg) of every stored nonzero, from the "indices" storage."""
+    n_chunks, d1 = seg_start.shape
+    counts = (seg_start[:, 1:] - seg_start[:, :-1]).reshape(-1).to(torch.int64)
+    cols = torch.arange(d1 - 1, device=indices.device).repeat(n_chunks).repeat_interleave(counts)
+    packed = indices.to(torch.int64) & 0xFFFFFFFF
+    return packed & 0x7FFFFFFF, cols, (packed >> 31).bool()
+
+
+def coo_values(cols: torch.Tensor, neg: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The value of every nonzero: +-scales[col]."""
+    v = scales[cols]
+    return torch.where(neg, -v, v)
+
+
+def matvec(rows, cols, vals, x: torch.Tensor, D: int) -> torch.Tensor:
+    """out (B, D) = x (B, d) P^T from COO (rows, cols, vals)."""
+    out = torch.zeros(x.shape[0], D, dtype=x.dtype, device=x.device)
+    return out.index_add_(1, rows, x[:, cols] * vals)
+
+
+def rmatvec(rows, cols, vals, g: torch.Tensor, d: int) -> torch.Tensor:
+    """out (B, d) = g (B, D) P from COO (rows, cols, vals)."""
+    out = torch.zeros(g.shape[0], d, dtype=g.dtype, device=g.device)
+    return out.index_add_(1, cols, g[:, rows] * vals)
+
+
+def chunk_groups(spec: ProjSpec, max_nnz: float = 4e6):
+    """Ranges of chunks holding about max_nnz expected nonzeros each (bounds the implicit fallback's memory)."""
+    per_chunk = max(1.0, spec.seg_rows * spec.d * spec.density)
+    step = max(1, int(max_nnz // per_chunk))
+    for c0 in range(0, spec.n_chunks, step):
+        yield c0, min(spec.n_chunks, c0 + step)
+
+
+def implicit_product(spec: ProjSpec, scales: torch.Tensor, x: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """matvec (transpose=False: x (B, d) -> (B, D)) or rmatvec (x (B, D) -> (B, d)), regenerating P
+    chunk group by chunk group so memory stays bounded."""
+    B = x.shape[0]
+    out = torch.zeros(B, spec.d if transpose else spec.D, dtype=x.dtype, device=x.device)
+    for c0, c1 in chunk_groups(spec):
+        counts, rows, neg = pattern(spec, c0, c1)
+        dev = x.device
+        rows_t = torch.from_numpy(rows).to(dev)
+        cols_t = torch.arange(spec.d, device=dev).repeat(c1 - c0).repeat_interleave(
+            torch.from_numpy(counts.astype(np.int64).ravel()).to(dev))
+        vals = coo_values(cols_t, torch.from_numpy(neg).to(dev), scales)
+        if transpose:
+            out.index_add_(1, cols_t, x[:, rows_t] * vals)
+        else:
+            out.index_add_(1, rows_t, x[:, cols_t] * vals)
+    return out

@@ -1,0 +1,44 @@
+import os
+
+import pytest
+import torch
+
+import lscape
+from lscape import _backend
+
+KERNEL_BACKENDS = ("cpu", "cuda")
+
+
+def device_of(backend: str) -> torch.device:
+    return torch.device("cuda" if backend == "cuda" else "cpu")
+
+
+def require(backend: str) -> None:
+    """Skip, saying why, when a kernel backend cannot run here."""
+    info = lscape.backends()[backend]
+    if not info.available:
+        pytest.skip(f"{backend} backend unavailable here: {info.reason}")
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def kernel_backend(request):
+    """Each compiled backend in turn (cuda skips without a GPU)."""
+    require(request.param)
+    with lscape.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(autouse=True)
+def _no_env_backend(monkeypatch):
+    monkeypatch.delenv("LSCAPE_BACKEND", raising=False)
+
+
+def pytest_report_header(config):
+    return [str(b) for b in lscape.backends().values()]
+
+
+def pytest_sessionstart(session):
+    # The compiled CPU extension is what these tests exist to prove: refuse to pass on the fallback
+    # alone unless explicitly allowed (LSCAPE_ALLOW_NO_EXTENSION=1, e.g. on an exotic platform).
+    if _backend.cpu_extension() is None and os.environ.get("LSCAPE_ALLOW_NO_EXTENSION") != "1":
+        raise pytest.UsageError("lscape._C is not importable: " + lscape.backends()["cpu"].reason)
