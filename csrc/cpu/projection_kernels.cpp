@@ -6,8 +6,16 @@
 #include <vector>
 
 #include "lscape/projection.h"
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #ifdef LSCAPE_OPENMP
 #include <omp.h>
+#endif
+
+// GCC does not see the AVX2 stores that fill a block of packed indices before it is read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace lscape {
@@ -26,38 +34,119 @@ inline int team_size() { return 1; }
 
 inline int64_t chunk_end(const Spec& s, int64_t c) { return std::min((c + 1) * s.seg_rows, s.D); }
 
-// Calls emit(row, neg) for every nonzero of segment (col, chunk), in row order; returns the count.
-// Draws are made kBlock at a time in a loop the compiler vectorises (the hash, log2 and gap are
-// independent per draw), then consumed serially: the same sequence SegmentCursor walks.
+
 constexpr int kBlock = 8;
 
-template <class Emit>
-inline uint32_t walk_segment(const Spec& s, int64_t col, int64_t chunk, Emit&& emit) {
-  const uint64_t key = segment_key(s, col, chunk);
-  const float smax = static_cast<float>(s.seg_rows);
-  const float cinv = s.cinv;
-  const uint32_t end = static_cast<uint32_t>(chunk_end(s, chunk));
-  uint32_t pos = static_cast<uint32_t>(chunk * s.seg_rows);
-  uint32_t n = 0;
-  uint32_t gap[kBlock], sgn[kBlock];
-  for (uint32_t k = 0;; k += kBlock) {
-    for (int i = 0; i < kBlock; ++i) {
-      const uint32_t h = rng::draw32(key, k + static_cast<uint32_t>(i));
-      gap[i] = draw_gap(h, cinv, smax);
-      sgn[i] = h >> 31;
-    }
-    for (int i = 0; i < kBlock; ++i) {
-      const uint32_t r = pos + gap[i];
-      if (r >= end) return n;
-      emit(r, sgn[i]);
-      ++n;
-      pos = r + 1;
-    }
-  }
+// Every segment is handed to a consumer as runs of packed indices (row | sign << 31):
+// consume(const uint32_t* packed, int count), called one or more times per segment in row order.
+// Stored segments come as one run; regenerated ones as blocks of up to kBlock.
+
+#if defined(__AVX2__)
+inline __m256i vmix32(__m256i x) {
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(0x21F0AAAD));
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(0x735A2D97));
+  return _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
 }
 
-template <typename T>
-inline T signed_value(T v, uint32_t neg) { return neg ? -v : v; }
+// Gaps (as integers) and raw draws of draws k .. k+7 of a stream: the scalar draw_gap of
+// projection.h operation for operation (same IEEE roundings, no FMA), 8 lanes at once.
+inline __m256i draw_gaps8(uint64_t key, uint32_t k, __m256 cinv, __m256 smax, __m256i& h) {
+  const __m256i ctr = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(k)),
+                                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  h = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(key))),
+                       _mm256_mullo_epi32(ctr, _mm256_set1_epi32(static_cast<int32_t>(rng::kGolden32))));
+  h = vmix32(_mm256_xor_si256(vmix32(h), _mm256_set1_epi32(static_cast<int32_t>(key >> 32))));
+  // uniform24
+  const __m256i m24 = _mm256_add_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0xFFFFFF)), _mm256_set1_epi32(1));
+  const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(m24), _mm256_set1_ps(5.9604644775390625e-08f));
+  // log2_approx
+  const __m256i bits = _mm256_castps_si256(u);
+  __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127));
+  __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
+                                                 _mm256_set1_epi32(0x3F800000)));
+  const __m256 big = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421353816986083984375f), _CMP_GT_OQ);
+  const __m256 one = _mm256_set1_ps(1.0f);
+  m = _mm256_mul_ps(m, _mm256_blendv_ps(one, _mm256_set1_ps(0.5f), big));
+  e = _mm256_sub_epi32(e, _mm256_castps_si256(big));  // true lanes are -1
+  const __m256 sv = _mm256_div_ps(_mm256_sub_ps(m, one), _mm256_add_ps(m, one));
+  const __m256 z = _mm256_mul_ps(sv, sv);
+  __m256 p = _mm256_set1_ps(0.32059889797532520f);
+  p = _mm256_add_ps(_mm256_set1_ps(0.41219858311113240f), _mm256_mul_ps(z, p));
+  p = _mm256_add_ps(_mm256_set1_ps(0.57707801635558530f), _mm256_mul_ps(z, p));
+  p = _mm256_add_ps(_mm256_set1_ps(0.96179669392597560f), _mm256_mul_ps(z, p));
+  p = _mm256_add_ps(_mm256_set1_ps(2.88539008177792680f), _mm256_mul_ps(z, p));
+  const __m256 l2 = _mm256_add_ps(_mm256_cvtepi32_ps(e), _mm256_mul_ps(sv, p));
+  // draw_gap: min_ps(t, smax) is t < smax ? t : smax
+  return _mm256_cvttps_epi32(_mm256_min_ps(_mm256_mul_ps(l2, cinv), smax));
+}
+
+// Walks segment (col, chunk): rows are start - 1 + prefix sums of (gap + 1), 8 per step, and the rows
+// below the chunk's end form a prefix of each step (rows only grow).  Returns the count.
+template <class Consume>
+inline uint32_t walk_segment(const Spec& s, int64_t col, int64_t chunk, Consume&& consume) {
+  const uint64_t key = segment_key(s, col, chunk);
+  const __m256 cinv = _mm256_set1_ps(s.cinv), smax = _mm256_set1_ps(static_cast<float>(s.seg_rows));
+  const __m256i bias = _mm256_set1_epi32(INT32_MIN);  // unsigned compare via signed compare
+  const __m256i endb = _mm256_xor_si256(_mm256_set1_epi32(static_cast<int32_t>(chunk_end(s, chunk))), bias);
+  const __m256i ones = _mm256_set1_epi32(1), lane3 = _mm256_set1_epi32(3), zero = _mm256_setzero_si256();
+  uint32_t base = static_cast<uint32_t>(chunk * s.seg_rows);  // first row the next nonzero may take
+  uint32_t n = 0;
+  alignas(32) uint32_t packed[kBlock];
+  for (uint32_t k = 0;; k += kBlock) {
+    __m256i h;
+    __m256i x = _mm256_add_epi32(draw_gaps8(key, k, cinv, smax, h), ones);
+    x = _mm256_add_epi32(x, _mm256_slli_si256(x, 4));
+    x = _mm256_add_epi32(x, _mm256_slli_si256(x, 8));
+    x = _mm256_add_epi32(x, _mm256_blend_epi32(zero, _mm256_permutevar8x32_epi32(x, lane3), 0xF0));
+    const __m256i r = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(base - 1u)), x);
+    const __m256i valid = _mm256_cmpgt_epi32(endb, _mm256_xor_si256(r, bias));
+    const int cnt = __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(valid))));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(packed),
+                       _mm256_or_si256(r, _mm256_slli_epi32(_mm256_srli_epi32(h, 31), 31)));
+    if (cnt) consume(packed, cnt);
+    n += static_cast<uint32_t>(cnt);
+    if (cnt < kBlock) return n;
+    base = (packed[kBlock - 1] & 0x7FFFFFFFu) + 1u;
+  }
+}
+#else
+// Portable path: the cursor's own loop, with draws made a block at a time.
+template <class Consume>
+inline uint32_t walk_segment(const Spec& s, int64_t col, int64_t chunk, Consume&& consume) {
+  SegmentCursor cur(s, col, chunk);
+  uint32_t packed[kBlock];
+  uint32_t n = 0, row, neg;
+  int cnt = 0;
+  while (cur.next(row, neg)) {
+    packed[cnt++] = row | (neg << 31);
+    if (cnt == kBlock) {
+      consume(packed, cnt);
+      n += cnt;
+      cnt = 0;
+    }
+  }
+  if (cnt) consume(packed, cnt);
+  return n + static_cast<uint32_t>(cnt);
+}
+#endif
+
+// v or -v by flipping the sign bit: signs are random, so a branch here would mispredict half the time.
+inline float signed_value(float v, uint32_t neg) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  b ^= neg << 31;
+  std::memcpy(&v, &b, 4);
+  return v;
+}
+inline double signed_value(double v, uint32_t neg) {
+  uint64_t b;
+  std::memcpy(&b, &v, 8);
+  b ^= static_cast<uint64_t>(neg) << 63;
+  std::memcpy(&v, &b, 8);
+  return v;
+}
 
 // Even split of [0, n) among the team: this thread's [lo, hi).
 inline void my_range(int64_t n, int64_t& lo, int64_t& hi) {
@@ -88,13 +177,19 @@ void matvec_driver(const Spec& s, const T* scales, const T* x, T* out, int64_t B
     if (B == 1) {
       for (int64_t j = 0; j < s.d; ++j) {
         const T v = xsp[j];
-        for_segment(j, c, [&](uint32_t row, uint32_t neg) { out[row] += signed_value(v, neg); });
+        for_segment(j, c, [&](const uint32_t* p, int cnt) {
+          for (int i = 0; i < cnt; ++i) out[p[i] & 0x7FFFFFFFu] += signed_value(v, p[i] >> 31);
+        });
       }
     } else {
       for (int64_t j = 0; j < s.d; ++j) {
         const T* v = xsp + j * B;
-        for_segment(j, c, [&](uint32_t row, uint32_t neg) {
-          for (int64_t b = 0; b < B; ++b) out[b * s.D + row] += signed_value(v[b], neg);
+        for_segment(j, c, [&](const uint32_t* p, int cnt) {
+          for (int i = 0; i < cnt; ++i) {
+            T* o = out + (p[i] & 0x7FFFFFFFu);
+            const uint32_t neg = p[i] >> 31;
+            for (int64_t b = 0; b < B; ++b) o[b * s.D] += signed_value(v[b], neg);
+          }
         });
       }
     }
@@ -115,12 +210,26 @@ void rmatvec_driver(const Spec& s, const T* scales, const T* g, T* out, int64_t 
       for (int64_t j = j0; j < j1; ++j) {
         T* a = acc.data() + (j - j0) * B;
         if (B == 1) {
-          T sum = 0;
-          for_segment(j, c, [&](uint32_t row, uint32_t neg) { sum += signed_value(g[row], neg); });
-          a[0] += sum;
+          // four partial sums break the add-latency chain
+          for_segment(j, c, [&](const uint32_t* p, int cnt) {
+            T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            int i = 0;
+            for (; i + 4 <= cnt; i += 4) {
+              s0 += signed_value(g[p[i] & 0x7FFFFFFFu], p[i] >> 31);
+              s1 += signed_value(g[p[i + 1] & 0x7FFFFFFFu], p[i + 1] >> 31);
+              s2 += signed_value(g[p[i + 2] & 0x7FFFFFFFu], p[i + 2] >> 31);
+              s3 += signed_value(g[p[i + 3] & 0x7FFFFFFFu], p[i + 3] >> 31);
+            }
+            for (; i < cnt; ++i) s0 += signed_value(g[p[i] & 0x7FFFFFFFu], p[i] >> 31);
+            a[0] += (s0 + s1) + (s2 + s3);
+          });
         } else {
-          for_segment(j, c, [&](uint32_t row, uint32_t neg) {
-            for (int64_t b = 0; b < B; ++b) a[b] += signed_value(g[b * s.D + row], neg);
+          for_segment(j, c, [&](const uint32_t* p, int cnt) {
+            for (int i = 0; i < cnt; ++i) {
+              const T* gi = g + (p[i] & 0x7FFFFFFFu);
+              const uint32_t neg = p[i] >> 31;
+              for (int64_t b = 0; b < B; ++b) a[b] += signed_value(gi[b * s.D], neg);
+            }
           });
         }
       }
@@ -136,23 +245,20 @@ struct StoredSegments {
   const int32_t* seg_start;
   const int64_t* chunk_ptr;
   const int32_t* indices;
-  template <class Emit>
-  inline void operator()(int64_t j, int64_t c, Emit&& emit) const {
-    const int32_t* base = indices + chunk_ptr[c];
+  template <class Consume>
+  inline void operator()(int64_t j, int64_t c, Consume&& consume) const {
     const int32_t* seg = seg_start + c * (s.d + 1);
-    for (int32_t q = seg[j]; q < seg[j + 1]; ++q) {
-      const uint32_t u = static_cast<uint32_t>(base[q]);
-      emit(u & 0x7FFFFFFFu, u >> 31);
-    }
+    const int cnt = seg[j + 1] - seg[j];
+    if (cnt) consume(reinterpret_cast<const uint32_t*>(indices + chunk_ptr[c] + seg[j]), cnt);
   }
 };
 
 // Regenerated segments.
 struct ImplicitSegments {
   const Spec& s;
-  template <class Emit>
-  inline void operator()(int64_t j, int64_t c, Emit&& emit) const {
-    walk_segment(s, j, c, emit);
+  template <class Consume>
+  inline void operator()(int64_t j, int64_t c, Consume&& consume) const {
+    walk_segment(s, j, c, consume);
   }
 };
 
@@ -163,7 +269,7 @@ void count_cpu(const Spec& s, uint32_t* seg_counts, int64_t* col_counts, int nth
   for (int64_t j = 0; j < s.d; ++j) {
     int64_t total = 0;
     for (int64_t c = 0; c < s.n_chunks; ++c) {
-      const uint32_t n = walk_segment(s, j, c, [](uint32_t, uint32_t) {});
+      const uint32_t n = walk_segment(s, j, c, [](const uint32_t*, int) {});
       if (seg_counts) seg_counts[c * s.d + j] = n;
       total += n;
     }
@@ -177,7 +283,10 @@ void fill_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
   for (int64_t c = 0; c < s.n_chunks; ++c) {
     for (int64_t j = 0; j < s.d; ++j) {
       int32_t* out = indices + chunk_ptr[c] + seg_start[c * (s.d + 1) + j];
-      walk_segment(s, j, c, [&](uint32_t row, uint32_t neg) { *out++ = pack_index(row, neg); });
+      walk_segment(s, j, c, [&](const uint32_t* p, int cnt) {
+        std::memcpy(out, p, sizeof(uint32_t) * static_cast<size_t>(cnt));
+        out += cnt;
+      });
     }
   }
 }

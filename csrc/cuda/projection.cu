@@ -4,7 +4,8 @@
 // Building block: a segment is handled by a "group" of G lanes of one warp (G a power of two, 1..32).
 //  * Stored segments: the G lanes stride over the segment's packed indices.
 //  * Regenerated segments: the G lanes walk the segment cooperatively.  Draw k's gap does not depend on
-//    where the walk is, only on k, so lane l computes the gap of draw k + l, an inclusive scan of
+//    where the walk is, only on k, so lane l computes the gap of draw k + l (by calling next() on a copy
+//    of the cursor set to k + l, row 0 and no end, so only the header's generator is used), a scan of
 //    (gap + 1) over the group gives every lane its row, r_l = pos + sum_{i <= l}(gap_i + 1) - 1, which is
 //    exactly the row SegmentCursor::next() returns at its (l + 1)-th call from (pos, k).  Rows increase
 //    with l, so the lanes with r < end are a prefix and those are the nonzeros; when all G are valid the
@@ -84,8 +85,14 @@ __device__ __forceinline__ uint32_t walk_implicit(const Spec& s, int64_t col, in
   }
   const uint32_t lane = static_cast<uint32_t>(g.lane);
   for (;;) {
-    const uint32_t h = rng::draw32(cur.key, cur.k + lane);
-    uint32_t step = draw_gap(h, cur.cinv, cur.smax, cur.S) + 1u;
+    // Draw cur.k + lane through the cursor itself, from row 0 with no end: its row is the gap.
+    SegmentCursor probe = cur;
+    probe.k = cur.k + lane;
+    probe.pos = 0u;
+    probe.end = 0xFFFFFFFFu;
+    uint32_t gap = 0u, neg = 0u;
+    probe.next(gap, neg);  // always true: a gap is at most S <= 2^24
+    uint32_t step = gap + 1u;
     for (int off = 1; off < g.size; off <<= 1) {
       const uint32_t t = __shfl_up_sync(g.mask, step, off, g.size);
       if (g.lane >= off) step += t;
@@ -93,7 +100,7 @@ __device__ __forceinline__ uint32_t walk_implicit(const Spec& s, int64_t col, in
     const uint32_t r = cur.pos + step - 1u;
     const bool valid = r < cur.end;
     const int nv = __popc(__ballot_sync(g.mask, valid) & g.mask);
-    if (valid) f(r, h >> 31, n + lane);
+    if (valid) f(r, neg, n + lane);
     n += static_cast<uint32_t>(nv);
     if (nv < g.size) return n;
     cur.pos = __shfl_sync(g.mask, r, g.size - 1, g.size) + 1u;

@@ -1,0 +1,121 @@
+"""Backend selection, forcing, the fallback without the extension, and `lscape info`."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import lscape
+from lscape import _backend, cli
+
+
+def test_backends_report_availability_and_reasons():
+    b = lscape.backends()
+    assert set(b) == {"cuda", "cpu", "torch"}
+    assert b["torch"].available and b["cpu"].available
+    assert "avx2" in b["cpu"].reason or "baseline" in b["cpu"].reason
+    if not torch.cuda.is_available():
+        assert not b["cuda"].available and b["cuda"].reason
+
+
+def test_auto_picks_cpu_for_cpu_tensors():
+    assert _backend.select(torch.device("cpu")) == "cpu"
+
+
+def test_env_var_forces_a_backend(monkeypatch):
+    monkeypatch.setenv("LSCAPE_BACKEND", "torch")
+    assert _backend.select(torch.device("cpu")) == "torch"
+    monkeypatch.setenv("LSCAPE_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="LSCAPE_BACKEND: got 'bogus'"):
+        _backend.select(torch.device("cpu"))
+
+
+def test_use_backend_overrides_env(monkeypatch):
+    monkeypatch.setenv("LSCAPE_BACKEND", "cpu")
+    with lscape.use_backend("torch"):
+        assert _backend.select(torch.device("cpu")) == "torch"
+    assert _backend.select(torch.device("cpu")) == "cpu"
+    with pytest.raises(ValueError, match="use_backend"):
+        with lscape.use_backend("gpu"):
+            pass
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is missing")
+def test_forcing_a_missing_backend_says_why(monkeypatch):
+    monkeypatch.setenv("LSCAPE_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="backend 'cuda' was forced but is unavailable: "):
+        lscape.SparseSignProjection(10, 2)
+
+
+def test_forcing_cpu_without_the_extension_says_why(monkeypatch):
+    monkeypatch.setattr(_backend, "_C", None)
+    monkeypatch.setattr(_backend, "_C_ERROR", "lscape._C is not built (test)")
+    with pytest.raises(RuntimeError, match=r"backend 'cpu' was forced but is unavailable: lscape._C is not built"):
+        with lscape.use_backend("cpu"):
+            lscape.SparseSignProjection(10, 2)
+    # auto falls back to the reference, with the same results
+    P = lscape.SparseSignProjection(100, 5, seed=3)
+    assert _backend.select(torch.device("cpu")) == "torch"
+    monkeypatch.undo()
+    Q = lscape.SparseSignProjection(100, 5, seed=3)
+    x = torch.randn(5)
+    torch.testing.assert_close(P.matvec(x), Q.matvec(x))
+
+
+def test_missing_extension_warns_once_and_still_works():
+    # A fresh interpreter in which lscape._C cannot be imported.
+    code = textwrap.dedent("""
+        import sys, warnings, importlib.abc, importlib.machinery
+        class Broken(importlib.abc.Loader):  # like an extension built for another ABI
+            def create_module(self, spec):
+                raise ImportError("undefined symbol: blocked for the test")
+            def exec_module(self, module):
+                pass
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "lscape._C":
+                    return importlib.machinery.ModuleSpec(name, Broken())
+        sys.meta_path.insert(0, Block())
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            import lscape
+            import torch
+            P = lscape.SparseSignProjection(300, 7, seed=1)
+            y = P.matvec(torch.ones(7))
+        msgs = [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)]
+        assert len(msgs) == 1 and "reference" in msgs[0], msgs
+        assert not lscape.backends()["cpu"].available
+        print(float(y.square().sum()))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONWARNINGS": ""})
+    assert out.returncode == 0, out.stderr
+    P = lscape.SparseSignProjection(300, 7, seed=1)
+    assert abs(float(out.stdout) - float(P.matvec(torch.ones(7)).square().sum())) < 1e-4
+
+
+def test_thread_count_follows_omp_then_torch(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert _backend.num_threads() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert _backend.num_threads() == torch.get_num_threads()
+
+
+def test_info_command_prints_backends(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    for word in ("lscape", "cuda", "cpu", "torch", "threads"):
+        assert word in out
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "lscape.cli", "info"], capture_output=True, text=True)
+    assert out.returncode == 0 and "backends:" in out.stdout
+
+
+def test_demo_runs_small(capsys):
+    cli.main(["demo", "--D", "20000", "--d", "300"])
+    out = capsys.readouterr().out
+    assert "adjoint" in out and "torch CSR" in out
