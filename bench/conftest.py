@@ -71,7 +71,32 @@ def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "budget_s": _budget(config),
+        "extension": _extension_note(),
     }
+
+
+def _extension_mtime() -> tuple[str | None, float | None]:
+    path = getattr(_backend.cpu_extension(), "__file__", None)
+    try:
+        return path, (os.path.getmtime(path) if path else None)
+    except OSError:
+        return path, None
+
+
+_EXT_AT_IMPORT = _extension_mtime()  # the build this process loaded (kernels change between runs)
+
+
+def _extension_note() -> str | None:
+    """Which build of lscape._C ran: its file and modification time when this process loaded it."""
+    path, mtime = _EXT_AT_IMPORT
+    if path is None:
+        return None
+    fmt = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))  # noqa: E731
+    note = f"{path} (built {fmt(mtime)})" if mtime else path
+    now = _extension_mtime()[1]
+    if now and mtime and now != mtime:
+        note += f"; the file was rebuilt during the run ({fmt(now)}): this run used the earlier build"
+    return note
 
 
 # ---- timing ------------------------------------------------------------------------------------------

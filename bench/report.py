@@ -56,6 +56,8 @@ CONTENDER_ORDER = ["lscape indices", "lscape implicit", "torch CSR", "scipy.spar
 def _split_args(argv: list[str]) -> tuple[dict, list[str]]:
     opts = {"large": True, "large_device": "cpu", "from_json": None, "large_json": None, "strict": False}
     rest: list[str] = []
+    if argv[:1] == ["--"]:  # `lscape bench -- -k B1 ...` passes its separator through
+        argv = argv[1:]
     it = iter(argv)
     for a in it:
         if a == "--no-large":
@@ -164,14 +166,19 @@ def header(data: dict, load: dict) -> list[str]:
     lines.append(f"  {cpu}; {ls.get('cpu_count', '?')} cores; threads: lscape {ls.get('lscape_threads', '?')}, "
                  f"torch {ls.get('torch_threads', '?')} (OMP_NUM_THREADS={ls.get('omp_num_threads') or 'unset'}); "
                  f"scipy.sparse is single-threaded")
+    if ls.get("extension"):
+        lines.append(f"  lscape._C: {ls['extension']}")
     if ls.get("cuda_device"):
         lines.append(f"  CUDA device: {ls['cuda_device']}")
     for name, b in ls.get("backends", {}).items():
         lines.append(f"  backend {name:<5} {'yes' if b['available'] else 'no ':<4} {b['reason']}")
     if load:
         lines.append("  load average (1 min) before / after the suite: "
-                     f"{load.get('before', float('nan')):.2f} / {load.get('after', float('nan')):.2f}"
-                     "  (a shared machine is noisy: compare ratios within one run)")
+                     f"{load.get('before', float('nan')):.2f} / {load.get('after', float('nan')):.2f}")
+        cores = ls.get("cpu_count") or os.cpu_count() or 1
+        if max(load.values()) > cores:
+            lines.append(f"  WARNING: load above {cores} cores: other processes competed for the CPU, so times are "
+                         "inflated and noisy (see IQR); ratios of medians and of mins are both shown")
     lines.append(f"  times: median of N rounds (one call each, after 2 warm-up calls), float32; ratio = "
                  f"contender median / {BASELINE} median (> 1: {BASELINE} is faster)")
     return lines
@@ -190,9 +197,10 @@ def group_table(group: str, members: dict[str, dict]) -> list[str]:
         if who == BASELINE:
             rtext = "baseline"
         elif base is not None:
-            rtext = f"{who} / {BASELINE} = {s['median'] / base['stats']['median']:.2f}x"
+            rtext = (f"{who} / {BASELINE} = {s['median'] / base['stats']['median']:.2f}x"
+                     f"  (mins {s['min'] / base['stats']['min']:.2f}x)")
         else:
-            rtext = "(no baseline in this run)"
+            rtext = ""
         lines.append(f"  {who:<24} {_ms(s['median']):>11} {_ms(s['iqr']):>9} {_ms(s['min']):>10} "
                      f"{s['rounds']:>6}   {rtext}")
         info = members[who].get("extra_info", {})
@@ -288,13 +296,13 @@ def render(data: dict, large: dict | None, load: dict, skipped: list[str]) -> tu
 
 def _skips(lines: list[str]) -> list[str]:
     """pytest's `SKIPPED [n] file:line: reason` summary lines, shortened."""
-    out = []
+    counts: dict[str, int] = {}
     for line in lines:
         if line.startswith("SKIPPED"):
             head, _, reason = line.partition(": ")
-            count = head.split("[", 1)[1].split("]", 1)[0] if "[" in head else "?"
-            out.append(f"{count} x {reason.strip()}")
-    return out
+            count = head.split("[", 1)[1].split("]", 1)[0] if "[" in head else "1"
+            counts[reason.strip()] = counts.get(reason.strip(), 0) + (int(count) if count.isdigit() else 1)
+    return [f"{n} tests: {reason}" for reason, n in counts.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,8 +324,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report.py: pytest exited with status {rc}", file=sys.stderr)
             if not json_path.is_file():
                 return rc or 1
+        data = json.loads(json_path.read_text())  # keep what the table needs with the numbers
+        data["report"] = {"loadavg_1min": load, "skipped": skipped, "pytest_args": extra, "pytest_rc": rc}
+        json_path.write_text(json.dumps(data, indent=2))
         large = run_large(opts["large_device"], RESULTS / f"large-implicit-{stamp}.json") if opts["large"] else None
     data = json.loads(json_path.read_text())
+    if opts["from_json"]:
+        load = data.get("report", {}).get("loadavg_1min", {})
+        skipped = data.get("report", {}).get("skipped", [])
     text, ok = render(data, large, load, skipped)
     print()
     print(text, end="")

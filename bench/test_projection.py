@@ -74,7 +74,7 @@ def _large_info(rss_start):
 def test_large_matvec(benchmark, large_P):
     theta = torch.randn(LARGE_d, generator=torch.Generator().manual_seed(SEED))
     rss_start = _current_rss_bytes()
-    benchmark.extra_info["contender"] = "lscape implicit"
+    benchmark.extra_info["contender"] = "lscape implicit P theta"
     out = benchmark.pedantic(large_P.matvec, (theta,), rounds=1, iterations=1)
     assert out.shape == (LARGE_D,)
     del out
@@ -85,7 +85,7 @@ def test_large_matvec(benchmark, large_P):
 def test_large_rmatvec(benchmark, large_P):
     g = torch.randn(LARGE_D, generator=torch.Generator().manual_seed(SEED))
     rss_start = _current_rss_bytes()
-    benchmark.extra_info["contender"] = "lscape implicit"
+    benchmark.extra_info["contender"] = "lscape implicit P^T g"
     out = benchmark.pedantic(large_P.rmatvec, (g,), rounds=1, iterations=1)
     assert out.shape == (LARGE_d,)
     del g

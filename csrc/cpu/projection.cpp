@@ -27,7 +27,7 @@ namespace {
 bool use_avx2() {
 #if LSCAPE_HAVE_AVX2_BUILD && (defined(__GNUC__) || defined(__clang__))
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("bmi2");
+                          __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
   return yes;
 #else
   return false;

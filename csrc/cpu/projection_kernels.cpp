@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "lscape/projection.h"
@@ -36,6 +37,13 @@ inline int64_t chunk_end(const Spec& s, int64_t c) { return std::min((c + 1) * s
 
 
 constexpr int kBlock = 8;
+#if defined(__AVX2__)
+constexpr bool kAvx2 = true;
+#else
+constexpr bool kAvx2 = false;
+// unused without AVX2 (the kHasGatherSum flags are false there)
+inline float implicit_segment_sum(const Spec&, int64_t, int64_t, const float*) { return 0.0f; }
+#endif
 
 // Every segment is handed to a consumer as runs of packed indices (row | sign << 31):
 // consume(const uint32_t* packed, int count), called one or more times per segment in row order.
@@ -83,34 +91,74 @@ inline __m256i draw_gaps8(uint64_t key, uint32_t k, __m256 cinv, __m256 smax, __
 }
 
 // Walks segment (col, chunk): rows are start - 1 + prefix sums of (gap + 1), 8 per step, and the rows
-// below the chunk's end form a prefix of each step (rows only grow).  Returns the count.
-template <class Consume>
-inline uint32_t walk_segment(const Spec& s, int64_t col, int64_t chunk, Consume&& consume) {
+// below the chunk's end form a prefix of each step (rows only grow).  Calls
+// vconsume(rows, signbits, valid, cnt) per step with cnt >= 1 valid lanes; returns the count.
+// Inclusive prefix sum of 8 int32 lanes.
+inline __m256i prefix8(__m256i x) {
+  x = _mm256_add_epi32(x, _mm256_slli_si256(x, 4));
+  x = _mm256_add_epi32(x, _mm256_slli_si256(x, 8));
+  return _mm256_add_epi32(
+      x, _mm256_blend_epi32(_mm256_setzero_si256(), _mm256_permutevar8x32_epi32(x, _mm256_set1_epi32(3)), 0xF0));
+}
+
+inline __m256i last_lane(__m256i x) { return _mm256_permutevar8x32_epi32(x, _mm256_set1_epi32(7)); }
+
+// Walks segment (col, chunk): rows are start - 1 + prefix sums of (gap + 1), and the rows below the
+// chunk's end form a prefix of the draws (rows only grow).  kSteps blocks of 8 draws are made per
+// iteration as independent dependency chains, so the core overlaps their long latency.  Calls
+// vconsume(rows, signbits, valid, cnt) for each block with cnt >= 1 valid lanes; returns the count.
+constexpr int kSteps = 3;
+
+template <class VConsume>
+inline uint32_t walk_segment_v(const Spec& s, int64_t col, int64_t chunk, VConsume&& vconsume) {
   const uint64_t key = segment_key(s, col, chunk);
   const __m256 cinv = _mm256_set1_ps(s.cinv), smax = _mm256_set1_ps(static_cast<float>(s.seg_rows));
   const __m256i bias = _mm256_set1_epi32(INT32_MIN);  // unsigned compare via signed compare
   const __m256i endb = _mm256_xor_si256(_mm256_set1_epi32(static_cast<int32_t>(chunk_end(s, chunk))), bias);
-  const __m256i ones = _mm256_set1_epi32(1), lane3 = _mm256_set1_epi32(3), zero = _mm256_setzero_si256();
-  uint32_t base = static_cast<uint32_t>(chunk * s.seg_rows);  // first row the next nonzero may take
+  const __m256i ones = _mm256_set1_epi32(1);
+  __m256i last = _mm256_set1_epi32(static_cast<int32_t>(chunk * s.seg_rows - 1));  // row before the next
   uint32_t n = 0;
-  alignas(32) uint32_t packed[kBlock];
-  for (uint32_t k = 0;; k += kBlock) {
-    __m256i h;
-    __m256i x = _mm256_add_epi32(draw_gaps8(key, k, cinv, smax, h), ones);
-    x = _mm256_add_epi32(x, _mm256_slli_si256(x, 4));
-    x = _mm256_add_epi32(x, _mm256_slli_si256(x, 8));
-    x = _mm256_add_epi32(x, _mm256_blend_epi32(zero, _mm256_permutevar8x32_epi32(x, lane3), 0xF0));
-    const __m256i r = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(base - 1u)), x);
-    const __m256i valid = _mm256_cmpgt_epi32(endb, _mm256_xor_si256(r, bias));
-    const int cnt = __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(valid))));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(packed),
-                       _mm256_or_si256(r, _mm256_slli_epi32(_mm256_srli_epi32(h, 31), 31)));
-    if (cnt) consume(packed, cnt);
-    n += static_cast<uint32_t>(cnt);
-    if (cnt < kBlock) return n;
-    base = (packed[kBlock - 1] & 0x7FFFFFFFu) + 1u;
+  for (uint32_t k = 0;; k += kSteps * kBlock) {
+    __m256i h[kSteps], x[kSteps];
+    for (int t = 0; t < kSteps; ++t)
+      x[t] = prefix8(_mm256_add_epi32(draw_gaps8(key, k + t * kBlock, cinv, smax, h[t]), ones));
+    for (int t = 0; t < kSteps; ++t) {
+      const __m256i r = _mm256_add_epi32(last, x[t]);
+      const __m256i valid = _mm256_cmpgt_epi32(endb, _mm256_xor_si256(r, bias));
+      const int cnt = __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(valid))));
+      if (cnt) vconsume(r, _mm256_slli_epi32(_mm256_srli_epi32(h[t], 31), 31), valid, cnt);
+      n += static_cast<uint32_t>(cnt);
+      if (cnt < kBlock) return n;
+      last = last_lane(r);
+    }
   }
 }
+
+template <class Consume>
+inline uint32_t walk_segment(const Spec& s, int64_t col, int64_t chunk, Consume&& consume) {
+  return walk_segment_v(s, col, chunk, [&](__m256i r, __m256i sign, __m256i, int cnt) {
+    alignas(32) uint32_t packed[kBlock];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(packed), _mm256_or_si256(r, sign));
+    consume(packed, cnt);
+  });
+}
+
+inline float hsum(__m256 acc) {
+  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  const __m128 h = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
+// Sum of the signed g[row] over segment (col, chunk), gathering 8 rows at a time (float, B = 1).
+inline float implicit_segment_sum(const Spec& s, int64_t col, int64_t chunk, const float* g) {
+  __m256 acc = _mm256_setzero_ps();
+  walk_segment_v(s, col, chunk, [&](__m256i r, __m256i sign, __m256i valid, int) {
+    const __m256 v = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), g, r, _mm256_castsi256_ps(valid), 4);
+    acc = _mm256_add_ps(acc, _mm256_xor_ps(v, _mm256_castsi256_ps(sign)));
+  });
+  return hsum(acc);
+}
+
 #else
 // Portable path: the cursor's own loop, with draws made a block at a time.
 template <class Consume>
@@ -170,11 +218,14 @@ void matvec_driver(const Spec& s, const T* scales, const T* x, T* out, int64_t B
                    ForSegment&& for_segment) {
   const std::vector<T> xs = scaled_transpose(x, scales, s.d, B);
   const T* xsp = xs.data();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+#pragma omp parallel num_threads(nthreads)
+  {
+  std::vector<T> tile;  // this thread's rows x B accumulator (B > 1)
+#pragma omp for schedule(dynamic, 1)
   for (int64_t c = 0; c < s.n_chunks; ++c) {
     const int64_t r0 = c * s.seg_rows, r1 = chunk_end(s, c);
-    for (int64_t b = 0; b < B; ++b) std::fill(out + b * s.D + r0, out + b * s.D + r1, T(0));
     if (B == 1) {
+      std::fill(out + r0, out + r1, T(0));
       for (int64_t j = 0; j < s.d; ++j) {
         const T v = xsp[j];
         for_segment(j, c, [&](const uint32_t* p, int cnt) {
@@ -182,18 +233,27 @@ void matvec_driver(const Spec& s, const T* scales, const T* x, T* out, int64_t B
         });
       }
     } else {
+      // Accumulate the chunk as rows x B (one contiguous B-vector per nonzero instead of B cache
+      // lines), then transpose it into out's B rows.
+      tile.assign(static_cast<size_t>((r1 - r0) * B), T(0));
+      T* bt = tile.data() - r0 * B;
       for (int64_t j = 0; j < s.d; ++j) {
         const T* v = xsp + j * B;
         for_segment(j, c, [&](const uint32_t* p, int cnt) {
           for (int i = 0; i < cnt; ++i) {
-            T* o = out + (p[i] & 0x7FFFFFFFu);
+            T* o = bt + static_cast<int64_t>(p[i] & 0x7FFFFFFFu) * B;
             const uint32_t neg = p[i] >> 31;
-            for (int64_t b = 0; b < B; ++b) o[b * s.D] += signed_value(v[b], neg);
+            for (int64_t b = 0; b < B; ++b) o[b] += signed_value(v[b], neg);
           }
         });
       }
+      for (int64_t b = 0; b < B; ++b) {
+        T* ob = out + b * s.D;
+        for (int64_t r = r0; r < r1; ++r) ob[r] = bt[r * B + b];
+      }
     }
   }
+  }  // omp parallel
 }
 
 // ---- rmatvec: out (B, d) = g (B, D) P.  Threads own column ranges and sweep chunks in order, so each
@@ -209,6 +269,12 @@ void rmatvec_driver(const Spec& s, const T* scales, const T* g, T* out, int64_t 
     for (int64_t c = 0; c < s.n_chunks; ++c) {
       for (int64_t j = j0; j < j1; ++j) {
         T* a = acc.data() + (j - j0) * B;
+        if constexpr (std::decay_t<ForSegment>::kHasGatherSum && std::is_same_v<T, float>) {
+          if (B == 1) {
+            a[0] += for_segment.gather_sum(j, c, g);
+            continue;
+          }
+        }
         if (B == 1) {
           // four partial sums break the add-latency chain
           for_segment(j, c, [&](const uint32_t* p, int cnt) {
@@ -241,6 +307,7 @@ void rmatvec_driver(const Spec& s, const T* scales, const T* g, T* out, int64_t 
 
 // Stored segments: iterate a segment's packed indices.
 struct StoredSegments {
+  static constexpr bool kHasGatherSum = false;  // AVX2 gathers were measured no faster than scalar loads here
   const Spec& s;
   const int32_t* seg_start;
   const int64_t* chunk_ptr;
@@ -255,7 +322,9 @@ struct StoredSegments {
 
 // Regenerated segments.
 struct ImplicitSegments {
+  static constexpr bool kHasGatherSum = kAvx2;
   const Spec& s;
+  inline float gather_sum(int64_t j, int64_t c, const float* g) const { return implicit_segment_sum(s, j, c, g); }
   template <class Consume>
   inline void operator()(int64_t j, int64_t c, Consume&& consume) const {
     walk_segment(s, j, c, consume);

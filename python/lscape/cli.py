@@ -87,15 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="build, check and time the paper-size projection")
     p_demo.add_argument("--D", type=int, default=656_810)
     p_demo.add_argument("--d", type=int, default=9_000)
-    p_bench = sub.add_parser("bench", help="run bench/ and print the ratio table")
-    p_bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to pytest")
-    ns = parser.parse_args(argv)
+    sub.add_parser("bench", help="run bench/ and print the ratio table (other arguments go to bench/report.py)")
+    ns, extra = parser.parse_known_args(argv)
+    if extra and ns.cmd != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if ns.cmd == "info":
         print(info())
     elif ns.cmd == "demo":
         demo(ns.D, ns.d)
     elif ns.cmd == "bench":
-        return _bench(ns.args)
+        return _bench(extra)
     return 0
 
 

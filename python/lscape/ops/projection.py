@@ -5,6 +5,8 @@ only chooses the backend and moves pointers.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -39,7 +41,8 @@ def build(spec: ref.ProjSpec, storage: str, device: torch.device) -> dict[str, t
         ext, tail = _backend.cpu_extension(), (_backend.num_threads(),)
     else:
         ext, tail = _backend.cuda_extension(), (_backend.cuda_stream(device),)
-    ext.proj_count(spec.as_tuple(), _ptr(seg_counts), col_counts.data_ptr(), *tail)
+    with _on_device(device):
+        ext.proj_count(spec.as_tuple(), _ptr(seg_counts), col_counts.data_ptr(), *tail)
     out = {"col_counts": col_counts}
     if want_segments:
         seg_start = torch.zeros((n_chunks, d + 1), dtype=torch.int64, device=device)
@@ -52,7 +55,9 @@ def build(spec: ref.ProjSpec, storage: str, device: torch.device) -> dict[str, t
         seg_start = seg_start.to(torch.int32)
         del seg_counts, totals
         indices = torch.empty(int(chunk_ptr[-1]), dtype=torch.int32, device=device)
-        ext.proj_fill(spec.as_tuple(), seg_start.data_ptr(), chunk_ptr.data_ptr(), indices.data_ptr(), *tail)
+        with _on_device(device):
+            ext.proj_fill(spec.as_tuple(), seg_start.data_ptr(), chunk_ptr.data_ptr(), indices.data_ptr(),
+                          *tail)
         out.update(seg_start=seg_start, chunk_ptr=chunk_ptr, indices=indices)
     return out
 
@@ -92,9 +97,15 @@ def product(P, x: torch.Tensor, transpose: bool) -> torch.Tensor:
         args = (b["seg_start"].data_ptr(), b["chunk_ptr"].data_ptr(), b["indices"].data_ptr())
     else:
         args = ()
-    getattr(ext, name)(spec.as_tuple(), *args, scales.data_ptr(), x.data_ptr(), out.data_ptr(), B, f64,
-                       *tail)
+    with _on_device(x.device):
+        getattr(ext, name)(spec.as_tuple(), *args, scales.data_ptr(), x.data_ptr(), out.data_ptr(), B, f64,
+                           *tail)
     return out
+
+
+def _on_device(device: torch.device):
+    """Make `device` current while a CUDA kernel launches (a no-op context on the CPU)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class MatVec(torch.autograd.Function):
