@@ -3,29 +3,15 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <tuple>
 
-#include "lscape/projection.h"
+#include "lscape/binding_util.h"
 #ifdef LSCAPE_OPENMP
 #include <omp.h>
 #endif
 
 namespace py = pybind11;
-using lscape::proj::Spec;
 
-namespace {
-
-using SpecTuple = std::tuple<int64_t, int64_t, uint64_t, double, int64_t, int64_t>;
-
-Spec to_spec(const SpecTuple& t) {
-  return Spec{std::get<0>(t), std::get<1>(t), std::get<2>(t), static_cast<float>(std::get<3>(t)),
-              std::get<4>(t), std::get<5>(t)};
-}
-
-template <typename T>
-T* ptr(uintptr_t a) { return reinterpret_cast<T*>(a); }
-
-}  // namespace
+using namespace lscape::bind;
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "lscape CPU kernels";
@@ -62,39 +48,37 @@ PYBIND11_MODULE(_C, m) {
   m.def("proj_matvec_indices", [](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr,
                                   uintptr_t indices, uintptr_t scales, uintptr_t x, uintptr_t out,
                                   int64_t B, bool f64, int nt) {
-    const Spec s = to_spec(st);
-    if (f64)
-      matvec_indices_cpu<double>(s, ptr<int32_t>(seg_start), ptr<int64_t>(chunk_ptr), ptr<int32_t>(indices),
-                                 ptr<double>(scales), ptr<double>(x), ptr<double>(out), B, nt);
-    else
-      matvec_indices_cpu<float>(s, ptr<int32_t>(seg_start), ptr<int64_t>(chunk_ptr), ptr<int32_t>(indices),
-                                ptr<float>(scales), ptr<float>(x), ptr<float>(out), B, nt);
+    check_batch(B);
+    by_dtype(f64, [&](auto t) {
+      using T = decltype(t);
+      matvec_indices_cpu<T>(to_spec(st), ptr<int32_t>(seg_start), ptr<int64_t>(chunk_ptr), ptr<int32_t>(indices),
+                            ptr<T>(scales), ptr<T>(x), ptr<T>(out), B, nt);
+    });
   }, nogil);
   m.def("proj_rmatvec_indices", [](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr,
                                    uintptr_t indices, uintptr_t scales, uintptr_t x, uintptr_t out,
                                    int64_t B, bool f64, int nt) {
-    const Spec s = to_spec(st);
-    if (f64)
-      rmatvec_indices_cpu<double>(s, ptr<int32_t>(seg_start), ptr<int64_t>(chunk_ptr), ptr<int32_t>(indices),
-                                  ptr<double>(scales), ptr<double>(x), ptr<double>(out), B, nt);
-    else
-      rmatvec_indices_cpu<float>(s, ptr<int32_t>(seg_start), ptr<int64_t>(chunk_ptr), ptr<int32_t>(indices),
-                                 ptr<float>(scales), ptr<float>(x), ptr<float>(out), B, nt);
+    check_batch(B);
+    by_dtype(f64, [&](auto t) {
+      using T = decltype(t);
+      rmatvec_indices_cpu<T>(to_spec(st), ptr<int32_t>(seg_start), ptr<int64_t>(chunk_ptr), ptr<int32_t>(indices),
+                             ptr<T>(scales), ptr<T>(x), ptr<T>(out), B, nt);
+    });
   }, nogil);
   m.def("proj_matvec_implicit", [](const SpecTuple& st, uintptr_t scales, uintptr_t x, uintptr_t out,
                                    int64_t B, bool f64, int nt) {
-    const Spec s = to_spec(st);
-    if (f64)
-      matvec_implicit_cpu<double>(s, ptr<double>(scales), ptr<double>(x), ptr<double>(out), B, nt);
-    else
-      matvec_implicit_cpu<float>(s, ptr<float>(scales), ptr<float>(x), ptr<float>(out), B, nt);
+    check_batch(B);
+    by_dtype(f64, [&](auto t) {
+      using T = decltype(t);
+      matvec_implicit_cpu<T>(to_spec(st), ptr<T>(scales), ptr<T>(x), ptr<T>(out), B, nt);
+    });
   }, nogil);
   m.def("proj_rmatvec_implicit", [](const SpecTuple& st, uintptr_t scales, uintptr_t x, uintptr_t out,
                                     int64_t B, bool f64, int nt) {
-    const Spec s = to_spec(st);
-    if (f64)
-      rmatvec_implicit_cpu<double>(s, ptr<double>(scales), ptr<double>(x), ptr<double>(out), B, nt);
-    else
-      rmatvec_implicit_cpu<float>(s, ptr<float>(scales), ptr<float>(x), ptr<float>(out), B, nt);
+    check_batch(B);
+    by_dtype(f64, [&](auto t) {
+      using T = decltype(t);
+      rmatvec_implicit_cpu<T>(to_spec(st), ptr<T>(scales), ptr<T>(x), ptr<T>(out), B, nt);
+    });
   }, nogil);
 }

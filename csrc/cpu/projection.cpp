@@ -4,24 +4,12 @@
 namespace lscape {
 namespace proj {
 
-#define LSCAPE_DECLARE_ISA(ns)                                                                         \
-  namespace ns {                                                                                       \
-  void count_cpu(const Spec&, uint32_t*, int64_t*, int);                                               \
-  void fill_cpu(const Spec&, const int32_t*, const int64_t*, int32_t*, int);                           \
-  template <typename T>                                                                                \
-  void matvec_indices_cpu(const Spec&, const int32_t*, const int64_t*, const int32_t*, const T*,       \
-                          const T*, T*, int64_t, int);                                                 \
-  template <typename T>                                                                                \
-  void rmatvec_indices_cpu(const Spec&, const int32_t*, const int64_t*, const int32_t*, const T*,      \
-                           const T*, T*, int64_t, int);                                                \
-  template <typename T>                                                                                \
-  void matvec_implicit_cpu(const Spec&, const T*, const T*, T*, int64_t, int);                         \
-  template <typename T>                                                                                \
-  void rmatvec_implicit_cpu(const Spec&, const T*, const T*, T*, int64_t, int);                        \
-  }
-LSCAPE_DECLARE_ISA(baseline)
-LSCAPE_DECLARE_ISA(avx2)
-#undef LSCAPE_DECLARE_ISA
+namespace baseline {
+#include "lscape/projection_cpu_api.inc"
+}
+namespace avx2 {
+#include "lscape/projection_cpu_api.inc"
+}
 
 namespace {
 bool use_avx2() {
@@ -68,16 +56,8 @@ void rmatvec_implicit_cpu(const Spec& s, const T* scales, const T* g, T* out, in
 }
 #undef LSCAPE_DISPATCH
 
-#define LSCAPE_INSTANTIATE(T)                                                                          \
-  template void matvec_indices_cpu<T>(const Spec&, const int32_t*, const int64_t*, const int32_t*,     \
-                                      const T*, const T*, T*, int64_t, int);                           \
-  template void rmatvec_indices_cpu<T>(const Spec&, const int32_t*, const int64_t*, const int32_t*,    \
-                                       const T*, const T*, T*, int64_t, int);                          \
-  template void matvec_implicit_cpu<T>(const Spec&, const T*, const T*, T*, int64_t, int);             \
-  template void rmatvec_implicit_cpu<T>(const Spec&, const T*, const T*, T*, int64_t, int);
-LSCAPE_INSTANTIATE(float)
-LSCAPE_INSTANTIATE(double)
-#undef LSCAPE_INSTANTIATE
+LSCAPE_PROJ_CPU_INSTANTIATE(float)
+LSCAPE_PROJ_CPU_INSTANTIATE(double)
 
 }  // namespace proj
 }  // namespace lscape

@@ -384,16 +384,8 @@ void rmatvec_implicit_cpu(const Spec& s, const T* scales, const T* g, T* out, in
   rmatvec_driver(s, scales, g, out, B, nthreads, ImplicitSegments{s});
 }
 
-#define LSCAPE_INSTANTIATE(T)                                                                          \
-  template void matvec_indices_cpu<T>(const Spec&, const int32_t*, const int64_t*, const int32_t*,     \
-                                      const T*, const T*, T*, int64_t, int);                           \
-  template void rmatvec_indices_cpu<T>(const Spec&, const int32_t*, const int64_t*, const int32_t*,    \
-                                       const T*, const T*, T*, int64_t, int);                          \
-  template void matvec_implicit_cpu<T>(const Spec&, const T*, const T*, T*, int64_t, int);             \
-  template void rmatvec_implicit_cpu<T>(const Spec&, const T*, const T*, T*, int64_t, int);
-LSCAPE_INSTANTIATE(float)
-LSCAPE_INSTANTIATE(double)
-#undef LSCAPE_INSTANTIATE
+LSCAPE_PROJ_CPU_INSTANTIATE(float)
+LSCAPE_PROJ_CPU_INSTANTIATE(double)
 
 }  // namespace LSCAPE_ISA
 }  // namespace proj

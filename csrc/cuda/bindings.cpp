@@ -10,40 +10,19 @@
 #include <string>
 #include <tuple>
 
+#include "lscape/binding_util.h"
 #include "lscape/projection_cuda.h"
 
 namespace py = pybind11;
 using lscape::proj::Spec;
+using namespace lscape::bind;
 
 namespace {
-
-using SpecTuple = std::tuple<int64_t, int64_t, uint64_t, double, int64_t, int64_t>;
-
-// The (D, d, seed, cinv, seg_rows, n_chunks) tuple, checked against the invariants projection.h states,
-// since a bad spec would make the kernels write out of bounds.
-Spec to_spec(const SpecTuple& t) {
-  const Spec s{std::get<0>(t), std::get<1>(t), std::get<2>(t), static_cast<float>(std::get<3>(t)),
-               std::get<4>(t), std::get<5>(t)};
-  if (s.D < 1 || s.D > INT64_C(0x7FFFFFFF)) throw std::invalid_argument("projection spec: D must be in [1, 2^31 - 1]");
-  if (s.d < 1 || s.d > s.D) throw std::invalid_argument("projection spec: d must be in [1, D]");
-  if (s.seg_rows < 1 || s.seg_rows > (INT64_C(1) << 24) || (s.seg_rows & (s.seg_rows - 1)) != 0)
-    throw std::invalid_argument("projection spec: seg_rows must be a power of two <= 2^24");
-  if (s.n_chunks != (s.D + s.seg_rows - 1) / s.seg_rows)
-    throw std::invalid_argument("projection spec: n_chunks must be ceil(D / seg_rows)");
-  return s;
-}
-
-template <typename T>
-T* ptr(uintptr_t a) { return reinterpret_cast<T*>(a); }
 
 void* stream_ptr(uintptr_t a) { return reinterpret_cast<void*>(a); }
 
 void check(const char* err, const char* what) {
   if (err) throw std::runtime_error(std::string("lscape._cuda.") + what + ": " + err);
-}
-
-void check_batch(int64_t B) {
-  if (B < 1) throw std::invalid_argument("batch size B must be >= 1");
 }
 
 }  // namespace

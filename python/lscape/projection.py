@@ -133,8 +133,7 @@ class SparseSignProjection:
         single = t.ndim == 1
         t2 = (t.unsqueeze(0) if single else t).contiguous()
         if grad:
-            fn = ops.RMatVec if transpose else ops.MatVec
-            out = fn.apply(t2, self)
+            out = ops.Product.apply(t2, self, transpose)
         else:
             with torch.no_grad():
                 out = ops.product(self, t2, transpose)

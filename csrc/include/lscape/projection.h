@@ -77,27 +77,8 @@ LS_HD int32_t pack_index(uint32_t row, uint32_t neg) { return static_cast<int32_
 //   entry j = d is the chunk's total, so segment (j, c) holds seg_start[.. j + 1] - seg_start[.. j].
 // (Offsets relative to the chunk keep 4 bytes per segment; a chunk must hold fewer than 2^31 nonzeros.)
 
-// ---- CPU kernels (csrc/cpu/projection.cpp) ------------------------------------------------------
-// Count nonzeros per segment (seg_counts[c * d + j], uint32, may be null) and per column (col_counts).
-void count_cpu(const Spec& s, uint32_t* seg_counts, int64_t* col_counts, int nthreads);
-// Write the packed indices into the layout above.
-void fill_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr, int32_t* indices,
-              int nthreads);
-
-// out (B, D) = theta (B, d) P^T;   rout (B, d) = g (B, D) P.   scales: d entries, 1/sqrt(n_j) or 0.
-// All arrays C-contiguous; out is overwritten.
-template <typename T>
-void matvec_indices_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
-                        const int32_t* indices, const T* scales, const T* theta, T* out, int64_t B,
-                        int nthreads);
-template <typename T>
-void rmatvec_indices_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
-                         const int32_t* indices, const T* scales, const T* g, T* out, int64_t B,
-                         int nthreads);
-template <typename T>
-void matvec_implicit_cpu(const Spec& s, const T* scales, const T* theta, T* out, int64_t B, int nthreads);
-template <typename T>
-void rmatvec_implicit_cpu(const Spec& s, const T* scales, const T* g, T* out, int64_t B, int nthreads);
+// ---- CPU kernels ---------------------------------------------------------------------------------
+#include "lscape/projection_cpu_api.inc"
 
 // Which code path the CPU kernels run on this processor ("avx2" or "baseline").
 const char* cpu_isa();

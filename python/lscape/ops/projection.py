@@ -108,27 +108,17 @@ def _on_device(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-class MatVec(torch.autograd.Function):
-    """theta (B, d) -> theta P^T (B, D); its gradient is rmatvec, and that one's is matvec again."""
+class Product(torch.autograd.Function):
+    """matvec (theta (B, d) -> (B, D)) or, with transpose, rmatvec (g (B, D) -> (B, d)).
+
+    The gradient of each is the other, so derivatives of any order stay on the kernels.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, P) -> torch.Tensor:
-        ctx.P = P
-        return product(P, x, transpose=False)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return RMatVec.apply(grad.contiguous(), ctx.P), None
-
-
-class RMatVec(torch.autograd.Function):
-    """g (B, D) -> g P (B, d)."""
-
-    @staticmethod
-    def forward(ctx, g: torch.Tensor, P) -> torch.Tensor:
-        ctx.P = P
-        return product(P, g, transpose=True)
+    def forward(ctx, x: torch.Tensor, P, transpose: bool) -> torch.Tensor:
+        ctx.P, ctx.transpose = P, transpose
+        return product(P, x, transpose)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return MatVec.apply(grad.contiguous(), ctx.P), None
+        return Product.apply(grad.contiguous(), ctx.P, not ctx.transpose), None, None

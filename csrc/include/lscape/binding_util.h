@@ -1,0 +1,48 @@
+// Helpers shared by the two pybind11 modules (csrc/bindings.cpp, csrc/cuda/bindings.cpp): how a
+// projection spec and raw buffer addresses arrive from Python.  Plain C++, no pybind11 types.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <tuple>
+
+#include "lscape/projection.h"
+
+namespace lscape {
+namespace bind {
+
+// (D, d, seed, cinv, seg_rows, n_chunks), as lscape.reference.projection.ProjSpec.as_tuple() gives it.
+using SpecTuple = std::tuple<int64_t, int64_t, uint64_t, double, int64_t, int64_t>;
+
+// The spec, checked against the invariants projection.h states: a bad one would make kernels write
+// out of bounds, so it is refused even though the Python layer never sends one.
+inline proj::Spec to_spec(const SpecTuple& t) {
+  const proj::Spec s{std::get<0>(t), std::get<1>(t), std::get<2>(t), static_cast<float>(std::get<3>(t)),
+                     std::get<4>(t), std::get<5>(t)};
+  if (s.D < 1 || s.D > INT64_C(0x7FFFFFFF)) throw std::invalid_argument("projection spec: D must be in [1, 2^31 - 1]");
+  if (s.d < 1 || s.d > s.D) throw std::invalid_argument("projection spec: d must be in [1, D]");
+  if (s.seg_rows < 1 || s.seg_rows > (INT64_C(1) << 24) || (s.seg_rows & (s.seg_rows - 1)) != 0)
+    throw std::invalid_argument("projection spec: seg_rows must be a power of two <= 2^24");
+  if (s.n_chunks != (s.D + s.seg_rows - 1) / s.seg_rows)
+    throw std::invalid_argument("projection spec: n_chunks must be ceil(D / seg_rows)");
+  return s;
+}
+
+inline void check_batch(int64_t B) {
+  if (B < 1) throw std::invalid_argument("batch size B must be >= 1");
+}
+
+// A buffer address (a Python int) as a typed pointer.
+template <typename T>
+T* ptr(uintptr_t a) { return reinterpret_cast<T*>(a); }
+
+// Calls f(T{}) with T = double when f64, else float.
+template <class F>
+void by_dtype(bool f64, F&& f) {
+  if (f64)
+    f(double{});
+  else
+    f(float{});
+}
+
+}  // namespace bind
+}  // namespace lscape
