@@ -141,3 +141,9 @@ def test_wrong_device_is_named(P, monkeypatch):
     meta = torch.empty(41, device="meta")
     with pytest.raises(ValueError, match=r"^theta: got a tensor on meta, but the projection lives on cpu"):
         P.matvec(meta)
+
+
+def test_zero_dim_numpy_is_refused_not_promoted():
+    P1 = SparseSignProjection(1, 1)
+    with pytest.raises(ValueError, match=r"^theta: got numpy array of shape \(\)"):
+        P1.matvec(np.array(1.0, dtype=np.float32))

@@ -207,7 +207,9 @@ def _as_tensor(x: Any, name: str):
     if isinstance(x, np.ndarray):
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"{name}: got numpy dtype {x.dtype}, expected float32 or float64")
-        return torch.from_numpy(np.ascontiguousarray(x)), lambda out: out.detach().numpy()
+        # (not np.ascontiguousarray: it turns a 0-d array into shape (1,))
+        c = x if x.flags.c_contiguous else x.copy(order="C")
+        return torch.from_numpy(c), lambda out: out.detach().numpy()
     if type(x).__module__.startswith("cupy"):
         import cupy  # an optional extra; present if x is a CuPy array
 
