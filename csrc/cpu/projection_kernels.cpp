@@ -307,7 +307,7 @@ void rmatvec_driver(const Spec& s, const T* scales, const T* g, T* out, int64_t 
 
 // Stored segments: iterate a segment's packed indices.
 struct StoredSegments {
-  static constexpr bool kHasGatherSum = false;  // AVX2 gathers were measured no faster than scalar loads here
+  static constexpr bool kHasGatherSum = false;  // float B = 1 has its own path: rmatvec_stored_f32
   const Spec& s;
   const int32_t* seg_start;
   const int64_t* chunk_ptr;
