@@ -137,7 +137,7 @@ def test_bad_inputs(P, method, x, exc, match):
         getattr(P, method)(x)
 
 
-def test_wrong_device_is_named(P, monkeypatch):
+def test_wrong_device_is_named(P):
     meta = torch.empty(41, device="meta")
     with pytest.raises(ValueError, match=r"^theta: got a tensor on meta, but the projection lives on cpu"):
         P.matvec(meta)

@@ -164,8 +164,7 @@ class SparseSignProjection:
             rows, cols, neg = ref.decode(b["seg_start"], b["chunk_ptr"], b["indices"])
             return rows.numpy(), cols.numpy(), neg.numpy()
         counts, rows, neg = ref.pattern(self.spec)
-        cols = np.tile(np.arange(self.d), self.spec.n_chunks).repeat(counts.ravel().astype(np.int64))
-        return rows, cols, neg
+        return rows, ref.segment_cols(torch.from_numpy(counts.astype(np.int64))).numpy(), neg
 
     # ---- conversions -------------------------------------------------------------------------------
     def to_scipy(self, dtype: Any = np.float32):

@@ -63,8 +63,8 @@ def make_spec(D: int, d: int, seed: int, density: float) -> ProjSpec:
 
 def _gaps(h: np.ndarray, spec: ProjSpec) -> np.ndarray:
     t = rng.log2_approx(rng.uniform24(h)) * np.float32(spec.cinv)
-    S = spec.seg_rows
-    return np.where(t < np.float32(S), np.minimum(t, np.float32(S)).astype(np.int64), S)
+    # min(t, S) truncates to S exactly (a float32 integer), as draw_gap in projection.h
+    return np.minimum(t, np.float32(spec.seg_rows)).astype(np.int64)
 
 
 def pattern(spec: ProjSpec, c0: int = 0, c1: int | None = None):
@@ -136,11 +136,16 @@ def column_scales(col_counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 # ---- products, in torch, on any device --------------------------------------------------------------
 
+def segment_cols(seg_counts: torch.Tensor) -> torch.Tensor:
+    """The column of every nonzero in storage order, from per-segment counts (n_chunks, d)."""
+    n_chunks, d = seg_counts.shape
+    cols = torch.arange(d, device=seg_counts.device).repeat(n_chunks)
+    return cols.repeat_interleave(seg_counts.reshape(-1).to(torch.int64))
+
+
 def decode(seg_start: torch.Tensor, chunk_ptr: torch.Tensor, indices: torch.Tensor):
     """(rows, cols, neg) of every stored nonzero, from the "indices" storage."""
-    n_chunks, d1 = seg_start.shape
-    counts = (seg_start[:, 1:] - seg_start[:, :-1]).reshape(-1).to(torch.int64)
-    cols = torch.arange(d1 - 1, device=indices.device).repeat(n_chunks).repeat_interleave(counts)
+    cols = segment_cols(seg_start[:, 1:] - seg_start[:, :-1])
     packed = indices.to(torch.int64) & 0xFFFFFFFF
     return packed & 0x7FFFFFFF, cols, (packed >> 31).bool()
 
@@ -180,8 +185,7 @@ def implicit_product(spec: ProjSpec, scales: torch.Tensor, x: torch.Tensor, tran
         counts, rows, neg = pattern(spec, c0, c1)
         dev = x.device
         rows_t = torch.from_numpy(rows).to(dev)
-        cols_t = torch.arange(spec.d, device=dev).repeat(c1 - c0).repeat_interleave(
-            torch.from_numpy(counts.astype(np.int64).ravel()).to(dev))
+        cols_t = segment_cols(torch.from_numpy(counts.astype(np.int64)).to(dev))
         vals = coo_values(cols_t, torch.from_numpy(neg).to(dev), scales)
         if transpose:
             out.index_add_(1, cols_t, x[:, rows_t] * vals)
