@@ -2,11 +2,12 @@
 
     python bench/report.py [report options] [pytest options ...]
 
-Runs `python -m pytest bench/test_projection.py --benchmark-json=bench/results/benchmark-<time>.json`
-with any pytest options given (e.g. `-k B1`, `--bench-budget 1`, `--bench-large`), then
+Runs `python -m pytest bench/test_projection.py bench/test_mlp.py --benchmark-json=...` with any pytest
+options given (e.g. `-k B1`, `-k mlp`, `--bench-budget 1`, `--bench-large`), then
 bench/large_implicit.py in a fresh process (D = 10**8, d = 10**4, implicit storage: its peak RSS is its
-own), and prints, per group, each contender's median time and its ratio to lscape indices, then the
-targets.  The table goes to bench/results/report-<time>.txt and bench/results/latest.txt.
+own), and prints, per group, each contender's median time and its ratio to the group's lscape baseline
+(lscape indices for the projection; for ensemble training, model-steps per second and lscape's speed-up),
+then the targets.  The table goes to bench/results/report-<time>.txt and bench/results/latest.txt.
 
 Report options (everything else goes to pytest):
   --no-large          skip the large implicit subprocess
@@ -36,6 +37,11 @@ LIMIT_BYTES = 10**9
 TARGET_VS_TORCH = 4.0  # lscape indices at least this many times faster than torch CSR
 TARGET_BYTES_PER_NNZ = 4.5
 TARGET_IMPLICIT = 2.0  # implicit at most this many times slower than indices
+# Targets (5x5 ensemble training on the W_f set, float32).
+TARGET_MLP_VS_VMAP = 20.0  # lscape cpu at least this many times torch.func vmap's model-steps/s
+TARGET_MLP_RATE = 3e5  # model-steps/s on the CPU
+TARGET_MLP_RATE_CUDA = 5e7  # model-steps/s on a GPU
+SUITES = ["test_projection.py", "test_mlp.py"]
 
 GROUP_TITLES = {
     "build": "generate P (D = 656,810, d = 9,000)",
@@ -49,7 +55,13 @@ PRODUCT_GROUPS = ["matvec-B1", "rmatvec-B1", "matvec-B8", "rmatvec-B8"]
 GROUP_ORDER = ["build", *PRODUCT_GROUPS]
 GROUP_ORDER += ["cuda-" + g for g in GROUP_ORDER] + ["implicit-large"]
 CONTENDER_ORDER = ["lscape indices", "lscape implicit", "torch CSR", "scipy.sparse", "cupyx CSR",
-                   "lscape torch reference"]
+                   "lscape torch reference", "lscape cpu", "lscape cuda", "torch.func vmap", "lscape torch ref"]
+MLP_GROUPS = [f"mlp-{o}-M{m}" for o in ("sgd", "adadelta", "adam") for m in (1024, 16384)]
+GROUP_ORDER += MLP_GROUPS + [f"cuda-mlp-{o}-M{m}" for o in ("sgd", "adadelta", "adam") for m in (16384, 320000)]
+
+
+def _is_mlp(group: str) -> bool:
+    return group.removeprefix("cuda-").startswith("mlp-")
 
 
 # ---- running -------------------------------------------------------------------------------------------
@@ -85,7 +97,7 @@ def run_pytest(extra: list[str], json_path: Path) -> tuple[int, list[str], Path]
     for a in extra:  # the caller's own --benchmark-json wins
         if a.startswith("--benchmark-json="):
             json_path = Path(a.split("=", 1)[1])
-    cmd = [sys.executable, "-m", "pytest", str(HERE / "test_projection.py"), f"--benchmark-json={json_path}",
+    cmd = [sys.executable, "-m", "pytest", *(str(HERE / f) for f in SUITES), f"--benchmark-json={json_path}",
            *extra]
     print("$", " ".join(cmd), flush=True)
     lines: list[str] = []
@@ -184,7 +196,34 @@ def header(data: dict, load: dict) -> list[str]:
     return lines
 
 
+def _rate(b: dict) -> float | None:
+    steps = b.get("extra_info", {}).get("model_steps")
+    return steps / b["stats"]["median"] if steps else None
+
+
+def mlp_table(group: str, members: dict[str, dict]) -> list[str]:
+    base_name = "lscape cuda" if group.startswith("cuda-") else "lscape cpu"
+    any_info = next(iter(members.values())).get("extra_info", {})
+    lines = [f"[{group}] train M = {any_info.get('M', '?'):,} 5x5 networks ({any_info.get('optimizer', '?')}, "
+             f"P = {any_info.get('P', '?')} points, full batch){', on CUDA' if group.startswith('cuda-') else ''}"]
+    lines.append(f"  {'contender':<24} {'model-steps/s':>14} {'steps/call':>10} {'rounds':>6}   speed-up of {base_name}")
+    base = members.get(base_name)
+    for who in _ordered(members, CONTENDER_ORDER):
+        b, r = members[who], _rate(members[who])
+        e = b.get("extra_info", {})
+        if who == base_name:
+            rtext = "baseline"
+        elif base is not None and r:
+            rtext = f"{base_name} / {who} = {_rate(base) / r:.1f}x"
+        else:
+            rtext = ""
+        lines.append(f"  {who:<24} {r or float('nan'):>14,.0f} {e.get('steps', '?'):>10} {b['stats']['rounds']:>6}   {rtext}")
+    return lines
+
+
 def group_table(group: str, members: dict[str, dict]) -> list[str]:
+    if _is_mlp(group):
+        return mlp_table(group, members)
     title = GROUP_TITLES.get(group) or GROUP_TITLES.get(group.removeprefix("cuda-"), "")
     if group.startswith("cuda-"):
         title = f"{title}, on CUDA"
@@ -261,7 +300,31 @@ def targets(groups: dict, large: dict | None) -> tuple[list[str], bool]:
     if rb is not None:
         lines.append(f"         (build: implicit / indices = {rb:.2f}x)")
 
-    # 4. large implicit under 1 GB
+    # 4. ensemble training: lscape cpu >= 20x torch.func vmap and >= 3e5 model-steps/s; cuda >= 5e7
+    rows = []
+    for g, members in groups.items():
+        if not _is_mlp(g):
+            continue
+        cuda = g.startswith("cuda-")
+        base = members.get("lscape cuda" if cuda else "lscape cpu")
+        if base is None:
+            continue
+        vm = members.get("torch.func vmap")
+        rows.append((g, cuda, _rate(base), _rate(vm) if vm else None))
+    cpu_rows = [r for r in rows if not r[1]]
+    ok = None if not cpu_rows else all(
+        rate >= TARGET_MLP_RATE and (vm is None or rate / vm >= TARGET_MLP_VS_VMAP) for _, _, rate, vm in cpu_rows)
+    add(ok, f"ensemble training (CPU) >= {TARGET_MLP_VS_VMAP:g}x torch.func vmap and >= {TARGET_MLP_RATE:,.0f} "
+        "model-steps/s", [f"{g}: {rate:,.0f} model-steps/s" + (f", {rate / vm:.1f}x vmap" if vm else "")
+                          for g, _, rate, vm in cpu_rows] or ["not measured in this run"])
+    cuda_rows = [r for r in rows if r[1]]
+    if cuda_rows:
+        add(all(rate >= TARGET_MLP_RATE_CUDA for _, _, rate, _ in cuda_rows),
+            f"ensemble training (CUDA) >= {TARGET_MLP_RATE_CUDA:,.0f} model-steps/s",
+            [f"{g}: {rate:,.0f} model-steps/s" + (f", {rate / vm:.1f}x vmap" if vm else "")
+             for g, _, rate, vm in cuda_rows])
+
+    # 5. large implicit under 1 GB
     if large is None:
         add(None, f"large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS", ["skipped (--no-large)"])
     elif "error" in large:

@@ -3,8 +3,11 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <stdexcept>
+#include <tuple>
 
 #include "lscape/binding_util.h"
+#include "lscape/mlp.h"
 #ifdef LSCAPE_OPENMP
 #include <omp.h>
 #endif
@@ -12,6 +15,32 @@
 namespace py = pybind11;
 
 using namespace lscape::bind;
+
+namespace {
+
+// (kind, lr, momentum, rho, eps, beta1, beta2), as lscape.reference.mlp.OptConfig.as_tuple() gives it.
+using OptTuple = std::tuple<int, double, double, double, double, double, double>;
+
+lscape::mlp::OptConfig to_opt(const OptTuple& t) {
+  const int kind = std::get<0>(t);
+  if (kind < lscape::mlp::kSgd || kind > lscape::mlp::kAdam)
+    throw std::invalid_argument("mlp optimizer kind must be 0 (sgd), 1 (adadelta) or 2 (adam)");
+  return {kind, std::get<1>(t), std::get<2>(t), std::get<3>(t), std::get<4>(t), std::get<5>(t),
+          std::get<6>(t)};
+}
+
+// The sizes mlp.h allows: others would index out of bounds or divide by zero, so they are refused here
+// even though the Python layer never sends them.
+lscape::mlp::Spec mlp_spec(int K, int N, int64_t M, int64_t P) {
+  using namespace lscape::mlp;
+  if (K < 1 || K > kMaxDepth) throw std::invalid_argument("mlp: K must be in [1, 8]");
+  if (N < 1 || N > kMaxWidth) throw std::invalid_argument("mlp: N must be in [1, 16]");
+  if (M < 0) throw std::invalid_argument("mlp: M must be >= 0");
+  if (P < 1) throw std::invalid_argument("mlp: P must be >= 1");
+  return {K, N};
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "lscape CPU kernels";
@@ -80,5 +109,22 @@ PYBIND11_MODULE(_C, m) {
       using T = decltype(t);
       rmatvec_implicit_cpu<T>(to_spec(st), ptr<T>(scales), ptr<T>(x), ptr<T>(out), B, nt);
     });
+  }, nogil);
+
+  m.def("mlp_loss_grad", [](int K, int N, int64_t M, int64_t P, uintptr_t params, uintptr_t x, uintptr_t y,
+                            uintptr_t loss, uintptr_t grad, int nt) {
+    lscape::mlp::loss_grad_cpu(mlp_spec(K, N, M, P), M, ptr<const float>(params), P, ptr<const float>(x),
+                               ptr<const float>(y), ptr<float>(loss), ptr<float>(grad), nt);
+  }, nogil);
+  m.def("mlp_train", [](int K, int N, const OptTuple& opt, int64_t M, int64_t P, uintptr_t params,
+                        uintptr_t state0, uintptr_t state1, uintptr_t diverged, uintptr_t x, uintptr_t y,
+                        int64_t step0, int64_t steps, int64_t record_every, uintptr_t history, int nt) {
+    const lscape::mlp::Spec s = mlp_spec(K, N, M, P);
+    const lscape::mlp::OptConfig o = to_opt(opt);
+    if (steps < 0) throw std::invalid_argument("mlp: steps must be >= 0");
+    if (record_every < 1) throw std::invalid_argument("mlp: record_every must be >= 1");
+    lscape::mlp::train_cpu(s, o, M, ptr<float>(params), ptr<float>(state0), ptr<float>(state1),
+                           ptr<uint8_t>(diverged), P, ptr<const float>(x), ptr<const float>(y), step0, steps,
+                           record_every, ptr<float>(history), nt);
   }, nogil);
 }

@@ -28,6 +28,16 @@ def kernel_backend(request):
         yield request.param
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: references that run thousands of tiny ops only lose to torch's
+    thread pool (seconds per call on a busy 2-core machine), and one thread gives the same answers."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _no_env_backend(monkeypatch):
     monkeypatch.delenv("LSCAPE_BACKEND", raising=False)

@@ -1,5 +1,5 @@
 // pybind11 module lscape._cuda: the CUDA kernels.  Compiled by the host C++ compiler; it sees only the
-// plain-C++ API of projection_cuda.h.  Arrays cross as raw device addresses (Python ints, 0 = null) of
+// plain-C++ APIs of projection_cuda.h and mlp.h.  Arrays cross as raw device addresses (Python ints, 0 = null) of
 // C-contiguous buffers and the stream as an int holding a cudaStream_t; the Python layer (lscape.ops)
 // owns shapes, dtypes, devices and the checks on them.  Launches are asynchronous on that stream; a
 // launch error is raised as RuntimeError.
@@ -9,8 +9,10 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "lscape/binding_util.h"
+#include "lscape/mlp.h"
 #include "lscape/projection_cuda.h"
 
 namespace py = pybind11;
@@ -23,6 +25,34 @@ void* stream_ptr(uintptr_t a) { return reinterpret_cast<void*>(a); }
 
 void check(const char* err, const char* what) {
   if (err) throw std::runtime_error(std::string("lscape._cuda.") + what + ": " + err);
+}
+
+// (kind, lr, momentum, rho, eps, beta1, beta2), as lscape.reference.mlp.OptConfig.as_tuple() gives it.
+using OptTuple = std::tuple<int, double, double, double, double, double, double>;
+
+lscape::mlp::OptConfig to_opt(const OptTuple& t) {
+  const int kind = std::get<0>(t);
+  if (kind < lscape::mlp::kSgd || kind > lscape::mlp::kAdam)
+    throw std::invalid_argument("mlp optimizer kind must be 0 (sgd), 1 (adadelta) or 2 (adam)");
+  return {kind, std::get<1>(t), std::get<2>(t), std::get<3>(t), std::get<4>(t), std::get<5>(t),
+          std::get<6>(t)};
+}
+
+// The sizes mlp.h allows: anything else would index out of bounds, so it is refused here even though
+// the Python layer never sends it.
+lscape::mlp::Spec mlp_spec(int K, int N, int64_t M, int64_t P) {
+  using namespace lscape::mlp;
+  if (K < 1 || K > kMaxDepth) throw std::invalid_argument("mlp: K must be in [1, 8]");
+  if (N < 1 || N > kMaxWidth) throw std::invalid_argument("mlp: N must be in [1, 16]");
+  if (M < 0) throw std::invalid_argument("mlp: M must be >= 0");
+  if (P < 1) throw std::invalid_argument("mlp: P must be >= 1");
+  return {K, N};
+}
+
+// A null device buffer that the kernel would dereference: refused, since the fault it causes would
+// poison the whole CUDA context.
+void need(uintptr_t a, const char* name) {
+  if (!a) throw std::invalid_argument(std::string("mlp: ") + name + " must not be null");
 }
 
 }  // namespace
@@ -107,4 +137,36 @@ PYBIND11_MODULE(_cuda, m) {
     check(err, "proj_rmatvec_implicit");
   }, py::arg("spec"), py::arg("scales"), py::arg("x"), py::arg("out"), py::arg("B"), py::arg("f64"),
      py::arg("stream"), nogil);
+
+  m.def("mlp_loss_grad", [](int K, int N, int64_t M, int64_t P, uintptr_t params, uintptr_t x, uintptr_t y,
+                            uintptr_t loss, uintptr_t grad, uintptr_t stream) {
+    const lscape::mlp::Spec s = mlp_spec(K, N, M, P);
+    if (M == 0) return;
+    for (auto [a, name] : {std::pair{params, "params"}, {x, "x"}, {y, "y"}, {loss, "loss"}}) need(a, name);
+    check(lscape::mlp::loss_grad_cuda(s, M, ptr<const float>(params), P, ptr<const float>(x),
+                                      ptr<const float>(y), ptr<float>(loss), ptr<float>(grad),
+                                      stream_ptr(stream)),
+          "mlp_loss_grad");
+  }, py::arg("K"), py::arg("N"), py::arg("M"), py::arg("P"), py::arg("params"), py::arg("x"), py::arg("y"),
+     py::arg("loss"), py::arg("grad"), py::arg("stream"), nogil);
+
+  m.def("mlp_train", [](int K, int N, const OptTuple& opt, int64_t M, int64_t P, uintptr_t params,
+                        uintptr_t state0, uintptr_t state1, uintptr_t diverged, uintptr_t x, uintptr_t y,
+                        int64_t step0, int64_t steps, int64_t record_every, uintptr_t history, uintptr_t stream) {
+    const lscape::mlp::Spec s = mlp_spec(K, N, M, P);
+    const lscape::mlp::OptConfig o = to_opt(opt);
+    if (steps < 0) throw std::invalid_argument("mlp: steps must be >= 0");
+    if (record_every < 1) throw std::invalid_argument("mlp: record_every must be >= 1");
+    if (step0 < 0) throw std::invalid_argument("mlp: step0 must be >= 0");
+    if (M == 0 || steps == 0) return;
+    for (auto [a, name] : {std::pair{params, "params"}, {state0, "state0"}, {diverged, "diverged"}, {x, "x"}, {y, "y"}})
+      need(a, name);
+    if (o.kind != lscape::mlp::kSgd) need(state1, "state1");
+    check(lscape::mlp::train_cuda(s, o, M, ptr<float>(params), ptr<float>(state0), ptr<float>(state1),
+                                  ptr<uint8_t>(diverged), P, ptr<const float>(x), ptr<const float>(y), step0,
+                                  steps, record_every, ptr<float>(history), stream_ptr(stream)),
+          "mlp_train");
+  }, py::arg("K"), py::arg("N"), py::arg("opt"), py::arg("M"), py::arg("P"), py::arg("params"),
+     py::arg("state0"), py::arg("state1"), py::arg("diverged"), py::arg("x"), py::arg("y"), py::arg("step0"),
+     py::arg("steps"), py::arg("record_every"), py::arg("history"), py::arg("stream"), nogil);
 }

@@ -1,4 +1,4 @@
-"""The `lscape` command: `lscape info`, `lscape demo`, `lscape bench`."""
+"""The `lscape` command: `lscape info`, `lscape demo`, `lscape bench`, `lscape reproduce`."""
 from __future__ import annotations
 
 import argparse
@@ -89,6 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--D", type=int, default=656_810)
     p_demo.add_argument("--d", type=int, default=9_000)
     sub.add_parser("bench", help="run bench/ and print the ratio table (other arguments go to bench/report.py)")
+    from .experiments import EXPERIMENTS
+    from .experiments.common import SCALES
+
+    p_rep = sub.add_parser("reproduce", help="run a paper's experiment (results.npz, summary.json, figures)")
+    p_rep.add_argument("name", choices=sorted(EXPERIMENTS))
+    p_rep.add_argument("--scale", choices=SCALES, default="default",
+                       help="smoke: seconds; default: minutes on a laptop CPU; paper: the paper's sizes (GPU)")
+    p_rep.add_argument("--out", required=True, help="output folder")
+    p_rep.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     ns, extra = parser.parse_known_args(argv)
     if extra and ns.cmd != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -98,6 +107,25 @@ def main(argv: list[str] | None = None) -> int:
         demo(ns.D, ns.d)
     elif ns.cmd == "bench":
         return _bench(extra)
+    elif ns.cmd == "reproduce":
+        return _reproduce(ns.name, ns.scale, ns.out, ns.resume)
+    return 0
+
+
+def _reproduce(name: str, scale: str, out: str, resume: bool) -> int:
+    from . import experiments
+    from .experiments.common import RunInterrupted
+
+    try:
+        summary = experiments.get(name).run(scale=scale, out=out, resume=resume, progress=True)
+    except (KeyboardInterrupt, RunInterrupted):
+        print(f"\nlscape reproduce: interrupted; the checkpoints in {out} are kept, continue with "
+              f"`lscape reproduce {name} --scale {scale} --out {out} --resume`", file=sys.stderr)
+        return 130
+    except (ImportError, FileExistsError, ValueError) as exc:
+        print(f"lscape reproduce: {exc}", file=sys.stderr)
+        return 2
+    print(f"{name} ({scale}): results in {out}: results.npz, summary.json, {', '.join(summary['figures'])}")
     return 0
 
 

@@ -73,3 +73,23 @@ def log2_approx(u: np.ndarray) -> np.ndarray:
     p = _C3 + z * p
     p = _C1 + z * p
     return e.astype(np.float32) + s * p
+
+
+def uniform53(key: np.ndarray, counter: np.ndarray) -> np.ndarray:
+    """float64 uniform in (0, 1) from draws 2*counter and 2*counter+1 of the stream (53 random bits)."""
+    c = np.asarray(counter, dtype=np.uint32) * np.uint32(2)
+    hi = draw32(key, c).astype(np.uint64) >> np.uint64(6)  # 26 bits
+    lo = draw32(key, c + np.uint32(1)).astype(np.uint64) >> np.uint64(5)  # 27 bits
+    return ((hi << np.uint64(27)) + lo).astype(np.float64) * 2.0**-53 + 2.0**-54
+
+
+def normal(key: np.ndarray, n: int) -> np.ndarray:
+    """n standard normals (float64) from each stream: key (...,) -> (..., n).  Box-Muller on uniform53
+    pairs; deterministic everywhere up to the last bits of log/cos, which a float32 cast hides."""
+    key = np.asarray(key, dtype=np.uint64)[..., None]
+    i = np.arange((n + 1) // 2, dtype=np.uint32)
+    u1 = uniform53(key, np.uint32(2) * i)
+    u2 = uniform53(key, np.uint32(2) * i + np.uint32(1))
+    r = np.sqrt(-2.0 * np.log(u1))
+    z = np.stack([r * np.cos(2.0 * np.pi * u2), r * np.sin(2.0 * np.pi * u2)], axis=-1)
+    return z.reshape(*z.shape[:-2], -1)[..., :n]

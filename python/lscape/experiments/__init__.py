@@ -1,0 +1,24 @@
+"""One module per paper: a config at three scales (smoke / default / paper), run, figures.
+
+    lscape reproduce gamst-walker --scale default --out runs/gw        # or, from Python:
+    lscape.experiments.run("gamst-walker", scale="default", out="runs/gw")
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name on the command line -> module under lscape.experiments (imported lazily: matplotlib etc.)
+EXPERIMENTS = {"gamst-walker": "gamst_walker"}
+
+
+def get(name: str):
+    """The module of experiment `name` (it has SCALES, Config and run(...))."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"experiment: got {name!r}, expected one of {', '.join(map(repr, EXPERIMENTS))}")
+    return importlib.import_module(f"{__name__}.{EXPERIMENTS[name]}")
+
+
+def run(name: str, **kwargs: Any) -> dict:
+    """Run experiment `name`; kwargs go to its run() (scale, out, resume, progress, ...)."""
+    return get(name).run(**kwargs)

@@ -1,0 +1,342 @@
+"""Gamst & Walker (2017), "The energy landscape of a simple neural network" (§2, §3.1-3.5).
+
+    lscape reproduce gamst-walker --scale smoke|default|paper --out DIR [--resume]
+
+1. W_f, the hand-built 5 x 5 network (a 16-tooth sawtooth on top of a low-frequency spline; see
+   lscape.tinymlp.wf_network) and its training set (f at the 33 knots plus 9 points between each pair:
+   P = 321).  Fig 1.
+2. Ensembles of 5 x 5 networks from the He init, half trained with SGD + momentum, half with Adadelta
+   (torch's defaults), full batch.  The mean +- std of the fitted functions per optimizer (Fig 2), the
+   best fits (Fig 3), the distribution of final losses and the fraction reaching the global minimum
+   (final loss < global_min_rel * var(y)).  Every minimum is de-symmetrised (lscape.tinymlp.desymmetrize)
+   and saved.
+3. Hessians (136 x 136, float64) at the de-symmetrised minima, with counts of negative / near-zero /
+   positive eigenvalues (|lambda| <= hessian_tol * max |lambda| is near-zero).  Rescaling and permuting
+   units is a congruence of the Hessian, so the counts do not depend on the representative (Sylvester).
+4. The basin of W_f (§3.4, Fig 5): de-symmetrised W_f plus Gaussian noise of L2 norm uniform in
+   [0, basin_max_noise], retrained with each optimizer (the same jitters for both); final loss against
+   noise norm with a lowess curve (of log10 loss) and a logistic fit of P(return to the global minimum).
+
+Every training stage runs in chunks and checkpoints after each, so an interrupted run resumes exactly.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import tinymlp as tm
+from ..reference import mlp as ref
+from . import common
+from .stats import logistic_fit, lowess
+
+NAME = "gamst-walker"
+OPTIMIZERS = ("sgd", "adadelta")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One scale of the experiment (every field lands in config.json)."""
+
+    scale: str
+    models_per_optimizer: int  # paper: 160,000 each
+    steps: int  # paper: 50,000
+    chunk_steps: int  # steps between checkpoints
+    record_every: int  # loss history resolution
+    basin_trials: int  # jitters of W_f, each retrained with both optimizers (paper: 4096)
+    basin_steps: int  # paper: 20,000
+    hessian_models: int | None  # per optimizer, the first non-diverged models (a random sample); None: all
+    hessian_block: int = 256  # Hessians per checkpoint
+    # 0.0015 with momentum 0.9: below 2 (1 + mu) / lambda_max = 0.0019 at de-symmetrised W_f (larger lr
+    # make SGD unstable at the global minimum itself); no model diverges, the median loss settles by ~12k steps
+    sgd_lr: float = 0.0015
+    sgd_momentum: float = 0.9
+    adadelta_lr: float = 1.0  # torch.optim.Adadelta's defaults
+    adadelta_rho: float = 0.9
+    adadelta_eps: float = 1e-6
+    init_scheme: str = "he"
+    seed: int = 0
+    basin_max_noise: float = 2.0
+    # "at the global minimum": final loss < global_min_rel * var(y) = 3.0e-5.  Missing one tooth of the 16
+    # costs ~ alpha^2 / 12 / 16 = 3.3e-4 (11x more), the best local minima sit near 5e-3, while W_f itself
+    # has 2e-13 on the float32 data and SGD runs that return to it end below 1e-6.
+    global_min_rel: float = 1e-4
+    # near-zero eigenvalue: |lambda| <= hessian_tol * max |lambda|.  Exact zeros of the float64 Hessians sit
+    # at ~1e-16; W_f's smallest nonzero ones (curvature from the float32 rounding of y) reach 6e-7.
+    hessian_tol: float = 1e-6
+    lowess_frac: float = 0.3  # of log10(final loss) against noise norm
+    grid_points: int = 1001
+    device: str = "auto"  # "auto": cuda when lscape's CUDA backend runs, else cpu
+
+
+SCALES: dict[str, Config] = {
+    # seconds; what the tests run
+    "smoke": Config("smoke", models_per_optimizer=16, steps=300, chunk_steps=100, record_every=50,
+                    basin_trials=16, basin_steps=300, hessian_models=2, hessian_block=8, grid_points=201),
+    # 1% of the paper's models and 40% of its steps: a few minutes on a 2-core CPU with lscape._C
+    "default": Config("default", models_per_optimizer=1600, steps=20_000, chunk_steps=2000, record_every=200,
+                      basin_trials=256, basin_steps=10_000, hessian_models=128, hessian_block=64),
+    # the paper's sizes (for a GPU)
+    "paper": Config("paper", models_per_optimizer=160_000, steps=50_000, chunk_steps=2500, record_every=500,
+                    basin_trials=4096, basin_steps=20_000, hessian_models=None, hessian_block=4096),
+}
+
+
+def config(scale: str, **overrides: Any) -> Config:
+    """The Config of a scale, with fields replaced by overrides."""
+    if scale not in SCALES:
+        raise ValueError(f"scale: got {scale!r}, expected one of {', '.join(map(repr, SCALES))}")
+    return replace(SCALES[scale], **overrides)
+
+
+def _opt_kwargs(cfg: Config, opt: str) -> dict[str, Any]:
+    if opt == "sgd":
+        return {"lr": cfg.sgd_lr, "momentum": cfg.sgd_momentum}
+    return {"lr": cfg.adadelta_lr, "rho": cfg.adadelta_rho, "eps": cfg.adadelta_eps}
+
+
+# ---- analysis helpers --------------------------------------------------------------------------------------
+def fit_moments(spec: tm.TinyMLP, params: torch.Tensor, x: torch.Tensor,
+                chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (G,) over models params (M, D) of the fitted functions on grid x (G,),
+    `chunk` models at a time (float64 sums)."""
+    s = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    s2 = torch.zeros_like(s)
+    for i in range(0, params.shape[0], chunk):
+        out = ref.forward(spec.depth, spec.width, params[i:i + chunk], x).double()
+        s += out.sum(0)
+        s2 += (out * out).sum(0)
+    n = max(1, params.shape[0])
+    mean = s / n
+    var = (s2 / n - mean * mean).clamp_min(0.0)
+    return mean.cpu().numpy(), var.sqrt().cpu().numpy()
+
+
+def eig_counts(eigvals: np.ndarray, tol: float) -> np.ndarray:
+    """eigvals (B, D) -> counts (B, 3) of negative, near-zero and positive eigenvalues, near-zero meaning
+    |lambda| <= tol * max |lambda| of that Hessian."""
+    scale = np.abs(eigvals).max(axis=1, keepdims=True) * tol
+    neg = (eigvals < -scale).sum(1)
+    pos = (eigvals > scale).sum(1)
+    return np.stack([neg, eigvals.shape[1] - neg - pos, pos], axis=1)
+
+
+def _hessian_stage(run: common.RunDir, stage: str, landscape, thetas: torch.Tensor, block: int,
+                   budget: common.ChunkBudget, progress: bool) -> np.ndarray:
+    """Eigenvalues (B, D) of the Hessians at thetas (B, D), `block` points at a time, each block
+    checkpointed in its own file (<stage>_<k>.npz) so a resumed run recomputes none of them."""
+    from ..probes import hessian
+
+    B, D = thetas.shape
+    eig = np.empty((B, D))
+    bar = common.progress_bar(f"{stage:<16}", progress)
+    for k, i in enumerate(range(0, B, block)):
+        ck = run.load(f"{stage}_{k}")
+        if ck is None:
+            H = hessian(landscape, thetas[i:i + block])
+            ck = {"eigvals": torch.linalg.eigvalsh(H).cpu().numpy()}
+            run.save(f"{stage}_{k}", ck)
+            budget.tick()
+        eig[i:i + block] = ck["eigvals"]
+        if bar is not None:
+            bar(min(B, i + block), B)
+    return eig
+
+
+# ---- the run -----------------------------------------------------------------------------------------------
+def run(scale: str = "default", out: str = "gamst-walker", *, resume: bool = False, progress: bool = True,
+        stop_after_chunks: int | None = None, figures: bool = True, **overrides: Any) -> dict[str, Any]:
+    """Run (or resume) the experiment into folder `out`; returns the summary (also in summary.json).
+
+    stop_after_chunks: raise common.RunInterrupted after that many training/Hessian chunks (each one
+    checkpointed first), as an interruption would.  overrides: Config fields (e.g. steps=...)."""
+    cfg = config(scale, **overrides)
+    plt = common.require_matplotlib() if figures else None  # fail before hours of training, not after
+    rd = common.RunDir(out, common.config_dict(cfg), resume=resume)
+    budget = common.ChunkBudget(stop_after_chunks)
+    dev = common.resolve_device(cfg.device)
+    t_start = time.perf_counter()
+
+    spec, wf = tm.wf_network()
+    wf_desym = tm.desymmetrize(spec, wf)
+    x, y = tm.wf_training_set()
+    var_y = float(y.double().var(unbiased=False))
+    threshold = cfg.global_min_rel * var_y
+    res: dict[str, Any] = {"x_train": x.numpy(), "y_train": y.numpy(), "wf_params": wf.numpy(),
+                           "wf_desym": wf_desym.numpy(), "global_min_threshold": threshold}
+    summary: dict[str, Any] = {"experiment": NAME, "scale": cfg.scale, "device": str(dev),
+                               "global_min_threshold": threshold, "var_y": var_y, "P": int(x.shape[0])}
+
+    def train(stage: str, opt: str, start: torch.Tensor, steps: int) -> dict[str, np.ndarray]:
+        return common.train_stage(rd, stage, spec, start.to(dev), x.to(dev), y.to(dev), optimizer=opt,
+                                  opt_kwargs=_opt_kwargs(cfg, opt), steps=steps,
+                                  chunk_steps=min(cfg.chunk_steps, steps), record_every=cfg.record_every,
+                                  budget=budget, progress=progress)
+
+    # 1. ensembles from the He init: models [0, M) train with SGD, [M, 2M) with Adadelta
+    M = cfg.models_per_optimizer
+    init = spec.init(2 * M, seed=cfg.seed, scheme=cfg.init_scheme)
+    trained = {opt: train(f"main_{opt}", opt, init[k * M:(k + 1) * M], cfg.steps)
+               for k, opt in enumerate(OPTIMIZERS)}
+    # 2. the basin of W_f: the same jitters for both optimizers
+    start, noise_norm = basin_starts(wf_desym, cfg)
+    basin = {opt: train(f"basin_{opt}", opt, start, cfg.basin_steps) for opt in OPTIMIZERS}
+    # 3. de-symmetrised minima, and Hessians there and at W_f
+    desym = {opt: _desymmetrize_all(spec, trained[opt]["params"]) for opt in OPTIMIZERS}
+    summary["wf"] = _hessians(rd, cfg, spec, x, y, wf_desym, desym, trained, res, budget, dev, progress)
+    summary["wf"].update(loss_float32_data=_loss(spec, wf, x, y), norm=float(wf.norm()),
+                         desym_norm=float(wf_desym.norm()))
+    # 4. fitted functions, losses, the global minimum
+    _fits(cfg, spec, trained, desym, threshold, var_y, res, summary)
+    # 5. basin: loss against noise norm, lowess, logistic P(return)
+    _basin(cfg, basin, noise_norm, threshold, res, summary)
+
+    common.atomic_savez(rd.file("results.npz"), res)
+    summary["seconds_this_session"] = time.perf_counter() - t_start
+    if figures:
+        from . import gamst_walker_plots
+
+        summary["figures"] = gamst_walker_plots.plot_all(res, rd.path, cfg, plt)
+    common.atomic_write_json(rd.file("summary.json"), summary)
+    return summary
+
+
+def replot(out: str) -> list[str]:
+    """Redraw the figures of a finished run from its results.npz and config.json."""
+    import json
+    from pathlib import Path
+
+    from . import gamst_walker_plots
+
+    plt = common.require_matplotlib()
+    cfg = Config(**json.loads((Path(out) / "config.json").read_text()))
+    res = common.load_npz(Path(out) / "results.npz")
+    if res is None:
+        raise FileNotFoundError(f"out: no results.npz in {out}; run the experiment first")
+    return gamst_walker_plots.plot_all(res, Path(out), cfg, plt)
+
+
+def basin_starts(wf_desym: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, np.ndarray]:
+    """Jittered copies of W_f (basin_trials, D) float32 and the L2 norms of their noise (float64): noise
+    = r z / |z| with z ~ N(0, I) and r ~ U[0, basin_max_noise]."""
+    gen = np.random.default_rng([cfg.seed, 0xBA5])
+    r = gen.uniform(0.0, cfg.basin_max_noise, cfg.basin_trials)
+    z = gen.standard_normal((cfg.basin_trials, wf_desym.shape[0]))
+    w = wf_desym.numpy()[None, :]
+    start = (w + r[:, None] * z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+    return torch.from_numpy(start), np.linalg.norm(start.astype(np.float64) - w, axis=1)
+
+
+def _desymmetrize_all(spec: tm.TinyMLP, params: np.ndarray) -> torch.Tensor:
+    """desymmetrize (float64) of every finite row; NaN rows where params are not finite."""
+    p = torch.from_numpy(params).double()
+    finite = torch.isfinite(p).all(1)  # a diverged model is frozen at finite values, but be sure
+    out = torch.full_like(p, math.nan)
+    out[finite] = tm.desymmetrize(spec, p[finite])
+    return out
+
+
+def _hessians(rd, cfg, spec, x, y, wf_desym, desym, trained, res, budget, dev, progress) -> dict[str, Any]:
+    """Hessians at W_f and the first hessian_models finite, non-diverged minima of each optimizer, in one
+    batched, checkpointed stage; fills res; returns W_f's entries of the summary."""
+    from ..landscape import Landscape
+
+    land = Landscape.from_mlp(spec, x.double(), y.double(), dtype=torch.float64, device=dev)
+    hidx = {}
+    for opt in OPTIMIZERS:
+        ok = np.flatnonzero(~trained[opt]["diverged"] & np.isfinite(desym[opt].numpy()).all(1))
+        hidx[opt] = ok if cfg.hessian_models is None else ok[:cfg.hessian_models]
+    thetas = torch.cat([wf_desym[None]] + [desym[o][hidx[o]] for o in OPTIMIZERS]).to(dev)
+    eig = _hessian_stage(rd, "hessians", land, thetas, cfg.hessian_block, budget, progress)
+    counts = eig_counts(eig, cfg.hessian_tol)
+    res["wf_hess_eigvals"], res["wf_hess_counts"] = eig[0], counts[0]
+    off = 1
+    for opt in OPTIMIZERS:
+        n = len(hidx[opt])
+        res[f"{opt}_hess_index"] = hidx[opt]
+        res[f"{opt}_hess_eigvals"] = eig[off:off + n].astype(np.float32)  # 160K x 136 each at paper scale
+        res[f"{opt}_hess_counts"] = counts[off:off + n]
+        off += n
+    # SGD with momentum mu is linearly stable at a minimum only if lr * lambda_max < 2 (1 + mu)
+    lam_max = float(np.abs(eig[0]).max())
+    limit = 2.0 * (1.0 + cfg.sgd_momentum) / lam_max
+    if cfg.sgd_lr >= limit:
+        warnings.warn(f"sgd_lr {cfg.sgd_lr:g} >= {limit:.3g} = 2 (1 + momentum) / lambda_max(W_f): SGD cannot "
+                      f"stay at the global minimum, for a reason that has nothing to do with its basin",
+                      RuntimeWarning, stacklevel=3)
+    return {"hessian_lambda_max": lam_max, "sgd_lr_stability_limit": limit,
+            "hessian_counts_neg_zero_pos": counts[0].tolist()}
+
+
+def _fits(cfg, spec, trained, desym, threshold, var_y, res, summary) -> None:
+    """Mean +- sd and best / typical fits on the grid, final losses, the global-minimum fraction."""
+    grid = torch.linspace(0.0, 1.0, cfg.grid_points, dtype=torch.float64)
+    K, N = spec.depth, spec.width
+    res["grid_x"] = grid.numpy()
+    res["grid_f"] = tm.wf_function(grid.numpy())
+    for opt in OPTIMIZERS:
+        t = trained[opt]
+        loss, div = t["loss"].astype(np.float64), t["diverged"].astype(bool)
+        ok = np.flatnonzero(~div)
+        params = torch.from_numpy(t["params"]).double()
+        mean, std = fit_moments(spec, params[ok], grid)
+        order = ok[np.argsort(loss[ok], kind="stable")]
+        best, typical = (int(order[0]), int(order[len(order) // 2])) if len(order) else (0, 0)
+        at_min = (loss < threshold) & ~div
+        # a network whose every path is dead outputs a constant: its loss is var(y)
+        constant = np.abs(loss - var_y) <= 1e-5 * var_y
+        counts = res[f"{opt}_hess_counts"]
+        live = ~constant[res[f"{opt}_hess_index"]]
+        res.update({f"{opt}_loss": loss, f"{opt}_diverged": div, f"{opt}_history": t["history"],
+                    f"{opt}_mean": mean, f"{opt}_std": std, f"{opt}_desym": desym[opt].float().numpy(),
+                    f"{opt}_best_index": best, f"{opt}_typical_index": typical,
+                    f"{opt}_best_fit": ref.forward(K, N, params[best:best + 1], grid)[0].numpy(),
+                    f"{opt}_typical_fit": ref.forward(K, N, params[typical:typical + 1], grid)[0].numpy(),
+                    f"{opt}_at_global_min": at_min, f"{opt}_constant": constant})
+        summary[opt] = {
+            "models": int(loss.shape[0]), "diverged": int(div.sum()), "constant_fits": int(constant.sum()),
+            "at_global_min": int(at_min.sum()),
+            "fraction_at_global_min": float(at_min.mean()) if loss.size else math.nan,
+            "best_loss": float(loss[best]) if len(ok) else math.nan,
+            "loss_quantiles_0_1_10_50_90_100": (np.quantile(loss[ok], [0, .01, .1, .5, .9, 1]).tolist()
+                                                if len(ok) else []),
+            "hessians": int(counts.shape[0]),
+            "hessian_mean_counts_neg_zero_pos": counts.mean(0).tolist() if counts.size else [],
+            "hessian_mean_counts_neg_zero_pos_nonconstant": counts[live].mean(0).tolist() if live.any() else [],
+            "hessians_with_negative": int((counts[:, 0] > 0).sum()),
+        }
+
+
+def _basin(cfg, basin, noise_norm, threshold, res, summary) -> None:
+    """Final loss against noise norm (lowess of log10 loss) and a logistic fit of P(return)."""
+    res["basin_noise_norm"] = noise_norm
+    for opt in OPTIMIZERS:
+        b = basin[opt]
+        loss = np.where(b["diverged"], np.nan, b["loss"].astype(np.float64))
+        back = loss < threshold
+        lx, ly = lowess(noise_norm, np.log10(np.maximum(loss, 1e-30)), frac=cfg.lowess_frac)
+        # a whisker of ridge keeps the slope finite when returns and misses are perfectly separated
+        fit = logistic_fit(noise_norm, back.astype(np.float64), l2=1e-6)
+        res.update({f"basin_{opt}_loss": loss, f"basin_{opt}_returned": back, f"basin_{opt}_lowess_x": lx,
+                    f"basin_{opt}_lowess_y": 10.0 ** ly,
+                    f"basin_{opt}_logistic": np.array([fit.intercept, fit.slope])})
+        summary[f"basin_{opt}"] = {"trials": int(loss.shape[0]), "returned": int(back.sum()),
+                                   "diverged": int(b["diverged"].sum()), "logistic_intercept": fit.intercept,
+                                   "logistic_slope": fit.slope, "noise_norm_at_p50": fit.x50,
+                                   "returned_below_0.1": _frac(back[noise_norm < 0.1]),
+                                   "returned_above_0.5": _frac(back[noise_norm > 0.5])}
+
+
+def _frac(a: np.ndarray) -> float:
+    return float(a.mean()) if a.size else math.nan
+
+
+def _loss(spec: tm.TinyMLP, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    """MSE of one float64 parameter vector on float32 data, evaluated in float64."""
+    return float(ref.loss_grad(spec.depth, spec.width, params[None].double(), x.double(), y.double(),
+                               want_grad=False)[0][0])

@@ -1,0 +1,202 @@
+"""The figures of the Gamst-Walker reproduction, drawn from its results.npz arrays (matplotlib, Agg)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .. import tinymlp as tm
+from .stats import LogisticFit
+
+OPT_LABEL = {"sgd": "gradient descent + momentum", "adadelta": "Adadelta"}
+BLUE, RED, GREEN, GREY = "#1f5fbf", "#d62728", "#2ca02c", "#7f7f7f"
+
+
+def plot_all(res: Mapping[str, Any], out: Path, cfg, plt) -> list[str]:
+    """Write every figure into out; returns their file names."""
+    names = []
+    for fn in (fig1_wf, fig2_mean_fits, fig3_best_fits, fig_losses, fig5_basin, fig_hessian):
+        fig, name = fn(res, cfg, plt)
+        fig.savefig(out / name, dpi=130, bbox_inches="tight")
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def _draw_network(ax, params: np.ndarray) -> None:
+    """Nodes of the 5 x 5 net (input at the bottom, output on top) and an edge for every nonzero weight,
+    its width growing with |w| (black positive, red negative)."""
+    spec = tm.TinyMLP(tm.WF_DEPTH, tm.WF_WIDTH)
+    K, N = spec.depth, spec.width
+    layers = spec.unflatten(torch.from_numpy(params))
+    mid = N / 2 - 0.5
+    pos = [[(mid, 0.0)]] + [[(j, l + 1.0) for j in range(N)] for l in range(K)] + [[(mid, K + 1.0)]]
+    wmax = max(float(W.abs().max()) for W, _ in layers)
+    for l, (W, _) in enumerate(layers):
+        W = W.numpy()
+        for j in range(W.shape[0]):
+            for i in range(W.shape[1]):
+                if W[j, i] != 0:
+                    (x0, y0), (x1, y1) = pos[l][i], pos[l + 1][j]
+                    ax.plot([x0, x1], [y0, y1], color="k" if W[j, i] > 0 else RED,
+                            lw=0.6 + 2.6 * abs(W[j, i]) / wmax, zorder=1)
+    for l, row in enumerate(pos):
+        for j, (px, py) in enumerate(row):
+            inner = 0 < l <= K
+            c = "white" if not inner else ("#cfe0ff" if j < 2 else "#d8f0d0")
+            ax.scatter([px], [py], s=260, c=c, edgecolors="k", zorder=2)
+    ax.text(0.5, K + 0.6, "sawtooth", ha="center", fontsize=8, color=BLUE)
+    ax.text(3.0, K + 0.6, "spline", ha="center", fontsize=8, color=GREEN)
+    ax.set_xlim(-0.8, N - 0.2)
+    ax.set_ylim(-0.6, K + 1.6)
+    ax.axis("off")
+
+
+def fig1_wf(res, cfg, plt):
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1, 1.5]})
+    _draw_network(a, res["wf_params"])
+    a.set_title("$W_f$: nonzero weights (width ~ |w|; red < 0)", fontsize=10)
+    g = res["grid_x"]
+    b.plot(g, tm.wf_spline(g), color=GREEN, lw=1, ls="--", label="spline (right 5x3)")
+    b.plot(g, tm.wf_sawtooth(g), color=GREY, lw=0.8, ls=":", label="sawtooth (left 5x2)")
+    b.scatter(res["x_train"], res["y_train"], s=2, color=GREY, zorder=2,
+              label=f"training set (P={len(res['x_train'])})")
+    b.plot(g, res["grid_f"], color=BLUE, lw=1.2, zorder=3, label="f = output of $W_f$")
+    b.set_xlabel("x")
+    b.legend(fontsize=8, loc="lower left")
+    b.set_title("f: a low-frequency spline plus a 16-tooth sawtooth", fontsize=10)
+    return fig, "fig1_wf.png"
+
+
+def fig2_mean_fits(res, cfg, plt):
+    g, f = res["grid_x"], res["grid_f"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    axes[0].plot(g, f, color=BLUE, lw=1, label="f")
+    axes[0].plot(g, res["sgd_typical_fit"], color=GREEN, lw=1.5, label="a typical fit (median loss, SGD)")
+    axes[0].legend(fontsize=8, loc="lower left")
+    axes[0].set_title("f and a typical trained 5x5 network", fontsize=10)
+    for ax, opt in zip(axes[1:], ("sgd", "adadelta")):
+        m, s = res[f"{opt}_mean"], res[f"{opt}_std"]
+        n = int((~res[f"{opt}_diverged"]).sum())
+        ax.plot(g, f, color=BLUE, lw=0.8)
+        ax.fill_between(g, m - s, m + s, color=RED, alpha=0.25, lw=0)
+        ax.plot(g, m, color=RED, lw=1.5)
+        ax.set_title(f"{OPT_LABEL[opt]}: mean fit +- 1 sd ({n:,} models)", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("x")
+    return fig, "fig2_mean_fits.png"
+
+
+def fig3_best_fits(res, cfg, plt):
+    g, f = res["grid_x"], res["grid_f"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, opt in zip(axes, ("sgd", "adadelta")):
+        i = int(res[f"{opt}_best_index"])
+        ax.plot(g, f, color=BLUE, lw=1, label="f")
+        ax.plot(g, res[f"{opt}_best_fit"], color=RED, lw=1.3, label="best fit")
+        ax.set_title(f"{OPT_LABEL[opt]}: best of {len(res[f'{opt}_loss']):,} (MSE {res[f'{opt}_loss'][i]:.2e})",
+                     fontsize=10)
+        ax.set_xlabel("x")
+        ax.legend(fontsize=8, loc="lower left")
+    return fig, "fig3_best_fits.png"
+
+
+def fig_losses(res, cfg, plt):
+    thr = float(res["global_min_threshold"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+    vals = {o: res[f"{o}_loss"][~res[f"{o}_diverged"]] for o in ("sgd", "adadelta")}
+    allv = np.concatenate([v[v > 0] for v in vals.values()] + [np.array([thr])])
+    bins = np.logspace(np.log10(allv.min()) - 0.1, np.log10(allv.max()) + 0.1, 60)
+    for o, c in (("sgd", RED), ("adadelta", BLUE)):
+        a.hist(np.clip(vals[o], bins[0], None), bins=bins, histtype="step", color=c, lw=1.5,
+               label=f"{OPT_LABEL[o]} ({(vals[o] < thr).sum()} at the global min)")
+    a.axvline(thr, color="k", ls="--", lw=1, label=f"global-min threshold {thr:.1e}")
+    a.axvline(tm.WF_SAW_AMPLITUDE ** 2 / 12, color=GREY, ls=":", lw=1, label="variance of the sawtooth")
+    a.set_xscale("log")
+    a.set_xlabel("final training MSE")
+    a.set_ylabel("models")
+    a.legend(fontsize=7)
+    a.set_title("distribution of final losses", fontsize=10)
+    steps = (np.arange(res["sgd_history"].shape[1]) + 1) * cfg.record_every
+    for o, c in (("sgd", RED), ("adadelta", BLUE)):
+        h = res[f"{o}_history"]
+        if h.shape[0]:
+            q = np.nanquantile(h, [0.1, 0.5, 0.9], axis=0)
+            b.plot(steps, q[1], color=c, lw=1.5, label=f"{OPT_LABEL[o]} median")
+            b.fill_between(steps, q[0], q[2], color=c, alpha=0.15, lw=0)
+    b.set_yscale("log")
+    b.set_xlabel("step")
+    b.set_ylabel("training MSE (10%, 50%, 90%)")
+    b.legend(fontsize=8)
+    b.set_title("loss during training", fontsize=10)
+    return fig, "fig_losses.png"
+
+
+def fig5_basin(res, cfg, plt):
+    r = res["basin_noise_norm"]
+    grid = np.linspace(0.0, cfg.basin_max_noise, 200)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"wspace": 0.45})
+    for ax, opt in zip(axes, ("sgd", "adadelta")):
+        loss = res[f"basin_{opt}_loss"]
+        ax.scatter(r, loss, s=5, color="k", alpha=0.5, lw=0, label="final loss")
+        ax.plot(res[f"basin_{opt}_lowess_x"], res[f"basin_{opt}_lowess_y"], color=RED, lw=2,
+                label="lowess (of log10 loss)")
+        ax.axhline(float(res["global_min_threshold"]), color="k", ls="--", lw=0.8, label="global-min threshold")
+        ax.set_yscale("log")
+        ax.set_xlabel("L2 norm of the noise added to de-symmetrised $W_f$")
+        ax.set_ylabel("final training MSE")
+        ax.set_title(f"{OPT_LABEL[opt]}: {int(res[f'basin_{opt}_returned'].sum())}/{len(r)} returned",
+                     fontsize=10)
+        a0, a1 = res[f"basin_{opt}_logistic"]
+        p = LogisticFit(float(a0), float(a1), True, False, 0).predict(grid)
+        tw = ax.twinx()
+        tw.plot(grid, p, color=BLUE, lw=2, label="P(return), logistic fit")
+        tw.scatter(r, res[f"basin_{opt}_returned"].astype(float), s=3, color=BLUE, alpha=0.3, marker="|")
+        tw.set_ylim(-0.03, 1.03)
+        tw.set_ylabel("P(return to the global minimum)", color=BLUE)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = tw.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+                  frameon=False)
+    return fig, "fig5_basin.png"
+
+
+def fig_hessian(res, cfg, plt):
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+    tol = cfg.hessian_tol
+    bins = np.linspace(-17, 0.5, 71)
+    pooled = [("$W_f$", res["wf_hess_eigvals"][None], "k")]
+    pooled += [(OPT_LABEL[o], res[f"{o}_hess_eigvals"], c) for o, c in (("sgd", RED), ("adadelta", BLUE))]
+    for label, ev, c in pooled:
+        if not ev.size:
+            continue
+        ev = ev.astype(np.float64)
+        rel = ev / np.abs(ev).max(axis=1, keepdims=True)
+        for sign, ls in ((1, "-"), (-1, "--")):
+            v = np.log10(np.clip(sign * rel[sign * rel > 0], 10.0 ** bins[0], None))
+            h, _ = np.histogram(v, bins=bins)
+            a.step(bins[:-1], h / ev.shape[0], where="post", color=c, ls=ls, lw=1.2,
+                   label=f"{label}, {'positive' if sign > 0 else 'negative'}")
+    a.axvline(np.log10(tol), color=GREY, lw=1, ls=":", label=f"near-zero tolerance {tol:g}")
+    a.set_yscale("symlog", linthresh=0.1)
+    a.set_ylim(0, None)
+    a.set_xlabel("log10(|lambda| / max |lambda|)   (float64 Hessian; exact zeros land at about -16)")
+    a.set_ylabel("eigenvalues per Hessian")
+    a.legend(fontsize=6, ncol=2)
+    a.set_title("Hessian spectra at the minima, pooled", fontsize=10)
+    width = 0.4
+    for k, (o, c) in enumerate((("sgd", RED), ("adadelta", BLUE))):
+        counts = res[f"{o}_hess_counts"]
+        if counts.shape[0]:
+            m = counts.mean(0)
+            x = np.arange(3) + (k - 0.5) * width
+            b.bar(x, m, width, color=c, alpha=0.7, label=f"{OPT_LABEL[o]} ({counts.shape[0]} minima)")
+            b.errorbar(x, m, yerr=counts.std(0), fmt="none", color="k", lw=1)
+    b.scatter(np.arange(3), res["wf_hess_counts"], color="k", marker="*", s=80, zorder=3, label="$W_f$")
+    b.set_xticks(range(3), ["negative", "near-zero", "positive"])
+    b.set_ylabel("eigenvalues per Hessian (mean +- sd)")
+    b.legend(fontsize=7)
+    b.set_title(f"counts; near-zero: |lambda| <= {tol:g} max|lambda|", fontsize=10)
+    return fig, "fig_hessian.png"

@@ -1,0 +1,159 @@
+"""The batched loss landscape every method in lscape evaluates: loss and gradient at B points at once.
+
+    L = Landscape.from_mlp(TinyMLP(5, 5), x, y)          # the fused ensemble kernel
+    L = Landscape.from_function(fn, dim=2)               # any torch function of a flat vector
+    L = Landscape.from_module(model, loss_fn, (X, Y))    # any nn.Module, torch.func + vmap, chunked
+    loss = L.loss(thetas)                                # (B, D) -> (B,)
+    loss, grad = L.loss_and_grad(thetas)                 # (B, D) -> (B,), (B, D)
+
+`torch_loss(thetas)` is the same loss as a differentiable torch function (for Hessians and
+Hessian-vector products); `loss` and `loss_and_grad` may run on faster non-differentiable kernels.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from . import _checks
+from .tinymlp import TinyMLP
+
+__all__ = ["Landscape"]
+
+
+class Landscape:
+    """A loss over flat parameter vectors of length `dim`, evaluated in batches."""
+
+    def __init__(self, dim: int, torch_loss: Callable[[torch.Tensor], torch.Tensor], *,
+                 loss_and_grad: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 loss: Callable[[torch.Tensor], torch.Tensor] | None = None, chunk: int | None = None,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                 description: str = "") -> None:
+        """torch_loss: differentiable (B, D) -> (B,).  loss / loss_and_grad: faster versions of it (default:
+        torch_loss, and autograd through it).  chunk: most points evaluated per call (bounds memory)."""
+        self.dim = _checks.int_arg("dim", dim, low=1)
+        self._torch_loss = torch_loss
+        self._loss = loss
+        self._loss_and_grad = loss_and_grad
+        self.chunk = None if chunk is None else _checks.int_arg("chunk", chunk, low=1)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.description = description
+
+    def __repr__(self) -> str:
+        return f"Landscape(dim={self.dim}, {self.description or 'custom'})"
+
+    # ---- evaluation -----------------------------------------------------------------------------------
+    def check_points(self, thetas, name: str = "thetas") -> torch.Tensor:
+        """thetas as a (B, D) tensor of this landscape's dtype and device ((D,) is refused: say (1, D))."""
+        t = torch.as_tensor(thetas) if not isinstance(thetas, torch.Tensor) else thetas
+        if t.ndim != 2 or t.shape[1] != self.dim or not t.is_floating_point():
+            raise ValueError(f"{name}: got {_checks.describe(t)}, expected a floating tensor of shape "
+                             f"(B, {self.dim})")
+        return t.detach().to(dtype=self.dtype, device=self.device).contiguous()
+
+    def loss(self, thetas: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> loss (B,)."""
+        t = self.check_points(thetas)
+        fn = self._loss or (lambda u: self._torch_loss(u).detach())
+        return self._chunked(t, lambda u: (fn(u),))[0]
+
+    def loss_and_grad(self, thetas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) -> loss (B,), gradient (B, D)."""
+        t = self.check_points(thetas)
+        fn = self._loss_and_grad or self._autograd_loss_and_grad
+        return self._chunked(t, fn)
+
+    def torch_loss(self, thetas: torch.Tensor) -> torch.Tensor:
+        """The loss as a differentiable torch function (B, D) -> (B,) (no checks, no chunking)."""
+        return self._torch_loss(thetas)
+
+    def _autograd_loss_and_grad(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            u = t.detach().requires_grad_(True)
+            loss = self._torch_loss(u)
+            (grad,) = torch.autograd.grad(loss.sum(), u)
+        return loss.detach(), grad.detach()
+
+    def _chunked(self, t: torch.Tensor, fn) -> Any:
+        if self.chunk is None or t.shape[0] <= self.chunk:
+            return fn(t)
+        parts = [fn(t[i:i + self.chunk]) for i in range(0, t.shape[0], self.chunk)]
+        return tuple(torch.cat(ps) for ps in zip(*parts))
+
+    # ---- constructors ---------------------------------------------------------------------------------
+    @classmethod
+    def from_mlp(cls, spec: TinyMLP, x, y, *, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> "Landscape":
+        """MSE of the K x N network `spec` on data x, y (P,): the fused ensemble kernel (float32 on the
+        CPU/CUDA extensions, the reference otherwise)."""
+        from . import ensemble
+        from .reference import mlp as ref
+
+        if not isinstance(spec, TinyMLP):
+            raise TypeError(f"spec: got {_checks.describe(spec)}, expected a lscape.TinyMLP")
+        like = torch.empty(0, spec.dim, dtype=dtype, device=device)
+        x, y = ensemble._data_arg(x, y, like)
+        K, N = spec.spec
+        return cls(spec.dim, lambda th: ref.loss_grad(K, N, th, x, y, want_grad=False)[0],
+                   loss=lambda th: ensemble.mlp_loss(spec, th, x, y),
+                   loss_and_grad=lambda th: ensemble.mlp_loss_grad(spec, th, x, y),
+                   dtype=dtype, device=device, description=f"{spec.depth}x{spec.width} MLP, P={x.shape[0]}")
+
+    @classmethod
+    def from_function(cls, fn: Callable[[torch.Tensor], torch.Tensor], dim: int, *, batched: bool = False,
+                      dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+                      chunk: int | None = None) -> "Landscape":
+        """Any torch function of a flat vector: fn(theta (D,)) -> scalar (vectorised with torch.func.vmap),
+        or with batched=True fn(thetas (B, D)) -> (B,) directly.  Gradients by autograd."""
+        if not callable(fn):
+            raise TypeError(f"fn: got {_checks.describe(fn)}, expected a callable")
+        batch_fn = fn if batched else torch.func.vmap(fn)
+        return cls(dim, batch_fn, dtype=dtype, device=device, chunk=chunk,
+                   description=f"function {getattr(fn, '__name__', type(fn).__name__)}")
+
+    @classmethod
+    def from_module(cls, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    data: tuple[torch.Tensor, torch.Tensor] | Sequence[tuple[torch.Tensor, torch.Tensor]], *,
+                    chunk: int = 16) -> "Landscape":
+        """Mean loss of `model` with its parameters replaced by each theta, over `data`: one (inputs,
+        targets) pair or a sequence of batches (weighted by batch size; loss_fn must average over its
+        batch).  Parameters are flattened in model.named_parameters() order; buffers are used as they are
+        (call model.eval() for inference-mode BatchNorm).  torch.func.functional_call + vmap over at most
+        `chunk` points at a time, so memory stays bounded."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: got {_checks.describe(model)}, expected a torch.nn.Module")
+        names_shapes = [(n, p.shape) for n, p in model.named_parameters()]
+        if not names_shapes:
+            raise ValueError("model: has no parameters, expected at least one")
+        first = next(model.parameters())
+        batches = _batches_arg(data)
+        total = sum(b[0].shape[0] for b in batches)
+        buffers = dict(model.named_buffers())
+        sizes = [s.numel() for _, s in names_shapes]
+
+        def one(theta: torch.Tensor) -> torch.Tensor:
+            parts = torch.split(theta, sizes)
+            params = {n: p.view(s) for (n, s), p in zip(names_shapes, parts)}
+            out = 0.0
+            for X, Y in batches:
+                pred = torch.func.functional_call(model, (params, buffers), (X,))
+                out = out + loss_fn(pred, Y) * (X.shape[0] / total)
+            return out
+
+        return cls(sum(sizes), torch.func.vmap(one), chunk=chunk, dtype=first.dtype, device=first.device,
+                   description=f"module {type(model).__name__}")
+
+
+def _batches_arg(data) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        data = [tuple(data)]
+    try:
+        batches = [(X, Y) for X, Y in data]
+    except (TypeError, ValueError):
+        raise TypeError(f"data: got {_checks.describe(data)}, expected (inputs, targets) or a sequence of "
+                        "(inputs, targets) batches") from None
+    if not batches or any(X.shape[0] == 0 or X.shape[0] != Y.shape[0] for X, Y in batches):
+        raise ValueError("data: expected at least one non-empty batch with as many targets as inputs")
+    return batches

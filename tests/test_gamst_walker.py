@@ -1,0 +1,174 @@
+"""The Gamst-Walker reproduction at smoke scale: end to end, interrupted + resumed, and its statistics."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lscape.experiments import common, gamst_walker as gw
+from lscape.experiments.stats import logistic_fit, lowess
+
+pytest.importorskip("matplotlib")
+
+# The cheapest configuration that still runs every stage (Hessians are the slow part)
+FAST = {"hessian_models": 1, "basin_trials": 8}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gw_smoke")
+    summary = gw.run("smoke", out, progress=False, **FAST)
+    return out, summary
+
+
+def test_smoke_runs_end_to_end_and_writes_everything(smoke_run):
+    out, summary = smoke_run
+    for name in ["config.json", "results.npz", "summary.json", *summary["figures"]]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert len(summary["figures"]) == 6 and all(n.endswith(".png") for n in summary["figures"])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["scale"] == "smoke" and cfg["hessian_models"] == 1 and cfg["sgd_lr"] == gw.SCALES["smoke"].sgd_lr
+    assert json.loads((out / "summary.json").read_text())["sgd"]["models"] == 16
+    with np.load(out / "results.npz") as r:
+        M, D = 16, 136
+        for opt in gw.OPTIMIZERS:
+            assert r[f"{opt}_loss"].shape == (M,) and r[f"{opt}_desym"].shape == (M, D)
+            assert r[f"{opt}_history"].shape == (M, 300 // 50)
+            assert r[f"{opt}_mean"].shape == r[f"{opt}_std"].shape == r["grid_x"].shape == (201,)
+            assert r[f"{opt}_hess_eigvals"].shape == (1, D) and r[f"{opt}_hess_counts"].sum() == D
+            assert r[f"basin_{opt}_loss"].shape == (8,)
+        assert r["basin_noise_norm"].min() >= 0 and r["basin_noise_norm"].max() <= 2.0 + 1e-6
+        assert r["wf_hess_counts"][0] == 0  # W_f is a minimum: no negative curvature
+    # the global-min threshold and the SGD stability limit are reported
+    assert math.isclose(summary["global_min_threshold"], 1e-4 * summary["var_y"])
+    assert summary["wf"]["loss_float32_data"] < 1e-14
+    assert gw.SCALES["default"].sgd_lr < summary["wf"]["sgd_lr_stability_limit"]
+
+
+def test_interrupted_run_resumes_to_the_same_results(smoke_run, tmp_path):
+    ref_out, _ = smoke_run
+    out = tmp_path / "run"
+    # stop after the first chunk, then after a few more (mid-stage each time), then finish
+    with pytest.raises(common.RunInterrupted):
+        gw.run("smoke", out, progress=False, figures=False, stop_after_chunks=1, **FAST)
+    assert (out / "checkpoints" / "main_sgd.npz").exists() and not (out / "results.npz").exists()
+    with pytest.raises(common.RunInterrupted):
+        gw.run("smoke", out, resume=True, progress=False, figures=False, stop_after_chunks=6, **FAST)
+    gw.run("smoke", out, resume=True, progress=False, figures=False, **FAST)
+    with np.load(ref_out / "results.npz") as a, np.load(out / "results.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_run_dir_guards(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(common.RunInterrupted):
+        gw.run("smoke", out, progress=False, figures=False, stop_after_chunks=1, **FAST)
+    with pytest.raises(FileExistsError, match="--resume"):
+        gw.run("smoke", out, progress=False, figures=False, **FAST)
+    with pytest.raises(ValueError, match="steps"):
+        gw.run("smoke", out, resume=True, progress=False, figures=False, **dict(FAST, steps=600))
+    with pytest.raises(ValueError, match="scale"):
+        gw.config("huge")
+
+
+def test_atomic_savez_round_trip_and_no_temp_left(tmp_path):
+    p = tmp_path / "a.npz"
+    common.atomic_savez(p, {"x": np.arange(3), "s": "sgd"})
+    common.atomic_savez(p, {"x": np.arange(4)})
+    assert common.load_npz(p)["x"].tolist() == [0, 1, 2, 3]
+    assert [f.name for f in tmp_path.iterdir()] == ["a.npz"]
+    assert common.load_npz(tmp_path / "missing.npz") is None
+
+
+def test_cli_reproduce(tmp_path, monkeypatch, capsys):
+    from lscape import cli
+
+    calls = {}
+    monkeypatch.setattr(gw, "run", lambda **kw: calls.update(kw) or {"figures": []})
+    assert cli.main(["reproduce", "gamst-walker", "--scale", "smoke", "--out", str(tmp_path), "--resume"]) == 0
+    assert calls["scale"] == "smoke" and calls["resume"] is True and str(calls["out"]) == str(tmp_path)
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "nope", "--out", str(tmp_path)])
+
+
+# ---- statistics helpers -----------------------------------------------------------------------------------
+def test_lowess_reproduces_a_line_exactly():
+    x = np.random.default_rng(0).uniform(0, 2, 200)
+    xs, fit = lowess(x, 3 * x - 1, frac=0.3)
+    assert np.all(np.diff(xs) >= 0)
+    np.testing.assert_allclose(fit, 3 * xs - 1, atol=1e-10)
+
+
+def test_lowess_matches_a_hand_computed_local_fit():
+    # no robustness passes: at each x0 a weighted least-squares line through the k nearest points,
+    # weights tricube(d / d_k); checked against np.polyfit with sqrt weights
+    rng = np.random.default_rng(1)
+    x = np.sort(rng.uniform(0, 1, 30))
+    y = np.sin(6 * x) + 0.1 * rng.standard_normal(30)
+    frac = 0.4
+    k = math.ceil(frac * 30)
+    xs, fit = lowess(x, y, frac=frac, iterations=0)
+    for i in (0, 7, 15, 29):
+        d = np.abs(x - x[i])
+        h = np.sort(d)[k - 1]
+        w = np.clip(1 - (d / h) ** 3, 0, None) ** 3
+        coef = np.polyfit(x, y, 1, w=np.sqrt(w))
+        assert fit[i] == pytest.approx(np.polyval(coef, x[i]), abs=1e-10)
+
+
+def test_lowess_robustness_ignores_an_outlier():
+    x = np.linspace(0, 1, 50)
+    y = 2 * x + 0.01 * np.random.default_rng(3).standard_normal(50)
+    y[25] = 100.0
+    _, fit = lowess(x, y, frac=0.5, iterations=3)
+    np.testing.assert_allclose(fit, 2 * x, atol=0.02)
+    _, fit0 = lowess(x, y, frac=0.5, iterations=0)
+    assert abs(fit0[25] - 2 * x[25]) > 1.0  # without robustness it is dragged up
+
+
+def test_lowess_evaluates_elsewhere_and_checks_inputs():
+    x = np.linspace(0, 1, 40)
+    xe, fe = lowess(x, x ** 2, frac=1.0, xeval=[0.5, 0.25])
+    assert xe.tolist() == [0.25, 0.5] and np.all(np.abs(fe - xe ** 2) < 0.05)
+    with pytest.raises(ValueError, match="frac"):
+        lowess(x, x, frac=0.0)
+    with pytest.raises(ValueError, match="x, y"):
+        lowess(x, x[:-1])
+
+
+def test_logistic_fit_grouped_data_closed_form():
+    # two groups: the MLE reproduces the group proportions, so intercept = logit(p0), slope = logit(p1) - logit(p0)
+    x = np.r_[np.zeros(10), np.ones(20)]
+    y = np.r_[np.ones(7), np.zeros(3), np.ones(4), np.zeros(16)]
+    f = logistic_fit(x, y)
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    assert f.converged and not f.separated
+    assert f.intercept == pytest.approx(logit(0.7), abs=1e-9)
+    assert f.slope == pytest.approx(logit(0.2) - logit(0.7), abs=1e-9)
+    np.testing.assert_allclose(f.predict([0.0, 1.0]), [0.7, 0.2], atol=1e-9)
+    assert f.x50 == pytest.approx(-f.intercept / f.slope)
+
+
+def test_logistic_fit_recovers_known_coefficients():
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 2, 40_000)
+    y = (rng.uniform(size=x.size) < 1 / (1 + np.exp(-(3 - 4 * x)))).astype(float)
+    f = logistic_fit(x, y)
+    assert f.intercept == pytest.approx(3, abs=0.1) and f.slope == pytest.approx(-4, abs=0.1)
+
+
+def test_logistic_fit_degenerate_cases():
+    x = np.linspace(0, 2, 20)
+    none = logistic_fit(x, np.zeros(20))
+    assert none.intercept == -math.inf and none.slope == 0 and none.separated
+    assert np.all(none.predict(x) == 0)
+    assert np.all(logistic_fit(x, np.ones(20)).predict(x) == 1)
+    step = logistic_fit(x, (x < 0.7).astype(float))  # complete separation: a steep step near 0.7
+    assert step.separated and step.slope < -10
+    assert np.all(np.round(step.predict(x)) == (x < 0.7))
+    ridge = logistic_fit(x, (x < 0.7).astype(float), l2=1e-6)
+    assert ridge.converged and 0.6 < ridge.x50 < 0.8
+    with pytest.raises(ValueError, match="y"):
+        logistic_fit(x, np.full(20, 0.5))

@@ -1,0 +1,106 @@
+"""Landscape: the three constructors agree with each other and with known answers; Hessians are exact
+on a quadratic and agree with torch.autograd.functional.hessian on a tiny MLP."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lscape
+from lscape import Landscape, TinyMLP
+from lscape.probes import hessian
+
+from conftest import device_of
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def quadratic(A: torch.Tensor, b: torch.Tensor):
+    def fn(theta):
+        return 0.5 * theta @ A @ theta + b @ theta
+    return fn
+
+
+def test_from_function_quadratic_is_exact():
+    gen = torch.Generator().manual_seed(0)
+    Q = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    A = Q @ Q.T + torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    L = Landscape.from_function(quadratic(A, b), dim=6, chunk=3)
+    th = torch.randn(7, 6, generator=gen, dtype=torch.float64)
+    loss, grad = L.loss_and_grad(th)
+    torch.testing.assert_close(loss, 0.5 * ((th @ A) * th).sum(1) + th @ b)
+    torch.testing.assert_close(grad, th @ A + b)  # A symmetric
+    torch.testing.assert_close(L.loss(th), loss)
+    H = hessian(L, th)
+    torch.testing.assert_close(H, A.expand(7, 6, 6))
+
+
+def test_from_function_batched_equals_vmapped():
+    fn = lambda t: (t ** 4).sum() - t.prod()  # noqa: E731
+    L1 = Landscape.from_function(fn, dim=3)
+    L2 = Landscape.from_function(lambda T: (T ** 4).sum(1) - T.prod(1), dim=3, batched=True)
+    th = torch.randn(5, 3, dtype=torch.float64)
+    for a, b in zip(L1.loss_and_grad(th), L2.loss_and_grad(th)):
+        torch.testing.assert_close(a, b)
+
+
+def test_from_mlp_equals_from_module_and_autograd_hessian():
+    spec = TinyMLP(3, 4)
+    x = torch.linspace(0, 1, 13, dtype=torch.float64)
+    y = torch.cos(3 * x)
+    thetas = spec.init(4, seed=1, scheme="torch", dtype=torch.float64)
+    Lm = Landscape.from_mlp(spec, x, y, dtype=torch.float64)
+    model = spec.to_module(thetas[0])
+    Lo = Landscape.from_module(model, torch.nn.functional.mse_loss, [(x[:5, None], y[:5, None]), (x[5:, None], y[5:, None])],
+                               chunk=3)
+    assert Lm.dim == Lo.dim == spec.dim
+    l1, g1 = Lm.loss_and_grad(thetas)
+    l2, g2 = Lo.loss_and_grad(thetas)
+    torch.testing.assert_close(l1, l2)
+    torch.testing.assert_close(g1, g2)
+    H = hessian(Lm, thetas[:2])
+    for i in range(2):
+        want = torch.autograd.functional.hessian(lambda t: Lm.torch_loss(t[None])[0], thetas[i])
+        torch.testing.assert_close(H[i], want)
+
+
+def test_from_mlp_float32_runs_the_kernel(kernel_backend):
+    device = device_of(kernel_backend)
+    spec = TinyMLP(5, 5)
+    x = torch.linspace(0, 1, 21)
+    y = torch.sin(4 * x)
+    th = spec.init(6, seed=2)
+    L = Landscape.from_mlp(spec, x, y, device=device)
+    loss, grad = L.loss_and_grad(th)
+    assert loss.device.type == device.type
+    want = Landscape.from_mlp(spec, x, y, dtype=torch.float64).loss_and_grad(th.double())
+    torch.testing.assert_close(loss.cpu().double(), want[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad.cpu().double(), want[1], rtol=1e-4, atol=1e-6)
+
+
+def test_from_module_with_batchnorm_in_eval_mode():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    X, Y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    model(X)  # one train-mode pass gives the running statistics values
+    model.eval()
+    L = Landscape.from_module(model, torch.nn.functional.cross_entropy, (X, Y))
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    loss = L.loss(theta[None])
+    torch.testing.assert_close(loss[0], torch.nn.functional.cross_entropy(model(X), Y))
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: Landscape.from_function(lambda t: t.sum(), dim=0), "dim"),
+    (lambda: Landscape.from_function("f", dim=2), "fn"),
+    (lambda: Landscape.from_module(torch.nn.ReLU(), torch.nn.functional.mse_loss, (torch.ones(2, 1), torch.ones(2))),
+     "no parameters"),
+    (lambda: Landscape.from_module(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss, 5), "data"),
+    (lambda: Landscape.from_mlp("5x5", torch.ones(3), torch.ones(3)), "spec"),
+    (lambda: Landscape.from_function(lambda t: t.sum(), dim=2).loss(torch.ones(2)), r"thetas: got .*\(B, 2\)"),
+    (lambda: Landscape.from_function(lambda t: t.sum(), dim=2).loss(torch.ones(3, 3)), r"thetas"),
+    (lambda: hessian("L", torch.ones(1, 2)), "landscape"),
+])
+def test_bad_input_is_named(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
