@@ -27,16 +27,15 @@ PAPER_MODEL_STEPS = 320_000 * 50_000
 TARGET_RATE = 5e7  # model-steps/s: the paper's run in under ~6 minutes
 
 
-def train(ext, K, N, opt, p, x, y, steps, step0=0, state=None, record_every=0):
-    """In place on p; returns (state0, state1, diverged, history)."""
+def train(ext, K, N, opt, p, x, y, steps):
+    """`steps` steps from zero optimizer state, in place on p; returns the diverged flags."""
     M = p.shape[0]
-    s0, s1 = state if state is not None else (torch.zeros_like(p), torch.zeros_like(p) if opt.kind != "sgd" else None)
+    s0 = torch.zeros_like(p)
+    s1 = torch.zeros_like(p) if opt.kind != "sgd" else None
     div = torch.zeros(M, dtype=torch.uint8, device=p.device)
-    hist = torch.empty((M, steps // record_every), device=p.device) if record_every else None
     ext.mlp_train(K, N, opt.as_tuple(), M, x.numel(), p.data_ptr(), s0.data_ptr(), 0 if s1 is None else s1.data_ptr(),
-                  div.data_ptr(), x.data_ptr(), y.data_ptr(), step0, steps, record_every or 1,
-                  0 if hist is None else hist.data_ptr(), torch.cuda.current_stream().cuda_stream)
-    return s0, s1, div, hist
+                  div.data_ptr(), x.data_ptr(), y.data_ptr(), 0, steps, 1, 0, torch.cuda.current_stream().cuda_stream)
+    return div
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -67,7 +66,7 @@ def bench(ext, spec, x, y, name, opt, M, steps) -> dict:
     p = p0.clone()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    _, _, div, _ = train(ext, K, N, opt, p, x, y, steps)
+    div = train(ext, K, N, opt, p, x, y, steps)
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     rate = M * steps / dt

@@ -16,32 +16,6 @@ namespace py = pybind11;
 
 using namespace lscape::bind;
 
-namespace {
-
-// (kind, lr, momentum, rho, eps, beta1, beta2), as lscape.reference.mlp.OptConfig.as_tuple() gives it.
-using OptTuple = std::tuple<int, double, double, double, double, double, double>;
-
-lscape::mlp::OptConfig to_opt(const OptTuple& t) {
-  const int kind = std::get<0>(t);
-  if (kind < lscape::mlp::kSgd || kind > lscape::mlp::kAdam)
-    throw std::invalid_argument("mlp optimizer kind must be 0 (sgd), 1 (adadelta) or 2 (adam)");
-  return {kind, std::get<1>(t), std::get<2>(t), std::get<3>(t), std::get<4>(t), std::get<5>(t),
-          std::get<6>(t)};
-}
-
-// The sizes mlp.h allows: others would index out of bounds or divide by zero, so they are refused here
-// even though the Python layer never sends them.
-lscape::mlp::Spec mlp_spec(int K, int N, int64_t M, int64_t P) {
-  using namespace lscape::mlp;
-  if (K < 1 || K > kMaxDepth) throw std::invalid_argument("mlp: K must be in [1, 8]");
-  if (N < 1 || N > kMaxWidth) throw std::invalid_argument("mlp: N must be in [1, 16]");
-  if (M < 0) throw std::invalid_argument("mlp: M must be >= 0");
-  if (P < 1) throw std::invalid_argument("mlp: P must be >= 1");
-  return {K, N};
-}
-
-}  // namespace
-
 PYBIND11_MODULE(_C, m) {
   m.doc() = "lscape CPU kernels";
   using namespace lscape::proj;

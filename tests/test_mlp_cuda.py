@@ -68,7 +68,7 @@ def train(ext, K, N, opt, p0, x, y, steps, record_every=1, step0=0, state=None, 
 
 def ref_train(K, N, opt, p0, x, y, steps, record_every, dtype):
     """The reference run in `dtype` on p0's device."""
-    p = p0.to(dtype)
+    p = p0.to(dtype, copy=True)
     s0 = torch.zeros_like(p)
     s1 = torch.zeros_like(p) if opt.kind != "sgd" else None
     div = torch.zeros(p.shape[0], dtype=torch.bool, device=p.device)

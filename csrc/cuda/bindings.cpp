@@ -27,28 +27,6 @@ void check(const char* err, const char* what) {
   if (err) throw std::runtime_error(std::string("lscape._cuda.") + what + ": " + err);
 }
 
-// (kind, lr, momentum, rho, eps, beta1, beta2), as lscape.reference.mlp.OptConfig.as_tuple() gives it.
-using OptTuple = std::tuple<int, double, double, double, double, double, double>;
-
-lscape::mlp::OptConfig to_opt(const OptTuple& t) {
-  const int kind = std::get<0>(t);
-  if (kind < lscape::mlp::kSgd || kind > lscape::mlp::kAdam)
-    throw std::invalid_argument("mlp optimizer kind must be 0 (sgd), 1 (adadelta) or 2 (adam)");
-  return {kind, std::get<1>(t), std::get<2>(t), std::get<3>(t), std::get<4>(t), std::get<5>(t),
-          std::get<6>(t)};
-}
-
-// The sizes mlp.h allows: anything else would index out of bounds, so it is refused here even though
-// the Python layer never sends it.
-lscape::mlp::Spec mlp_spec(int K, int N, int64_t M, int64_t P) {
-  using namespace lscape::mlp;
-  if (K < 1 || K > kMaxDepth) throw std::invalid_argument("mlp: K must be in [1, 8]");
-  if (N < 1 || N > kMaxWidth) throw std::invalid_argument("mlp: N must be in [1, 16]");
-  if (M < 0) throw std::invalid_argument("mlp: M must be >= 0");
-  if (P < 1) throw std::invalid_argument("mlp: P must be >= 1");
-  return {K, N};
-}
-
 // A null device buffer that the kernel would dereference: refused, since the fault it causes would
 // poison the whole CUDA context.
 void need(uintptr_t a, const char* name) {

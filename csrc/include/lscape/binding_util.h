@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <tuple>
 
+#include "lscape/mlp.h"
 #include "lscape/projection.h"
 
 namespace lscape {
@@ -42,6 +43,27 @@ void by_dtype(bool f64, F&& f) {
     f(double{});
   else
     f(float{});
+}
+
+// (kind, lr, momentum, rho, eps, beta1, beta2), as lscape.reference.mlp.OptConfig.as_tuple() gives it.
+using OptTuple = std::tuple<int, double, double, double, double, double, double>;
+
+inline mlp::OptConfig to_opt(const OptTuple& t) {
+  const int kind = std::get<0>(t);
+  if (kind < mlp::kSgd || kind > mlp::kAdam)
+    throw std::invalid_argument("mlp optimizer kind must be 0 (sgd), 1 (adadelta) or 2 (adam)");
+  return {kind, std::get<1>(t), std::get<2>(t), std::get<3>(t), std::get<4>(t), std::get<5>(t),
+          std::get<6>(t)};
+}
+
+// The sizes mlp.h allows: others would index out of bounds, so they are refused here even though the
+// Python layer never sends them.
+inline mlp::Spec mlp_spec(int K, int N, int64_t M, int64_t P) {
+  if (K < 1 || K > mlp::kMaxDepth) throw std::invalid_argument("mlp: K must be in [1, 8]");
+  if (N < 1 || N > mlp::kMaxWidth) throw std::invalid_argument("mlp: N must be in [1, 16]");
+  if (M < 0) throw std::invalid_argument("mlp: M must be >= 0");
+  if (P < 1) throw std::invalid_argument("mlp: P must be >= 1");
+  return {K, N};
 }
 
 }  // namespace bind
