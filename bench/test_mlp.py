@@ -9,7 +9,7 @@ times, side by side in one run, float32 on the CPU:
                       (M, D) tensor (the update rules are elementwise, so this is exact)
   lscape torch ref    lscape.train_ensemble on the pure-torch reference
 
-Each call runs a number of steps sized to about a fifth of a second; the speed is model-steps per
+Each call runs a number of steps sized to about half a second; the speed is model-steps per
 second = M * steps / median time (extra_info["model_steps"] holds M * steps), and the report's ratio is
 lscape cpu's rate over the contender's.  `cuda-` groups run the same on a CUDA device when there is one.
 """
@@ -28,13 +28,14 @@ TORCH_OPT = {"sgd": (torch.optim.SGD, dict(lr=0.01, momentum=0.9)), "adadelta": 
 SIZES = [1024, 16384]
 CONTENDERS = ["lscape", "vmap", "reference"]
 LABELS = {"lscape": "lscape cpu", "vmap": "torch.func vmap", "reference": "lscape torch ref"}
-# Rough speeds (model-steps/s) to size each call to ~0.2 s; a wrong guess only changes the round count.
-GUESS = {"lscape": 3e5, "vmap": 1.5e4, "reference": 3e4}
+# Rough speeds (model-steps/s) to size each call to ~0.5 s (a long run's per-call costs, such as the
+# final loss evaluation, then weigh as little as in real use); a wrong guess only changes the rounds.
+GUESS = {"lscape": 5e5, "vmap": 1.5e4, "reference": 1.5e4}
 
 
 def _steps(contender: str, M: int, device: str) -> int:
     rate = GUESS[contender] * (100 if device == "cuda" else 1)
-    return max(1, int(0.2 * rate / M))
+    return max(1, int(0.5 * rate / M))
 
 
 def _vmap_trainer(spec: TinyMLP, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, optimizer: str):
