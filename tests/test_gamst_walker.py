@@ -8,7 +8,7 @@ import pytest
 from lscape.experiments import common, gamst_walker as gw
 from lscape.experiments.stats import logistic_fit, lowess
 
-pytest.importorskip("matplotlib")
+pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
 
 # The cheapest configuration that still runs every stage (Hessians are the slow part)
 FAST = {"hessian_models": 1, "basin_trials": 8}
