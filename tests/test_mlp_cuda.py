@@ -105,24 +105,51 @@ def test_loss_grad_matches_reference(gpu, K, N, P, M):
     torch.testing.assert_close(only, loss, rtol=1e-6, atol=0)
 
 
+def row_rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per model: the largest difference relative to the model's largest reference entry."""
+    a, b = a.double().cpu(), b.double().cpu()
+    return (a - b).abs().amax(dim=1) / b.abs().amax(dim=1).clamp_min(1e-300)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("optimizer", list(OPTS))
 @pytest.mark.parametrize("K,N", SIZES)
 def test_train_matches_reference(gpu, K, N, optimizer):
-    """200 steps against the float64 reference: within 1e-4 relative, or, where float32 itself cannot
-    follow the trajectory that closely (Adam turns float noise in near-zero gradients into full steps),
-    no further from it than a few times the float32 reference is."""
+    """200 steps against the float64 reference.  Float32 cannot follow every trajectory to 1e-4: a ReLU
+    kink crossed at a point on one side in float32 and on the other in float64, or (Adam) float noise in
+    a near-zero gradient normalised into a full step, moves a model by up to ~1e-3.  So each model must be
+    within 1e-4 relative or no further than 4x the float32 reference is; a few models may miss even that
+    (they crossed a kink the float32 reference did not), but a wrong rule or index would move them all."""
     opt = OPTS[optimizer]
-    p0 = TinyMLP(K, N).init(37, seed=2, scheme="he", device="cuda")
+    M = 37
+    p0 = TinyMLP(K, N).init(M, seed=2, scheme="he", device="cuda")
     x, y = data(41)
     got = train(gpu, K, N, opt, p0, x, y, 200, record_every=50)
     r32 = ref_train(K, N, opt, p0, x, y, 200, 50, torch.float32)
     r64 = ref_train(K, N, opt, p0, x, y, 200, 50, torch.float64)
     assert not got[3].any()
     for what, i in (("params", 0), ("state0", 1), ("state1", 2), ("history", 4)):
+        if got[i] is None:
+            continue
+        err, floor = row_rel(got[i], r64[i]), row_rel(r32[i], r64[i])
+        off = (err > torch.clamp(4 * floor, min=1e-4)).nonzero()[:, 0].tolist()
+        assert len(off) <= M // 10, f"{what}: models {off} off by {err[off].tolist()} (float32 ref: {floor[off].tolist()})"
+    torch.testing.assert_close(got[4].double().cpu(), r64[4].cpu(), rtol=1e-2, atol=0)  # every loss curve
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("optimizer", list(OPTS))
+@pytest.mark.parametrize("K,N", SIZES)
+def test_first_steps_match_reference_closely(gpu, K, N, optimizer):
+    """Before any trajectory can drift, every value is within 1e-5 of the float64 reference."""
+    opt = OPTS[optimizer]
+    p0 = TinyMLP(K, N).init(37, seed=2, scheme="he", device="cuda")
+    x, y = data(41)
+    got = train(gpu, K, N, opt, p0, x, y, 3)
+    want = ref_train(K, N, opt, p0, x, y, 3, 1, torch.float64)
+    for i in (0, 1, 2, 4):
         if got[i] is not None:
-            err, floor = rel(got[i], r64[i]), rel(r32[i], r64[i])
-            assert err < max(1e-4, 4 * floor), f"{what}: {err:.2e} from float64 (float32 reference: {floor:.2e})"
+            assert_rows_close(got[i], want[i], 1e-5)
 
 
 @pytest.mark.gpu

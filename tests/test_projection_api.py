@@ -147,3 +147,12 @@ def test_zero_dim_numpy_is_refused_not_promoted():
     P1 = SparseSignProjection(1, 1)
     with pytest.raises(ValueError, match=r"^theta: got numpy array of shape \(\)"):
         P1.matvec(np.array(1.0, dtype=np.float32))
+
+
+@pytest.mark.parametrize("storage", ["indices", "implicit"])
+def test_subnormal_density_builds_an_empty_matrix(storage):
+    """16 / density overflows to inf for a subnormal density (found by hypothesis): the chunk size
+    clamps to 2^24 and P is all zero, every column counted empty."""
+    P = SparseSignProjection(5, 3, seed=0, density=5e-324, storage=storage)
+    assert P.nnz == 0 and P.empty_columns == 3
+    assert torch.equal(P.matvec(torch.ones(3)), torch.zeros(5))

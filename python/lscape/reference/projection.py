@@ -46,8 +46,10 @@ def segment_rows(density: float) -> int:
     Large enough that restarting the stream at each chunk costs little, small enough that a chunk of
     the output stays in cache and that there are many chunks to share among threads.
     """
-    want = math.ceil(16.0 / density)
-    return 1 << min(24, max(10, (want - 1).bit_length()))
+    want = 16.0 / density
+    if not want < 2.0**24:  # also a subnormal density, whose quotient overflows to inf
+        return 1 << 24
+    return 1 << max(10, (math.ceil(want) - 1).bit_length())
 
 
 def make_spec(D: int, d: int, seed: int, density: float) -> ProjSpec:
