@@ -65,13 +65,13 @@ PYBIND11_MODULE(_cuda, m) {
                                   bool f64, uintptr_t stream) {
     const Spec s = to_spec(st);
     check_batch(B);
-    const char* err =
-        f64 ? matvec_indices_cuda<double>(s, ptr<const int32_t>(seg_start), ptr<const int64_t>(chunk_ptr),
-                                          ptr<const int32_t>(indices), ptr<const double>(scales),
-                                          ptr<const double>(x), ptr<double>(out), B, stream_ptr(stream))
-            : matvec_indices_cuda<float>(s, ptr<const int32_t>(seg_start), ptr<const int64_t>(chunk_ptr),
-                                         ptr<const int32_t>(indices), ptr<const float>(scales),
-                                         ptr<const float>(x), ptr<float>(out), B, stream_ptr(stream));
+    const char* err = nullptr;
+    by_dtype(f64, [&](auto t) {
+      using T = decltype(t);
+      err = matvec_indices_cuda<T>(s, ptr<const int32_t>(seg_start), ptr<const int64_t>(chunk_ptr),
+                                   ptr<const int32_t>(indices), ptr<const T>(scales), ptr<const T>(x),
+                                   ptr<T>(out), B, stream_ptr(stream));
+    });
     check(err, "proj_matvec_indices");
   }, py::arg("spec"), py::arg("seg_start"), py::arg("chunk_ptr"), py::arg("indices"), py::arg("scales"),
      py::arg("x"), py::arg("out"), py::arg("B"), py::arg("f64"), py::arg("stream"), nogil);
@@ -81,13 +81,13 @@ PYBIND11_MODULE(_cuda, m) {
                                    bool f64, uintptr_t stream) {
     const Spec s = to_spec(st);
     check_batch(B);
-    const char* err =
-        f64 ? rmatvec_indices_cuda<double>(s, ptr<const int32_t>(seg_start), ptr<const int64_t>(chunk_ptr),
-                                           ptr<const int32_t>(indices), ptr<const double>(scales),
-                                           ptr<const double>(x), ptr<double>(out), B, stream_ptr(stream))
-            : rmatvec_indices_cuda<float>(s, ptr<const int32_t>(seg_start), ptr<const int64_t>(chunk_ptr),
-                                          ptr<const int32_t>(indices), ptr<const float>(scales),
-                                          ptr<const float>(x), ptr<float>(out), B, stream_ptr(stream));
+    const char* err = nullptr;
+    by_dtype(f64, [&](auto t) {
+      using T = decltype(t);
+      err = rmatvec_indices_cuda<T>(s, ptr<const int32_t>(seg_start), ptr<const int64_t>(chunk_ptr),
+                                    ptr<const int32_t>(indices), ptr<const T>(scales), ptr<const T>(x),
+                                    ptr<T>(out), B, stream_ptr(stream));
+    });
     check(err, "proj_rmatvec_indices");
   }, py::arg("spec"), py::arg("seg_start"), py::arg("chunk_ptr"), py::arg("indices"), py::arg("scales"),
      py::arg("x"), py::arg("out"), py::arg("B"), py::arg("f64"), py::arg("stream"), nogil);
@@ -96,10 +96,12 @@ PYBIND11_MODULE(_cuda, m) {
                                    bool f64, uintptr_t stream) {
     const Spec s = to_spec(st);
     check_batch(B);
-    const char* err = f64 ? matvec_implicit_cuda<double>(s, ptr<const double>(scales), ptr<const double>(x),
-                                                          ptr<double>(out), B, stream_ptr(stream))
-                          : matvec_implicit_cuda<float>(s, ptr<const float>(scales), ptr<const float>(x),
-                                                         ptr<float>(out), B, stream_ptr(stream));
+    const char* err = nullptr;
+    by_dtype(f64, [&](auto t) {
+      using T = decltype(t);
+      err = matvec_implicit_cuda<T>(s, ptr<const T>(scales), ptr<const T>(x), ptr<T>(out), B,
+                                    stream_ptr(stream));
+    });
     check(err, "proj_matvec_implicit");
   }, py::arg("spec"), py::arg("scales"), py::arg("x"), py::arg("out"), py::arg("B"), py::arg("f64"),
      py::arg("stream"), nogil);
@@ -108,10 +110,12 @@ PYBIND11_MODULE(_cuda, m) {
                                     int64_t B, bool f64, uintptr_t stream) {
     const Spec s = to_spec(st);
     check_batch(B);
-    const char* err = f64 ? rmatvec_implicit_cuda<double>(s, ptr<const double>(scales), ptr<const double>(x),
-                                                           ptr<double>(out), B, stream_ptr(stream))
-                          : rmatvec_implicit_cuda<float>(s, ptr<const float>(scales), ptr<const float>(x),
-                                                          ptr<float>(out), B, stream_ptr(stream));
+    const char* err = nullptr;
+    by_dtype(f64, [&](auto t) {
+      using T = decltype(t);
+      err = rmatvec_implicit_cuda<T>(s, ptr<const T>(scales), ptr<const T>(x), ptr<T>(out), B,
+                                     stream_ptr(stream));
+    });
     check(err, "proj_rmatvec_implicit");
   }, py::arg("spec"), py::arg("scales"), py::arg("x"), py::arg("out"), py::arg("B"), py::arg("f64"),
      py::arg("stream"), nogil);

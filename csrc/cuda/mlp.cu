@@ -294,6 +294,34 @@ __global__ void __launch_bounds__(kFixedWarps * 32) loss_grad_fixed(const Args a
   }
 }
 
+// Calls f(k, s0, s1) for every parameter k < D of this lane's row, with the row's optimizer state
+// staged through the warp's shared tiles (coalesced).  With kStore, what f leaves in s0/s1 is written
+// back for the rows in `store`; the check and apply passes of a step share this sweep.
+template <int D, bool kTwo, bool kStore, class F>
+__device__ __forceinline__ void state_sweep(float* t0, float* t1, const Args& a, int64_t mbase, int rows,
+                                            unsigned store, int lane, F&& f) {
+#pragma unroll
+  for (int c = 0; c < D; c += 32) {
+    tile_load(t0, a.state0, mbase, rows, D, c, lane);
+    if (kTwo) tile_load(t1, a.state1, mbase, rows, D, c, lane);
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      if (c + j < D) {
+        float s0 = t0[lane * kTile + j], s1 = kTwo ? t1[lane * kTile + j] : 0.f;
+        f(c + j, s0, s1);
+        if (kStore) {
+          t0[lane * kTile + j] = s0;
+          if (kTwo) t1[lane * kTile + j] = s1;
+        }
+      }
+    }
+    if (kStore) {
+      tile_store(t0, a.state0, mbase, store, D, c, lane);
+      if (kTwo) tile_store(t1, a.state1, mbase, store, D, c, lane);
+    }
+  }
+}
+
 template <int K, int N, int Opt>
 __global__ void __launch_bounds__(kFixedWarps * 32) train_fixed(const Args a) {
   constexpr int D = Fixed<K, N>::D;
@@ -333,41 +361,17 @@ __global__ void __launch_bounds__(kFixedWarps * 32) train_fixed(const Args a) {
     }
     const AdamStep as = adam_step<Opt>(a.hp, a.step0 + i + 1);
     // Check pass: every updated parameter finite.
-    if (__any_sync(kFull, ok)) {
-#pragma unroll
-      for (int c = 0; c < D; c += 32) {
-        tile_load(t0, a.state0, mbase, rows, D, c, lane);
-        if (kTwo) tile_load(t1, a.state1, mbase, rows, D, c, lane);
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          if (c + j < D) {
-            float s0 = t0[lane * kTile + j], s1 = kTwo ? t1[lane * kTile + j] : 0.f;
-            ok &= isfinite(opt_step<Opt>(a.hp, as, p[c + j], g[c + j], s0, s1));
-          }
-        }
-      }
-    }
+    if (__any_sync(kFull, ok))
+      state_sweep<D, kTwo, false>(t0, t1, a, mbase, rows, 0u, lane, [&](int k, float& s0, float& s1) {
+        ok &= isfinite(opt_step<Opt>(a.hp, as, p[k], g[k], s0, s1));
+      });
     // Apply pass, for the rows that passed.
     const unsigned applied = __ballot_sync(kFull, ok);
-    if (applied) {
-#pragma unroll
-      for (int c = 0; c < D; c += 32) {
-        tile_load(t0, a.state0, mbase, rows, D, c, lane);
-        if (kTwo) tile_load(t1, a.state1, mbase, rows, D, c, lane);
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          if (c + j < D) {
-            float s0 = t0[lane * kTile + j], s1 = kTwo ? t1[lane * kTile + j] : 0.f;
-            const float pn = opt_step<Opt>(a.hp, as, p[c + j], g[c + j], s0, s1);
-            if (ok) p[c + j] = pn;
-            t0[lane * kTile + j] = s0;
-            if (kTwo) t1[lane * kTile + j] = s1;
-          }
-        }
-        tile_store(t0, a.state0, mbase, applied, D, c, lane);
-        if (kTwo) tile_store(t1, a.state1, mbase, applied, D, c, lane);
-      }
-    }
+    if (applied)
+      state_sweep<D, kTwo, true>(t0, t1, a, mbase, rows, applied, lane, [&](int k, float& s0, float& s1) {
+        const float pn = opt_step<Opt>(a.hp, as, p[k], g[k], s0, s1);
+        if (ok) p[k] = pn;
+      });
     if (!frozen && !ok) {
       a.diverged[m] = 1;
       frozen = true;
