@@ -2,11 +2,12 @@
 
     python bench/report.py [report options] [pytest options ...]
 
-Runs `python -m pytest bench/test_projection.py bench/test_mlp.py --benchmark-json=...` with any pytest
+Runs `python -m pytest bench/test_projection.py bench/test_mlp.py bench/test_neb.py --benchmark-json=...` with any pytest
 options given (e.g. `-k B1`, `-k mlp`, `--bench-budget 1`, `--bench-large`), then
 bench/large_implicit.py in a fresh process (D = 10**8, d = 10**4, implicit storage: its peak RSS is its
 own), and prints, per group, each contender's median time and its ratio to the group's lscape baseline
-(lscape indices for the projection; for ensemble training, model-steps per second and lscape's speed-up),
+(lscape indices for the projection; for ensemble training and NEB, model- or band-steps per second and
+lscape's speed-up),
 then the targets.  The table goes to bench/results/report-<time>.txt and bench/results/latest.txt.
 
 Report options (everything else goes to pytest):
@@ -41,7 +42,10 @@ TARGET_IMPLICIT = 2.0  # implicit at most this many times slower than indices
 TARGET_MLP_VS_VMAP = 20.0  # lscape cpu at least this many times torch.func vmap's model-steps/s
 TARGET_MLP_RATE = 3e5  # model-steps/s on the CPU
 TARGET_MLP_RATE_CUDA = 5e7  # model-steps/s on a GPU
-SUITES = ["test_projection.py", "test_mlp.py"]
+# Targets (NEB on the W_f landscape, 100 bands x 32 images, float32, CPU).
+TARGET_NEB_VS_ASE = 100.0  # lscape band-steps/s at least this many times ASE NEB + FIRE's
+TARGET_NEB_KERNEL = 5.0  # the fused neb_step at least this many times the torch reference
+SUITES = ["test_projection.py", "test_mlp.py", "test_neb.py"]
 
 GROUP_TITLES = {
     "build": "generate P (D = 656,810, d = 9,000)",
@@ -55,13 +59,22 @@ PRODUCT_GROUPS = ["matvec-B1", "rmatvec-B1", "matvec-B8", "rmatvec-B8"]
 GROUP_ORDER = ["build", *PRODUCT_GROUPS]
 GROUP_ORDER += ["cuda-" + g for g in GROUP_ORDER] + ["implicit-large"]
 CONTENDER_ORDER = ["lscape indices", "lscape implicit", "torch CSR", "scipy.sparse", "cupyx CSR",
-                   "lscape torch reference", "lscape cpu", "lscape cuda", "torch.func vmap", "lscape torch ref"]
+                   "lscape torch reference", "lscape cpu", "lscape cuda", "torch.func vmap", "lscape torch ref",
+                   "ASE NEB+FIRE", "ASE, trivial calculator"]
 MLP_GROUPS = [f"mlp-{o}-M{m}" for o in ("sgd", "adadelta", "adam") for m in (1024, 16384)]
 GROUP_ORDER += MLP_GROUPS + [f"cuda-mlp-{o}-M{m}" for o in ("sgd", "adadelta", "adam") for m in (16384, 320000)]
 
 
+NEB_GROUPS = ["neb-wf-B100-n32", "neb-kernel-B100-n32"]
+GROUP_ORDER += NEB_GROUPS + ["cuda-neb-wf-B10000-n32", "cuda-neb-kernel-B10000-n32"]
+
+
 def _is_mlp(group: str) -> bool:
     return group.removeprefix("cuda-").startswith("mlp-")
+
+
+def _is_neb(group: str) -> bool:
+    return group.removeprefix("cuda-").startswith("neb-")
 
 
 # ---- running -------------------------------------------------------------------------------------------
@@ -201,12 +214,21 @@ def _rate(b: dict) -> float | None:
     return steps / b["stats"]["median"] if steps else None
 
 
-def mlp_table(group: str, members: dict[str, dict]) -> list[str]:
+def rate_table(group: str, members: dict[str, dict]) -> list[str]:
+    """Ensemble training (model-steps/s) and NEB (band-steps/s) groups: rates and lscape's speed-up."""
     base_name = "lscape cuda" if group.startswith("cuda-") else "lscape cpu"
-    any_info = next(iter(members.values())).get("extra_info", {})
-    lines = [f"[{group}] train M = {any_info.get('M', '?'):,} 5x5 networks ({any_info.get('optimizer', '?')}, "
-             f"P = {any_info.get('P', '?')} points, full batch){', on CUDA' if group.startswith('cuda-') else ''}"]
-    lines.append(f"  {'contender':<24} {'model-steps/s':>14} {'steps/call':>10} {'rounds':>6}   speed-up of {base_name}")
+    info = next(iter(members.values())).get("extra_info", {})
+    on = ", on CUDA" if group.startswith("cuda-") else ""
+    if _is_neb(group):
+        unit = "band-steps/s"
+        what = "the neb_step kernel alone on random" if "kernel" in group else "NEB on the W_f landscape,"
+        lines = [f"[{group}] {what} bands of {info.get('n', '?')} images, D = {info.get('D', '?')} "
+                 f"(lscape: {info.get('B', '?'):,} bands per call){on}"]
+    else:
+        unit = "model-steps/s"
+        lines = [f"[{group}] train M = {info.get('M', '?'):,} 5x5 networks ({info.get('optimizer', '?')}, "
+                 f"P = {info.get('P', '?')} points, full batch){on}"]
+    lines.append(f"  {'contender':<24} {unit:>14} {'steps/call':>10} {'rounds':>6}   speed-up of {base_name}")
     base = members.get(base_name)
     for who in _ordered(members, CONTENDER_ORDER):
         b, r = members[who], _rate(members[who])
@@ -222,8 +244,8 @@ def mlp_table(group: str, members: dict[str, dict]) -> list[str]:
 
 
 def group_table(group: str, members: dict[str, dict]) -> list[str]:
-    if _is_mlp(group):
-        return mlp_table(group, members)
+    if _is_mlp(group) or _is_neb(group):
+        return rate_table(group, members)
     title = GROUP_TITLES.get(group) or GROUP_TITLES.get(group.removeprefix("cuda-"), "")
     if group.startswith("cuda-"):
         title = f"{title}, on CUDA"
@@ -324,7 +346,36 @@ def targets(groups: dict, large: dict | None) -> tuple[list[str], bool]:
             [f"{g}: {rate:,.0f} model-steps/s" + (f", {rate / vm:.1f}x vmap" if vm else "")
              for g, _, rate, vm in cuda_rows])
 
-    # 5. large implicit under 1 GB
+    # 5. NEB: lscape >= 100x ASE NEB + FIRE per band-step; the fused kernel >= 5x the torch reference
+    wf = groups.get("neb-wf-B100-n32", {})
+    base = wf.get("lscape cpu")
+    details = []
+    ok = None
+    if base is not None and "ASE NEB+FIRE" in wf:
+        r = _rate(base) / _rate(wf["ASE NEB+FIRE"])
+        ok = r >= TARGET_NEB_VS_ASE
+        details.append(f"lscape cpu {_rate(base):,.0f} band-steps/s, ASE NEB+FIRE {_rate(wf['ASE NEB+FIRE']):,.1f}: "
+                       f"{r:,.0f}x")
+        if "ASE, trivial calculator" in wf:
+            details.append(f"(ASE with a calculator that returns zeros: {_rate(wf['ASE, trivial calculator']):,.1f} "
+                           f"band-steps/s, {_rate(base) / _rate(wf['ASE, trivial calculator']):,.0f}x)")
+        if "lscape torch ref" in wf:
+            details.append(f"(the whole driver on the torch reference: {_rate(wf['lscape torch ref']):,.0f} "
+                           f"band-steps/s, {_rate(base) / _rate(wf['lscape torch ref']):.1f}x)")
+    add(ok, f"NEB (W_f, 100 bands x 32 images) >= {TARGET_NEB_VS_ASE:g}x ASE NEB + FIRE per band-step",
+        details or ["not measured in this run"])
+    kern = groups.get("neb-kernel-B100-n32", {})
+    if "lscape cpu" in kern and "lscape torch ref" in kern:
+        r = _rate(kern["lscape cpu"]) / _rate(kern["lscape torch ref"])
+        add(r >= TARGET_NEB_KERNEL, f"neb_step kernel >= {TARGET_NEB_KERNEL:g}x the torch reference",
+            [f"lscape cpu / lscape torch ref = {r:.1f}x"])
+    else:
+        add(None, f"neb_step kernel >= {TARGET_NEB_KERNEL:g}x the torch reference", ["not measured in this run"])
+    for g in ("cuda-neb-wf-B10000-n32", "cuda-neb-kernel-B10000-n32"):
+        if "lscape cuda" in groups.get(g, {}):
+            lines.append(f"  [info] {g}: {_rate(groups[g]['lscape cuda']):,.0f} band-steps/s on CUDA")
+
+    # 6. large implicit under 1 GB
     if large is None:
         add(None, f"large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS", ["skipped (--no-large)"])
     elif "error" in large:

@@ -8,6 +8,7 @@
 
 #include "lscape/binding_util.h"
 #include "lscape/mlp.h"
+#include "lscape/neb.h"
 #ifdef LSCAPE_OPENMP
 #include <omp.h>
 #endif
@@ -100,5 +101,22 @@ PYBIND11_MODULE(_C, m) {
     lscape::mlp::train_cpu(s, o, M, ptr<float>(params), ptr<float>(state0), ptr<float>(state1),
                            ptr<uint8_t>(diverged), P, ptr<const float>(x), ptr<const float>(y), step0, steps,
                            record_every, ptr<float>(history), nt);
+  }, nogil);
+
+  m.def("neb_work_size", [](int64_t B, int64_t n, int64_t D) {
+    neb_sizes(B, n, D);
+    return lscape::neb::work_size_cpu(B, n, D);
+  }, "Doubles of scratch neb_step needs for B bands of n images of dimension D");
+  m.def("neb_step", [](const NebTuple& cfg, int64_t B, int64_t n, int64_t D, uintptr_t x, uintptr_t e,
+                       uintptr_t g, uintptr_t v, uintptr_t x_out, uintptr_t dt, uintptr_t a, uintptr_t nsteps,
+                       uintptr_t status, uintptr_t fmax, uintptr_t imax, uintptr_t work, bool f64, int nt) {
+    const lscape::neb::Config c = to_neb(cfg);
+    neb_sizes(B, n, D);
+    by_dtype(f64, [&](auto t) {
+      using T = decltype(t);
+      lscape::neb::step_cpu<T>(c, B, n, D, ptr<const T>(x), ptr<const T>(e), ptr<const T>(g), ptr<T>(v),
+                               ptr<T>(x_out), ptr<double>(dt), ptr<double>(a), ptr<int32_t>(nsteps),
+                               ptr<uint8_t>(status), ptr<double>(fmax), ptr<int32_t>(imax), ptr<double>(work), nt);
+    });
   }, nogil);
 }

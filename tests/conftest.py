@@ -29,6 +29,27 @@ def kernel_backend(request):
 
 
 @pytest.fixture
+def cuda_ext():
+    """lscape._cuda (argument checks need no GPU, only the built extension); skips when it is missing."""
+    mod = _backend.cuda_extension()
+    if mod is None:
+        pytest.skip(f"cuda backend unavailable here: {lscape.backends()['cuda'].reason}")
+    return mod
+
+
+@pytest.fixture
+def cuda_gpu(cuda_ext):
+    """lscape._cuda on a visible GPU; skips without one."""
+    require("cuda")
+    return cuda_ext
+
+
+def cuda_stream() -> int:
+    """The current torch CUDA stream, as the extension takes it."""
+    return torch.cuda.current_stream().cuda_stream
+
+
+@pytest.fixture
 def one_torch_thread():
     """torch on one thread for the test: references that run thousands of tiny ops only lose to torch's
     thread pool (seconds per call on a busy 2-core machine), and one thread gives the same answers."""

@@ -25,7 +25,8 @@ def test_smoke_runs_end_to_end_and_writes_everything(smoke_run):
     out, summary = smoke_run
     for name in ["config.json", "results.npz", "summary.json", *summary["figures"]]:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert len(summary["figures"]) == 6 and all(n.endswith(".png") for n in summary["figures"])
+    assert len(summary["figures"]) == 8 and all(n.endswith(".png") for n in summary["figures"])
+    assert {"fig4_neb.png", "fig_distances.png"} <= set(summary["figures"])
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["scale"] == "smoke" and cfg["hessian_models"] == 1 and cfg["sgd_lr"] == gw.SCALES["smoke"].sgd_lr
     assert json.loads((out / "summary.json").read_text())["sgd"]["models"] == 16
@@ -39,6 +40,16 @@ def test_smoke_runs_end_to_end_and_writes_everything(smoke_run):
             assert r[f"basin_{opt}_loss"].shape == (8,)
         assert r["basin_noise_norm"].min() >= 0 and r["basin_noise_norm"].max() <= 2.0 + 1e-6
         assert r["wf_hess_counts"][0] == 0  # W_f is a minimum: no negative curvature
+        # NEB paths: from W_f (energy ~0) to the chosen minima, whose losses are their training losses
+        B, n = r["neb_energies"].shape
+        assert 1 <= B <= 4 and n == 8 and r["neb_angles"].shape == (B, n - 2)
+        assert np.all(r["neb_energies"][:, 0] < 1e-10) and np.all(np.diff(r["neb_arc"], axis=1) >= 0)
+        for b, (src, i) in enumerate(zip(r["neb_source"], r["neb_index"])):
+            opt = gw.OPTIMIZERS[src]
+            assert not r[f"{opt}_constant"][i] and not r[f"{opt}_at_global_min"][i]
+            assert math.isclose(r["neb_distance"][b], r[f"{opt}_wf_distance"][i], rel_tol=1e-5)
+        assert r["neb_highlight_outputs"].shape == (n, 201)
+    assert summary["neb"]["paths"] == B and summary["neb"]["steps"] <= 40
     # the global-min threshold and the SGD stability limit are reported
     assert math.isclose(summary["global_min_threshold"], 1e-4 * summary["var_y"])
     assert summary["wf"]["loss_float32_data"] < 1e-14
@@ -54,6 +65,10 @@ def test_interrupted_run_resumes_to_the_same_results(smoke_run, tmp_path):
     assert (out / "checkpoints" / "main_sgd.npz").exists() and not (out / "results.npz").exists()
     with pytest.raises(common.RunInterrupted):
         gw.run("smoke", out, resume=True, progress=False, figures=False, stop_after_chunks=6, **FAST)
+    # 7 more: the first of the NEB stage's two chunks (3 + 3 training, 3 + 3 basin, 1 Hessian block)
+    with pytest.raises(common.RunInterrupted):
+        gw.run("smoke", out, resume=True, progress=False, figures=False, stop_after_chunks=7, **FAST)
+    assert int(np.load(out / "checkpoints" / "neb.npz")["done_steps"]) == 20
     gw.run("smoke", out, resume=True, progress=False, figures=False, **FAST)
     with np.load(ref_out / "results.npz") as a, np.load(out / "results.npz") as b:
         assert sorted(a.files) == sorted(b.files)
@@ -172,3 +187,24 @@ def test_logistic_fit_degenerate_cases():
     assert ridge.converged and 0.6 < ridge.x50 < 0.8
     with pytest.raises(ValueError, match="y"):
         logistic_fit(x, np.full(20, 0.5))
+
+
+def test_basin_radius_reads_the_first_rise():
+    arc = np.array([[0.0, 1, 2, 3, 4], [0.0, 1, 2, 3, 4], [0.0, 1, 2, 3, 4]])
+    E = np.array([[0.0, 0.2, 1.0, 3.0, 0.8], [0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.3, 2.0, 1.2, 1.8]])
+    r = gw.basin_radius(arc, E, 0.5)
+    # 0.4 is reached a quarter of the way from image 1 (0.2) to image 2 (1.0); the barrier beyond is ignored
+    assert math.isclose(r[0], 1.25) and math.isnan(r[1]) and math.isclose(r[2], 1.0 + 0.1 / 0.7)
+
+
+def test_neb_ends_take_half_from_each_optimizer_and_top_up():
+    cfg = gw.config("smoke", neb_paths=6)
+    res = {}
+    for opt, bad in (("sgd", [0, 2]), ("adadelta", list(range(8)))):
+        d = np.zeros((10, 3), np.float32)
+        res[f"{opt}_diverged"] = np.zeros(10, bool)
+        res[f"{opt}_constant"] = np.isin(np.arange(10), bad)
+        res[f"{opt}_at_global_min"] = np.zeros(10, bool)
+        res[f"{opt}_desym"] = d
+    src, idx = gw.neb_ends(cfg, res)
+    assert src.tolist() == [0, 0, 0, 0, 1, 1] and idx.tolist() == [1, 3, 4, 5, 8, 9]

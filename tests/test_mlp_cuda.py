@@ -9,34 +9,14 @@ import math
 import pytest
 import torch
 
-import lscape
-from lscape import TinyMLP, _backend
+from lscape import TinyMLP
 from lscape.reference import mlp as ref
 
-from conftest import require
+from conftest import cuda_stream as stream
 
 OPTS = {"sgd": ref.OptConfig("sgd", lr=0.01, momentum=0.9), "adadelta": ref.OptConfig("adadelta", lr=1.0),
         "adam": ref.OptConfig("adam", lr=1e-3)}
 SIZES = [(5, 5), (3, 7)]  # the fixed path, then the generic one
-
-
-@pytest.fixture
-def ext():
-    """lscape._cuda; the argument checks need no GPU, only the extension."""
-    mod = _backend.cuda_extension()
-    if mod is None:
-        pytest.skip(f"cuda backend unavailable here: {lscape.backends()['cuda'].reason}")
-    return mod
-
-
-@pytest.fixture
-def gpu(ext):
-    require("cuda")
-    return ext
-
-
-def stream() -> int:
-    return torch.cuda.current_stream().cuda_stream
 
 
 def data(P: int, device: str = "cuda"):
@@ -44,16 +24,16 @@ def data(P: int, device: str = "cuda"):
     return x.to(device), (torch.sin(6.0 * x) + 0.3 * x).to(device)
 
 
-def loss_grad(ext, K, N, p, x, y, want_grad=True):
+def loss_grad(cuda_ext, K, N, p, x, y, want_grad=True):
     M = p.shape[0]
     loss = torch.full((M,), math.nan, device=p.device)
     grad = torch.full_like(p, math.nan) if want_grad else None
-    ext.mlp_loss_grad(K, N, M, x.numel(), p.data_ptr(), x.data_ptr(), y.data_ptr(), loss.data_ptr(),
+    cuda_ext.mlp_loss_grad(K, N, M, x.numel(), p.data_ptr(), x.data_ptr(), y.data_ptr(), loss.data_ptr(),
                       grad.data_ptr() if want_grad else 0, stream())
     return loss, grad
 
 
-def train(ext, K, N, opt, p0, x, y, steps, record_every=1, step0=0, state=None, diverged=None):
+def train(cuda_ext, K, N, opt, p0, x, y, steps, record_every=1, step0=0, state=None, diverged=None):
     """(params, state0, state1, diverged, history) after `steps` kernel steps from p0 (not modified)."""
     M, D = p0.shape
     p = p0.clone()
@@ -61,7 +41,7 @@ def train(ext, K, N, opt, p0, x, y, steps, record_every=1, step0=0, state=None, 
         (state[0].clone(), None if state[1] is None else state[1].clone())
     div = torch.zeros(M, dtype=torch.uint8, device=p.device) if diverged is None else diverged.clone()
     hist = torch.full((M, steps // record_every), -1.0, device=p.device)
-    ext.mlp_train(K, N, opt.as_tuple(), M, x.numel(), p.data_ptr(), s0.data_ptr(), 0 if s1 is None else s1.data_ptr(),
+    cuda_ext.mlp_train(K, N, opt.as_tuple(), M, x.numel(), p.data_ptr(), s0.data_ptr(), 0 if s1 is None else s1.data_ptr(),
                   div.data_ptr(), x.data_ptr(), y.data_ptr(), step0, steps, record_every, hist.data_ptr(), stream())
     return p, s0, s1, div, hist
 
@@ -93,14 +73,14 @@ def assert_rows_close(got, want, rtol):
 @pytest.mark.gpu
 @pytest.mark.parametrize("K,N,P,M", [(5, 5, 321, 1000), (5, 5, 41, 1), (5, 5, 1, 33), (1, 1, 7, 1), (2, 3, 40, 31),
                                      (3, 7, 100, 65), (8, 16, 45, 5), (4, 2, 33, 2)])
-def test_loss_grad_matches_reference(gpu, K, N, P, M):
+def test_loss_grad_matches_reference(cuda_gpu, K, N, P, M):
     p = TinyMLP(K, N).init(M, seed=K * 100 + N, device="cuda")
     x, y = data(P)
-    loss, grad = loss_grad(gpu, K, N, p, x, y)
+    loss, grad = loss_grad(cuda_gpu, K, N, p, x, y)
     want_loss, want_grad = ref.loss_grad(K, N, p.double().cpu(), x.double().cpu(), y.double().cpu())
     torch.testing.assert_close(loss.double().cpu(), want_loss, rtol=1e-5, atol=1e-7)
     assert_rows_close(grad, want_grad, 1e-5)
-    only, none = loss_grad(gpu, K, N, p, x, y, want_grad=False)
+    only, none = loss_grad(cuda_gpu, K, N, p, x, y, want_grad=False)
     assert none is None
     torch.testing.assert_close(only, loss, rtol=1e-6, atol=0)
 
@@ -114,7 +94,7 @@ def row_rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @pytest.mark.gpu
 @pytest.mark.parametrize("optimizer", list(OPTS))
 @pytest.mark.parametrize("K,N", SIZES)
-def test_train_matches_reference(gpu, K, N, optimizer):
+def test_train_matches_reference(cuda_gpu, K, N, optimizer):
     """200 steps against the float64 reference.  Float32 cannot follow every trajectory to 1e-4: a ReLU
     kink crossed at a point on one side in float32 and on the other in float64, or (Adam) float noise in
     a near-zero gradient normalised into a full step, moves a model by up to ~1e-3.  So each model must be
@@ -124,7 +104,7 @@ def test_train_matches_reference(gpu, K, N, optimizer):
     M = 37
     p0 = TinyMLP(K, N).init(M, seed=2, scheme="he", device="cuda")
     x, y = data(41)
-    got = train(gpu, K, N, opt, p0, x, y, 200, record_every=50)
+    got = train(cuda_gpu, K, N, opt, p0, x, y, 200, record_every=50)
     r32 = ref_train(K, N, opt, p0, x, y, 200, 50, torch.float32)
     r64 = ref_train(K, N, opt, p0, x, y, 200, 50, torch.float64)
     assert not got[3].any()
@@ -140,12 +120,12 @@ def test_train_matches_reference(gpu, K, N, optimizer):
 @pytest.mark.gpu
 @pytest.mark.parametrize("optimizer", list(OPTS))
 @pytest.mark.parametrize("K,N", SIZES)
-def test_first_steps_match_reference_closely(gpu, K, N, optimizer):
+def test_first_steps_match_reference_closely(cuda_gpu, K, N, optimizer):
     """Before any trajectory can drift, every value is within 1e-5 of the float64 reference."""
     opt = OPTS[optimizer]
     p0 = TinyMLP(K, N).init(37, seed=2, scheme="he", device="cuda")
     x, y = data(41)
-    got = train(gpu, K, N, opt, p0, x, y, 3)
+    got = train(cuda_gpu, K, N, opt, p0, x, y, 3)
     want = ref_train(K, N, opt, p0, x, y, 3, 1, torch.float64)
     for i in (0, 1, 2, 4):
         if got[i] is not None:
@@ -154,13 +134,13 @@ def test_first_steps_match_reference_closely(gpu, K, N, optimizer):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("K,N", SIZES)
-def test_continuation_is_bitwise(gpu, K, N):
+def test_continuation_is_bitwise(cuda_gpu, K, N):
     p0 = TinyMLP(K, N).init(45, seed=3, device="cuda")
     x, y = data(29)
     for opt in OPTS.values():
-        whole = train(gpu, K, N, opt, p0, x, y, 100, record_every=20)
-        a = train(gpu, K, N, opt, p0, x, y, 60, record_every=20)
-        b = train(gpu, K, N, opt, a[0], x, y, 40, record_every=20, step0=60, state=a[1:3], diverged=a[3])
+        whole = train(cuda_gpu, K, N, opt, p0, x, y, 100, record_every=20)
+        a = train(cuda_gpu, K, N, opt, p0, x, y, 60, record_every=20)
+        b = train(cuda_gpu, K, N, opt, a[0], x, y, 40, record_every=20, step0=60, state=a[1:3], diverged=a[3])
         for w, g in zip(whole[:3], b[:3]):
             assert (w is None and g is None) or torch.equal(w, g), opt.kind
         assert torch.equal(torch.cat([a[4], b[4]], 1), whole[4]), opt.kind
@@ -169,15 +149,15 @@ def test_continuation_is_bitwise(gpu, K, N):
 @pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.parametrize("K,N,M,steps", [(5, 5, 80_000, 300), (2, 3, 200_000, 800)])
-def test_models_do_not_depend_on_the_batch(gpu, K, N, M, steps):
+def test_models_do_not_depend_on_the_batch(cuda_gpu, K, N, M, steps):
     """A big batch (which train_cuda splits into several launches) and a few of its models run alone
     give bitwise the same models."""
     p0 = TinyMLP(K, N).init(M, seed=5, device="cuda")
     x, y = data(321)
     opt = OPTS["adam"]
-    big = train(gpu, K, N, opt, p0, x, y, steps, record_every=7)
+    big = train(cuda_gpu, K, N, opt, p0, x, y, steps, record_every=7)
     pick = torch.tensor([0, 1, 31, 32, 33, M // 2, M - 2, M - 1], device="cuda")
-    small = train(gpu, K, N, opt, p0[pick], x, y, steps, record_every=7)
+    small = train(cuda_gpu, K, N, opt, p0[pick], x, y, steps, record_every=7)
     for b, s in zip(big, small):
         if b is not None:
             assert torch.equal(b[pick], s)
@@ -186,7 +166,7 @@ def test_models_do_not_depend_on_the_batch(gpu, K, N, M, steps):
 @pytest.mark.gpu
 @pytest.mark.parametrize("K,N", SIZES)
 @pytest.mark.parametrize("optimizer", list(OPTS))
-def test_diverging_models_are_isolated(gpu, K, N, optimizer):
+def test_diverging_models_are_isolated(cuda_gpu, K, N, optimizer):
     opt = OPTS[optimizer]
     M = 40
     p0 = TinyMLP(K, N).init(M, seed=4, device="cuda")
@@ -196,8 +176,8 @@ def test_diverging_models_are_isolated(gpu, K, N, optimizer):
     pre = torch.zeros(M, dtype=torch.uint8, device="cuda")
     pre[33] = 1  # diverged on entry: not touched
     x, y = data(31)
-    clean = train(gpu, K, N, opt, p0, x, y, 40, record_every=10)
-    dirty = train(gpu, K, N, opt, bad, x, y, 40, record_every=10, diverged=pre)
+    clean = train(cuda_gpu, K, N, opt, p0, x, y, 40, record_every=10)
+    dirty = train(cuda_gpu, K, N, opt, bad, x, y, 40, record_every=10, diverged=pre)
     odd = [5, 7, 33]
     keep = [m for m in range(M) if m not in odd]
     assert dirty[3].cpu().tolist() == [int(m in odd) for m in range(M)]
@@ -211,30 +191,30 @@ def test_diverging_models_are_isolated(gpu, K, N, optimizer):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("K,N", SIZES)
-def test_divergence_mid_run_freezes_the_model(gpu, K, N):
+def test_divergence_mid_run_freezes_the_model(cuda_gpu, K, N):
     """Models whose weights grow until a step fails: history finite then NaN from that step on, and the
     final params are those a run stopped just before that step leaves."""
     M = 64
     opt = ref.OptConfig("sgd", lr=0.5, momentum=0.9)
     p0 = TinyMLP(K, N).init(M, seed=6, device="cuda") * torch.linspace(0.5, 4.0, M, device="cuda")[:, None]
     x, y = data(31)
-    p, s0, _, div, hist = train(gpu, K, N, opt, p0, x, y, 80)
+    p, s0, _, div, hist = train(cuda_gpu, K, N, opt, p0, x, y, 80)
     nan = torch.isnan(hist)
     assert torch.equal(nan.any(1), div.bool())
     assert div.any(), "no model diverged: make the test's lr or scales larger"
     for m in div.nonzero()[:, 0].tolist():
         first = int(nan[m].nonzero()[0])
         assert nan[m, first:].all() and torch.isfinite(hist[m, :first]).all()
-        alone = train(gpu, K, N, opt, p0[m:m + 1], x, y, first)
+        alone = train(cuda_gpu, K, N, opt, p0[m:m + 1], x, y, first)
         assert torch.equal(alone[0][0], p[m]) and torch.equal(alone[1][0], s0[m])
 
 
 @pytest.mark.gpu
-def test_empty_calls_do_nothing(gpu):
+def test_empty_calls_do_nothing(cuda_gpu):
     p = TinyMLP(5, 5).init(3, device="cuda")
     x, y = data(5)
-    gpu.mlp_loss_grad(5, 5, 0, 5, 0, 0, 0, 0, 0, stream())
-    out = train(gpu, 5, 5, OPTS["adam"], p, x, y, 0)
+    cuda_gpu.mlp_loss_grad(5, 5, 0, 5, 0, 0, 0, 0, 0, stream())
+    out = train(cuda_gpu, 5, 5, OPTS["adam"], p, x, y, 0)
     assert torch.equal(out[0], p) and out[4].shape == (3, 0)
 
 
@@ -259,7 +239,7 @@ def test_empty_calls_do_nothing(gpu):
     (lambda e: e.mlp_train(5, 0, (0, .1, .9, .9, 1e-6, .9, .999), 1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 0),
      r"N must be in \[1, 16\]"),
 ])
-def test_bad_arguments_are_refused_before_any_launch(ext, call, match):
+def test_bad_arguments_are_refused_before_any_launch(cuda_ext, call, match):
     """Checked in the binding, so no GPU is needed (the addresses are never dereferenced)."""
     with pytest.raises(ValueError, match=match):
-        call(ext)
+        call(cuda_ext)

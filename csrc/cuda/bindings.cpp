@@ -1,8 +1,8 @@
 // pybind11 module lscape._cuda: the CUDA kernels.  Compiled by the host C++ compiler; it sees only the
-// plain-C++ APIs of projection_cuda.h and mlp.h.  Arrays cross as raw device addresses (Python ints, 0 = null) of
-// C-contiguous buffers and the stream as an int holding a cudaStream_t; the Python layer (lscape.ops)
-// owns shapes, dtypes, devices and the checks on them.  Launches are asynchronous on that stream; a
-// launch error is raised as RuntimeError.
+// plain-C++ APIs of projection_cuda.h, mlp.h and neb.h.  Arrays cross as raw device addresses (Python ints,
+// 0 = null) of C-contiguous buffers and the stream as an int holding a cudaStream_t; the Python layer
+// (lscape.ops) owns shapes, dtypes, devices and the checks on them.  Launches are asynchronous on that
+// stream; a launch error is raised as RuntimeError.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -13,6 +13,7 @@
 
 #include "lscape/binding_util.h"
 #include "lscape/mlp.h"
+#include "lscape/neb.h"
 #include "lscape/projection_cuda.h"
 
 namespace py = pybind11;
@@ -29,8 +30,8 @@ void check(const char* err, const char* what) {
 
 // A null device buffer that the kernel would dereference: refused, since the fault it causes would
 // poison the whole CUDA context.
-void need(uintptr_t a, const char* name) {
-  if (!a) throw std::invalid_argument(std::string("mlp: ") + name + " must not be null");
+void need(uintptr_t a, const char* name, const char* op = "mlp") {
+  if (!a) throw std::invalid_argument(std::string(op) + ": " + name + " must not be null");
 }
 
 }  // namespace
@@ -151,4 +152,28 @@ PYBIND11_MODULE(_cuda, m) {
   }, py::arg("K"), py::arg("N"), py::arg("opt"), py::arg("M"), py::arg("P"), py::arg("params"),
      py::arg("state0"), py::arg("state1"), py::arg("diverged"), py::arg("x"), py::arg("y"), py::arg("step0"),
      py::arg("steps"), py::arg("record_every"), py::arg("history"), py::arg("stream"), nogil);
+
+  m.def("neb_work_size", [](int64_t B, int64_t n, int64_t D) {
+    neb_sizes(B, n, D);
+    return lscape::neb::work_size_cuda(B, n, D);
+  }, "Doubles of scratch neb_step needs for B bands of n images of dimension D");
+  m.def("neb_step", [](const NebTuple& cfg, int64_t B, int64_t n, int64_t D, uintptr_t x, uintptr_t e,
+                       uintptr_t g, uintptr_t v, uintptr_t x_out, uintptr_t dt, uintptr_t a, uintptr_t nsteps,
+                       uintptr_t status, uintptr_t fmax, uintptr_t imax, uintptr_t work, bool f64,
+                       uintptr_t stream) {
+    if (f64) throw std::invalid_argument("neb: the CUDA kernel takes float32; float64 runs on the reference");
+    const lscape::neb::Config c = to_neb(cfg);
+    neb_sizes(B, n, D);
+    if (B == 0) return;
+    for (auto [p, name] : {std::pair{x, "x"}, {e, "e"}, {g, "g"}, {v, "v"}, {x_out, "x_out"}, {dt, "dt"}, {a, "a"},
+                           {nsteps, "nsteps"}, {status, "status"}, {fmax, "fmax"}, {imax, "imax"}, {work, "work"}})
+      need(p, name, "neb");
+    check(lscape::neb::step_cuda(c, B, n, D, ptr<const float>(x), ptr<const float>(e), ptr<const float>(g),
+                                 ptr<float>(v), ptr<float>(x_out), ptr<double>(dt), ptr<double>(a),
+                                 ptr<int32_t>(nsteps), ptr<uint8_t>(status), ptr<double>(fmax), ptr<int32_t>(imax),
+                                 ptr<double>(work), stream_ptr(stream)),
+          "neb_step");
+  }, py::arg("cfg"), py::arg("B"), py::arg("n"), py::arg("D"), py::arg("x"), py::arg("e"), py::arg("g"),
+     py::arg("v"), py::arg("x_out"), py::arg("dt"), py::arg("a"), py::arg("nsteps"), py::arg("status"),
+     py::arg("fmax"), py::arg("imax"), py::arg("work"), py::arg("f64"), py::arg("stream"), nogil);
 }

@@ -5,9 +5,10 @@ from ._backend import BackendInfo, backends, use_backend
 from . import probes
 from .ensemble import TrainResult, TrainState, mlp_loss, mlp_loss_grad, train_ensemble
 from .landscape import Landscape
+from .neb import NEBConfig, NEBResult, neb
 from .projection import SparseSignProjection
 from .tinymlp import TinyMLP
 
 __version__ = "0.1.0"
-__all__ = ["BackendInfo", "Landscape", "SparseSignProjection", "TinyMLP", "TrainResult", "TrainState", "backends",
-           "mlp_loss", "mlp_loss_grad", "probes", "train_ensemble", "use_backend", "__version__"]
+__all__ = ["BackendInfo", "Landscape", "NEBConfig", "NEBResult", "SparseSignProjection", "TinyMLP", "TrainResult", "TrainState", "backends",
+           "mlp_loss", "mlp_loss_grad", "neb", "probes", "train_ensemble", "use_backend", "__version__"]

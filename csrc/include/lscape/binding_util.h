@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "lscape/mlp.h"
+#include "lscape/neb.h"
 #include "lscape/projection.h"
 
 namespace lscape {
@@ -64,6 +65,25 @@ inline mlp::Spec mlp_spec(int K, int N, int64_t M, int64_t P) {
   if (M < 0) throw std::invalid_argument("mlp: M must be >= 0");
   if (P < 1) throw std::invalid_argument("mlp: P must be >= 1");
   return {K, N};
+}
+
+// (k, climb, method, fmax_tol, maxstep, lr, dt_max, n_min, f_inc, f_dec, a_start, f_a), as
+// lscape.reference.neb.NEBConfig.as_tuple() gives it.
+using NebTuple = std::tuple<double, int, int, double, double, double, double, int, double, double, double, double>;
+
+inline neb::Config to_neb(const NebTuple& t) {
+  const neb::Config c{std::get<0>(t), std::get<1>(t), std::get<2>(t), std::get<3>(t),  std::get<4>(t),  std::get<5>(t),
+                      std::get<6>(t), std::get<7>(t), std::get<8>(t), std::get<9>(t), std::get<10>(t), std::get<11>(t)};
+  if (c.method != neb::kFire && c.method != neb::kDescent)
+    throw std::invalid_argument("neb: method must be 0 (fire) or 1 (descent)");
+  return c;
+}
+
+// The sizes neb.h allows.
+inline void neb_sizes(int64_t B, int64_t n, int64_t D) {
+  if (B < 0) throw std::invalid_argument("neb: B must be >= 0");
+  if (n < 3) throw std::invalid_argument("neb: n must be >= 3");
+  if (D < 1) throw std::invalid_argument("neb: D must be >= 1");
 }
 
 }  // namespace bind

@@ -16,6 +16,12 @@
 4. The basin of W_f (§3.4, Fig 5): de-symmetrised W_f plus Gaussian noise of L2 norm uniform in
    [0, basin_max_noise], retrained with each optimizer (the same jitters for both); final loss against
    noise norm with a lowess curve (of log10 loss) and a logistic fit of P(return to the global minimum).
+5. NEB paths (§3.3, Fig 4): climbing-image nudged elastic bands (lscape.neb, all at once) from
+   de-symmetrised W_f to neb_paths de-symmetrised trained minima (half from each optimizer; not dead
+   networks, not at the global minimum): energy against distance along each path, one path coloured by
+   the network's output function along it, the angles between successive segments; the basin radius of
+   W_f read off each path (the arc length where the energy first reaches neb_basin_rise of the far
+   minimum's energy: the initial rise) and the distribution of distances from W_f to the minima.
 
 Every training stage runs in chunks and checkpoints after each, so an interrupted run resumes exactly.
 """
@@ -71,19 +77,29 @@ class Config:
     hessian_tol: float = 1e-6
     lowess_frac: float = 0.3  # of log10(final loss) against noise norm
     grid_points: int = 1001
+    # NEB paths (§3.3): lscape.neb's climbing image + FIRE with ASE's defaults (maxstep 0.2)
+    neb_paths: int = 100
+    neb_images: int = 32
+    neb_steps: int = 4000
+    neb_chunk_steps: int = 500  # steps between checkpoints
+    neb_k: float = 1.0
+    neb_fmax: float = 1e-3
+    neb_basin_rise: float = 0.5  # basin edge: the energy first reaches this fraction of the far minimum's
     device: str = "auto"  # "auto": cuda when lscape's CUDA backend runs, else cpu
 
 
 SCALES: dict[str, Config] = {
     # seconds; what the tests run
     "smoke": Config("smoke", models_per_optimizer=16, steps=300, chunk_steps=100, record_every=50,
-                    basin_trials=16, basin_steps=300, hessian_models=2, hessian_block=8, grid_points=201),
+                    basin_trials=16, basin_steps=300, hessian_models=2, hessian_block=8, grid_points=201,
+                    neb_paths=4, neb_images=8, neb_steps=40, neb_chunk_steps=20),
     # 1% of the paper's models and 40% of its steps: a few minutes on a 2-core CPU with lscape._C
     "default": Config("default", models_per_optimizer=1600, steps=20_000, chunk_steps=2000, record_every=200,
                       basin_trials=256, basin_steps=10_000, hessian_models=128, hessian_block=64),
     # the paper's sizes (for a GPU)
     "paper": Config("paper", models_per_optimizer=160_000, steps=50_000, chunk_steps=2500, record_every=500,
-                    basin_trials=4096, basin_steps=20_000, hessian_models=None, hessian_block=4096),
+                    basin_trials=4096, basin_steps=20_000, hessian_models=None, hessian_block=4096,
+                    neb_steps=10_000, neb_chunk_steps=1000),
 }
 
 
@@ -195,6 +211,8 @@ def run(scale: str = "default", out: str = "gamst-walker", *, resume: bool = Fal
     _fits(cfg, spec, trained, desym, threshold, var_y, res, summary)
     # 5. basin: loss against noise norm, lowess, logistic P(return)
     _basin(cfg, basin, noise_norm, threshold, res, summary)
+    # 6. NEB paths from W_f to trained minima
+    _neb_paths(rd, cfg, spec, x, y, wf_desym, res, summary, budget, dev, progress)
 
     common.atomic_savez(rd.file("results.npz"), res)
     summary["seconds_this_session"] = time.perf_counter() - t_start
@@ -330,6 +348,105 @@ def _basin(cfg, basin, noise_norm, threshold, res, summary) -> None:
                                    "logistic_slope": fit.slope, "noise_norm_at_p50": fit.x50,
                                    "returned_below_0.1": _frac(back[noise_norm < 0.1]),
                                    "returned_above_0.5": _frac(back[noise_norm > 0.5])}
+
+
+def neb_ends(cfg: Config, res: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Which minima the NEB paths go to: (optimizer index into OPTIMIZERS, model index), each (B,).  The
+    first neb_paths // 2 eligible models of each optimizer (models are i.i.d., so the first are a random
+    sample; eligible: not diverged, not a dead constant network, not at the global minimum), topped up
+    from the other optimizer when one has too few."""
+    eligible = []
+    for opt in OPTIMIZERS:
+        ok = ~res[f"{opt}_diverged"] & ~res[f"{opt}_constant"] & ~res[f"{opt}_at_global_min"]
+        ok &= np.isfinite(res[f"{opt}_desym"]).all(1)
+        eligible.append(np.flatnonzero(ok))
+    half = cfg.neb_paths // 2
+    take = [min(len(eligible[0]), max(half, cfg.neb_paths - len(eligible[1])))]
+    take.append(min(len(eligible[1]), cfg.neb_paths - take[0]))
+    src = np.concatenate([np.full(t, k) for k, t in enumerate(take)]).astype(np.int64)
+    idx = np.concatenate([e[:t] for e, t in zip(eligible, take)]).astype(np.int64)
+    return src, idx
+
+
+def basin_radius(arc: np.ndarray, energies: np.ndarray, rise: float) -> np.ndarray:
+    """Per path (B, n) from a minimum (image 0) to another (image n-1): the arc length where the energy,
+    going out from image 0, first reaches `rise` times the far minimum's energy (both relative to image
+    0's; linear between images): the "initial rise" of Gamst & Walker's Fig 4a, whatever barriers lie
+    beyond it.  NaN where the far minimum is not higher.  (B,)"""
+    E = energies - energies[:, :1]
+    level = rise * E[:, -1:]
+    first = np.argmax(E >= level, axis=1)
+    out = np.full(E.shape[0], np.nan)
+    for b, i in enumerate(first):
+        if level[b, 0] <= 0 or i == 0:
+            continue
+        e0, e1 = E[b, i - 1], E[b, i]
+        w = (level[b, 0] - e0) / (e1 - e0) if e1 > e0 else 1.0
+        out[b] = arc[b, i - 1] + w * (arc[b, i] - arc[b, i - 1])
+    return out
+
+
+def _neb_paths(rd, cfg, spec, x, y, wf_desym, res, summary, budget, dev, progress) -> None:
+    """NEB from de-symmetrised W_f to trained minima, in checkpointed chunks of neb_chunk_steps."""
+    from ..landscape import Landscape
+    from ..neb import NEBResult, neb
+
+    src, idx = neb_ends(cfg, res)
+    B = len(idx)
+    res["neb_source"], res["neb_index"] = src, idx
+    for opt in OPTIMIZERS:
+        res[f"{opt}_wf_distance"] = np.linalg.norm(res[f"{opt}_desym"].astype(np.float64)
+                                                   - wf_desym.numpy()[None], axis=1)
+    summary["neb"] = {"paths": B}
+    if B == 0:
+        warnings.warn("no eligible minima for NEB paths (all diverged, dead or at the global minimum)",
+                      RuntimeWarning, stacklevel=3)
+        return
+    ends = torch.from_numpy(np.stack([res[f"{OPTIMIZERS[s]}_desym"][i] for s, i in zip(src, idx)])).to(dev)
+    start = wf_desym.float().to(dev)[None].expand(B, -1)
+    land = Landscape.from_mlp(spec, x.to(dev), y.to(dev), device=dev)
+    ck = rd.load("neb")
+    result = None if ck is None else NEBResult.from_dict(ck, device=dev)
+    done = 0 if ck is None else int(ck["done_steps"])
+    bar = common.progress_bar(f"{'neb':<16}", progress)
+    while done < cfg.neb_steps and (result is None or bool((~result.converged & ~result.diverged).any())):
+        k = min(cfg.neb_chunk_steps, cfg.neb_steps - done)
+        if result is None:
+            result = neb(land, start, ends, n_images=cfg.neb_images, k=cfg.neb_k, fmax=cfg.neb_fmax, steps=k)
+        else:
+            result = neb(land, None, None, resume=result, steps=k)
+        done += k
+        rd.save("neb", {**result.to_dict(), "done_steps": done})
+        if bar is not None:
+            bar(done, cfg.neb_steps)
+        budget.tick()
+    images = result.images.double().cpu()
+    arc = result.arc_length.cpu().numpy()
+    energies = result.energies.double().cpu().numpy()
+    radius = basin_radius(arc, energies, cfg.neb_basin_rise)
+    finite = np.isfinite(radius)
+    hl = int(np.flatnonzero(finite)[np.argsort(radius[finite])[finite.sum() // 2]]) if finite.any() else 0
+    grid = torch.from_numpy(res["grid_x"])
+    res.update({"neb_energies": energies, "neb_arc": arc, "neb_angles": result.angles().cpu().numpy(),
+                "neb_converged": result.converged.cpu().numpy(), "neb_fmax": result.fmax.cpu().numpy(),
+                "neb_barrier": result.barrier.cpu().numpy(), "neb_saddle": result.saddle.cpu().numpy(),
+                "neb_basin_radius": radius, "neb_distance": (images[:, -1] - images[:, 0]).norm(dim=1).numpy(),
+                "neb_highlight": hl,
+                "neb_highlight_outputs": ref.forward(spec.depth, spec.width, images[hl], grid).numpy()})
+    all_d = np.concatenate([res[f"{o}_wf_distance"][~res[f"{o}_diverged"] & ~res[f"{o}_constant"]]
+                            for o in OPTIMIZERS])
+    q = lambda a: np.quantile(a[np.isfinite(a)], [0.1, 0.5, 0.9]).tolist() if np.isfinite(a).any() else []  # noqa: E731
+    summary["neb"].update({
+        "first_segment_length_median": float(np.median(arc[:, 1])),  # the radius's resolution
+        "steps": done, "converged": int(result.converged.sum()), "diverged": int(result.diverged.sum()),
+        "fmax_quantiles_10_50_90": q(res["neb_fmax"]),
+        "basin_radius_quantiles_10_50_90": q(radius),
+        "barrier_quantiles_10_50_90": q(res["neb_barrier"]),
+        "path_length_over_distance_median": float(np.median(arc[:, -1] / res["neb_distance"])),
+        "distance_wf_to_minima_quantiles_10_50_90": q(all_d),
+        "fraction_of_minima_in_paper_shell_9.5_10.5": float(((all_d >= 9.5) & (all_d <= 10.5)).mean())
+        if all_d.size else math.nan,
+    })
 
 
 def _frac(a: np.ndarray) -> float:

@@ -17,7 +17,10 @@ BLUE, RED, GREEN, GREY = "#1f5fbf", "#d62728", "#2ca02c", "#7f7f7f"
 def plot_all(res: Mapping[str, Any], out: Path, cfg, plt) -> list[str]:
     """Write every figure into out; returns their file names."""
     names = []
-    for fn in (fig1_wf, fig2_mean_fits, fig3_best_fits, fig_losses, fig5_basin, fig_hessian):
+    figs = [fig1_wf, fig2_mean_fits, fig3_best_fits, fig_losses, fig5_basin, fig_hessian]
+    if "neb_energies" in res:
+        figs += [fig4_neb, fig_distances]
+    for fn in figs:
         fig, name = fn(res, cfg, plt)
         fig.savefig(out / name, dpi=130, bbox_inches="tight")
         plt.close(fig)
@@ -200,3 +203,72 @@ def fig_hessian(res, cfg, plt):
     b.legend(fontsize=7)
     b.set_title(f"counts; near-zero: |lambda| <= {tol:g} max|lambda|", fontsize=10)
     return fig, "fig_hessian.png"
+
+
+def fig4_neb(res, cfg, plt):
+    """Gamst & Walker Fig 4: (a) every NEB path's energy against distance from W_f, (b) one path coloured
+    by position, (c) that path's output functions in the same colours, (d) segment angles."""
+    from matplotlib import cm, colors
+
+    arc, E, ang = res["neb_arc"], res["neb_energies"], res["neb_angles"]
+    hl = int(res["neb_highlight"])
+    radius = res["neb_basin_radius"]
+    med_r = float(np.nanmedian(radius)) if np.isfinite(radius).any() else float("nan")
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), gridspec_kw={"hspace": 0.35, "wspace": 0.25})
+    (a, b), (c, d) = axes
+    for k in range(E.shape[0]):
+        a.plot(arc[k], E[k], color=GREY if k != hl else "k", lw=0.6 if k != hl else 1.6, alpha=0.5 if k != hl else 1)
+    a.axvline(med_r, color=RED, ls="--", lw=1, label=f"median basin radius {med_r:.2f}")
+    a.set_xlabel("distance along the NEB path from $W_f$")
+    a.set_ylabel("training MSE")
+    conv = int(res["neb_converged"].sum())
+    a.set_title(f"(a) {E.shape[0]} NEB paths from $W_f$ to trained minima ({conv} converged to fmax "
+                f"{cfg.neb_fmax:g})", fontsize=10)
+    a.legend(fontsize=8)
+    norm = colors.Normalize(0, E.shape[1] - 1)
+    cmap = cm.viridis
+    b.plot(arc[hl], E[hl], color=GREY, lw=0.8, zorder=1)
+    b.scatter(arc[hl], E[hl], c=np.arange(E.shape[1]), cmap=cmap, norm=norm, s=28, zorder=2)
+    if np.isfinite(radius[hl]):
+        b.axvline(radius[hl], color=RED, ls="--", lw=1, label=f"basin radius of this path {radius[hl]:.2f}")
+        b.legend(fontsize=8)
+    b.set_xlabel("distance along the NEB path from $W_f$")
+    b.set_ylabel("training MSE")
+    b.set_title("(b) one path, coloured by image", fontsize=10)
+    outs = res["neb_highlight_outputs"]
+    for i in range(outs.shape[0]):
+        c.plot(res["grid_x"], outs[i], color=cmap(norm(i)), lw=0.9)
+    c.scatter(res["x_train"], res["y_train"], s=4, color="k", zorder=3, label="training set")
+    c.set_xlabel("x")
+    c.set_ylabel("network output")
+    c.set_title("(c) output functions along that path (same colours; dark = $W_f$)", fontsize=10)
+    c.legend(fontsize=8)
+    mid = arc[:, 1:-1]
+    for k in range(ang.shape[0]):
+        if k != hl:
+            d.plot(mid[k], ang[k], color=GREY, lw=0.5, alpha=0.4)
+    d.plot(mid[hl], ang[hl], color="k", lw=1.4, label="the path of (b)")
+    d.set_xlabel("distance along the NEB path from $W_f$")
+    d.set_ylabel("angle between successive segments (rad)")
+    d.set_title("(d) segment angles", fontsize=10)
+    d.legend(fontsize=8)
+    return fig, "fig4_neb.png"
+
+
+def fig_distances(res, cfg, plt):
+    """Distances from de-symmetrised W_f to the de-symmetrised minima (the paper: a shell of radius
+    9.5-10.5) against the basin radius read off the NEB paths."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for opt, c in (("sgd", RED), ("adadelta", BLUE)):
+        d = res[f"{opt}_wf_distance"][~res[f"{opt}_diverged"] & ~res[f"{opt}_constant"]]
+        if d.size:
+            ax.hist(d, bins=40, color=c, alpha=0.5, label=f"{OPT_LABEL[opt]} ({d.size} minima)")
+    ax.axvspan(9.5, 10.5, color=GREEN, alpha=0.2, label="the paper's shell (9.5-10.5)")
+    radius = res["neb_basin_radius"]
+    if np.isfinite(radius).any():
+        ax.axvline(float(np.nanmedian(radius)), color="k", ls="--",
+                   label=f"median basin radius from NEB, {np.nanmedian(radius):.2f}")
+    ax.set_xlabel("L2 distance from de-symmetrised $W_f$ (dead constant networks left out)")
+    ax.set_ylabel("minima")
+    ax.legend(fontsize=8)
+    return fig, "fig_distances.png"
