@@ -45,7 +45,9 @@ TARGET_MLP_RATE_CUDA = 5e7  # model-steps/s on a GPU
 # Targets (NEB on the W_f landscape, 100 bands x 32 images, float32, CPU).
 TARGET_NEB_VS_ASE = 100.0  # lscape band-steps/s at least this many times ASE NEB + FIRE's
 TARGET_NEB_KERNEL = 5.0  # the fused neb_step at least this many times the torch reference
-SUITES = ["test_projection.py", "test_mlp.py", "test_neb.py"]
+# Targets (probes, CPU): lscape at least this many times the peer (issue 6)
+TARGET_PROBES = 10.0
+SUITES = ["test_projection.py", "test_mlp.py", "test_neb.py", "test_probes_lines.py", "test_probes_walks.py"]
 
 GROUP_TITLES = {
     "build": "generate P (D = 656,810, d = 9,000)",
@@ -60,13 +62,20 @@ GROUP_ORDER = ["build", *PRODUCT_GROUPS]
 GROUP_ORDER += ["cuda-" + g for g in GROUP_ORDER] + ["implicit-large"]
 CONTENDER_ORDER = ["lscape indices", "lscape implicit", "torch CSR", "scipy.sparse", "cupyx CSR",
                    "lscape torch reference", "lscape cpu", "lscape cuda", "torch.func vmap", "lscape torch ref",
-                   "ASE NEB+FIRE", "ASE, trivial calculator"]
+                   "ASE NEB+FIRE", "ASE, trivial calculator", "lscape", "loss-landscapes", "lscape lanczos",
+                   "torch dense + eigvalsh", "PyHessian", "torch nn.Sequential, 1 walker"]
 MLP_GROUPS = [f"mlp-{o}-M{m}" for o in ("sgd", "adadelta", "adam") for m in (1024, 16384)]
 GROUP_ORDER += MLP_GROUPS + [f"cuda-mlp-{o}-M{m}" for o in ("sgd", "adadelta", "adam") for m in (16384, 320000)]
 
 
 NEB_GROUPS = ["neb-wf-B100-n32", "neb-kernel-B100-n32"]
 GROUP_ORDER += NEB_GROUPS + ["cuda-neb-wf-B10000-n32", "cuda-neb-kernel-B10000-n32"]
+# probe groups timed per call: (lscape's contender, its peers)
+PROBE_TIMED = {"probe-interp-200": ("lscape", ["loss-landscapes"]),
+               "probe-hessian-top5": ("lscape lanczos", ["torch dense + eigvalsh", "PyHessian"])}
+GROUP_ORDER += list(PROBE_TIMED) + ["probe-walk-5x5"]
+GROUP_TITLES.update({"probe-interp-200": "loss at 200 alphas on the init -> solution line, digits FC net",
+                     "probe-hessian-top5": "top-5 Hessian eigenvalues, digits FC net"})
 
 
 def _is_mlp(group: str) -> bool:
@@ -75,6 +84,11 @@ def _is_mlp(group: str) -> bool:
 
 def _is_neb(group: str) -> bool:
     return group.removeprefix("cuda-").startswith("neb-")
+
+
+def _is_rate(group: str) -> bool:
+    """Groups reported as work per second (model-, band- or walker-steps) with lscape's speed-up."""
+    return _is_mlp(group) or _is_neb(group) or group == "probe-walk-5x5"
 
 
 # ---- running -------------------------------------------------------------------------------------------
@@ -219,7 +233,11 @@ def rate_table(group: str, members: dict[str, dict]) -> list[str]:
     base_name = "lscape cuda" if group.startswith("cuda-") else "lscape cpu"
     info = next(iter(members.values())).get("extra_info", {})
     on = ", on CUDA" if group.startswith("cuda-") else ""
-    if _is_neb(group):
+    if group == "probe-walk-5x5":
+        unit = "walker-steps/s"
+        lines = [f"[{group}] progressive gradient walks on the 5x5 W_f landscape "
+                 f"({info.get('walkers', '?')} walkers for lscape)"]
+    elif _is_neb(group):
         unit = "band-steps/s"
         what = "the neb_step kernel alone on random" if "kernel" in group else "NEB on the W_f landscape,"
         lines = [f"[{group}] {what} bands of {info.get('n', '?')} images, D = {info.get('D', '?')} "
@@ -244,21 +262,22 @@ def rate_table(group: str, members: dict[str, dict]) -> list[str]:
 
 
 def group_table(group: str, members: dict[str, dict]) -> list[str]:
-    if _is_mlp(group) or _is_neb(group):
+    if _is_rate(group):
         return rate_table(group, members)
+    base_name = PROBE_TIMED.get(group, (BASELINE,))[0]
     title = GROUP_TITLES.get(group) or GROUP_TITLES.get(group.removeprefix("cuda-"), "")
     if group.startswith("cuda-"):
         title = f"{title}, on CUDA"
     lines = [f"[{group}] {title}"]
     lines.append(f"  {'contender':<24} {'median ms':>11} {'IQR ms':>9} {'min ms':>10} {'rounds':>6}   "
-                 f"ratio to {BASELINE}")
-    base = members.get(BASELINE)
+                 f"ratio to {base_name}")
+    base = members.get(base_name)
     for who in _ordered(members, CONTENDER_ORDER):
         s = members[who]["stats"]
-        if who == BASELINE:
+        if who == base_name:
             rtext = "baseline"
         elif base is not None:
-            rtext = (f"{who} / {BASELINE} = {s['median'] / base['stats']['median']:.2f}x"
+            rtext = (f"{who} / {base_name} = {s['median'] / base['stats']['median']:.2f}x"
                      f"  (mins {s['min'] / base['stats']['min']:.2f}x)")
         else:
             rtext = ""
@@ -375,7 +394,20 @@ def targets(groups: dict, large: dict | None) -> tuple[list[str], bool]:
         if "lscape cuda" in groups.get(g, {}):
             lines.append(f"  [info] {g}: {_rate(groups[g]['lscape cuda']):,.0f} band-steps/s on CUDA")
 
-    # 6. large implicit under 1 GB
+    # 6. probes: lscape >= 10x the peer (interpolation, top-5 eigenvalues, walks)
+    for g, (base_name, peers) in PROBE_TIMED.items():
+        members = groups.get(g, {})
+        for peer in peers:
+            if base_name in members and peer in members:
+                r = members[peer]["stats"]["median"] / members[base_name]["stats"]["median"]
+                add(r >= TARGET_PROBES, f"{g}: {base_name} >= {TARGET_PROBES:g}x {peer}", [f"{r:.1f}x"])
+    walk = groups.get("probe-walk-5x5", {})
+    if "lscape cpu" in walk and "torch nn.Sequential, 1 walker" in walk:
+        r = _rate(walk["lscape cpu"]) / _rate(walk["torch nn.Sequential, 1 walker"])
+        add(r >= TARGET_PROBES, f"probe-walk-5x5: lscape >= {TARGET_PROBES:g}x one walker at a time in torch",
+            [f"{_rate(walk['lscape cpu']):,.0f} walker-steps/s, {r:.0f}x"])
+
+    # 7. large implicit under 1 GB
     if large is None:
         add(None, f"large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS", ["skipped (--no-large)"])
     elif "error" in large:

@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="smoke: seconds; default: minutes on a laptop CPU; paper: the paper's sizes (GPU)")
     p_rep.add_argument("--out", required=True, help="output folder")
     p_rep.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p_rep.add_argument("--data-dir", default=None,
+                       help="folder with MNIST / CIFAR-10 files, for experiments that read them at paper scale")
     ns, extra = parser.parse_known_args(argv)
     if extra and ns.cmd != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -108,21 +110,30 @@ def main(argv: list[str] | None = None) -> int:
     elif ns.cmd == "bench":
         return _bench(extra)
     elif ns.cmd == "reproduce":
-        return _reproduce(ns.name, ns.scale, ns.out, ns.resume)
+        return _reproduce(ns.name, ns.scale, ns.out, ns.resume, ns.data_dir)
     return 0
 
 
-def _reproduce(name: str, scale: str, out: str, resume: bool) -> int:
+def _reproduce(name: str, scale: str, out: str, resume: bool, data_dir: str | None = None) -> int:
+    import inspect
+
     from . import experiments
     from .experiments.common import RunInterrupted
 
+    module = experiments.get(name)
+    kwargs = {}
+    if data_dir is not None:
+        if "data_dir" not in inspect.signature(module.run).parameters:
+            print(f"lscape reproduce: --data-dir: {name} reads no data files (got {data_dir!r})", file=sys.stderr)
+            return 2
+        kwargs["data_dir"] = data_dir
     try:
-        summary = experiments.get(name).run(scale=scale, out=out, resume=resume, progress=True)
+        summary = module.run(scale=scale, out=out, resume=resume, progress=True, **kwargs)
     except (KeyboardInterrupt, RunInterrupted):
         print(f"\nlscape reproduce: interrupted; the checkpoints in {out} are kept, continue with "
               f"`lscape reproduce {name} --scale {scale} --out {out} --resume`", file=sys.stderr)
         return 130
-    except (ImportError, FileExistsError, ValueError) as exc:
+    except (ImportError, FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"lscape reproduce: {exc}", file=sys.stderr)
         return 2
     print(f"{name} ({scale}): results in {out}: results.npz, summary.json, {', '.join(summary['figures'])}")

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .. import tinymlp as tm
+from .common import save_figures
 from .stats import LogisticFit
 
 OPT_LABEL = {"sgd": "gradient descent + momentum", "adadelta": "Adadelta"}
@@ -16,16 +17,10 @@ BLUE, RED, GREEN, GREY = "#1f5fbf", "#d62728", "#2ca02c", "#7f7f7f"
 
 def plot_all(res: Mapping[str, Any], out: Path, cfg, plt) -> list[str]:
     """Write every figure into out; returns their file names."""
-    names = []
     figs = [fig1_wf, fig2_mean_fits, fig3_best_fits, fig_losses, fig5_basin, fig_hessian]
     if "neb_energies" in res:
         figs += [fig4_neb, fig_distances]
-    for fn in figs:
-        fig, name = fn(res, cfg, plt)
-        fig.savefig(out / name, dpi=130, bbox_inches="tight")
-        plt.close(fig)
-        names.append(name)
-    return names
+    return save_figures(figs, res, out, cfg, plt)
 
 
 def _draw_network(ax, params: np.ndarray) -> None:

@@ -1,0 +1,201 @@
+"""Benchmarks of landscape probes on fully connected digits networks (lscape.data.digits(): the 1,438
+training images, 64 pixels in [0, 1], 10 classes, cross-entropy), float32 on the CPU.
+
+Group `probe-interp-200`: the loss at 200 points of the line from a network's initialisation to its
+weights after 100 full-batch Adam steps (64-100-100-10 ReLU, D = 17,610), as Goodfellow & Vinyals plot:
+
+  lscape                  lscape.probes.lines.interpolate on Landscape.from_module (torch.func vmap over
+                          16 points at a time)
+  loss-landscapes         loss_landscapes.linear_interpolation(start, end, Loss(...), steps=200): one
+                          forward pass per point (its alphas are 1/200, 2/200, ..., 1; lscape is given
+                          the same)
+
+Group `probe-hessian-top5`: the 5 largest Hessian eigenvalues at the trained weights of a 64-32-10 ReLU
+network (D = 2,410):
+
+  lscape lanczos          lscape.probes.spectrum.hessian_eigs(k=5): Lanczos on Hessian-vector products
+                          (full reorthogonalisation, float64 recurrences, stops at Ritz residual
+                          100 eps |H|)
+  torch dense + eigvalsh  torch.autograd.functional.hessian(vectorize=True) of the flat-parameter loss,
+                          then torch.linalg.eigvalsh in float64
+  PyHessian               pyhessian.hessian(...).eigenvalues(top_n=5): power iteration with deflation at its
+                          defaults (maxIter=100, tol=1e-3)
+
+Every contender's first (untimed) call is checked against the others' answer before any timing: the
+losses within 1e-5, the eigenvalues within 1e-4 relative (PyHessian, whose power iteration stops at a 1e-3
+relative change, within 2e-2).  extra_info["model_steps"] holds the work units per call: 200 loss
+evaluations for interpolation, 1 top-5 solve for the Hessian, so the report's rate is points or solves
+per second.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lscape.data
+from lscape import Landscape
+from lscape.probes.lines import interpolate
+from lscape.probes.spectrum import hessian_eigs
+
+N_ALPHAS = 200
+TOP_K = 5
+CE = nn.functional.cross_entropy
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    d = lscape.data.digits()
+    return d.x_train, d.y_train
+
+
+def _mlp(widths: list[int], seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(widths) - 2 else [])
+    return nn.Sequential(*layers)
+
+
+def _train(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, steps: int = 100) -> nn.Module:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        CE(model(X), Y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def _flat(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _checked(fn: Callable[[], Any], check: Callable[[Any], None]) -> Callable[[], Any]:
+    """fn, with its first result checked (bench_run's first, untimed warm-up call)."""
+    state = {"checked": False}
+
+    def run():
+        out = fn()
+        if not state["checked"]:
+            check(out)
+            state["checked"] = True
+        return out
+
+    return run
+
+
+# ---- probe-interp-200 ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def interp_case():
+    X, Y = _digits()
+    start = _mlp([64, 100, 100, 10], seed=0)
+    end = _train(copy.deepcopy(start), X, Y)
+    alphas = np.arange(1, N_ALPHAS + 1) / N_ALPHAS  # loss-landscapes' points: after each of its steps
+    return X, Y, start, end, alphas
+
+
+def _interp_lscape(X, Y, start, end, alphas):
+    L = Landscape.from_module(copy.deepcopy(start), CE, (X, Y))
+    t0, t1 = _flat(start), _flat(end)
+    return lambda: interpolate(L, t0, t1, alphas).numpy()
+
+
+def _interp_loss_landscapes(X, Y, start, end, alphas):
+    ll = pytest.importorskip("loss_landscapes", reason="loss-landscapes (bench extra) is the peer timed here")
+    from loss_landscapes.metrics import Loss
+
+    metric = Loss(CE, X, Y)
+    # deepcopy_model=True: it steps the start model in place otherwise
+    return lambda: ll.linear_interpolation(start, end, metric, steps=N_ALPHAS, deepcopy_model=True)
+
+
+INTERP = {"lscape": _interp_lscape, "loss-landscapes": _interp_loss_landscapes}
+
+
+@pytest.mark.parametrize("contender", list(INTERP))
+def test_interpolate(bench_run, benchmark, interp_case, contender):
+    benchmark.group = f"probe-interp-{N_ALPHAS}"
+    X, Y, start, end, alphas = interp_case
+    other = INTERP["loss-landscapes" if contender == "lscape" else "lscape"](X, Y, start, end, alphas)
+    want = np.asarray(other())
+
+    def check(got):
+        err = float(np.abs(np.asarray(got) - want).max())
+        assert err < 1e-5, f"{contender} and the other contender's losses differ by {err:.2e}"
+
+    fn = _checked(INTERP[contender](X, Y, start, end, alphas), check)
+    D = int(_flat(start).numel())
+    bench_run(fn, contender, min_rounds=3, model_steps=N_ALPHAS, D=D, P=int(X.shape[0]), device="cpu")
+
+
+# ---- probe-hessian-top5 -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hessian_case():
+    X, Y = _digits()
+    model = _train(_mlp([64, 32, 10], seed=0), X, Y)
+    theta = _flat(model)
+    L = Landscape.from_module(copy.deepcopy(model), CE, (X, Y))
+    want = hessian_eigs(L, theta, TOP_K).numpy()  # the answer every contender is checked against
+    return X, Y, model, theta, L, want
+
+
+def _hess_lscape(X, Y, model, theta, L):
+    return lambda: hessian_eigs(L, theta, TOP_K).numpy()
+
+
+def _hess_dense(X, Y, model, theta, L):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [s.numel() for s in shapes]
+
+    def loss(th):
+        params = {n: t.view(s) for n, t, s in zip(names, torch.split(th, sizes), shapes)}
+        return CE(torch.func.functional_call(model, params, (X,)), Y)
+
+    def run():
+        H = torch.autograd.functional.hessian(loss, theta, vectorize=True)
+        return torch.linalg.eigvalsh(H.double()).flip(0)[:TOP_K].numpy()
+
+    return run
+
+
+def _hess_pyhessian(X, Y, model, theta, L):
+    try:
+        from pyhessian import hessian as PyHessian
+    except Exception as exc:  # noqa: BLE001 - any import failure of the peer skips it, with the reason
+        pytest.skip(f"pyhessian does not import here ({type(exc).__name__}: {exc})")
+    m = copy.deepcopy(model)
+
+    def run():
+        m.zero_grad(set_to_none=True)  # it backpropagates into .grad, which would accumulate across calls
+        torch.manual_seed(0)  # its start vectors come from the global generator
+        vals, _ = PyHessian(m, CE, data=(X, Y), cuda=False).eigenvalues(top_n=TOP_K)
+        return np.sort(np.asarray(vals))[::-1]
+
+    return run
+
+
+HESS = {"lscape lanczos": (_hess_lscape, 1e-4), "torch dense + eigvalsh": (_hess_dense, 1e-4),
+        "PyHessian": (_hess_pyhessian, 2e-2)}
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True:UserWarning")
+@pytest.mark.parametrize("contender", list(HESS))
+def test_hessian_top5(bench_run, benchmark, hessian_case, contender):
+    benchmark.group = f"probe-hessian-top{TOP_K}"
+    X, Y, model, theta, L, want = hessian_case
+    make, rtol = HESS[contender]
+
+    def check(got):
+        err = float(np.max(np.abs(np.asarray(got) - want) / np.abs(want)))
+        assert err < rtol, f"{contender}: top-{TOP_K} eigenvalues {got} differ from lscape's {want} ({err:.1e})"
+
+    fn = _checked(make(X, Y, model, theta, L), check)
+    # the dense Hessian takes tens of seconds a call: one timed round (after the two untimed calls)
+    rounds = 1 if contender == "torch dense + eigvalsh" else 3
+    bench_run(fn, contender, min_rounds=rounds, model_steps=1, D=int(theta.numel()), P=int(X.shape[0]),
+              k=TOP_K, device="cpu")

@@ -1,0 +1,327 @@
+"""Progressive random and gradient walks (Malan & Engelbrecht 2014; Bosman, Engelbrecht & Helbig 2018/2019),
+W walkers at once: every step evaluates all walkers in one `landscape.loss_and_grad` call.
+
+    res = progressive_walk(L, 1000, steps=100, step_bound=0.1, bounds=(-1.0, 1.0))   # gradient walks
+    res.loss, res.grad_norm        # (W, steps + 1): the loss-gradient cloud of Bosman et al. (2019) §II
+    res = progressive_walk(L, starts, 100, 0.1, (-1.0, 1.0), gradient=False)        # random walks
+
+The walk rules (Malan & Engelbrecht, "A progressive random walk algorithm for sampling continuous fitness
+landscapes", CEC 2014, Algorithm 1; Bosman et al., "Loss surface modality of feed-forward neural network
+architectures", 2019, §II, and Bosman et al., GECCO 2018, for the gradient walk):
+
+* Start (an int W for `starts`): per walker a random starting-zone bit b_j per dimension; coordinate j is
+  high_j - r_j when b_j = 1 and low_j + r_j when b_j = 0, with r_j ~ U(0, (high_j - low_j) / 2); then one
+  dimension d ~ U{0..D-1} is put on its boundary (high_d if b_d = 1, else low_d).
+* Random walk step: per dimension r_j ~ U(0, step_bound_j), moving down (-r_j) while b_j = 1 and up (+r_j)
+  while b_j = 0.  A coordinate that would leave [low_j, high_j] is reflected by its excess
+  (high_j - (x_j - high_j), or low_j + (low_j - x_j)) and its bit b_j flips, so the walk turns back.
+  Explicit starts take b_j = 1 where the start is above the middle of the domain (they walk across it).
+* Gradient walk step: the gradient g at the current point gives the mask b_j = 0 if g_j > 0 else 1, and
+  the step is +r_j where b_j = 1 and -r_j where b_j = 0 (the sign of -g_j; a zero component steps up, as in
+  Bosman's pgwalk optimizer), r_j ~ U(0, step_bound_j) as before.  Bosman's walks are unbounded
+  (`bounds=None`, explicit starts); with bounds, a coordinate that would leave them is reflected by its
+  excess as in the random walk (there is no persistent bit to flip: the next gradient decides).
+
+Random numbers come from the counter-based generator of lscape.reference.rng, keyed by (seed, walker id,
+step), so a walker's path depends only on (seed, its id): a batch of W walkers with ids first_walker,
+..., first_walker + W - 1 walks exactly as W separate runs of one walker each, and a huge run can be split.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .. import _checks
+from .._progress import ProgressArg, as_callback
+from ..landscape import Landscape
+from ..reference import rng
+
+__all__ = ["WalkResult", "progressive_walk"]
+
+_U32_SCALE = 2.0 ** -32
+
+VectorLike = Union[float, Sequence[float], np.ndarray, torch.Tensor]  # a real, or one value per dimension
+Bounds = Optional[tuple[VectorLike, VectorLike]]  # (low, high)
+
+
+@dataclass
+class WalkResult:
+    """The samples of W walks of `steps` steps.
+
+    loss, grad_norm: (W, steps + 1) float64, at the start and after every step (the l-g cloud's points);
+    start, end: (W, D) first and last positions (the landscape's dtype and device);
+    positions: (W, steps + 1, D) every position, when record_positions=True, else None;
+    first_nonfinite: (W,) int64, the first sample index whose loss or gradient was not finite, -1 if none.
+        A gradient walker stops there (its later positions repeat, its later loss and grad_norm are NaN);
+        a random walker's path does not read the loss, so it walks on and records what it finds.
+    """
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    start: torch.Tensor
+    end: torch.Tensor
+    positions: torch.Tensor | None
+    first_nonfinite: torch.Tensor
+    gradient: bool
+    step_bound: torch.Tensor  # (D,)
+    seed: int
+    first_walker: int
+
+    @property
+    def finite(self) -> torch.Tensor:
+        """(W,) bool: walkers whose every loss and gradient were finite."""
+        return self.first_nonfinite < 0
+
+
+# ---- random numbers: (seed, walker id, tag) -> uniforms in (0, 1) ----------------------------------------
+def _walker_keys(seed: int, first: int, W: int) -> np.ndarray:
+    return rng.stream_key(seed, np.arange(first, first + W, dtype=np.uint64))
+
+
+def _draws(keys: np.ndarray, tag: int, n: int) -> np.ndarray:
+    """(W, n) uint32 draws of walker streams `keys` (W,) under `tag` (0: the start, s + 1: step s)."""
+    with np.errstate(over="ignore"):
+        k = rng.mix64(keys ^ rng.mix64(np.full(1, tag, dtype=np.uint64) + rng.GOLDEN64))
+    return rng.draw32(k[:, None], np.arange(n, dtype=np.uint32))
+
+
+def _uniform(h: np.ndarray) -> np.ndarray:
+    """uint32 draws -> float64 uniforms in (0, 1) (32 random bits; never 0 or 1)."""
+    return (h.astype(np.float64) + 0.5) * _U32_SCALE
+
+
+# ---- arguments -------------------------------------------------------------------------------------------
+def _vector_arg(name: str, value, D: int, like: torch.Tensor) -> torch.Tensor:
+    """A real scalar or a (D,) vector of finite reals, as a (D,) tensor in like's dtype, on its device."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: got {_checks.describe(value)}, expected a real number or a ({D},) vector")
+    if isinstance(value, numbers.Real):
+        t = torch.full((D,), float(value), dtype=torch.float64)
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value),
+                                dtype=torch.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: got {_checks.describe(value)}, expected a real number or a ({D},) "
+                            "vector") from None
+        if t.ndim == 0:
+            t = t.expand(D).clone()
+        if t.shape != (D,):
+            raise ValueError(f"{name}: got {_checks.describe(value)}, expected a real number or a vector "
+                             f"of shape ({D},)")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: got non-finite values, expected finite reals")
+    # round to the landscape's dtype once: every later comparison is made in that dtype
+    return t.to(like.dtype).to(device=like.device)
+
+
+def _bounds_arg(bounds, D: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if bounds is None:
+        return None
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise TypeError(f"bounds: got {_checks.describe(bounds)}, expected (low, high): two reals or two "
+                        f"({D},) vectors, or None")
+    low = _vector_arg("bounds[0] (low)", bounds[0], D, like)
+    high = _vector_arg("bounds[1] (high)", bounds[1], D, like)
+    if not bool((low < high).all()):
+        j = int(torch.nonzero(~(low < high))[0])
+        raise ValueError(f"bounds: got low[{j}] = {float(low[j])} >= high[{j}] = {float(high[j])}, expected "
+                         "low < high in every dimension")
+    return low, high
+
+
+# ---- the walk --------------------------------------------------------------------------------------------
+def progressive_walk(landscape: Landscape, starts: torch.Tensor | np.ndarray | int, steps: int,
+                     step_bound: VectorLike, bounds: Bounds = None, gradient: bool = True, seed: int = 0,
+                     progress: ProgressArg = False, *, first_walker: int = 0,
+                     record_positions: bool = False) -> WalkResult:
+    """W progressive gradient walks (gradient=True) or progressive random walks (gradient=False) at once.
+
+    landscape: the Landscape to sample (dimension D).
+    starts: (W, D) starting points inside `bounds`, or an int W: W random starts by the progressive random
+        walk's starting-zone rule (needs `bounds`).
+    steps: steps per walker (>= 0); each walker yields steps + 1 samples.
+    step_bound: the largest step per dimension, a positive real or a (D,) vector (at most high - low).
+    bounds: (low, high), each a real or a (D,) vector; walkers never leave [low, high].  None: unbounded
+        (gradient walks from explicit starts only, as Bosman et al. ran them).
+    gradient: the direction rule: the sign of -gradient (True) or the bit pattern of the random walk.
+    seed, first_walker: walker w draws from stream (seed, first_walker + w).
+    progress: True for a progress bar on stderr, or a callable (done, total) called after each step.
+    record_positions: keep every position ((W, steps + 1, D): memory W * (steps + 1) * D values).
+
+    Returns a WalkResult.  Every step is one landscape.loss_and_grad call on all W walkers.
+    """
+    if not isinstance(landscape, Landscape):
+        raise TypeError(f"landscape: got {_checks.describe(landscape)}, expected a lscape.Landscape")
+    D = landscape.dim
+    like = torch.empty(0, dtype=landscape.dtype, device=landscape.device)
+    steps = _checks.int_arg("steps", steps, low=0)
+    seed = _checks.int_arg("seed", seed, low=0, high=2**64 - 1)
+    first_walker = _checks.int_arg("first_walker", first_walker, low=0, high=2**63)
+    if not isinstance(gradient, bool):
+        raise TypeError(f"gradient: got {_checks.describe(gradient)}, expected True (gradient walk) or False "
+                        "(random walk)")
+    if not isinstance(record_positions, bool):
+        raise TypeError(f"record_positions: got {_checks.describe(record_positions)}, expected a bool")
+    box = _bounds_arg(bounds, D, like)
+    if box is None and not gradient:
+        raise ValueError("bounds: got None, expected (low, high): the random walk turns at the bounds")
+    bound = _vector_arg("step_bound", step_bound, D, like)
+    if not bool((bound > 0).all()):
+        raise ValueError(f"step_bound: got {_min_desc(bound)}, expected positive step bounds")
+    if box is not None:
+        width = box[1] - box[0]
+        if not bool((bound <= width).all()):
+            j = int(torch.nonzero(bound > width)[0])
+            raise ValueError(f"step_bound: got {float(bound[j])} in dimension {j}, expected at most the width "
+                             f"of bounds there ({float(width[j])}), so one reflection keeps a walker inside")
+    if isinstance(starts, numbers.Integral) and not isinstance(starts, bool):
+        W = _checks.int_arg("starts", starts, low=1)
+        if box is None:
+            raise ValueError("bounds: got None, expected (low, high): random starts (an int for starts) are "
+                             "drawn inside the bounds")
+        if W + first_walker > 2**64:
+            raise ValueError(f"first_walker: got {first_walker}, expected walker ids below 2**64")
+        x = None
+    else:
+        if isinstance(starts, bool) or not isinstance(starts, (torch.Tensor, np.ndarray, list, tuple)):
+            raise TypeError(f"starts: got {_checks.describe(starts)}, expected a (W, {D}) tensor or an int W")
+        x = landscape.check_points(starts, "starts").clone()
+        W = x.shape[0]
+        if W == 0:
+            raise ValueError(f"starts: got {_checks.describe(x)}, expected at least one walker")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("starts: got non-finite values, expected finite starting points")
+        if box is not None and not bool(((x >= box[0]) & (x <= box[1])).all()):
+            w, j = (int(i) for i in torch.nonzero((x < box[0]) | (x > box[1]))[0])
+            raise ValueError(f"starts: got starts[{w}, {j}] = {float(x[w, j])}, expected every start inside "
+                             f"bounds [{float(box[0][j])}, {float(box[1][j])}]")
+    callback = as_callback(progress, "gradient walk" if gradient else "random walk")
+
+    keys = _walker_keys(seed, first_walker, W)
+    if x is None:
+        x, up = _random_starts(keys, box, D, like)
+    else:
+        up = None if box is None else x <= 0.5 * (box[0] + box[1])  # b_j = 0 (walk up) in the lower half
+    start = x.clone()
+
+    # The per-step arithmetic is a few elementwise passes over (W, D).  On the CPU they run in numpy: at
+    # these sizes waking torch's intra-op pool costs more than the work (100x more on a busy 2-core
+    # machine).  On a GPU they run in torch.  Both are IEEE elementwise operations: the same bits.
+    cpu = _numpy_steps(like.device)
+    xp = np if cpu else torch
+    arr = (lambda t: t.numpy()) if cpu else (lambda t: t)
+    tensor = torch.from_numpy if cpu else (lambda a: a)
+    x, bound = arr(x), arr(bound)
+    low, high = (arr(b) for b in box) if box is not None else (None, None)
+    up = arr(up) if up is not None else None
+
+    def empty(shape, dtype):
+        return np.empty(shape, dtype=_np_dtype(dtype)) if cpu else torch.empty(shape, dtype=dtype, device=like.device)
+
+    loss_rec = empty((W, steps + 1), torch.float64)
+    gnorm_rec = empty((W, steps + 1), torch.float64)
+    positions = empty((W, steps + 1, D), like.dtype) if record_positions else None
+    first_bad = xp.full((W,), -1, dtype=xp.int64) if cpu else torch.full((W,), -1, device=like.device)
+    stopped = xp.zeros(W, dtype=xp.bool_ if cpu else torch.bool)
+    if not cpu:
+        stopped = stopped.to(like.device)
+
+    for s in range(steps + 1):
+        loss, grad = landscape.loss_and_grad(tensor(x))  # the one batched evaluation of this step
+        loss, grad = arr(loss), arr(grad)
+        gnorm = _row_norms(grad, xp)
+        loss64 = loss.astype(np.float64) if cpu else loss.to(torch.float64)
+        bad = ~(xp.isfinite(loss64) & xp.isfinite(gnorm))
+        if bool(bad.any()):
+            first_bad = xp.where(bad & (first_bad < 0), s, first_bad)
+        if bool(stopped.any()):
+            loss64 = xp.where(stopped, math.nan, loss64)
+            gnorm = xp.where(stopped, math.nan, gnorm)
+        loss_rec[:, s] = loss64
+        gnorm_rec[:, s] = gnorm
+        if positions is not None:
+            positions[:, s] = x
+        if s == steps:
+            break
+        u = _uniform(_draws(keys, s + 1, D))
+        u = u.astype(x.dtype) if cpu else torch.from_numpy(u).to(dtype=like.dtype, device=like.device)
+        r = u * bound  # <= bound: u < 1 (it may round up to 1 in float32), bound is exact in this dtype
+        if gradient:
+            stopped |= bad  # no direction from a non-finite gradient: this walker stops, the others go on
+            step = xp.where(grad > 0, -r, r)  # Bosman's mask: down where g_j > 0, up where g_j <= 0
+            if bool(stopped.any()):
+                step[stopped] = 0
+        else:
+            step = xp.where(up, r, -r)  # the bit pattern: up while b_j = 0, down while b_j = 1
+        x = x + step
+        if low is not None:
+            out = (x > high) | (x < low)
+            if bool(out.any()):  # most steps stay inside: skip the reflection passes then
+                x = _reflect(x, low, high, xp)
+                if not gradient:
+                    up = up ^ out  # turn back where the walker was reflected
+        if callback is not None:
+            callback(s + 1, steps)
+    return WalkResult(loss=tensor(loss_rec), grad_norm=tensor(gnorm_rec), start=start, end=tensor(x),
+                      positions=None if positions is None else tensor(positions),
+                      first_nonfinite=tensor(first_bad), gradient=gradient, step_bound=tensor(bound), seed=seed,
+                      first_walker=first_walker)
+
+
+def _random_starts(keys: np.ndarray, box: tuple[torch.Tensor, torch.Tensor], D: int,
+                   like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Malan & Engelbrecht's starting zones: (starts (W, D), up (W, D) bool: the bit b_j = 0)."""
+    h = _draws(keys, 0, 2 * D + 1)  # counters [0, D): r_j; [D, 2D): zone bits; 2D: the boundary dimension
+    low, high = (b.to(torch.float64).cpu().numpy() for b in box)
+    r = _uniform(h[:, :D]) * (0.5 * (high - low))
+    zone = (h[:, D:2 * D] >> np.uint32(31)).astype(bool)  # b_j = 1: start in the upper half, walk down
+    x = np.where(zone, high - r, low + r)
+    edge = np.minimum((_uniform(h[:, 2 * D]) * D).astype(np.int64), D - 1)
+    rows = np.arange(len(keys))
+    x[rows, edge] = np.where(zone[rows, edge], high[edge], low[edge])
+    xt = torch.from_numpy(x).to(dtype=like.dtype, device=like.device)
+    xt = torch.minimum(torch.maximum(xt, box[0]), box[1])  # guards the cast's rounding only
+    return xt, torch.from_numpy(~zone).to(like.device)
+
+
+def _reflect(x, low, high, xp):
+    """Reflect the coordinates outside [low, high] by their excess: high - (x - high) or low + (low - x)."""
+    x = xp.where(x > high, 2 * high - x, xp.where(x < low, 2 * low - x, x))
+    # step_bound <= high - low puts the reflection inside in exact arithmetic; the clamp absorbs rounding
+    return xp.minimum(xp.maximum(x, low), high)
+
+
+def _row_norms(grad, xp):
+    """(B,) float64 Euclidean norms of the rows of grad.  Rows whose norm overflows the gradient's dtype
+    (a finite float32 gradient above ~1e19) are redone in float64: only a non-finite entry gives a
+    non-finite norm."""
+    if xp is np:
+        n = np.linalg.norm(grad, axis=1).astype(np.float64)
+        big = ~np.isfinite(n)
+        if big.any():
+            n[big] = np.linalg.norm(grad[big].astype(np.float64), axis=1)
+        return n
+    n = torch.linalg.vector_norm(grad, dim=1).to(torch.float64)
+    big = ~torch.isfinite(n)
+    if bool(big.any()):
+        n[big] = torch.linalg.vector_norm(grad[big].to(torch.float64), dim=1)
+    return n
+
+
+def _numpy_steps(device: torch.device) -> bool:
+    """Whether the step arithmetic runs in numpy (CPU landscapes) or in torch (other devices)."""
+    return device.type == "cpu"
+
+
+def _np_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+def _min_desc(t: torch.Tensor) -> str:
+    return f"a smallest value of {float(t.min())}"

@@ -1,0 +1,42 @@
+"""The Huang et al. reproduction at smoke scale: end to end (good minima have far larger basins than
+bad ones), and interrupted + resumed."""
+import numpy as np
+import pytest
+
+from lscape.experiments import common, huang
+
+pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hu_smoke")
+    return out, huang.run("smoke", out, progress=False)
+
+
+def test_smoke_good_minima_have_larger_basins(smoke_run):
+    out, summary = smoke_run
+    for name in ["config.json", "results.npz", "summary.json", *summary["figures"]]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    with np.load(out / "results.npz") as r:
+        bad = r["kind_is_bad"]
+        assert bad.tolist() == [False, False, True, True]
+        assert np.all(r["train_acc"] == 1.0) and np.all(r["train_loss"] < 0.1)
+        assert r["test_acc"][~bad].min() > r["test_acc"][bad].max()  # the poison made them generalise worse
+        assert np.all(np.isfinite(r["log_volume"])) and np.all(r["log_volume_se"] >= 0)
+        # the paper's point: bad minima sit in basins many orders of magnitude smaller
+        assert r["log_volume"][~bad].min() > r["log_volume"][bad].max() + 10 * np.log(10)
+        assert r["tsne"].shape == (r["good_iterates"].shape[0] + 2, 2)
+    assert summary["good_minus_bad_log10_volume"] > 10
+
+
+def test_interrupted_run_resumes_to_the_same_results(smoke_run, tmp_path):
+    ref_out, _ = smoke_run
+    out = tmp_path / "run"
+    with pytest.raises(common.RunInterrupted):
+        huang.run("smoke", out, progress=False, figures=False, stop_after_chunks=2)
+    huang.run("smoke", out, resume=True, progress=False, figures=False)
+    with np.load(ref_out / "results.npz") as a, np.load(out / "results.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -1,0 +1,258 @@
+"""probes.spectrum against independent answers: a quadratic 0.5 x^T A x + b^T x with known A (eigenvalues
+from numpy.linalg.eigvalsh, trace, density), the dense probes.hessian on small MLP landscapes, Bosman et
+al.'s classes on hand-made spectra, and a named error for every bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lscape import Landscape, TinyMLP
+from lscape.probes import hessian, spectrum
+from lscape.probes.spectrum import (classify_stationary, hessian_eigs, hutchinson_trace, hvp,
+                                    spectral_density)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+F64 = torch.float64
+
+
+def quadratic(A: np.ndarray, b: np.ndarray | None = None) -> Landscape:
+    At = torch.tensor(A)
+    bt = torch.zeros(A.shape[0], dtype=F64) if b is None else torch.tensor(b)
+    return Landscape.from_function(lambda x: 0.5 * x @ At @ x + bt @ x, dim=A.shape[0])
+
+
+def with_spectrum(eigs, seed: int = 0) -> np.ndarray:
+    """A symmetric matrix Q diag(eigs) Q^T with a random orthogonal Q."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((len(eigs), len(eigs))))
+    return (Q * np.asarray(eigs)) @ Q.T
+
+
+def random_sym(D: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((D, D))
+    return (M + M.T) / 2
+
+
+# ---- Hessian-vector products --------------------------------------------------------------------------
+def test_hvp_on_quadratic_is_A_times_v_for_any_batch():
+    A = random_sym(12, 0)
+    rng = np.random.default_rng(1)
+    L = quadratic(A, rng.standard_normal(12))
+    theta, V = rng.standard_normal(12), rng.standard_normal((9, 12))
+    want = V @ A
+    for batch in (1, 4, 32):
+        got = hvp(L, theta, torch.tensor(V), batch=batch)
+        assert got.shape == (9, 12) and got.dtype == F64
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_hvp_of_a_linear_loss_is_zero():
+    L = Landscape.from_function(lambda x: x.sum(), dim=5)
+    assert torch.equal(hvp(L, torch.ones(5, dtype=F64), torch.ones(3, 5, dtype=F64)), torch.zeros(3, 5, dtype=F64))
+
+
+def mlp_landscape():
+    spec = TinyMLP(2, 4)
+    x = torch.linspace(-1, 1, 9, dtype=F64)
+    L = Landscape.from_mlp(spec, x, torch.sin(3 * x), dtype=F64)
+    return L, spec.init(1, seed=3, scheme="torch", dtype=F64)[0]
+
+
+def test_hvp_on_mlp_matches_dense_hessian():
+    L, theta = mlp_landscape()
+    V = torch.randn(5, L.dim, dtype=F64, generator=torch.Generator().manual_seed(0))
+    H = hessian(L, theta[None])[0]
+    torch.testing.assert_close(hvp(L, theta, V), V @ H, rtol=1e-10, atol=1e-12)
+
+
+# ---- eigenvalues --------------------------------------------------------------------------------------
+def test_lanczos_top_k_matches_eigvalsh_on_indefinite_quadratic():
+    A = random_sym(40, 2)
+    L = quadratic(A, np.ones(40))
+    ev = np.linalg.eigvalsh(A)
+    theta = torch.zeros(40, dtype=F64)
+    np.testing.assert_allclose(hessian_eigs(L, theta, 5).numpy(), ev[::-1][:5], rtol=1e-9)
+    np.testing.assert_allclose(hessian_eigs(L, theta, 4, which="SA").numpy(), ev[:4], rtol=1e-9)
+    lm = ev[np.argsort(-np.abs(ev))][:3]
+    np.testing.assert_allclose(hessian_eigs(L, theta, 3, which="LM").numpy(), lm, rtol=1e-9)
+    np.testing.assert_allclose(hessian_eigs(L, theta, 5, method="dense").numpy(), ev[::-1][:5], rtol=1e-12)
+
+
+def test_lanczos_eigenvectors_are_unit_eigenvectors():
+    A = with_spectrum(np.linspace(-2.0, 7.0, 30), seed=4)
+    L = quadratic(A)
+    vals, vecs = hessian_eigs(L, torch.zeros(30, dtype=F64), 3, return_vectors=True)
+    assert vecs.shape == (3, 30)
+    np.testing.assert_allclose(vecs.norm(dim=1).numpy(), 1.0, atol=1e-12)
+    resid = vecs.numpy() @ A - vals.numpy()[:, None] * vecs.numpy()
+    assert np.abs(resid).max() < 1e-6
+    dvals, dvecs = hessian_eigs(L, torch.zeros(30, dtype=F64), 3, method="dense", return_vectors=True)
+    np.testing.assert_allclose(np.abs((vecs * dvecs).sum(1).numpy()), 1.0, atol=1e-10)
+
+
+def test_lanczos_finds_repeated_eigenvalues():
+    # a closed Krylov space (3 distinct values) must restart to find the copies
+    eigs = np.array([5.0] * 3 + [3.0] * 2 + [1.0] * 20)
+    L = quadratic(with_spectrum(eigs, seed=5))
+    got = hessian_eigs(L, torch.zeros(25, dtype=F64), 6)
+    np.testing.assert_allclose(got.numpy(), [5, 5, 5, 3, 3, 1], rtol=1e-10)
+
+
+def test_lanczos_stops_early_when_converged_and_iters_bounds_the_work(monkeypatch):
+    A = with_spectrum(np.concatenate([[100.0, 90.0, 80.0], np.linspace(0, 1, 197)]), seed=6)
+    L = quadratic(A)
+    products = []
+    call = spectrum._HVP.__call__
+
+    def counting(self, V):
+        products.append(V.shape[0])
+        return call(self, V)
+
+    monkeypatch.setattr(spectrum._HVP, "__call__", counting)
+    got = hessian_eigs(L, torch.zeros(200, dtype=F64), 3)
+    np.testing.assert_allclose(got.numpy(), [100, 90, 80], rtol=1e-10)
+    # the residual test ends it well before the default cap min(D, max(2k + 20, 60)) = 60 steps
+    assert sum(products) < 30
+    products.clear()
+    capped = hessian_eigs(L, torch.zeros(200, dtype=F64), 3, iters=4)
+    assert sum(products) == 4
+    assert np.abs(capped.numpy() - [100, 90, 80]).max() > 1e-8  # 4 steps cannot resolve it
+
+
+@pytest.mark.parametrize("which", ["LA", "SA"])
+def test_lanczos_matches_dense_on_tiny_mlp(which):
+    L, theta = mlp_landscape()
+    want = np.linalg.eigvalsh(hessian(L, theta[None])[0].numpy())
+    want = want[::-1][:5] if which == "LA" else want[:5]
+    got = hessian_eigs(L, theta, 5, which=which)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-8, atol=1e-10)
+
+
+def test_lanczos_matches_dense_on_module_landscape():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+    gen = torch.Generator().manual_seed(1)
+    X, Y = torch.randn(20, 3, generator=gen, dtype=F64), torch.randint(0, 2, (20,), generator=gen)
+    L = Landscape.from_module(model, nn.functional.cross_entropy, (X, Y))
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    want = np.linalg.eigvalsh(hessian(L, theta[None])[0].numpy())[::-1][:5]
+    np.testing.assert_allclose(hessian_eigs(L, theta, 5).numpy(), want, rtol=1e-8, atol=1e-10)
+
+
+# ---- trace --------------------------------------------------------------------------------------------
+def test_hutchinson_is_exact_for_a_diagonal_hessian():
+    d = np.linspace(-3.0, 5.0, 17)
+    est, se = hutchinson_trace(quadratic(np.diag(d)), torch.zeros(17, dtype=F64), n_samples=10)
+    assert est == pytest.approx(d.sum(), abs=1e-12) and se == pytest.approx(0.0, abs=1e-12)
+
+
+def test_hutchinson_within_standard_errors_and_independent_of_batching():
+    A = random_sym(30, 7) + 2 * np.eye(30)
+    L = quadratic(A)
+    theta = torch.zeros(30, dtype=F64)
+    est, se = hutchinson_trace(L, theta, n_samples=200, seed=3, batch=64)
+    assert se > 0.1  # off-diagonal entries make the estimate random
+    assert abs(est - np.trace(A)) < 4 * se
+    assert (est, se) == pytest.approx(hutchinson_trace(L, theta, n_samples=200, seed=3, batch=7), rel=1e-12)
+    assert hutchinson_trace(L, theta, n_samples=200, seed=4)[0] != est
+
+
+# ---- density ------------------------------------------------------------------------------------------
+def test_density_puts_the_mass_at_the_eigenvalues_and_integrates_to_one():
+    rng = np.random.default_rng(8)
+    clusters = [(1.0, 100), (5.0, 60), (10.0, 40)]
+    eigs = np.concatenate([c + 0.05 * rng.standard_normal(n) for c, n in clusters])
+    L = quadratic(with_spectrum(eigs, seed=9))
+    x, dens = spectral_density(L, torch.zeros(200, dtype=F64), n_vectors=10, steps=40, seed=1)
+    assert x.shape == dens.shape and x.dtype == dens.dtype == F64
+    assert float(torch.trapezoid(dens, x)) == pytest.approx(1.0, abs=1e-3)
+    for c, n in clusters:
+        near = (x > c - 1) & (x < c + 1)
+        mass = float(torch.trapezoid(dens[near], x[near]))
+        assert mass == pytest.approx(n / 200, abs=0.04), c
+    assert float(dens[(x > 2) & (x < 4)].max()) < 1e-3  # no mass between the clusters
+
+
+def test_density_on_a_given_grid_with_a_given_sigma():
+    L = quadratic(np.diag([2.0] * 10))
+    grid = torch.linspace(0, 4, 401, dtype=F64)
+    x, dens = spectral_density(L, torch.zeros(10, dtype=F64), n_vectors=2, grid=grid, sigma=0.1)
+    assert torch.equal(x, grid)
+    want = np.exp(-0.5 * ((grid.numpy() - 2) / 0.1) ** 2) / (0.1 * np.sqrt(2 * np.pi))
+    np.testing.assert_allclose(dens.numpy(), want, rtol=1e-9, atol=1e-12)
+
+
+# ---- classification -----------------------------------------------------------------------------------
+def test_classify_stationary_follows_bosman():
+    assert classify_stationary([1.0, 2.0, 0.5]) == "convex"
+    assert classify_stationary(np.array([-1.0, -2.0])) == "concave"
+    assert classify_stationary(torch.tensor([-1.0, 3.0])) == "saddle"
+    assert classify_stationary([0.0, 1.0]) == "flat"
+    assert classify_stationary([-1.0, 0.0, 1.0]) == "flat"  # singular takes precedence over saddle
+    assert classify_stationary([1e-9, 1.0]) == "convex"  # tol = 0: only exact zeros are flat
+    assert classify_stationary([1e-9, 1.0], tol=1e-8) == "flat"
+    assert classify_stationary([-1e-9, 1.0], tol=1e-8) == "flat"
+    batch = classify_stationary(np.array([[1.0, 2.0], [-1.0, -2.0], [-1.0, 2.0], [0.0, 0.0]]))
+    assert isinstance(batch, np.ndarray) and list(batch) == ["convex", "concave", "saddle", "flat"]
+
+
+def test_classify_from_lanczos_spectrum_of_a_saddle():
+    A = with_spectrum([3.0, 1.0, -2.0, 0.5], seed=10)
+    eigs = hessian_eigs(quadratic(A), torch.zeros(4, dtype=F64), 4)
+    assert classify_stationary(eigs, tol=1e-8) == "saddle"
+
+
+# ---- errors -------------------------------------------------------------------------------------------
+def test_bad_inputs_get_named_errors():
+    L = quadratic(np.eye(6))
+    t = torch.zeros(6, dtype=F64)
+    with pytest.raises(TypeError, match="landscape: got"):
+        hessian_eigs(np.eye(6), t)
+    with pytest.raises(ValueError, match=r"theta: got tensor of shape \(5,\).*\(6,\)"):
+        hessian_eigs(L, torch.zeros(5))
+    with pytest.raises(ValueError, match=r"theta: got tensor of shape \(1, 6\)"):
+        hutchinson_trace(L, torch.zeros(1, 6))
+    with pytest.raises(ValueError, match="theta: .*non-finite"):
+        spectral_density(L, torch.full((6,), float("nan")))
+    with pytest.raises(ValueError, match=r"k: got 7, expected an integer in \[1, 6\]"):
+        hessian_eigs(L, t, 7)
+    with pytest.raises(ValueError, match=r"k: got 0"):
+        hessian_eigs(L, t, 0)
+    with pytest.raises(ValueError, match=r"iters: got 2, expected an integer in \[3, 6\]"):
+        hessian_eigs(L, t, 3, iters=2)
+    with pytest.raises(ValueError, match="which: got 'LR'"):
+        hessian_eigs(L, t, which="LR")
+    with pytest.raises(ValueError, match="method: got 'arpack'"):
+        hessian_eigs(L, t, method="arpack")
+    with pytest.raises(ValueError, match="tol: got -1.0"):
+        hessian_eigs(L, t, tol=-1.0)
+    big = Landscape.from_function(lambda x: (x ** 2).sum(), dim=9000)
+    with pytest.raises(ValueError, match="method: got 'dense' for landscape.dim = 9000"):
+        hessian_eigs(big, torch.zeros(9000, dtype=F64), method="dense")
+    with pytest.raises(ValueError, match=r"vs: got tensor of shape \(2, 5\).*\(K, 6\)"):
+        hvp(L, t, torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="vs: .*non-finite"):
+        hvp(L, t, torch.full((1, 6), float("inf")))
+    with pytest.raises(ValueError, match=r"batch: got 0"):
+        hvp(L, t, torch.zeros(1, 6), batch=0)
+    with pytest.raises(ValueError, match=r"n_samples: got 1, expected an integer in \[2, inf\]"):
+        hutchinson_trace(L, t, n_samples=1)
+    with pytest.raises(ValueError, match="sigma: got 0.0"):
+        spectral_density(L, t, sigma=0.0)
+    with pytest.raises(ValueError, match=r"steps: got 7, expected an integer in \[1, 6\]"):
+        spectral_density(L, t, steps=7)
+    with pytest.raises(ValueError, match=r"grid: got .*shape \(2, 2\)"):
+        spectral_density(L, t, grid=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="grid: .*non-finite"):
+        spectral_density(L, t, grid=[0.0, float("nan")])
+    with pytest.raises(ValueError, match="eigs: .*non-finite"):
+        classify_stationary([1.0, float("nan")])
+    with pytest.raises(ValueError, match=r"eigs: got .*shape \(1, 1, 2\)"):
+        classify_stationary(np.zeros((1, 1, 2)))
+    with pytest.raises(ValueError, match=r"eigs: got .*shape \(0,\)"):
+        classify_stationary([])
+    with pytest.raises(ValueError, match="tol: got -0.1"):
+        classify_stationary([1.0], tol=-0.1)
