@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ._backend import BackendInfo, backends, use_backend
-from . import probes
+from . import data, probes
 from .ensemble import TrainResult, TrainState, mlp_loss, mlp_loss_grad, train_ensemble
 from .landscape import Landscape
 from .neb import NEBConfig, NEBResult, neb
@@ -11,4 +11,4 @@ from .tinymlp import TinyMLP
 
 __version__ = "0.1.0"
 __all__ = ["BackendInfo", "Landscape", "NEBConfig", "NEBResult", "SparseSignProjection", "TinyMLP", "TrainResult", "TrainState", "backends",
-           "mlp_loss", "mlp_loss_grad", "neb", "probes", "train_ensemble", "use_backend", "__version__"]
+           "data", "mlp_loss", "mlp_loss_grad", "neb", "probes", "train_ensemble", "use_backend", "__version__"]
