@@ -409,7 +409,7 @@ def targets(groups: dict, large: dict | None) -> tuple[list[str], bool]:
 
     # 7. large implicit under 1 GB
     if large is None:
-        add(None, f"large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS", ["skipped (--no-large)"])
+        add(None, "large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS", ["skipped (--no-large)"])
     elif "error" in large:
         add(False, "large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS", [f"failed: {large['error']}"])
     else:
