@@ -1,4 +1,4 @@
-"""lscape.radius: radius, RadiusRecorder, fit_random_walk, r_x."""
+"""lscape.radial: radius, RadiusRecorder, fit_random_walk, r_x."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lscape.radius import RadiusRecorder, fit_random_walk, r_x, radius
+from lscape.radial import RadiusRecorder, fit_random_walk, r_x, radius
 from lscape.subspace import Subspace
 
 
