@@ -47,7 +47,9 @@ TARGET_NEB_VS_ASE = 100.0  # lscape band-steps/s at least this many times ASE NE
 TARGET_NEB_KERNEL = 5.0  # the fused neb_step at least this many times the torch reference
 # Targets (probes, CPU): lscape at least this many times the peer (issue 6)
 TARGET_PROBES = 10.0
-SUITES = ["test_projection.py", "test_mlp.py", "test_neb.py", "test_probes_lines.py", "test_probes_walks.py"]
+TARGET_SUBSPACE = 1.5  # a hyperplane (indices) training step at most this many times the full-space step
+SUITES = ["test_projection.py", "test_mlp.py", "test_neb.py", "test_probes_lines.py", "test_probes_walks.py",
+          "test_subspace.py"]
 
 GROUP_TITLES = {
     "build": "generate P (D = 656,810, d = 9,000)",
@@ -63,7 +65,7 @@ GROUP_ORDER += ["cuda-" + g for g in GROUP_ORDER] + ["implicit-large"]
 CONTENDER_ORDER = ["lscape indices", "lscape implicit", "torch CSR", "scipy.sparse", "cupyx CSR",
                    "lscape torch reference", "lscape cpu", "lscape cuda", "torch.func vmap", "lscape torch ref",
                    "ASE NEB+FIRE", "ASE, trivial calculator", "lscape", "loss-landscapes", "lscape lanczos",
-                   "torch dense + eigvalsh", "PyHessian", "torch nn.Sequential, 1 walker"]
+                   "torch dense + eigvalsh", "PyHessian", "torch nn.Sequential, 1 walker", "full space"]
 MLP_GROUPS = [f"mlp-{o}-M{m}" for o in ("sgd", "adadelta", "adam") for m in (1024, 16384)]
 GROUP_ORDER += MLP_GROUPS + [f"cuda-mlp-{o}-M{m}" for o in ("sgd", "adadelta", "adam") for m in (16384, 320000)]
 
@@ -73,9 +75,11 @@ GROUP_ORDER += NEB_GROUPS + ["cuda-neb-wf-B10000-n32", "cuda-neb-kernel-B10000-n
 # probe groups timed per call: (lscape's contender, its peers)
 PROBE_TIMED = {"probe-interp-200": ("lscape", ["loss-landscapes"]),
                "probe-hessian-top5": ("lscape lanczos", ["torch dense + eigvalsh", "PyHessian"])}
-GROUP_ORDER += list(PROBE_TIMED) + ["probe-walk-5x5"]
+GROUP_ORDER += list(PROBE_TIMED) + ["probe-walk-5x5", "subspace-step-B128"]
+TIMED_BASE = {**{g: v[0] for g, v in PROBE_TIMED.items()}, "subspace-step-B128": "full space"}
 GROUP_TITLES.update({"probe-interp-200": "loss at 200 alphas on the init -> solution line, digits FC net",
-                     "probe-hessian-top5": "top-5 Hessian eigenvalues, digits FC net"})
+                     "probe-hessian-top5": "top-5 Hessian eigenvalues, digits FC net",
+                     "subspace-step-B128": "one Adam step, 3072-200-200-10 net (D = 656,810), d = 9,000, batch 128"})
 
 
 def _is_mlp(group: str) -> bool:
@@ -264,7 +268,7 @@ def rate_table(group: str, members: dict[str, dict]) -> list[str]:
 def group_table(group: str, members: dict[str, dict]) -> list[str]:
     if _is_rate(group):
         return rate_table(group, members)
-    base_name = PROBE_TIMED.get(group, (BASELINE,))[0]
+    base_name = TIMED_BASE.get(group, BASELINE)
     title = GROUP_TITLES.get(group) or GROUP_TITLES.get(group.removeprefix("cuda-"), "")
     if group.startswith("cuda-"):
         title = f"{title}, on CUDA"
@@ -407,7 +411,14 @@ def targets(groups: dict, large: dict | None) -> tuple[list[str], bool]:
         add(r >= TARGET_PROBES, f"probe-walk-5x5: lscape >= {TARGET_PROBES:g}x one walker at a time in torch",
             [f"{_rate(walk['lscape cpu']):,.0f} walker-steps/s, {r:.0f}x"])
 
-    # 7. large implicit under 1 GB
+    # 7. a hyperplane step at most 1.5x the full-space step (indices storage)
+    sub = groups.get("subspace-step-B128", {})
+    if "full space" in sub and "lscape indices" in sub:
+        r = sub["lscape indices"]["stats"]["median"] / sub["full space"]["stats"]["median"]
+        add(r <= TARGET_SUBSPACE, f"hyperplane step (indices) <= {TARGET_SUBSPACE:g}x the full-space step",
+            [f"{r:.2f}x"])
+
+    # 8. large implicit under 1 GB
     if large is None:
         add(None, "large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS", ["skipped (--no-large)"])
     elif "error" in large:
