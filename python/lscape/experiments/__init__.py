@@ -9,7 +9,8 @@ import importlib
 from typing import Any
 
 # name on the command line -> module under lscape.experiments (imported lazily: matplotlib etc.)
-EXPERIMENTS = {"bosman": "bosman", "gamst-walker": "gamst_walker", "goodfellow": "goodfellow", "huang": "huang"}
+EXPERIMENTS = {"bosman": "bosman", "gamst-walker": "gamst_walker", "goodfellow": "goodfellow", "huang": "huang",
+               "goldilocks": "goldilocks"}
 
 
 def get(name: str):

@@ -272,14 +272,7 @@ def run(scale: str = "default", out: str = "bosman", *, resume: bool = False, pr
 
     res = _results(todo, rows)
     summary = _summary(cfg, todo, rows, res)
-    common.atomic_savez(rd.file("results.npz"), res)
-    summary["seconds_this_session"] = time.perf_counter() - t0
-    if figures:
-        from . import bosman_plots
-
-        summary["figures"] = bosman_plots.plot_all(res, rd.path, cfg, plt)
-    common.atomic_write_json(rd.file("summary.json"), summary)
-    return summary
+    return common.finish_run(rd, res, summary, t0, "bosman_plots" if figures else None, cfg, plt)
 
 
 def _results(todo, rows) -> dict[str, np.ndarray]:

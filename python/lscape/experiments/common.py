@@ -44,6 +44,21 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
+def finish_run(rd: "RunDir", res: Mapping[str, Any], summary: dict[str, Any], t0: float, plots: str | None,
+               cfg, plt) -> dict[str, Any]:
+    """The end of every experiment's run(): results.npz, the session's seconds, the figures (module
+    `plots` of this package, None: none) and summary.json; returns the summary."""
+    import importlib
+    import time
+
+    atomic_savez(rd.file("results.npz"), res)
+    summary["seconds_this_session"] = time.perf_counter() - t0
+    if plots is not None:
+        summary["figures"] = importlib.import_module(f"{__package__}.{plots}").plot_all(res, rd.path, cfg, plt)
+    atomic_write_json(rd.file("summary.json"), summary)
+    return summary
+
+
 def save_figures(draws, res: Mapping[str, Any], out: Path, cfg, plt) -> list[str]:
     """Draw each figure (fn(res, cfg, plt) -> (figure, file name)) into out as PNG; returns the names."""
     names = []

@@ -214,14 +214,7 @@ def run(scale: str = "default", out: str = "gamst-walker", *, resume: bool = Fal
     # 6. NEB paths from W_f to trained minima
     _neb_paths(rd, cfg, spec, x, y, wf_desym, res, summary, budget, dev, progress)
 
-    common.atomic_savez(rd.file("results.npz"), res)
-    summary["seconds_this_session"] = time.perf_counter() - t_start
-    if figures:
-        from . import gamst_walker_plots
-
-        summary["figures"] = gamst_walker_plots.plot_all(res, rd.path, cfg, plt)
-    common.atomic_write_json(rd.file("summary.json"), summary)
-    return summary
+    return common.finish_run(rd, res, summary, t_start, "gamst_walker_plots" if figures else None, cfg, plt)
 
 
 def replot(out: str) -> list[str]:

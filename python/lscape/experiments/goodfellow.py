@@ -196,14 +196,7 @@ def run(scale: str = "default", out: str = "goodfellow", *, resume: bool = False
         summary[act] = _line_summary(first, second, ck, wide, coord, resid, tf - ti)
     res["alphas_wide"] = wide
     res.update({f"alphas_{k}": v for k, v in tiles.items()})
-    common.atomic_savez(rd.file("results.npz"), res)
-    summary["seconds_this_session"] = time.perf_counter() - t0
-    if figures:
-        from . import goodfellow_plots
-
-        summary["figures"] = goodfellow_plots.plot_all(res, rd.path, cfg, plt)
-    common.atomic_write_json(rd.file("summary.json"), summary)
-    return summary
+    return common.finish_run(rd, res, summary, t0, "goodfellow_plots" if figures else None, cfg, plt)
 
 
 def initial_params(cfg: Config, d: datasets.Split, act: str, seed: int) -> np.ndarray:

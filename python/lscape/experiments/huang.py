@@ -174,14 +174,7 @@ def run(scale: str = "default", out: str = "huang", *, resume: bool = False, pro
     res["gap"] = res["train_acc"] - res["test_acc"]
     res["tsne"] = _tsne(res, cfg)
     summary = _summary(cfg, res)
-    common.atomic_savez(rd.file("results.npz"), res)
-    summary["seconds_this_session"] = time.perf_counter() - t0
-    if figures:
-        from . import huang_plots
-
-        summary["figures"] = huang_plots.plot_all(res, rd.path, cfg, plt)
-    common.atomic_write_json(rd.file("summary.json"), summary)
-    return summary
+    return common.finish_run(rd, res, summary, t0, "huang_plots" if figures else None, cfg, plt)
 
 
 def _tsne(res: dict[str, Any], cfg: Config) -> np.ndarray:

@@ -1,0 +1,54 @@
+"""The Goldilocks reproduction at smoke scale: end to end, and an interrupted sweep resumed without
+redoing finished cells."""
+import numpy as np
+import pytest
+
+from lscape.experiments import common, goldilocks as gl
+
+pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gl_smoke")
+    return out, gl.run("smoke", out, progress=False)
+
+
+def test_smoke_writes_everything(smoke_run):
+    out, summary = smoke_run
+    cfg = gl.SCALES["smoke"]
+    for name in ["config.json", "results.npz", "summary.json", *summary["figures"]]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    with np.load(out / "results.npz") as r:
+        n = cfg.r0_points
+        assert r["hyperplane_acc"].shape == r["hypersphere_acc"].shape == (len(cfg.dims), n)
+        assert r["full_acc"].shape == (1, n)
+        # the grid spans six decades centred on r_X
+        assert np.isclose(r["r0"][0] * r["r0"][-1], float(r["r_x"]) ** 2) and np.isclose(r["r0"][-1] / r["r0"][0], 1e6)
+        for k in range(n):
+            t, rad = r[f"full_t_{k}"], r[f"full_r_{k}"]
+            assert t[0] == 0 and np.isclose(rad[0], r["r0"][k], rtol=1e-5)  # the full space starts at |r| = r0
+        assert np.all((r["hyperplane_acc"] >= 0) & (r["hyperplane_acc"] <= 1))
+
+
+def test_hypersphere_cells_stay_on_their_sphere():
+    cfg = gl.config("smoke")
+    data = gl.datasets.digits()
+    row = gl.train_cell(cfg, data, "hypersphere", 10, 3.0, seed=1)
+    assert np.allclose(row["r"], 3.0, rtol=1e-5) and len(row["r"]) > 10
+
+
+def test_interrupted_sweep_resumes_to_the_same_results(smoke_run, tmp_path):
+    ref_out, _ = smoke_run
+    out = tmp_path / "run"
+    with pytest.raises(common.RunInterrupted):
+        gl.run("smoke", out, progress=False, figures=False, stop_after_chunks=5)
+    done = sorted(p.name for p in (out / "checkpoints").glob("cell_*.npz"))
+    assert len(done) == 5
+    stamps = {p: (out / "checkpoints" / p).stat().st_mtime_ns for p in done}
+    gl.run("smoke", out, resume=True, progress=False, figures=False)
+    assert all((out / "checkpoints" / p).stat().st_mtime_ns == s for p, s in stamps.items())  # not redone
+    with np.load(ref_out / "results.npz") as a, np.load(out / "results.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
