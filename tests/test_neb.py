@@ -68,7 +68,7 @@ def _ase_band(n, k, maxstep, fmax, steps):
 def test_agrees_with_ase_number_for_number(backend):
     """ASE's NEB (improved tangent, climbing image) + FIRE and lscape.neb take the same steps: the same
     images to rounding after 60 steps, and the same step count to convergence."""
-    pytest.importorskip("ase.mep")
+    pytest.importorskip("ase.mep", reason="ASE is the peer this test compares with (in the test extra)")
     L = mb_landscape()
     n, k, maxstep = 9, 1.0, 0.05
     ase_x, _, _ = _ase_band(n, k, maxstep, fmax=1e-12, steps=60)

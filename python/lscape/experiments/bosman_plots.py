@@ -95,22 +95,24 @@ def fig1_curvature(res, cfg, plt):
     return fig, "fig1_curvature.png"
 
 
-def _xor_cloud_grid(res, plt, grid: list[list[tuple[int, int, float]]], title: str):
-    """XOR macro-walk l-g clouds, one panel per (width, depth, range) of grid (rows of columns)."""
-    fig, axes = plt.subplots(len(grid), len(grid[0]), figsize=(3.3 * len(grid[0]), 2.6 * len(grid)),
+def _cloud_grid(res, plt, problem: str, micro: bool, grid: list[list[tuple[int, int, float]]], xlabel: str,
+                cbar: str, title: str, width: float = 3.3):
+    """l-g clouds of one problem's micro or macro walks, a panel per (width, depth, range) of grid (rows of
+    columns)."""
+    fig, axes = plt.subplots(len(grid), len(grid[0]), figsize=(width * len(grid[0]), 2.6 * len(grid)),
                              squeeze=False, layout="constrained")
     sc = None
     for ri, row in enumerate(grid):
         for ci, (w, dp, r) in enumerate(row):
-            i = _cell(res, "xor", w, dp, float(r), False)
-            d = f", D = {res['xor_cell_dim'][i]}" if i is not None else ""
-            sc = _cloud(axes[ri, ci], res, "xor", i, f"h = {w}, {dp} layer{'s' if dp > 1 else ''}, "
-                                                    f"[-{r:g},{r:g}]{d}") or sc
+            i = _cell(res, problem, w, dp, float(r), micro)
+            d = f", D = {res[f'{problem}_cell_dim'][i]}" if i is not None else ""
+            sc = _cloud(axes[ri, ci], res, problem, i, f"h = {w}, {dp} layer{'s' if dp > 1 else ''}, "
+                                                       f"[-{r:g},{r:g}]{d}") or sc
     for ax in axes[-1]:
-        ax.set_xlabel("loss (binary cross-entropy)", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("gradient norm", fontsize=8)
-    _colorbar(fig, axes, sc, plt, "accuracy (4 patterns)")
+    _colorbar(fig, axes, sc, plt, cbar)
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -119,8 +121,8 @@ def fig2_lg_clouds_xor(res, cfg, plt):
     """l-g clouds of the XOR macro walks: a column per width, a row per (depth 1 or 2, range)."""
     rows = [(dp, r) for dp in (1, 2) if dp in cfg.xor_depths for r in cfg.init_ranges]
     grid = [[(w, dp, r) for w in cfg.xor_widths] for dp, r in rows]
-    return _xor_cloud_grid(res, plt, grid, "XOR l-g clouds, macro walks (width grows to the right)"), \
-        "fig2_lg_clouds_xor.png"
+    return _cloud_grid(res, plt, "xor", False, grid, "loss (binary cross-entropy)", "accuracy (4 patterns)",
+                       "XOR l-g clouds, macro walks (width grows to the right)"), "fig2_lg_clouds_xor.png"
 
 
 def fig3_lg_depth_xor(res, cfg, plt):
@@ -128,7 +130,8 @@ def fig3_lg_depth_xor(res, cfg, plt):
     w = min(cfg.xor_widths)
     grid = [[(w, dp, r) for dp in cfg.xor_depths] for r in cfg.init_ranges]
     title = f"XOR l-g clouds at the minimal width h = {w}, macro walks (depth grows to the right)"
-    return _xor_cloud_grid(res, plt, grid, title), "fig3_lg_depth_xor.png"
+    return _cloud_grid(res, plt, "xor", False, grid, "loss (binary cross-entropy)", "accuracy (4 patterns)",
+                       title), "fig3_lg_depth_xor.png"
 
 
 def fig4_digits_accuracy(res, cfg, plt):
@@ -168,20 +171,7 @@ def fig4_digits_accuracy(res, cfg, plt):
 def fig5_lg_clouds_digits(res, cfg, plt):
     """l-g clouds of the digits micro walks, coloured by accuracy on the loss batch: a column per
     architecture, a row per range."""
-    archs = [(w, dp) for w in cfg.digits_widths for dp in cfg.digits_depths]
-    fig, axes = plt.subplots(len(cfg.init_ranges), len(archs), figsize=(3.1 * len(archs),
-                             2.6 * len(cfg.init_ranges)), squeeze=False, layout="constrained")
-    sc = None
-    for ri, r in enumerate(cfg.init_ranges):
-        for j, (w, dp) in enumerate(archs):
-            i = _cell(res, "digits", w, dp, float(r), True)
-            d = f", D = {res['digits_cell_dim'][i]}" if i is not None else ""
-            sc = _cloud(axes[ri, j], res, "digits", i, f"h = {w}, {dp} layer{'s' if dp > 1 else ''}, "
-                                                      f"[-{r:g},{r:g}]{d}") or sc
-    for ax in axes[-1]:
-        ax.set_xlabel("loss (cross-entropy, batch)", fontsize=8)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("gradient norm", fontsize=8)
-    _colorbar(fig, axes, sc, plt, f"accuracy ({cfg.batch_size} patterns)")
-    fig.suptitle(f"{cfg.dataset} l-g clouds, micro walks", fontsize=10)
-    return fig, "fig5_lg_clouds_digits.png"
+    grid = [[(w, dp, r) for w in cfg.digits_widths for dp in cfg.digits_depths] for r in cfg.init_ranges]
+    return _cloud_grid(res, plt, "digits", True, grid, "loss (cross-entropy, batch)",
+                       f"accuracy ({cfg.batch_size} patterns)", f"{cfg.dataset} l-g clouds, micro walks",
+                       width=3.1), "fig5_lg_clouds_digits.png"
