@@ -7,6 +7,7 @@ import torch
 
 import lscape
 from lscape import Landscape, TinyMLP
+from lscape import landscape as landscape_module
 from lscape.probes import hessian
 
 from conftest import device_of
@@ -89,6 +90,26 @@ def test_from_module_with_batchnorm_in_eval_mode():
     loss = L.loss(theta[None])
     torch.testing.assert_close(loss[0], torch.nn.functional.cross_entropy(model(X), Y))
 
+
+
+def test_from_module_one_by_one_equals_vmapped(monkeypatch):
+    # the two ways from_module evaluates a chunk of points (chosen by PER_POINT_WORK) agree
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    X, Y = torch.randn(40, 5, dtype=torch.float64), torch.randint(0, 3, (40,))
+    model = model.double()
+    D = sum(p.numel() for p in model.parameters())
+    thetas = torch.randn(9, D, dtype=torch.float64)
+    got = {}
+    for work in (0, 1 << 60):  # everything one by one; everything vmapped
+        monkeypatch.setattr(landscape_module, "PER_POINT_WORK", work)
+        L = Landscape.from_module(model, torch.nn.functional.cross_entropy, (X, Y), chunk=4)
+        got[work] = (L.loss(thetas), *L.loss_and_grad(thetas))
+    for a, b in zip(got[0], got[1 << 60]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # and both equal the model itself at one point
+    torch.nn.utils.vector_to_parameters(thetas[3], model.parameters())
+    torch.testing.assert_close(got[0][0][3], torch.nn.functional.cross_entropy(model(X), Y).detach())
 
 @pytest.mark.parametrize("make,match", [
     (lambda: Landscape.from_function(lambda t: t.sum(), dim=0), "dim"),

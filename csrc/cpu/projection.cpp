@@ -1,4 +1,7 @@
 // Run-time choice between the baseline and AVX2 builds of projection_kernels.cpp.
+#include <cstdlib>
+#include <cstring>
+
 #include "lscape/projection.h"
 
 namespace lscape {
@@ -12,10 +15,12 @@ namespace avx2 {
 }
 
 namespace {
+// LSCAPE_CPU_ISA=baseline forces the portable kernels (so they are tested on AVX2 machines too).
 bool use_avx2() {
 #if LSCAPE_HAVE_AVX2_BUILD && (defined(__GNUC__) || defined(__clang__))
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
+                          __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt") &&
+                          !(std::getenv("LSCAPE_CPU_ISA") && std::strcmp(std::getenv("LSCAPE_CPU_ISA"), "baseline") == 0);
   return yes;
 #else
   return false;

@@ -19,6 +19,9 @@ from torch import nn
 from . import _checks
 from .tinymlp import TinyMLP
 
+# Landscape.from_module on the CPU evaluates points one by one from this much work per point (samples x D)
+PER_POINT_WORK = 1 << 22
+
 __all__ = ["Landscape"]
 
 
@@ -121,7 +124,8 @@ class Landscape:
         targets) pair or a sequence of batches (weighted by batch size; loss_fn must average over its
         batch).  Parameters are flattened in model.named_parameters() order; buffers are used as they are
         (call model.eval() for inference-mode BatchNorm).  torch.func.functional_call + vmap over at most
-        `chunk` points at a time, so memory stays bounded."""
+        `chunk` points at a time, so memory stays bounded; on the CPU, points whose work (samples x D)
+        reaches PER_POINT_WORK run one after another instead, which is faster there."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: got {_checks.describe(model)}, expected a torch.nn.Module")
         names_shapes = [(n, p.shape) for n, p in model.named_parameters()]
@@ -142,8 +146,18 @@ class Landscape:
                 out = out + loss_fn(pred, Y) * (X.shape[0] / total)
             return out
 
-        return cls(sum(sizes), torch.func.vmap(one), chunk=chunk, dtype=first.dtype, device=first.device,
+        # Large points one after another: vmap's batched matmuls and the elementwise passes over
+        # (chunk, samples, width) tensors that no longer fit in cache cost more than batching saves
+        # (digits 64-100-100-10, 200 points on this 2-core CPU: 211 ms vmapped, 138 ms one by one).
+        per_point = first.device.type == "cpu" and total * sum(sizes) >= PER_POINT_WORK
+        batch_fn = _one_by_one(one) if per_point else torch.func.vmap(one)
+        return cls(sum(sizes), batch_fn, chunk=chunk, dtype=first.dtype, device=first.device,
                    description=f"module {type(model).__name__}")
+
+
+def _one_by_one(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """fn over the rows of a (B, D) batch, one row at a time: (B, D) -> (B,)."""
+    return lambda thetas: torch.stack([fn(t) for t in thetas])
 
 
 def _batches_arg(data) -> list[tuple[torch.Tensor, torch.Tensor]]:
