@@ -32,11 +32,16 @@ class Landscape:
                  loss_and_grad: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
                  loss: Callable[[torch.Tensor], torch.Tensor] | None = None, chunk: int | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                 description: str = "") -> None:
+                 description: str = "",
+                 point_loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         """torch_loss: differentiable (B, D) -> (B,).  loss / loss_and_grad: faster versions of it (default:
-        torch_loss, and autograd through it).  chunk: most points evaluated per call (bounds memory)."""
+        torch_loss, and autograd through it).  chunk: most points evaluated per call (bounds memory).
+        point_loss: the same loss of one point, differentiable (D,) -> scalar, when there is an unbatched
+        form: Hessian-vector products backpropagate through its graph, which is leaner than a vmapped
+        one (default: torch_loss of a batch of one)."""
         self.dim = _checks.int_arg("dim", dim, low=1)
         self._torch_loss = torch_loss
+        self._point_loss = point_loss
         self._loss = loss
         self._loss_and_grad = loss_and_grad
         self.chunk = None if chunk is None else _checks.int_arg("chunk", chunk, low=1)
@@ -71,6 +76,12 @@ class Landscape:
     def torch_loss(self, thetas: torch.Tensor) -> torch.Tensor:
         """The loss as a differentiable torch function (B, D) -> (B,) (no checks, no chunking)."""
         return self._torch_loss(thetas)
+
+    def point_loss(self, theta: torch.Tensor) -> torch.Tensor:
+        """The loss of one point as a differentiable torch function (D,) -> () (no checks)."""
+        if self._point_loss is not None:
+            return self._point_loss(theta)
+        return self._torch_loss(theta[None])[0]
 
     def _autograd_loss_and_grad(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
@@ -114,7 +125,8 @@ class Landscape:
             raise TypeError(f"fn: got {_checks.describe(fn)}, expected a callable")
         batch_fn = fn if batched else torch.func.vmap(fn)
         return cls(dim, batch_fn, dtype=dtype, device=device, chunk=chunk,
-                   description=f"function {getattr(fn, '__name__', type(fn).__name__)}")
+                   description=f"function {getattr(fn, '__name__', type(fn).__name__)}",
+                   point_loss=None if batched else fn)
 
     @classmethod
     def from_module(cls, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -152,7 +164,7 @@ class Landscape:
         per_point = first.device.type == "cpu" and total * sum(sizes) >= PER_POINT_WORK
         batch_fn = _one_by_one(one) if per_point else torch.func.vmap(one)
         return cls(sum(sizes), batch_fn, chunk=chunk, dtype=first.dtype, device=first.device,
-                   description=f"module {type(model).__name__}")
+                   description=f"module {type(model).__name__}", point_loss=one)
 
 
 def _one_by_one(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:

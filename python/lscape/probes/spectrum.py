@@ -45,14 +45,14 @@ class _HVP:
         self._batched = True  # until is_grads_batched meets an op it cannot batch
         with torch.enable_grad():
             self.x = theta.detach().to(dtype=self.dtype, device=self.device).clone().requires_grad_(True)
-            loss = landscape.torch_loss(self.x[None])
-            if loss.shape != (1,):
-                raise ValueError(f"landscape: torch_loss returned {_checks.describe(loss)} for one point, "
-                                 "expected shape (1,)")
+            loss = landscape.point_loss(self.x)
+            if loss.shape != ():
+                raise ValueError(f"landscape: the loss of one point is {_checks.describe(loss)}, expected a "
+                                 "scalar")
             if not loss.requires_grad:  # a constant loss: H = 0
                 self.g = None
                 return
-            (g,) = torch.autograd.grad(loss[0], self.x, create_graph=True)
+            (g,) = torch.autograd.grad(loss, self.x, create_graph=True)
         # a loss linear in theta leaves a gradient with no graph: H = 0
         self.g = g if g.requires_grad else None
 
