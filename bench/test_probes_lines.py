@@ -4,8 +4,8 @@ training images, 64 pixels in [0, 1], 10 classes, cross-entropy), float32 on the
 Group `probe-interp-200`: the loss at 200 points of the line from a network's initialisation to its
 weights after 100 full-batch Adam steps (64-100-100-10 ReLU, D = 17,610), as Goodfellow & Vinyals plot:
 
-  lscape                  lscape.probes.lines.interpolate on Landscape.from_module (torch.func vmap over
-                          16 points at a time)
+  lscape                  lscape.probes.lines.interpolate on Landscape.from_module (at this size, points
+                          one by one through torch.func.functional_call: see PER_POINT_WORK)
   loss-landscapes         loss_landscapes.linear_interpolation(start, end, Loss(...), steps=200): one
                           forward pass per point (its alphas are 1/200, 2/200, ..., 1; lscape is given
                           the same)

@@ -125,3 +125,18 @@ def test_from_module_one_by_one_equals_vmapped(monkeypatch):
 def test_bad_input_is_named(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+def test_point_loss_equals_the_batched_loss():
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    X, Y = torch.randn(12, 3, dtype=torch.float64), torch.randint(0, 2, (12,))
+    f = lambda t: (t ** 2).sum() + t.prod()  # noqa: E731
+    landscapes = [Landscape.from_module(model, torch.nn.functional.cross_entropy, (X, Y)),
+                  Landscape.from_function(f, dim=5),
+                  Landscape.from_function(lambda T: (T ** 2).sum(1) + T.prod(1), dim=5, batched=True)]
+    for L in landscapes:
+        theta = torch.randn(L.dim, dtype=torch.float64)
+        got = L.point_loss(theta)
+        assert got.shape == ()
+        torch.testing.assert_close(got, L.loss(theta[None])[0], rtol=1e-12, atol=1e-12)

@@ -256,3 +256,9 @@ def test_bad_inputs_get_named_errors():
         classify_stationary([])
     with pytest.raises(ValueError, match="tol: got -0.1"):
         classify_stationary([1.0], tol=-0.1)
+
+
+def test_a_point_loss_that_is_not_scalar_is_refused():
+    L = Landscape(3, lambda T: (T ** 2).sum(1), point_loss=lambda t: t ** 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="loss of one point"):
+        hessian_eigs(L, torch.zeros(3), k=1)
