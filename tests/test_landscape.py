@@ -140,3 +140,13 @@ def test_point_loss_equals_the_batched_loss():
         got = L.point_loss(theta)
         assert got.shape == ()
         torch.testing.assert_close(got, L.loss(theta[None])[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("work", [0, 1 << 60])  # one by one; vmapped
+def test_no_points_give_empty_results(monkeypatch, work):
+    monkeypatch.setattr(landscape_module, "PER_POINT_WORK", work)
+    X, Y = torch.randn(4, 3), torch.randint(0, 2, (4,))
+    L = Landscape.from_module(torch.nn.Linear(3, 2), torch.nn.functional.cross_entropy, (X, Y))
+    assert L.loss(torch.zeros(0, 8)).shape == (0,)
+    loss, grad = L.loss_and_grad(torch.zeros(0, 8))
+    assert loss.shape == (0,) and grad.shape == (0, 8)

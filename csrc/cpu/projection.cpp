@@ -16,11 +16,15 @@ namespace avx2 {
 
 namespace {
 // LSCAPE_CPU_ISA=baseline forces the portable kernels (so they are tested on AVX2 machines too).
+bool baseline_forced() {
+  const char* isa = std::getenv("LSCAPE_CPU_ISA");
+  return isa && std::strcmp(isa, "baseline") == 0;
+}
+
 bool use_avx2() {
 #if LSCAPE_HAVE_AVX2_BUILD && (defined(__GNUC__) || defined(__clang__))
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt") &&
-                          !(std::getenv("LSCAPE_CPU_ISA") && std::strcmp(std::getenv("LSCAPE_CPU_ISA"), "baseline") == 0);
+                          __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt") && !baseline_forced();
   return yes;
 #else
   return false;

@@ -64,12 +64,16 @@ class Landscape:
     def loss(self, thetas: torch.Tensor) -> torch.Tensor:
         """(B, D) -> loss (B,)."""
         t = self.check_points(thetas)
+        if t.shape[0] == 0:  # no points: nothing to evaluate (vmap and loss functions may refuse it)
+            return t.new_zeros(0)
         fn = self._loss or (lambda u: self._torch_loss(u).detach())
         return self._chunked(t, lambda u: (fn(u),))[0]
 
     def loss_and_grad(self, thetas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) -> loss (B,), gradient (B, D)."""
         t = self.check_points(thetas)
+        if t.shape[0] == 0:
+            return t.new_zeros(0), t.new_zeros(0, self.dim)
         fn = self._loss_and_grad or self._autograd_loss_and_grad
         return self._chunked(t, fn)
 
