@@ -20,9 +20,15 @@ def fig_volume(res, cfg, plt):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lv = res["log_volume"] / math.log(10)
     se = res["log_volume_se"] / math.log(10)
+    # a minimum with rays still below the threshold at r_max has a longer basin than measured: its estimate
+    # is a lower bound (and, since the longest rays dominate log V, close to that of the r_max ball)
+    capped = res["censored"] > 0
     for bad, c, label in ((False, BLUE, "good minima (clean data)"), (True, RED, "bad minima (poisoned data)")):
-        m = (res["kind_is_bad"] == bad) & np.isfinite(lv)
-        ax.errorbar(100 * res["gap"][m], lv[m], yerr=se[m], fmt="o", color=c, ms=5, capsize=2, label=label)
+        for lower, fmt, extra in ((False, "o", ""), (True, "^", f", lower bound: rays censored at r_max = {cfg.r_max:g}")):
+            m = (res["kind_is_bad"] == bad) & np.isfinite(lv) & (capped == lower)
+            if m.any():
+                ax.errorbar(100 * res["gap"][m], lv[m], yerr=se[m], fmt=fmt, color=c, ms=5, capsize=2,
+                            mfc="none" if lower else c, label=label + extra)
     ax.set_xlabel("generalisation gap (train accuracy - test accuracy, %)")
     ax.set_ylabel(f"log10 volume of {{loss < {cfg.basin_threshold:g}}}")
     ax.set_title(f"basin volume against generalisation (D = {res['thetas'].shape[1]}, {cfg.n_rays} rays)",
