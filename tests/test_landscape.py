@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lscape
 from lscape import Landscape, TinyMLP
 from lscape import landscape as landscape_module
 from lscape.probes import hessian
