@@ -23,8 +23,9 @@ def fig_volume(res, cfg, plt):
     # a minimum with rays still below the threshold at r_max has a longer basin than measured: its estimate
     # is a lower bound (and, since the longest rays dominate log V, close to that of the r_max ball)
     capped = res["censored"] > 0
+    bound = f", lower bound: rays censored at r_max = {cfg.r_max:g}"
     for bad, c, label in ((False, BLUE, "good minima (clean data)"), (True, RED, "bad minima (poisoned data)")):
-        for lower, fmt, extra in ((False, "o", ""), (True, "^", f", lower bound: rays censored at r_max = {cfg.r_max:g}")):
+        for lower, fmt, extra in ((False, "o", ""), (True, "^", bound)):
             m = (res["kind_is_bad"] == bad) & np.isfinite(lv) & (capped == lower)
             if m.any():
                 ax.errorbar(100 * res["gap"][m], lv[m], yerr=se[m], fmt=fmt, color=c, ms=5, capsize=2,
