@@ -2,7 +2,7 @@
 
     L = Landscape.from_mlp(TinyMLP(5, 5), x, y)          # the fused ensemble kernel
     L = Landscape.from_function(fn, dim=2)               # any torch function of a flat vector
-    L = Landscape.from_module(model, loss_fn, (X, Y))    # any nn.Module, torch.func + vmap, chunked
+    L = Landscape.from_module(model, loss_fn, (X, Y))    # any nn.Module, torch.func (vmap or point by point)
     loss = L.loss(thetas)                                # (B, D) -> (B,)
     loss, grad = L.loss_and_grad(thetas)                 # (B, D) -> (B,), (B, D)
 
