@@ -73,3 +73,22 @@ def pytest_sessionstart(session):
     # alone unless explicitly allowed (LSCAPE_ALLOW_NO_EXTENSION=1, e.g. on an exotic platform).
     if _backend.cpu_extension() is None and os.environ.get("LSCAPE_ALLOW_NO_EXTENSION") != "1":
         raise pytest.UsageError("lscape._C is not importable: " + lscape.backends()["cpu"].reason)
+
+
+def assert_run_outputs(out, summary) -> None:
+    """A finished reproduction wrote its config, results, summary and every figure its summary lists."""
+    for name in ["config.json", "results.npz", "summary.json", *summary["figures"]]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+
+
+def count_calls(landscape, method: str) -> list[int]:
+    """Record the batch size of every call of landscape.<method> ("loss", "loss_and_grad", ...)."""
+    calls: list[int] = []
+    orig = getattr(landscape, method)
+
+    def wrapped(t):
+        calls.append(t.shape[0])
+        return orig(t)
+
+    setattr(landscape, method, wrapped)
+    return calls

@@ -7,6 +7,8 @@ import pytest
 
 from lscape.experiments import bosman, common
 
+from conftest import assert_run_outputs
+
 pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
 
 
@@ -21,8 +23,7 @@ def test_smoke_end_to_end(smoke_run):
     cfg = bosman.config("smoke")
     assert summary["figures"] == ["fig1_curvature.png", "fig2_lg_clouds_xor.png", "fig3_lg_depth_xor.png",
                                   "fig4_digits_accuracy.png", "fig5_lg_clouds_digits.png"]
-    for name in ["config.json", "results.npz", "summary.json", *summary["figures"]]:
-        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert_run_outputs(out, summary)
     assert json.loads((out / "summary.json").read_text())["cells"].keys() == summary["cells"].keys()
     n_set = 2 * len(cfg.init_ranges)
     with np.load(out / "results.npz") as r:

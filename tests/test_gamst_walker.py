@@ -8,6 +8,8 @@ import pytest
 from lscape.experiments import common, gamst_walker as gw
 from lscape.experiments.stats import logistic_fit, lowess
 
+from conftest import assert_run_outputs
+
 pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
 
 # The cheapest configuration that still runs every stage (Hessians are the slow part)
@@ -23,8 +25,7 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_runs_end_to_end_and_writes_everything(smoke_run):
     out, summary = smoke_run
-    for name in ["config.json", "results.npz", "summary.json", *summary["figures"]]:
-        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert_run_outputs(out, summary)
     assert len(summary["figures"]) == 8 and all(n.endswith(".png") for n in summary["figures"])
     assert {"fig4_neb.png", "fig_distances.png"} <= set(summary["figures"])
     cfg = json.loads((out / "config.json").read_text())

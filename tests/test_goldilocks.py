@@ -5,6 +5,8 @@ import pytest
 
 from lscape.experiments import common, goldilocks as gl
 
+from conftest import assert_run_outputs
+
 pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
 
 
@@ -17,8 +19,7 @@ def smoke_run(tmp_path_factory):
 def test_smoke_writes_everything(smoke_run):
     out, summary = smoke_run
     cfg = gl.SCALES["smoke"]
-    for name in ["config.json", "results.npz", "summary.json", *summary["figures"]]:
-        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert_run_outputs(out, summary)
     with np.load(out / "results.npz") as r:
         n = cfg.r0_points
         assert r["hyperplane_acc"].shape == r["hypersphere_acc"].shape == (len(cfg.dims), n)

@@ -7,6 +7,8 @@ import pytest
 from lscape import cli
 from lscape.experiments import common, goodfellow as gf
 
+from conftest import assert_run_outputs
+
 pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
 
 
@@ -18,8 +20,7 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_writes_everything(smoke_run):
     out, summary = smoke_run
-    for name in ["config.json", "results.npz", "summary.json", *summary["figures"]]:
-        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert_run_outputs(out, summary)
     assert len(summary["figures"]) == 5
     with np.load(out / "results.npz") as r:
         A = gf.SCALES["smoke"].alphas

@@ -5,6 +5,8 @@ import pytest
 
 from lscape.experiments import common, huang
 
+from conftest import assert_run_outputs
+
 pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
 
 
@@ -16,8 +18,7 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_good_minima_have_larger_basins(smoke_run):
     out, summary = smoke_run
-    for name in ["config.json", "results.npz", "summary.json", *summary["figures"]]:
-        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert_run_outputs(out, summary)
     with np.load(out / "results.npz") as r:
         bad = r["kind_is_bad"]
         assert bad.tolist() == [False, False, True, True]

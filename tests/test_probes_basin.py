@@ -13,6 +13,8 @@ from lscape import Landscape
 from lscape.probes.basin import (basin_volume, log_star_volume, log_unit_ball_volume, ray_directions)
 from lscape.tinymlp import wf_network, wf_training_set
 
+from conftest import count_calls
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -35,19 +37,6 @@ def exact_radii(A: torch.Tensor, c: float, U: torch.Tensor) -> torch.Tensor:
 def exact_log_volume(A: torch.Tensor, c: float) -> float:
     D = A.shape[0]
     return log_unit_ball_volume(D) + 0.5 * D * math.log(c) - 0.5 * float(torch.logdet(A))
-
-
-def counting(L: Landscape) -> list[int]:
-    """Record the batch size of every loss call on L."""
-    calls: list[int] = []
-    orig = L.loss
-
-    def wrapped(t):
-        calls.append(t.shape[0])
-        return orig(t)
-
-    L.loss = wrapped
-    return calls
 
 
 # ---- radii and volumes of ellipsoids -------------------------------------------------------------------
@@ -167,7 +156,7 @@ def test_a_nan_loss_counts_as_outside():
 # ---- batching, determinism, other landscapes --------------------------------------------------------------
 def test_every_scan_radius_and_bisection_step_is_one_call_on_all_rays():
     L, A, m = ellipsoid(2, seed=3, eig=(1.0, 1.0))  # a disc of radius 0.949 for c = 0.9
-    calls = counting(L)
+    calls = count_calls(L, "loss")
     res = basin_volume(L, m, 0.9, n_rays=300, r_max=2.0, tol=1e-6, seed=0, n_scan=16)
     cell = 2.0 / 16
     n_bisect = math.ceil(math.log2(cell / 1e-6))
@@ -178,7 +167,7 @@ def test_every_scan_radius_and_bisection_step_is_one_call_on_all_rays():
 
 def test_the_scan_stops_evaluating_rays_that_have_crossed():
     L, A, m = ellipsoid(2, seed=6, eig=(1.0, 16.0))  # radii from 0.25 to 1
-    calls = counting(L)
+    calls = count_calls(L, "loss")
     res = basin_volume(L, m, 1.0, n_rays=400, r_max=2.0, seed=1, n_scan=8)
     scan = calls[1:1 + 4]  # scan radii 0.25, 0.5, 0.75, 1.0: the last ray crosses at 1.0
     assert scan[0] == 400 and scan == sorted(scan, reverse=True) and scan[-1] < 400
@@ -261,7 +250,7 @@ def test_bad_arguments_are_named(change, exc, match):
     L, A, m = ellipsoid(3, seed=0)
     args = dict(landscape=L, theta=m, threshold=1.0, n_rays=10, r_max=1.0)
     args.update(change)
-    calls = counting(L)
+    calls = count_calls(L, "loss")
     with pytest.raises(exc, match=match):
         basin_volume(**args)
     assert calls == [], "arguments are checked before any evaluation"

@@ -14,6 +14,8 @@ from lscape.probes import walks
 from lscape.probes.walks import progressive_walk
 from lscape.tinymlp import wf_network, wf_training_set
 
+from conftest import count_calls
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -29,19 +31,6 @@ def rosenbrock(D: int) -> Landscape:
     return Landscape.from_function(lambda t: (100 * (t[1:] - t[:-1] ** 2) ** 2 + (1 - t[:-1]) ** 2).sum(), D)
 
 
-def counting(L: Landscape) -> list[int]:
-    """Record the batch size of every loss_and_grad call on L."""
-    calls: list[int] = []
-    orig = L.loss_and_grad
-
-    def wrapped(t):
-        calls.append(t.shape[0])
-        return orig(t)
-
-    L.loss_and_grad = wrapped
-    return calls
-
-
 def steps_of(res) -> torch.Tensor:
     """(W, steps, D) displacement of every step."""
     return res.positions[:, 1:] - res.positions[:, :-1]
@@ -51,7 +40,7 @@ def steps_of(res) -> torch.Tensor:
 @pytest.mark.parametrize("gradient", [True, False])
 def test_every_step_is_one_call_on_all_walkers(gradient):
     L = bowl(4)
-    calls = counting(L)
+    calls = count_calls(L, "loss_and_grad")
     res = progressive_walk(L, 37, 12, 0.1, (-1.0, 1.0), gradient=gradient)
     assert calls == [37] * 13
     assert res.loss.shape == res.grad_norm.shape == (37, 13)
@@ -357,7 +346,7 @@ def test_bad_arguments_are_named(change, exc, match):
     args.update(change)
     L = args["landscape"]
     if isinstance(L, Landscape):
-        calls = counting(L)
+        calls = count_calls(L, "loss_and_grad")
     with pytest.raises(exc, match=match):
         progressive_walk(**args)
     if isinstance(L, Landscape):

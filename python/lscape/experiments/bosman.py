@@ -256,19 +256,12 @@ def run(scale: str = "default", out: str = "bosman", *, resume: bool = False, pr
     t0 = time.perf_counter()
     todo = cells(cfg)
     bar = common.progress_bar("bosman cells    ", progress)
-    rows = []
-    for i, cell in enumerate(todo):
-        stage = cell_name(*cell)
-        ck = rd.load(stage)
-        if ck is None:
-            with common.torch_threads(1):
-                ck = run_cell(cfg, probs, i, cell)
-            rd.save(stage, ck)
-            ck = rd.load(stage)  # the same arrays whether fresh or resumed
-            budget.tick()
-        rows.append(ck)
-        if bar is not None:
-            bar(i + 1, len(todo))
+
+    def compute(i: int) -> dict[str, Any]:
+        with common.torch_threads(1):
+            return run_cell(cfg, probs, i, todo[i])
+
+    rows = common.checkpointed_stages(rd, [cell_name(*cell) for cell in todo], compute, budget, bar)
 
     res = _results(todo, rows)
     summary = _summary(cfg, todo, rows, res)

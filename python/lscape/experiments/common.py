@@ -18,7 +18,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -182,6 +182,24 @@ class ChunkBudget:
         self.done += 1
         if self.limit is not None and self.done >= self.limit:
             raise RunInterrupted(f"stopped after {self.done} chunk(s), as asked; resume to continue")
+
+
+def checkpointed_stages(rd: "RunDir", names: Sequence[str], compute: Callable[[int], Mapping[str, Any]],
+                        budget: ChunkBudget, bar: Callable[[int, int], None] | None) -> list[dict[str, np.ndarray]]:
+    """The arrays of every stage in `names`: read from its checkpoint, or computed by compute(i), saved and
+    read back (so fresh and resumed runs continue from the same arrays), the budget ticking after each
+    save; the bar advances after each stage."""
+    rows = []
+    for i, name in enumerate(names):
+        ck = rd.load(name)
+        if ck is None:
+            rd.save(name, compute(i))
+            ck = rd.load(name)
+            budget.tick()
+        rows.append(ck)
+        if bar is not None:
+            bar(i + 1, len(names))
+    return rows
 
 
 def progress_bar(label: str, enabled: bool) -> Callable[[int, int], None] | None:

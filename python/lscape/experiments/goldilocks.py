@@ -143,17 +143,12 @@ def run(scale: str = "default", out: str = "goldilocks", *, resume: bool = False
     grid = r0_grid(cfg, rx)
     todo = cells(cfg)
     bar = common.progress_bar("goldilocks cells", progress)
-    rows = []
-    for c, (kind, d, k) in enumerate(todo):
-        stage = f"cell_{c}"
-        ck = rd.load(stage)
-        if ck is None:
-            ck = train_cell(cfg, data, kind, d, float(grid[k]), cfg.seed + 1 + k)
-            rd.save(stage, ck)
-            budget.tick()
-        rows.append(ck)
-        if bar is not None:
-            bar(c + 1, len(todo))
+
+    def compute(c: int) -> dict[str, Any]:
+        kind, d, k = todo[c]
+        return train_cell(cfg, data, kind, d, float(grid[k]), cfg.seed + 1 + k)
+
+    rows = common.checkpointed_stages(rd, [f"cell_{c}" for c in range(len(todo))], compute, budget, bar)
     res: dict[str, Any] = {"r0": grid, "r_x": rx, "dims": np.array(cfg.dims)}
     for kind in KINDS:
         ds = cfg.dims if kind != "full" else (None,)

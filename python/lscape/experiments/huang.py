@@ -139,30 +139,26 @@ def run(scale: str = "default", out: str = "huang", *, resume: bool = False, pro
     runs += [("bad", cfg.seed + 200 + 10 * i + j, r) for i, r in enumerate(cfg.poison_ratios)
              for j in range(cfg.bad_repeats)]
     bar = common.progress_bar("huang minima    ", progress)
-    rows = []
-    for k, (kind, seed, ratio) in enumerate(runs):
-        stage = f"minimum_{k}"
-        ck = rd.load(stage)
-        if ck is None:
-            n_p = int(round(ratio * cfg.n_train))
-            with common.torch_threads(1):
-                theta, iterates = train_one(cfg, seed, d.x_train, d.y_train, px[:n_p], py[:n_p],
-                                            cfg.poison_weight * ratio)
-            loss = float(land.loss(torch.from_numpy(theta)[None])[0])
-            ck = {"theta": theta, "iterates": iterates, "train_loss": loss,
-                  "train_acc": _accuracy(cfg, theta, d.x_train, d.y_train),
-                  "test_acc": _accuracy(cfg, theta, d.x_test, d.y_test), "log_volume": math.nan,
-                  "log_volume_se": math.nan, "censored": 0}
-            if loss < cfg.basin_threshold:
-                b = basin_volume(land, torch.from_numpy(theta), cfg.basin_threshold, n_rays=cfg.n_rays,
-                                 r_max=cfg.r_max, seed=cfg.seed + k)
-                ck.update(log_volume=b.log_volume, log_volume_se=b.log_volume_se, censored=int(b.censored.sum()),
-                          radii=b.radii.numpy())
-            rd.save(stage, ck)
-            budget.tick()
-        rows.append(ck)
-        if bar is not None:
-            bar(k + 1, len(runs))
+
+    def compute(k: int) -> dict[str, Any]:
+        _, seed, ratio = runs[k]
+        n_p = int(round(ratio * cfg.n_train))
+        with common.torch_threads(1):
+            theta, iterates = train_one(cfg, seed, d.x_train, d.y_train, px[:n_p], py[:n_p],
+                                        cfg.poison_weight * ratio)
+        loss = float(land.loss(torch.from_numpy(theta)[None])[0])
+        ck = {"theta": theta, "iterates": iterates, "train_loss": loss,
+              "train_acc": _accuracy(cfg, theta, d.x_train, d.y_train),
+              "test_acc": _accuracy(cfg, theta, d.x_test, d.y_test), "log_volume": math.nan,
+              "log_volume_se": math.nan, "censored": 0}
+        if loss < cfg.basin_threshold:
+            b = basin_volume(land, torch.from_numpy(theta), cfg.basin_threshold, n_rays=cfg.n_rays,
+                             r_max=cfg.r_max, seed=cfg.seed + k)
+            ck.update(log_volume=b.log_volume, log_volume_se=b.log_volume_se, censored=int(b.censored.sum()),
+                      radii=b.radii.numpy())
+        return ck
+
+    rows = common.checkpointed_stages(rd, [f"minimum_{k}" for k in range(len(runs))], compute, budget, bar)
 
     kinds = np.array([r[0] for r in runs])
     arr = lambda key: np.array([float(r[key]) for r in rows])  # noqa: E731
