@@ -1,5 +1,9 @@
+import gzip
 import os
+import pickle
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +96,33 @@ def count_calls(landscape, method: str) -> list[int]:
 
     setattr(landscape, method, wrapped)
     return calls
+
+
+# ---- data files in the formats lscape.data reads (random pixels: the readers and experiments, not learning)
+def write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:
+    """An IDX file of unsigned bytes (MNIST's format), gzipped when gz."""
+    head = bytes([0, 0, 8, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(head + arr.astype(np.uint8).tobytes())
+
+
+def write_mnist(folder: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """The four MNIST IDX files, uncompressed, with random images and labels; returns folder."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    return folder
+
+
+def write_cifar10(folder: Path, per_batch: int, seed: int = 0) -> Path:
+    """CIFAR-10's python batches (five training, one test) under folder/cifar-10-batches-py; returns it."""
+    rng = np.random.default_rng(seed)
+    batches = folder / "cifar-10-batches-py"
+    batches.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        b = {b"data": rng.integers(0, 256, (per_batch, 3072)).astype(np.uint8),
+             b"labels": list(rng.integers(0, 10, per_batch))}
+        (batches / name).write_bytes(pickle.dumps(b))
+    return batches

@@ -7,7 +7,7 @@ import pytest
 
 from lscape.experiments import bosman, common
 
-from conftest import assert_run_outputs
+from conftest import assert_run_outputs, write_mnist
 
 pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
 
@@ -79,3 +79,17 @@ def test_interrupted_run_resumes_to_the_same_results(smoke_run, tmp_path):
 def test_bad_scale_is_named(tmp_path):
     with pytest.raises(ValueError, match="scale: got 'huge'"):
         bosman.run("huge", tmp_path / "x", progress=False)
+
+
+def test_paper_scale_runs_on_mnist_files(tmp_path):
+    """The paper scale's own path (MNIST from --data-dir for the second problem), shrunk to seconds."""
+    mnist = write_mnist(tmp_path / "mnist", n_train=120, n_test=40)
+    out = tmp_path / "run"
+    summary = bosman.run("paper", out, progress=False, data_dir=str(mnist), xor_widths=(2,), xor_depths=(1,),
+                         digits_widths=(10,), digits_depths=(1,), micro_steps=5, macro_steps=3, max_walkers=4,
+                         batch_size=50, eval_patterns=50, hessian_points=4)
+    assert_run_outputs(out, summary)
+    assert summary["dataset"] == "mnist"
+    with np.load(out / "results.npz") as r:
+        assert np.all(r["digits_cell_dim"] == 784 * 10 + 10 + 10 * 10 + 10)  # 784-10-10 on MNIST
+        assert np.all(np.isfinite(r["digits_loss"]))

@@ -1,13 +1,12 @@
 """lscape.data: the embedded digits, MNIST and CIFAR-10 readers on files written here (never downloaded),
 their errors, and the synthetic sets."""
-import gzip
-import pickle
-
 import numpy as np
 import pytest
 import torch
 
 from lscape import data
+
+from conftest import write_cifar10, write_idx
 
 
 def test_digits_is_the_real_set():
@@ -24,19 +23,14 @@ def test_digits_is_the_real_set():
     assert np.array_equal(both, np.sort(ref.data.astype(np.float32), axis=0))
 
 
-def _idx(path, arr: np.ndarray, gz=False):
-    head = bytes([0, 0, 8, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
-    (gzip.open if gz else open)(path, "wb").write(head + arr.astype(np.uint8).tobytes())
-
-
 def test_mnist_reads_idx_files(tmp_path):
     rng = np.random.default_rng(0)
     xtr, xte = rng.integers(0, 256, (5, 28, 28)), rng.integers(0, 256, (3, 28, 28))
     ytr, yte = rng.integers(0, 10, 5), rng.integers(0, 10, 3)
-    _idx(tmp_path / "train-images-idx3-ubyte.gz", xtr, gz=True)
-    _idx(tmp_path / "train-labels-idx1-ubyte", ytr)
-    _idx(tmp_path / "t10k-images-idx3-ubyte", xte)
-    _idx(tmp_path / "t10k-labels-idx1-ubyte.gz", yte, gz=True)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", xtr, gz=True)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", ytr)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", xte)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", yte, gz=True)
     d = data.load("mnist", tmp_path)
     assert d.x_train.shape == (5, 784) and torch.allclose(d.x_train[1], torch.tensor(xtr[1].ravel() / 255.0).float())
     assert d.y_test.tolist() == yte.tolist()
@@ -49,12 +43,7 @@ def test_mnist_reads_idx_files(tmp_path):
 
 
 def test_cifar10_reads_python_batches(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        b = {b"data": rng.integers(0, 256, (4, 3072)).astype(np.uint8), b"labels": list(rng.integers(0, 10, 4))}
-        (folder / name).write_bytes(pickle.dumps(b))
+    folder = write_cifar10(tmp_path, per_batch=4, seed=1)
     d = data.cifar10(tmp_path)
     assert d.x_train.shape == (20, 3072) and d.x_test.shape == (4, 3072) and float(d.x_train.max()) <= 1.0
     good = (folder / "data_batch_3").read_bytes()

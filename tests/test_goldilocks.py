@@ -5,7 +5,7 @@ import pytest
 
 from lscape.experiments import common, goldilocks as gl
 
-from conftest import assert_run_outputs
+from conftest import assert_run_outputs, write_cifar10
 
 pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
 
@@ -53,3 +53,21 @@ def test_interrupted_sweep_resumes_to_the_same_results(smoke_run, tmp_path):
         assert sorted(a.files) == sorted(b.files)
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_paper_scale_runs_the_paper_network_on_cifar10_files(tmp_path):
+    """The paper scale's own path: CIFAR-10 batches from --data-dir, the 3072-200-200-10 network
+    (D = 656,810) in a d = 9,000 hyperplane and hypersphere; shrunk to one short epoch per cell."""
+    cifar = write_cifar10(tmp_path / "cifar", per_batch=8)
+    out = tmp_path / "run"
+    summary = gl.run("paper", out, progress=False, data_dir=str(cifar.parent), dims=(9000,), r0_points=2,
+                     epochs=1, batch=16, record_every=1)
+    assert_run_outputs(out, summary)
+    assert summary["dataset"] == "cifar10"
+    cfg = gl.config("paper")
+    assert sum(p.numel() for p in gl.make_model(cfg, 3072, 10).parameters()) == 656_810
+    with np.load(out / "results.npz") as r:
+        assert r["hyperplane_acc"].shape == r["hypersphere_acc"].shape == (1, 2)
+        assert np.all(np.isfinite(r["hyperplane_acc"])) and np.all(np.isfinite(r["full_fit"]))
+        # 40 training images in batches of 16: three steps, recorded at t = 0, 1, 2, 3
+        np.testing.assert_array_equal(r["full_t_0"], [0, 1, 2, 3])

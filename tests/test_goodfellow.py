@@ -7,7 +7,7 @@ import pytest
 from lscape import cli
 from lscape.experiments import common, goodfellow as gf
 
-from conftest import assert_run_outputs
+from conftest import assert_run_outputs, write_mnist
 
 pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
 
@@ -65,3 +65,17 @@ def test_replot_redraws(smoke_run):
     out, summary = smoke_run
     assert gf.replot(out) == summary["figures"]
     assert json.loads((out / "config.json").read_text())["hidden"] == [32]
+
+
+def test_paper_scale_runs_on_mnist_files(tmp_path):
+    """The paper scale's own path (MNIST IDX files from --data-dir, 784 inputs), shrunk to seconds."""
+    mnist = write_mnist(tmp_path / "mnist", n_train=120, n_test=40)
+    out = tmp_path / "run"
+    summary = gf.run("paper", out, progress=False, data_dir=str(mnist), hidden=(16,), epochs=1, alphas=5,
+                     train_points=50)
+    assert_run_outputs(out, summary)
+    assert summary["dataset"] == "mnist" and summary["train_points_in_landscape"] == 50
+    with np.load(out / "results.npz") as r:
+        assert r["relu_wide_train"].shape == (5,) and np.all(np.isfinite(r["relu_wide_train"]))
+    # the 784-16-10 net's init -> solution line starts at the initial parameters
+    assert summary["relu"]["distance_init_to_solution"] > 0

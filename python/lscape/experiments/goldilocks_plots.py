@@ -35,10 +35,12 @@ def fig3_radius(res, cfg, plt):
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     r0 = res["r0"]
     cmap = plt.get_cmap("plasma")
+    drawn = 0
     for k in range(len(r0)):
         t, r = res[f"full_t_{k}"], res[f"full_r_{k}"]
         if len(t) < 2:
             continue
+        drawn += 1
         c = cmap(k / max(1, len(r0) - 1))
         e = res["full_fit"][k, 0]
         keep = t > 0
@@ -49,7 +51,12 @@ def fig3_radius(res, cfg, plt):
     axes[0].set_xlabel("optimizer step t")
     axes[0].set_ylabel("radius |r(t)|")
     axes[0].set_title("full-space training: r(t) on log-log axes (fitted log-log exponent)", fontsize=10)
-    axes[0].legend(fontsize=6, ncol=2)
+    if drawn:
+        axes[0].legend(fontsize=6, ncol=2)
+    else:  # a run shorter than two radius records (record_every larger than its steps)
+        for ax in axes:
+            ax.text(0.5, 0.5, "no trajectory has two radius records", ha="center", va="center",
+                    transform=ax.transAxes)
     axes[1].set_xlabel("optimizer step t")
     axes[1].set_ylabel("r(t)^2 - r0^2")
     axes[1].set_yscale("symlog", linthresh=1e-2)
