@@ -8,6 +8,10 @@ Group `subspace-step-B128`: one Adam training step (forward, cross-entropy, back
   lscape indices    lscape.Subspace(kind="hyperplane", d=9000, storage="indices"): r = a + P theta, so a
                     step adds P theta (matvec) and P^T dL/dr (rmatvec) to the full-space work
   lscape implicit   the same with storage="implicit" (P regenerated on every call, memory O(d))
+  lscape hypersphere  Subspace(kind="hypersphere", d=9000, storage="indices", r0=|init|) with its
+                    SphereConstraint: r = P theta, and each step also removes the radial part of the
+                    gradient and of the step (one P^T of the forward pass's P theta) and renormalises
+                    (one more matvec)
 
 The report prints each step's time relative to the full-space step; the target (issue 5) is at most 1.5x
 with indices on the CPU.
@@ -30,7 +34,7 @@ def _model() -> nn.Sequential:
                          nn.Linear(HIDDEN, CLASSES))
 
 
-@pytest.mark.parametrize("contender", ["full space", "lscape indices", "lscape implicit"])
+@pytest.mark.parametrize("contender", ["full space", "lscape indices", "lscape implicit", "lscape hypersphere"])
 def test_step(bench_run, benchmark, contender):
     benchmark.group = f"subspace-step-B{B}"
     g = torch.Generator().manual_seed(1)
@@ -39,9 +43,13 @@ def test_step(bench_run, benchmark, contender):
     model = _model()
     if contender == "full space":
         net = model
+    elif contender == "lscape hypersphere":
+        net = lscape.Subspace(model, d, kind="hypersphere")
     else:
         net = lscape.Subspace(model, d, kind="hyperplane", storage=contender.split()[1])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    if isinstance(net, lscape.Subspace):
+        net.constrain(opt)  # hypersphere: hold |r| = r0 (a hyperplane has nothing to hold)
     D = sum(p.numel() for p in model.parameters())
     assert D == 656_810  # the paper's network
 

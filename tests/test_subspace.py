@@ -156,6 +156,53 @@ def test_constraint_steps_are_tangent():
     assert abs(float(step @ n)) / float(n.norm()) < 1e-5
 
 
+def _hypersphere_run(steps: int, remember: bool, counts: list | None = None):
+    x, y = data(torch.float32)
+    sub = Subspace(tiny(dtype=torch.float32), 12, kind="hypersphere", r0=4.0, seed=5)
+    if not remember:
+        sub.constraint.remember_image = lambda image: None
+    opt = torch.optim.Adam(sub.parameters(), lr=0.05)
+    sub.constrain(opt)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.mse_loss(sub(x), y).backward()
+        opt.step()
+    return sub.theta.detach()
+
+
+def test_the_forward_image_spares_a_product_and_changes_nothing(monkeypatch):
+    """before_step reuses the forward pass's P theta: the same steps bit for bit, one matvec fewer."""
+    from lscape.ops import projection as ops
+
+    calls: list[bool] = []
+    real = ops.product
+    monkeypatch.setattr(ops, "product", lambda P, x, transpose: calls.append(transpose) or real(P, x, transpose))
+    without = _hypersphere_run(5, remember=False)
+    n_without = len(calls)
+    calls.clear()
+    with_image = _hypersphere_run(5, remember=True)
+    assert torch.equal(with_image, without)
+    # per step: forward matvec, backward rmatvec, normal (matvec + rmatvec, its matvec now spared), project
+    assert n_without - len(calls) == 5 and calls.count(False) == 5 * 2 + 1  # + 1: the constructor's project_
+
+
+def test_a_stale_image_is_not_used():
+    P = SparseSignProjection(200, 15, seed=7)
+    theta = nn.Parameter(torch.randn(15, dtype=torch.float64))
+    c = SphereConstraint(theta, 2.0, P)
+    image = P.matvec(theta.detach())
+    for spoil in ("theta", "image"):
+        c.remember_image(image.clone() if spoil == "image" else image)
+        with torch.no_grad():  # an in-place change after handing it over
+            (theta if spoil == "theta" else c._image[1]).add_(torch.randn(15 if spoil == "theta" else 200,
+                                                                          dtype=torch.float64))
+        theta.grad = torch.randn(15, dtype=torch.float64)
+        c.before_step()
+        n = P.rmatvec(P.matvec(theta.detach()))
+        assert abs(float(theta.grad @ n)) < 1e-12 * float(n.norm() * theta.grad.norm()), spoil
+        c.after_step()
+
+
 def test_constraint_attach_and_remove():
     theta = nn.Parameter(torch.randn(6, dtype=torch.float64))
     c = SphereConstraint(theta, 1.0)

@@ -48,6 +48,9 @@ class SphereConstraint:
         and rescales theta <- theta * r0 / |P theta| so |P theta| = r0 holds to rounding.  Rescaling is
         exact because P is linear: |P (c theta)| = c |P theta|.
 
+    Cost per step: one P^T P product for n (whose P theta a Subspace hands over from its forward pass
+    through remember_image, leaving one P^T) and one P theta to renormalise.
+
     Use it either by calling before_step() / after_step() around optimizer.step(), or with
     attach(optimizer), which registers both as the optimizer's step pre- and post-hooks (torch >= 2.0)
     and returns a handle whose remove() detaches them.  project_() only renormalises (e.g. after
@@ -63,7 +66,8 @@ class SphereConstraint:
             raise ValueError(f"P: got a {P.D} x {P.d} projection, expected d = {theta.numel()} columns "
                              f"to match theta")
         self.P = P
-        self._old: torch.Tensor | None = None
+        self._old: tuple[torch.Tensor, torch.Tensor] | None = None  # (theta, its normal) before the step
+        self._image: tuple[tuple[int, int, int], torch.Tensor] | None = None  # see remember_image
 
     def __repr__(self) -> str:
         return f"SphereConstraint(r0={self.r0:.6g}, dim={self.theta.numel()}, projected={self.P is not None})"
@@ -79,6 +83,24 @@ class SphereConstraint:
         with torch.no_grad():
             return theta if self.P is None else self.P.rmatvec(self.P.matvec(theta))
 
+    @staticmethod
+    def _key(theta: torch.Tensor, image: torch.Tensor) -> tuple[int, int, int]:
+        return theta.data_ptr(), theta._version, image._version
+
+    def remember_image(self, image: torch.Tensor) -> None:
+        """Hand over P theta for theta as it is now (e.g. from the forward pass), so that before_step
+        need not recompute it.  It is used only while neither theta nor image has changed (their
+        version counters), and dropped at the next step."""
+        if self.P is not None:
+            image = image.detach()
+            self._image = (self._key(self.theta.detach(), image), image)
+
+    def _normal_of_theta(self, th: torch.Tensor) -> torch.Tensor:
+        cached, self._image = self._image, None
+        if self.P is None or cached is None or cached[0] != self._key(th, cached[1]):
+            return self.normal(th)
+        return self.P.rmatvec(cached[1])
+
     def radius(self) -> float:
         """|P theta| now."""
         return float(torch.linalg.vector_norm(self.image(self.theta.detach()), dtype=torch.float64))
@@ -93,20 +115,21 @@ class SphereConstraint:
     # ---- the two halves of a constrained step ---------------------------------------------------------
     @torch.no_grad()
     def before_step(self) -> None:
-        """Remember theta and remove the radial component of theta.grad (if there is one)."""
+        """Remember theta and its normal, and remove the radial component of theta.grad (if there is one)."""
         th = self.theta.detach()
-        self._old = th.clone()
+        n = self._normal_of_theta(th)  # after_step needs it too: one P^T P product a step, not two
+        self._old = (th.clone(), n)
         g = self.theta.grad
         if g is not None:
-            g.copy_(self._remove_along(g, self.normal(th)))
+            g.copy_(self._remove_along(g, n))
 
     @torch.no_grad()
     def after_step(self) -> None:
         """Keep only the tangential part of the step just taken, then renormalise to |P theta| = r0."""
         th = self.theta.detach()
         if self._old is not None:
-            old = self._old
-            th.copy_(old + self._remove_along(th - old, self.normal(old)))
+            old, n = self._old
+            th.copy_(old + self._remove_along(th - old, n))
             self._old = None
         self.project_()
 
@@ -242,6 +265,8 @@ class Subspace(nn.Module):
         if self.kind == "sphere":
             return self.theta
         r = self.P(self.theta)
+        if self.constraint is not None:  # its next before_step needs P theta: this one, if theta stays
+            self.constraint.remember_image(r)
         return r if self.a is None else self.a + r
 
     def radius(self) -> float:
