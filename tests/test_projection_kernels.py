@@ -38,7 +38,7 @@ def test_storage_is_bit_identical_to_the_reference(kernel_backend, D, d, density
 
 @pytest.mark.parametrize("storage", ["indices", "implicit"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("B", [None, 1, 2, 3, 8, 13])
+@pytest.mark.parametrize("B", [None, 1, 2, 3, 8, 13, 17])  # 17: two whole AVX2 float vectors and a tail
 @pytest.mark.parametrize("D,d,density", SHAPES[:-1])
 def test_products_match_reference(kernel_backend, storage, dtype, B, D, d, density):
     dev = device_of(kernel_backend)

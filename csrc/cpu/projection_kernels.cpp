@@ -196,11 +196,128 @@ inline double signed_value(double v, uint32_t neg) {
   return v;
 }
 
+// ---- B > 1: one run of packed indices against a tile of rows x B (one contiguous B-vector per row) ----
+// scatter_run (matvec):  tile[row][b] += +-v[b]                   for every index of the run
+// gather_run (rmatvec):  a[b] += sum over the run of +-tile[row][b]
+inline int64_t row_of(uint32_t packed) { return static_cast<int64_t>(packed & 0x7FFFFFFFu); }
+
+template <typename T>
+inline void scatter_run(T* bt, const uint32_t* p, int cnt, const T* v, int64_t B) {
+  for (int i = 0; i < cnt; ++i) {
+    T* o = bt + row_of(p[i]) * B;
+    const uint32_t neg = p[i] >> 31;
+    for (int64_t b = 0; b < B; ++b) o[b] += signed_value(v[b], neg);
+  }
+}
+
+template <typename T>
+inline void gather_run(T* a, const T* gt, const uint32_t* p, int cnt, int64_t B) {
+  for (int i = 0; i < cnt; ++i) {
+    const T* gi = gt + row_of(p[i]) * B;
+    const uint32_t neg = p[i] >> 31;
+    for (int64_t b = 0; b < B; ++b) a[b] += signed_value(gi[b], neg);
+  }
+}
+
+#if defined(__AVX2__)
+// AVX2: B is taken one vector of lanes at a time (the last one masked), and that vector of v, or of
+// the run's sums, stays in a register over the whole run.  The loops above keep it in memory: a
+// load-add-store per lane group and index, about 2x slower at B = 8, paper size.
+struct F32x8 {
+  using T = float;
+  using V = __m256;
+  using M = __m256i;
+  static constexpr int64_t W = 8;
+  static M mask(int64_t n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(n, W))),
+                                                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+  static V load(const T* x, bool full, M m) { return full ? _mm256_loadu_ps(x) : _mm256_maskload_ps(x, m); }
+  static void store(T* x, V v, bool full, M m) { full ? _mm256_storeu_ps(x, v) : _mm256_maskstore_ps(x, m, v); }
+  static V sign(uint32_t neg) { return _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(neg << 31))); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V flip(V a, V s) { return _mm256_xor_ps(a, s); }
+  static V zero() { return _mm256_setzero_ps(); }
+};
+struct F64x4 {
+  using T = double;
+  using V = __m256d;
+  using M = __m256i;
+  static constexpr int64_t W = 4;
+  static M mask(int64_t n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(std::min<int64_t>(n, W)),
+                                                       _mm256_setr_epi64x(0, 1, 2, 3)); }
+  static V load(const T* x, bool full, M m) { return full ? _mm256_loadu_pd(x) : _mm256_maskload_pd(x, m); }
+  static void store(T* x, V v, bool full, M m) { full ? _mm256_storeu_pd(x, v) : _mm256_maskstore_pd(x, m, v); }
+  static V sign(uint32_t neg) { return _mm256_castsi256_pd(_mm256_set1_epi64x(static_cast<int64_t>(neg) << 63)); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V flip(V a, V s) { return _mm256_xor_pd(a, s); }
+  static V zero() { return _mm256_setzero_pd(); }
+};
+
+// (the lanes past the last whole vector go one by one: a masked store is microcoded and slow on AMD)
+template <class X>
+inline void scatter_run_v(typename X::T* bt, const uint32_t* p, int cnt, const typename X::T* v, int64_t B) {
+  const int64_t whole = B - B % X::W;
+  for (int64_t b = 0; b < whole; b += X::W) {
+    const typename X::M m = X::mask(X::W);
+    const typename X::V vb = X::load(v + b, true, m);
+    for (int i = 0; i < cnt; ++i) {
+      typename X::T* o = bt + row_of(p[i]) * B + b;
+      X::store(o, X::add(X::load(o, true, m), X::flip(vb, X::sign(p[i] >> 31))), true, m);
+    }
+  }
+  if (whole == B) return;
+  for (int i = 0; i < cnt; ++i) {
+    typename X::T* o = bt + row_of(p[i]) * B;
+    const uint32_t neg = p[i] >> 31;
+    for (int64_t b = whole; b < B; ++b) o[b] += signed_value(v[b], neg);
+  }
+}
+
+template <class X>
+inline void gather_run_v(typename X::T* a, const typename X::T* gt, const uint32_t* p, int cnt, int64_t B) {
+  for (int64_t b = 0; b < B; b += X::W) {
+    const bool full = b + X::W <= B;
+    const typename X::M m = X::mask(B - b);
+    typename X::V s0 = X::zero(), s1 = X::zero();  // two sums halve the add-latency chain
+    int i = 0;
+    for (; i + 2 <= cnt; i += 2) {
+      s0 = X::add(s0, X::flip(X::load(gt + row_of(p[i]) * B + b, full, m), X::sign(p[i] >> 31)));
+      s1 = X::add(s1, X::flip(X::load(gt + row_of(p[i + 1]) * B + b, full, m), X::sign(p[i + 1] >> 31)));
+    }
+    if (i < cnt) s0 = X::add(s0, X::flip(X::load(gt + row_of(p[i]) * B + b, full, m), X::sign(p[i] >> 31)));
+    X::store(a + b, X::add(X::load(a + b, full, m), X::add(s0, s1)), full, m);
+  }
+}
+
+inline void scatter_run(float* bt, const uint32_t* p, int cnt, const float* v, int64_t B) {
+  scatter_run_v<F32x8>(bt, p, cnt, v, B);
+}
+inline void scatter_run(double* bt, const uint32_t* p, int cnt, const double* v, int64_t B) {
+  scatter_run_v<F64x4>(bt, p, cnt, v, B);
+}
+inline void gather_run(float* a, const float* gt, const uint32_t* p, int cnt, int64_t B) {
+  gather_run_v<F32x8>(a, gt, p, cnt, B);
+}
+inline void gather_run(double* a, const double* gt, const uint32_t* p, int cnt, int64_t B) {
+  gather_run_v<F64x4>(a, gt, p, cnt, B);
+}
+#endif
+
 // Even split of [0, n) among the team: this thread's [lo, hi).
 inline void my_range(int64_t n, int64_t& lo, int64_t& hi) {
   const int64_t t = thread_id(), T = team_size();
   lo = n * t / T;
   hi = n * (t + 1) / T;
+}
+
+// n elements of buf starting at a 64-byte boundary.  A tile row of B = 8 floats is then one cache
+// line; with std::vector's 16-byte alignment half the rows straddle two, and the scatter into them ran
+// about 2x slower (paper size, B = 8).
+template <typename T>
+T* aligned_part(std::vector<T>& buf, size_t n) {
+  constexpr size_t kExtra = 64 / sizeof(T);
+  if (buf.size() < n + kExtra) buf.resize(n + kExtra);
+  const uintptr_t at = reinterpret_cast<uintptr_t>(buf.data());
+  return buf.data() + ((64 - at % 64) % 64) / sizeof(T);
 }
 
 // x (B, d) -> xs (d, B) with column scales folded in, so a nonzero touches one contiguous B-vector.
@@ -235,17 +352,13 @@ void matvec_driver(const Spec& s, const T* scales, const T* x, T* out, int64_t B
     } else {
       // Accumulate the chunk as rows x B (one contiguous B-vector per nonzero instead of B cache
       // lines), then transpose it into out's B rows.
-      tile.assign(static_cast<size_t>((r1 - r0) * B), T(0));
-      T* bt = tile.data() - r0 * B;
+      const size_t n = static_cast<size_t>((r1 - r0) * B);
+      T* t0 = aligned_part(tile, n);
+      std::fill(t0, t0 + n, T(0));
+      T* bt = t0 - r0 * B;
       for (int64_t j = 0; j < s.d; ++j) {
         const T* v = xsp + j * B;
-        for_segment(j, c, [&](const uint32_t* p, int cnt) {
-          for (int i = 0; i < cnt; ++i) {
-            T* o = bt + static_cast<int64_t>(p[i] & 0x7FFFFFFFu) * B;
-            const uint32_t neg = p[i] >> 31;
-            for (int64_t b = 0; b < B; ++b) o[b] += signed_value(v[b], neg);
-          }
-        });
+        for_segment(j, c, [&](const uint32_t* p, int cnt) { scatter_run(bt, p, cnt, v, B); });
       }
       for (int64_t b = 0; b < B; ++b) {
         T* ob = out + b * s.D;
@@ -272,10 +385,10 @@ void rmatvec_driver(const Spec& s, const T* scales, const T* g, T* out, int64_t 
       const T* gt = nullptr;  // gt[row * B + b] = g[b * D + row] for rows of chunk c
       if (B > 1) {
         // instead of B rows of g (B cache lines) per nonzero: 1.7x faster at B = 8, paper size
-        gtile.resize(static_cast<size_t>((r1 - r0) * B));
+        T* t0 = aligned_part(gtile, static_cast<size_t>((r1 - r0) * B));
         for (int64_t r = r0; r < r1; ++r)
-          for (int64_t b = 0; b < B; ++b) gtile[(r - r0) * B + b] = g[b * s.D + r];
-        gt = gtile.data() - r0 * B;
+          for (int64_t b = 0; b < B; ++b) t0[(r - r0) * B + b] = g[b * s.D + r];
+        gt = t0 - r0 * B;
       }
       for (int64_t j = j0; j < j1; ++j) {
         T* a = acc.data() + (j - j0) * B;
@@ -300,13 +413,7 @@ void rmatvec_driver(const Spec& s, const T* scales, const T* g, T* out, int64_t 
             a[0] += (s0 + s1) + (s2 + s3);
           });
         } else {
-          for_segment(j, c, [&](const uint32_t* p, int cnt) {
-            for (int i = 0; i < cnt; ++i) {
-              const T* gi = gt + static_cast<int64_t>(p[i] & 0x7FFFFFFFu) * B;
-              const uint32_t neg = p[i] >> 31;
-              for (int64_t b = 0; b < B; ++b) a[b] += signed_value(gi[b], neg);
-            }
-          });
+          for_segment(j, c, [&](const uint32_t* p, int cnt) { gather_run(a, gt, p, cnt, B); });
         }
       }
     }
