@@ -156,7 +156,7 @@ def test_constraint_steps_are_tangent():
     assert abs(float(step @ n)) / float(n.norm()) < 1e-5
 
 
-def _hypersphere_run(steps: int, remember: bool, counts: list | None = None):
+def _hypersphere_run(steps: int, remember: bool) -> torch.Tensor:
     x, y = data(torch.float32)
     sub = Subspace(tiny(dtype=torch.float32), 12, kind="hypersphere", r0=4.0, seed=5)
     if not remember:

@@ -220,9 +220,10 @@ inline void gather_run(T* a, const T* gt, const uint32_t* p, int cnt, int64_t B)
 }
 
 #if defined(__AVX2__)
-// AVX2: B is taken one vector of lanes at a time (the last one masked), and that vector of v, or of
-// the run's sums, stays in a register over the whole run.  The loops above keep it in memory: a
-// load-add-store per lane group and index, about 2x slower at B = 8, paper size.
+// AVX2: B is taken one vector of lanes at a time, and that vector of v, or of the run's sums, stays in
+// a register over the whole run.  The loops above keep it in memory: a load-add-store per lane and
+// index, about 2x slower at B = 8, paper size.  gather_run masks its last vector; scatter_run does its
+// leftover lanes one by one (a masked store is microcoded, and slow, on AMD).
 struct F32x8 {
   using T = float;
   using V = __m256;
@@ -252,16 +253,15 @@ struct F64x4 {
   static V zero() { return _mm256_setzero_pd(); }
 };
 
-// (the lanes past the last whole vector go one by one: a masked store is microcoded and slow on AMD)
 template <class X>
 inline void scatter_run_v(typename X::T* bt, const uint32_t* p, int cnt, const typename X::T* v, int64_t B) {
   const int64_t whole = B - B % X::W;
+  const typename X::M all = X::mask(X::W);  // (unused by whole-vector loads and stores)
   for (int64_t b = 0; b < whole; b += X::W) {
-    const typename X::M m = X::mask(X::W);
-    const typename X::V vb = X::load(v + b, true, m);
+    const typename X::V vb = X::load(v + b, true, all);
     for (int i = 0; i < cnt; ++i) {
       typename X::T* o = bt + row_of(p[i]) * B + b;
-      X::store(o, X::add(X::load(o, true, m), X::flip(vb, X::sign(p[i] >> 31))), true, m);
+      X::store(o, X::add(X::load(o, true, all), X::flip(vb, X::sign(p[i] >> 31))), true, all);
     }
   }
   if (whole == B) return;
