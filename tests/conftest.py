@@ -79,6 +79,21 @@ def pytest_sessionstart(session):
         raise pytest.UsageError("lscape._C is not importable: " + lscape.backends()["cpu"].reason)
 
 
+def smoke_run_fixture(run, name: str):
+    """For a reproduction's test module: skips it without matplotlib (the experiments draw their figures
+    with it: pip install '.[plot]'), and returns a module-scoped fixture giving (out folder, summary) of
+    one smoke-scale run(...)."""
+    pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib "
+                                             "(pip install '.[plot]')")
+
+    @pytest.fixture(scope="module")
+    def smoke_run(tmp_path_factory):
+        out = tmp_path_factory.mktemp(name)
+        return out, run("smoke", out, progress=False)
+
+    return smoke_run
+
+
 def assert_run_outputs(out, summary) -> None:
     """A finished reproduction wrote its config, results, summary and every figure its summary lists."""
     for name in ["config.json", "results.npz", "summary.json", *summary["figures"]]:

@@ -7,15 +7,9 @@ import pytest
 
 from lscape.experiments import bosman, common
 
-from conftest import assert_run_outputs, write_mnist
+from conftest import assert_run_outputs, smoke_run_fixture, write_mnist
 
-pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bo_smoke")
-    return out, bosman.run("smoke", out, progress=False)
+smoke_run = smoke_run_fixture(bosman.run, "bo_smoke")
 
 
 def test_smoke_end_to_end(smoke_run):

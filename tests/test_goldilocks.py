@@ -5,15 +5,9 @@ import pytest
 
 from lscape.experiments import common, goldilocks as gl
 
-from conftest import assert_run_outputs, write_cifar10
+from conftest import assert_run_outputs, smoke_run_fixture, write_cifar10
 
-pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gl_smoke")
-    return out, gl.run("smoke", out, progress=False)
+smoke_run = smoke_run_fixture(gl.run, "gl_smoke")
 
 
 def test_smoke_writes_everything(smoke_run):

@@ -7,15 +7,9 @@ import pytest
 from lscape import cli
 from lscape.experiments import common, goodfellow as gf
 
-from conftest import assert_run_outputs, write_mnist
+from conftest import assert_run_outputs, smoke_run_fixture, write_mnist
 
-pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gf_smoke")
-    return out, gf.run("smoke", out, progress=False)
+smoke_run = smoke_run_fixture(gf.run, "gf_smoke")
 
 
 def test_smoke_writes_everything(smoke_run):

@@ -5,15 +5,9 @@ import pytest
 
 from lscape.experiments import common, huang
 
-from conftest import assert_run_outputs
+from conftest import assert_run_outputs, smoke_run_fixture
 
-pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("hu_smoke")
-    return out, huang.run("smoke", out, progress=False)
+smoke_run = smoke_run_fixture(huang.run, "hu_smoke")
 
 
 def test_smoke_good_minima_have_larger_basins(smoke_run):

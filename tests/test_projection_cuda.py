@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-import lscape
 from lscape import SparseSignProjection
 
 from conftest import require
