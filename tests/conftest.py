@@ -1,5 +1,6 @@
 import gzip
 import os
+import sys
 import pickle
 from pathlib import Path
 
@@ -141,3 +142,24 @@ def write_cifar10(folder: Path, per_batch: int, seed: int = 0) -> Path:
              b"labels": list(rng.integers(0, 10, per_batch))}
         (batches / name).write_bytes(pickle.dumps(b))
     return batches
+
+
+@pytest.fixture(scope="session")
+def ray_executor():
+    """One local Ray for the whole test session (2 CPUs, as on this project's machines), shut down at the
+    end; skips without Ray (pip install '.[ray]')."""
+    ray = pytest.importorskip("ray", reason="the Ray executor's tests need Ray (pip install '.[ray]')")
+    from lscape.executor import RayExecutor
+
+    # workers import the tests' chunk functions by module name: give them this process's import path
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield RayExecutor(max_retries=2)
+    finally:
+        ray.shutdown()
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old

@@ -100,6 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p_rep.add_argument("--data-dir", default=None,
                        help="folder with MNIST / CIFAR-10 files, for experiments that read them at paper scale")
+    p_rep.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local: chunks one after another in this process; ray: chunks as Ray tasks")
+    p_rep.add_argument("--ray-address", default=None,
+                       help="with --executor ray: a cluster to join (an address, or 'auto'); default "
+                            "$RAY_ADDRESS, else a local Ray")
+    p_rep.add_argument("--num-cpus", type=int, default=None, help="with --executor ray: CPUs (and threads) per task; default: the threads a local run uses, "
+                            "which keeps the results bit-identical to local")
+    p_rep.add_argument("--chunk", type=int, default=None,
+                       help="chunk size of experiments whose chunks can be resized (gamst-walker: models per "
+                            "ensemble chunk)")
     ns, extra = parser.parse_known_args(argv)
     if extra and ns.cmd != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -110,30 +120,44 @@ def main(argv: list[str] | None = None) -> int:
     elif ns.cmd == "bench":
         return _bench(extra)
     elif ns.cmd == "reproduce":
-        return _reproduce(ns.name, ns.scale, ns.out, ns.resume, ns.data_dir)
+        return _reproduce(ns)
     return 0
 
 
-def _reproduce(name: str, scale: str, out: str, resume: bool, data_dir: str | None = None) -> int:
+def _reproduce(ns: argparse.Namespace) -> int:
+    """`lscape reproduce`: the arguments are checked and the executor is reached before any work starts."""
     import inspect
 
     from . import experiments
+    from .executor import get_executor
     from .experiments.common import RunInterrupted
 
+    name, scale, out = ns.name, ns.scale, ns.out
     module = experiments.get(name)
     kwargs = {}
-    if data_dir is not None:
+    if ns.data_dir is not None:
         if "data_dir" not in inspect.signature(module.run).parameters:
-            print(f"lscape reproduce: --data-dir: {name} reads no data files (got {data_dir!r})", file=sys.stderr)
+            print(f"lscape reproduce: --data-dir: {name} reads no data files (got {ns.data_dir!r})", file=sys.stderr)
             return 2
-        kwargs["data_dir"] = data_dir
+        kwargs["data_dir"] = ns.data_dir
+    if ns.chunk is not None:
+        field = getattr(module, "CHUNK_FIELD", None)
+        if field is None or ns.chunk < 1:
+            why = "expected a positive integer" if field else f"{name}'s chunks are fixed (one cell each)"
+            print(f"lscape reproduce: --chunk: got {ns.chunk}; {why}", file=sys.stderr)
+            return 2
+        kwargs[field] = ns.chunk
+    if ns.executor != "ray" and (ns.ray_address is not None or ns.num_cpus is not None):
+        print("lscape reproduce: --ray-address and --num-cpus go with --executor ray", file=sys.stderr)
+        return 2
     try:
-        summary = module.run(scale=scale, out=out, resume=resume, progress=True, **kwargs)
+        executor = get_executor(ns.executor, ray_address=ns.ray_address, num_cpus=ns.num_cpus)
+        summary = module.run(scale=scale, out=out, resume=ns.resume, progress=True, executor=executor, **kwargs)
     except (KeyboardInterrupt, RunInterrupted):
         print(f"\nlscape reproduce: interrupted; the checkpoints in {out} are kept, continue with "
               f"`lscape reproduce {name} --scale {scale} --out {out} --resume`", file=sys.stderr)
         return 130
-    except (ImportError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (ImportError, FileExistsError, FileNotFoundError, ValueError, ConnectionError) as exc:
         print(f"lscape reproduce: {exc}", file=sys.stderr)
         return 2
     print(f"{name} ({scale}): results in {out}: results.npz, summary.json, {', '.join(summary['figures'])}")

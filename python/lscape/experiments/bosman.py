@@ -25,8 +25,8 @@ points (the paper's Fig 4).  Each cell (problem, architecture, range, granularit
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, replace
+import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from .. import data as datasets
 from ..landscape import Landscape
 from . import common
+from .stats import spearman
 
 NAME = "bosman"
 CLASSES = ("convex", "concave", "saddle", "flat")
@@ -84,10 +85,17 @@ SCALES: dict[str, Config] = {
 }
 
 
+PLOTS = "bosman_plots"
+
+
 def config(scale: str, **overrides: Any) -> Config:
-    if scale not in SCALES:
-        raise ValueError(f"scale: got {scale!r}, expected one of {', '.join(map(repr, SCALES))}")
-    return replace(SCALES[scale], **overrides)
+    """The Config of a scale, with fields replaced by overrides."""
+    return common.config(sys.modules[__name__], scale, **overrides)
+
+
+def replot(out: str) -> list[str]:
+    """Redraw the figures of a finished run."""
+    return common.replot(sys.modules[__name__], out)
 
 
 def make_model(n_in: int, width: int, depth: int, n_out: int, dtype: torch.dtype) -> nn.Sequential:
@@ -244,28 +252,27 @@ def run_cell(cfg: Config, probs: dict[str, dict[str, Any]], i: int, cell) -> dic
     return ck
 
 
+def _cell(i: int, job: tuple[Config, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Chunk i: the walks (and Hessians or accuracies) of cell cells(cfg)[i], on one torch thread (tiny
+    networks only lose to a thread pool)."""
+    cfg, probs = job
+    with common.torch_threads(1):
+        return run_cell(cfg, probs, i, cells(cfg)[i])
+
+
 def run(scale: str = "default", out: str = "bosman", *, resume: bool = False, progress: bool = True,
         data_dir: str | None = None, stop_after_chunks: int | None = None, figures: bool = True,
-        **overrides: Any) -> dict[str, Any]:
-    """Run (or resume) the experiment into folder `out`; returns the summary (also in summary.json)."""
+        executor=None, **overrides: Any) -> dict[str, Any]:
+    """Run (or resume) the experiment into folder `out`, each walk cell a chunk on `executor`; returns the
+    summary (also in summary.json)."""
     cfg = config(scale, **overrides)
-    plt = common.require_matplotlib() if figures else None
     probs = _problems(cfg, data_dir)  # fails before any walk when the MNIST files are missing
-    rd = common.RunDir(out, common.config_dict(cfg), resume=resume)
-    budget = common.ChunkBudget(stop_after_chunks)
-    t0 = time.perf_counter()
+    ctx = common.start(cfg, out, resume=resume, progress=progress, stop_after_chunks=stop_after_chunks,
+                       figures=figures, executor=executor)
     todo = cells(cfg)
-    bar = common.progress_bar("bosman cells    ", progress)
-
-    def compute(i: int) -> dict[str, Any]:
-        with common.torch_threads(1):
-            return run_cell(cfg, probs, i, todo[i])
-
-    rows = common.checkpointed_stages(rd, [cell_name(*cell) for cell in todo], compute, budget, bar)
-
+    rows = ctx.chunks([cell_name(*cell) for cell in todo], _cell, shared=(cfg, probs), label="bosman cells")
     res = _results(todo, rows)
-    summary = _summary(cfg, todo, rows, res)
-    return common.finish_run(rd, res, summary, t0, "bosman_plots" if figures else None, cfg, plt)
+    return ctx.finish(sys.modules[__name__], res, _summary(cfg, todo, rows, res))
 
 
 def _results(todo, rows) -> dict[str, np.ndarray]:
@@ -327,19 +334,11 @@ def _summary(cfg: Config, todo, rows, res) -> dict[str, Any]:
         out["cells"][_label(c)] = e
     # headline trends: flatness against dimension (XOR), accuracy against width (digits)
     if len(res["xor_frac"]) >= 3:
-        out["xor_spearman_dim_vs_flat"] = _spearman(res["xor_cell_dim"], res["xor_frac"][:, 3])
-        out["xor_spearman_dim_vs_convex"] = _spearman(res["xor_cell_dim"], res["xor_frac"][:, 0])
+        out["xor_spearman_dim_vs_flat"] = spearman(res["xor_cell_dim"], res["xor_frac"][:, 3])
+        out["xor_spearman_dim_vs_convex"] = spearman(res["xor_cell_dim"], res["xor_frac"][:, 0])
     for name, k in (("xor_mean_fractions", "xor_frac"),):
         if len(res[k]):
             out[name] = {c: float(v) for c, v in zip(CLASSES, res[k].mean(0))}
     if len(res["digits_cell_end_test_acc_mean"]):
         out["digits_best_end_test_acc"] = float(res["digits_cell_end_test_acc_mean"].max())
     return out
-
-
-def _spearman(a, b) -> float:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if np.std(a) == 0 or np.std(b) == 0:
-        return math.nan
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])

@@ -23,14 +23,16 @@
    W_f read off each path (the arc length where the energy first reaches neb_basin_rise of the far
    minimum's energy: the initial rise) and the distribution of distances from W_f to the minima.
 
-Every training stage runs in chunks and checkpoints after each, so an interrupted run resumes exactly.
+Every stage runs in chunks (ensemble shards, Hessian blocks, NEB band shards) on the run's executor
+(local or Ray), each chunk checkpointed as it finishes, so an interrupted run resumes losing only the
+chunks in flight, and every chunk's result is independent of where and with which others it ran.
 """
 from __future__ import annotations
 
 import math
-import time
+import sys
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,10 +41,12 @@ import torch
 from .. import tinymlp as tm
 from ..reference import mlp as ref
 from . import common
+from .training import EnsembleJob, train_ensemble_stage
 from .stats import logistic_fit, lowess
 
 NAME = "gamst-walker"
 OPTIMIZERS = ("sgd", "adadelta")
+CHUNK_FIELD = "shard_models"  # what `lscape reproduce --chunk N` sets
 
 
 @dataclass(frozen=True)
@@ -52,12 +56,12 @@ class Config:
     scale: str
     models_per_optimizer: int  # paper: 160,000 each
     steps: int  # paper: 50,000
-    chunk_steps: int  # steps between checkpoints
+    shard_models: int  # models per ensemble chunk (each chunk trains its models for all steps)
     record_every: int  # loss history resolution
     basin_trials: int  # jitters of W_f, each retrained with both optimizers (paper: 4096)
     basin_steps: int  # paper: 20,000
     hessian_models: int | None  # per optimizer, the first non-diverged models (a random sample); None: all
-    hessian_block: int = 256  # Hessians per checkpoint
+    hessian_block: int = 256  # Hessians per chunk
     # 0.0015 with momentum 0.9: below 2 (1 + mu) / lambda_max = 0.0019 at de-symmetrised W_f (larger lr
     # make SGD unstable at the global minimum itself); no model diverges, the median loss settles by ~12k steps
     sgd_lr: float = 0.0015
@@ -81,7 +85,7 @@ class Config:
     neb_paths: int = 100
     neb_images: int = 32
     neb_steps: int = 4000
-    neb_chunk_steps: int = 500  # steps between checkpoints
+    neb_shard: int = 25  # bands per chunk (each chunk relaxes its bands for all neb_steps)
     neb_k: float = 1.0
     neb_fmax: float = 1e-3
     neb_basin_rise: float = 0.5  # basin edge: the energy first reaches this fraction of the far minimum's
@@ -90,24 +94,30 @@ class Config:
 
 SCALES: dict[str, Config] = {
     # seconds; what the tests run
-    "smoke": Config("smoke", models_per_optimizer=16, steps=300, chunk_steps=100, record_every=50,
-                    basin_trials=16, basin_steps=300, hessian_models=2, hessian_block=8, grid_points=201,
-                    neb_paths=4, neb_images=8, neb_steps=40, neb_chunk_steps=20),
+    "smoke": Config("smoke", models_per_optimizer=16, steps=300, shard_models=8, record_every=50,
+                    basin_trials=16, basin_steps=300, hessian_models=2, hessian_block=4, grid_points=201,
+                    neb_paths=4, neb_images=8, neb_steps=40, neb_shard=2),
     # 1% of the paper's models and 40% of its steps: a few minutes on a 2-core CPU with lscape._C
-    "default": Config("default", models_per_optimizer=1600, steps=20_000, chunk_steps=2000, record_every=200,
+    "default": Config("default", models_per_optimizer=1600, steps=20_000, shard_models=400, record_every=200,
                       basin_trials=256, basin_steps=10_000, hessian_models=128, hessian_block=64),
     # the paper's sizes (for a GPU)
-    "paper": Config("paper", models_per_optimizer=160_000, steps=50_000, chunk_steps=2500, record_every=500,
+    "paper": Config("paper", models_per_optimizer=160_000, steps=50_000, shard_models=4000, record_every=500,
                     basin_trials=4096, basin_steps=20_000, hessian_models=None, hessian_block=4096,
-                    neb_steps=10_000, neb_chunk_steps=1000),
+                    neb_steps=10_000),
 }
+
+
+PLOTS = "gamst_walker_plots"
 
 
 def config(scale: str, **overrides: Any) -> Config:
     """The Config of a scale, with fields replaced by overrides."""
-    if scale not in SCALES:
-        raise ValueError(f"scale: got {scale!r}, expected one of {', '.join(map(repr, SCALES))}")
-    return replace(SCALES[scale], **overrides)
+    return common.config(sys.modules[__name__], scale, **overrides)
+
+
+def replot(out: str) -> list[str]:
+    """Redraw the figures of a finished run from its results.npz and config.json."""
+    return common.replot(sys.modules[__name__], out)
 
 
 def _opt_kwargs(cfg: Config, opt: str) -> dict[str, Any]:
@@ -142,42 +152,36 @@ def eig_counts(eigvals: np.ndarray, tol: float) -> np.ndarray:
     return np.stack([neg, eigvals.shape[1] - neg - pos, pos], axis=1)
 
 
-def _hessian_stage(run: common.RunDir, stage: str, landscape, thetas: torch.Tensor, block: int,
-                   budget: common.ChunkBudget, progress: bool) -> np.ndarray:
-    """Eigenvalues (B, D) of the Hessians at thetas (B, D), `block` points at a time, each block
-    checkpointed in its own file (<stage>_<k>.npz) so a resumed run recomputes none of them."""
+def _hessian_block(k: int, job: tuple[Any, torch.Tensor, int]) -> dict[str, np.ndarray]:
+    """Chunk k: eigenvalues of the Hessians at thetas[k * block:(k + 1) * block]."""
     from ..probes import hessian
 
-    B, D = thetas.shape
-    eig = np.empty((B, D))
-    bar = common.progress_bar(f"{stage:<16}", progress)
-    for k, i in enumerate(range(0, B, block)):
-        ck = run.load(f"{stage}_{k}")
-        if ck is None:
-            H = hessian(landscape, thetas[i:i + block])
-            ck = {"eigvals": torch.linalg.eigvalsh(H).cpu().numpy()}
-            run.save(f"{stage}_{k}", ck)
-            budget.tick()
-        eig[i:i + block] = ck["eigvals"]
-        if bar is not None:
-            bar(min(B, i + block), B)
-    return eig
+    landscape, thetas, block = job
+    H = hessian(landscape, thetas[k * block:(k + 1) * block])
+    return {"eigvals": torch.linalg.eigvalsh(H).cpu().numpy()}
+
+
+def _hessian_stage(ctx: common.Context, stage: str, landscape, thetas: torch.Tensor, block: int) -> np.ndarray:
+    """Eigenvalues (B, D) of the Hessians at thetas (B, D), `block` points per chunk."""
+    n = -(-thetas.shape[0] // block)
+    rows = ctx.chunks([f"{stage}_{k}" for k in range(n)], _hessian_block, shared=(landscape, thetas, block),
+                      label=stage)
+    return np.concatenate([r["eigvals"] for r in rows]) if rows else np.empty((0, thetas.shape[1]))
 
 
 # ---- the run -----------------------------------------------------------------------------------------------
 def run(scale: str = "default", out: str = "gamst-walker", *, resume: bool = False, progress: bool = True,
-        stop_after_chunks: int | None = None, figures: bool = True, **overrides: Any) -> dict[str, Any]:
-    """Run (or resume) the experiment into folder `out`; returns the summary (also in summary.json).
+        stop_after_chunks: int | None = None, figures: bool = True, executor=None,
+        **overrides: Any) -> dict[str, Any]:
+    """Run (or resume) the experiment into folder `out`, every stage in chunks on `executor` ("local",
+    "ray" or an lscape.executor.Executor); returns the summary (also in summary.json).
 
-    stop_after_chunks: raise common.RunInterrupted after that many training/Hessian chunks (each one
-    checkpointed first), as an interruption would.  overrides: Config fields (e.g. steps=...)."""
+    stop_after_chunks: raise common.RunInterrupted after that many chunks (each one checkpointed first),
+    as an interruption would.  overrides: Config fields (e.g. steps=...)."""
     cfg = config(scale, **overrides)
-    plt = common.require_matplotlib() if figures else None  # fail before hours of training, not after
-    rd = common.RunDir(out, common.config_dict(cfg), resume=resume)
-    budget = common.ChunkBudget(stop_after_chunks)
+    ctx = common.start(cfg, out, resume=resume, progress=progress, stop_after_chunks=stop_after_chunks,
+                       figures=figures, executor=executor)
     dev = common.resolve_device(cfg.device)
-    t_start = time.perf_counter()
-
     spec, wf = tm.wf_network()
     wf_desym = tm.desymmetrize(spec, wf)
     x, y = tm.wf_training_set()
@@ -189,10 +193,9 @@ def run(scale: str = "default", out: str = "gamst-walker", *, resume: bool = Fal
                                "global_min_threshold": threshold, "var_y": var_y, "P": int(x.shape[0])}
 
     def train(stage: str, opt: str, start: torch.Tensor, steps: int) -> dict[str, np.ndarray]:
-        return common.train_stage(rd, stage, spec, start.to(dev), x.to(dev), y.to(dev), optimizer=opt,
-                                  opt_kwargs=_opt_kwargs(cfg, opt), steps=steps,
-                                  chunk_steps=min(cfg.chunk_steps, steps), record_every=cfg.record_every,
-                                  budget=budget, progress=progress)
+        job = EnsembleJob(spec, start.cpu().numpy(), x.numpy(), y.numpy(), opt, _opt_kwargs(cfg, opt), steps,
+                          cfg.record_every, cfg.shard_models, str(dev))
+        return train_ensemble_stage(ctx, stage, job)
 
     # 1. ensembles from the He init: models [0, M) train with SGD, [M, 2M) with Adadelta
     M = cfg.models_per_optimizer
@@ -204,7 +207,7 @@ def run(scale: str = "default", out: str = "gamst-walker", *, resume: bool = Fal
     basin = {opt: train(f"basin_{opt}", opt, start, cfg.basin_steps) for opt in OPTIMIZERS}
     # 3. de-symmetrised minima, and Hessians there and at W_f
     desym = {opt: _desymmetrize_all(spec, trained[opt]["params"]) for opt in OPTIMIZERS}
-    summary["wf"] = _hessians(rd, cfg, spec, x, y, wf_desym, desym, trained, res, budget, dev, progress)
+    summary["wf"] = _hessians(ctx, spec, x, y, wf_desym, desym, trained, res, dev)
     summary["wf"].update(loss_float32_data=_loss(spec, wf, x, y), norm=float(wf.norm()),
                          desym_norm=float(wf_desym.norm()))
     # 4. fitted functions, losses, the global minimum
@@ -212,24 +215,8 @@ def run(scale: str = "default", out: str = "gamst-walker", *, resume: bool = Fal
     # 5. basin: loss against noise norm, lowess, logistic P(return)
     _basin(cfg, basin, noise_norm, threshold, res, summary)
     # 6. NEB paths from W_f to trained minima
-    _neb_paths(rd, cfg, spec, x, y, wf_desym, res, summary, budget, dev, progress)
-
-    return common.finish_run(rd, res, summary, t_start, "gamst_walker_plots" if figures else None, cfg, plt)
-
-
-def replot(out: str) -> list[str]:
-    """Redraw the figures of a finished run from its results.npz and config.json."""
-    import json
-    from pathlib import Path
-
-    from . import gamst_walker_plots
-
-    plt = common.require_matplotlib()
-    cfg = Config(**json.loads((Path(out) / "config.json").read_text()))
-    res = common.load_npz(Path(out) / "results.npz")
-    if res is None:
-        raise FileNotFoundError(f"out: no results.npz in {out}; run the experiment first")
-    return gamst_walker_plots.plot_all(res, Path(out), cfg, plt)
+    _neb_paths(ctx, spec, x, y, wf_desym, res, summary, dev)
+    return ctx.finish(sys.modules[__name__], res, summary)
 
 
 def basin_starts(wf_desym: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, np.ndarray]:
@@ -252,18 +239,21 @@ def _desymmetrize_all(spec: tm.TinyMLP, params: np.ndarray) -> torch.Tensor:
     return out
 
 
-def _hessians(rd, cfg, spec, x, y, wf_desym, desym, trained, res, budget, dev, progress) -> dict[str, Any]:
+def _hessians(ctx: common.Context, spec: tm.TinyMLP, x: torch.Tensor, y: torch.Tensor, wf_desym: torch.Tensor,
+              desym: dict[str, torch.Tensor], trained: dict[str, dict[str, np.ndarray]], res: dict[str, Any],
+              dev: torch.device) -> dict[str, Any]:
     """Hessians at W_f and the first hessian_models finite, non-diverged minima of each optimizer, in one
     batched, checkpointed stage; fills res; returns W_f's entries of the summary."""
     from ..landscape import Landscape
 
+    cfg = ctx.cfg
     land = Landscape.from_mlp(spec, x.double(), y.double(), dtype=torch.float64, device=dev)
     hidx = {}
     for opt in OPTIMIZERS:
         ok = np.flatnonzero(~trained[opt]["diverged"] & np.isfinite(desym[opt].numpy()).all(1))
         hidx[opt] = ok if cfg.hessian_models is None else ok[:cfg.hessian_models]
     thetas = torch.cat([wf_desym[None]] + [desym[o][hidx[o]] for o in OPTIMIZERS]).to(dev)
-    eig = _hessian_stage(rd, "hessians", land, thetas, cfg.hessian_block, budget, progress)
+    eig = _hessian_stage(ctx, "hessians", land, thetas, cfg.hessian_block)
     counts = eig_counts(eig, cfg.hessian_tol)
     res["wf_hess_eigvals"], res["wf_hess_counts"] = eig[0], counts[0]
     off = 1
@@ -379,11 +369,28 @@ def basin_radius(arc: np.ndarray, energies: np.ndarray, rise: float) -> np.ndarr
     return out
 
 
-def _neb_paths(rd, cfg, spec, x, y, wf_desym, res, summary, budget, dev, progress) -> None:
-    """NEB from de-symmetrised W_f to trained minima, in checkpointed chunks of neb_chunk_steps."""
-    from ..landscape import Landscape
-    from ..neb import NEBResult, neb
+def _neb_shard(j: int, job: tuple[Any, torch.Tensor, torch.Tensor, Config]) -> dict[str, np.ndarray]:
+    """Chunk j: NEB of bands [j * neb_shard, (j + 1) * neb_shard) for all neb_steps (each band's steps and
+    optimizer state are its own, so a band's result does not depend on which others share its chunk)."""
+    from ..neb import neb
 
+    land, start, ends, cfg = job
+    sl = slice(j * cfg.neb_shard, (j + 1) * cfg.neb_shard)
+    r = neb(land, start[sl], ends[sl], n_images=cfg.neb_images, k=cfg.neb_k, fmax=cfg.neb_fmax,
+            steps=cfg.neb_steps)
+    return {"images": r.images.cpu().numpy(), "energies": r.energies.cpu().numpy(),
+            "converged": r.converged.cpu().numpy(), "diverged": r.diverged.cpu().numpy(),
+            "fmax": r.fmax.cpu().numpy(), "steps": r.steps.cpu().numpy(), "angles": r.angles().cpu().numpy(),
+            "barrier": r.barrier.cpu().numpy(), "saddle": r.saddle.cpu().numpy()}
+
+
+def _neb_paths(ctx: common.Context, spec: tm.TinyMLP, x: torch.Tensor, y: torch.Tensor, wf_desym: torch.Tensor,
+               res: dict[str, Any], summary: dict[str, Any], dev: torch.device) -> None:
+    """NEB from de-symmetrised W_f to trained minima, in chunks of neb_shard bands."""
+    from ..landscape import Landscape
+    from ..neb import arc_length
+
+    cfg = ctx.cfg
     src, idx = neb_ends(cfg, res)
     B = len(idx)
     res["neb_source"], res["neb_index"] = src, idx
@@ -396,33 +403,22 @@ def _neb_paths(rd, cfg, spec, x, y, wf_desym, res, summary, budget, dev, progres
                       RuntimeWarning, stacklevel=3)
         return
     ends = torch.from_numpy(np.stack([res[f"{OPTIMIZERS[s]}_desym"][i] for s, i in zip(src, idx)])).to(dev)
-    start = wf_desym.float().to(dev)[None].expand(B, -1)
+    start = wf_desym.float().to(dev)[None].expand(B, -1).contiguous()
     land = Landscape.from_mlp(spec, x.to(dev), y.to(dev), device=dev)
-    ck = rd.load("neb")
-    result = None if ck is None else NEBResult.from_dict(ck, device=dev)
-    done = 0 if ck is None else int(ck["done_steps"])
-    bar = common.progress_bar(f"{'neb':<16}", progress)
-    while done < cfg.neb_steps and (result is None or bool((~result.converged & ~result.diverged).any())):
-        k = min(cfg.neb_chunk_steps, cfg.neb_steps - done)
-        if result is None:
-            result = neb(land, start, ends, n_images=cfg.neb_images, k=cfg.neb_k, fmax=cfg.neb_fmax, steps=k)
-        else:
-            result = neb(land, None, None, resume=result, steps=k)
-        done += k
-        rd.save("neb", {**result.to_dict(), "done_steps": done})
-        if bar is not None:
-            bar(done, cfg.neb_steps)
-        budget.tick()
-    images = result.images.double().cpu()
-    arc = result.arc_length.cpu().numpy()
-    energies = result.energies.double().cpu().numpy()
+    n = -(-B // cfg.neb_shard)
+    rows = ctx.chunks([f"neb_{j}" for j in range(n)], _neb_shard, shared=(land, start, ends, cfg), label="neb")
+    result = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    done = int(result["steps"].max())
+    images = torch.from_numpy(result["images"]).double()
+    arc = arc_length(images).numpy()
+    energies = result["energies"].astype(np.float64)
     radius = basin_radius(arc, energies, cfg.neb_basin_rise)
     finite = np.isfinite(radius)
     hl = int(np.flatnonzero(finite)[np.argsort(radius[finite])[finite.sum() // 2]]) if finite.any() else 0
     grid = torch.from_numpy(res["grid_x"])
-    res.update({"neb_energies": energies, "neb_arc": arc, "neb_angles": result.angles().cpu().numpy(),
-                "neb_converged": result.converged.cpu().numpy(), "neb_fmax": result.fmax.cpu().numpy(),
-                "neb_barrier": result.barrier.cpu().numpy(), "neb_saddle": result.saddle.cpu().numpy(),
+    res.update({"neb_energies": energies, "neb_arc": arc, "neb_angles": result["angles"],
+                "neb_converged": result["converged"], "neb_fmax": result["fmax"],
+                "neb_barrier": result["barrier"], "neb_saddle": result["saddle"],
                 "neb_basin_radius": radius, "neb_distance": (images[:, -1] - images[:, 0]).norm(dim=1).numpy(),
                 "neb_highlight": hl,
                 "neb_highlight_outputs": ref.forward(spec.depth, spec.width, images[hl], grid).numpy()})
@@ -431,7 +427,8 @@ def _neb_paths(rd, cfg, spec, x, y, wf_desym, res, summary, budget, dev, progres
     q = lambda a: np.quantile(a[np.isfinite(a)], [0.1, 0.5, 0.9]).tolist() if np.isfinite(a).any() else []  # noqa: E731
     summary["neb"].update({
         "first_segment_length_median": float(np.median(arc[:, 1])),  # the radius's resolution
-        "steps": done, "converged": int(result.converged.sum()), "diverged": int(result.diverged.sum()),
+        "steps": done, "converged": int(result["converged"].sum()), "diverged": int(result["diverged"].sum()),
+        "converged_fraction": float(result["converged"].mean()),
         "fmax_quantiles_10_50_90": q(res["neb_fmax"]),
         "basin_radius_quantiles_10_50_90": q(radius),
         "barrier_quantiles_10_50_90": q(res["neb_barrier"]),

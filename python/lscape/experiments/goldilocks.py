@@ -17,8 +17,8 @@ per d with r_X marked (Fig 2a hyperplane, 2b hypersphere), r(t) on log-log axes 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, replace
+import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,10 +61,17 @@ SCALES: dict[str, Config] = {
 }
 
 
+PLOTS = "goldilocks_plots"
+
+
 def config(scale: str, **overrides: Any) -> Config:
-    if scale not in SCALES:
-        raise ValueError(f"scale: got {scale!r}, expected one of {', '.join(map(repr, SCALES))}")
-    return replace(SCALES[scale], **overrides)
+    """The Config of a scale, with fields replaced by overrides."""
+    return common.config(sys.modules[__name__], scale, **overrides)
+
+
+def replot(out: str) -> list[str]:
+    """Redraw the figures of a finished run."""
+    return common.replot(sys.modules[__name__], out)
 
 
 def make_model(cfg: Config, n_in: int, n_out: int) -> nn.Sequential:
@@ -129,26 +136,27 @@ def train_cell(cfg: Config, data: datasets.Split, kind: str, d: int | None, r0: 
             "r": np.asarray(rec.r, np.float64), "finite": finite}
 
 
+def _cell(c: int, job: tuple[Config, datasets.Split, np.ndarray]) -> dict[str, Any]:
+    """Chunk c of the sweep: cell cells(cfg)[c], trained from its own seed."""
+    cfg, data, grid = job
+    kind, d, k = cells(cfg)[c]
+    return train_cell(cfg, data, kind, d, float(grid[k]), cfg.seed + 1 + k)
+
+
 def run(scale: str = "default", out: str = "goldilocks", *, resume: bool = False, progress: bool = True,
         data_dir: str | None = None, stop_after_chunks: int | None = None, figures: bool = True,
-        **overrides: Any) -> dict[str, Any]:
-    """Run (or resume) the sweep into folder `out`; returns the summary (also in summary.json)."""
+        executor=None, **overrides: Any) -> dict[str, Any]:
+    """Run (or resume) the sweep into folder `out`, each cell a chunk on `executor` ("local", "ray" or an
+    lscape.executor.Executor); returns the summary (also in summary.json)."""
     cfg = config(scale, **overrides)
-    plt = common.require_matplotlib() if figures else None
     data = datasets.load(cfg.dataset, data_dir)
-    rd = common.RunDir(out, common.config_dict(cfg), resume=resume)
-    budget = common.ChunkBudget(stop_after_chunks)
-    t0 = time.perf_counter()
+    ctx = common.start(cfg, out, resume=resume, progress=progress, stop_after_chunks=stop_after_chunks,
+                       figures=figures, executor=executor)
     rx = r_x(make_model(cfg, data.x_train.shape[1], data.n_classes))
     grid = r0_grid(cfg, rx)
     todo = cells(cfg)
-    bar = common.progress_bar("goldilocks cells", progress)
-
-    def compute(c: int) -> dict[str, Any]:
-        kind, d, k = todo[c]
-        return train_cell(cfg, data, kind, d, float(grid[k]), cfg.seed + 1 + k)
-
-    rows = common.checkpointed_stages(rd, [f"cell_{c}" for c in range(len(todo))], compute, budget, bar)
+    rows = ctx.chunks([f"cell_{c}" for c in range(len(todo))], _cell, shared=(cfg, data, grid),
+                      label="goldilocks cells")
     res: dict[str, Any] = {"r0": grid, "r_x": rx, "dims": np.array(cfg.dims)}
     for kind in KINDS:
         ds = cfg.dims if kind != "full" else (None,)
@@ -164,8 +172,7 @@ def run(scale: str = "default", out: str = "goldilocks", *, resume: bool = False
         f = fit_random_walk(row["t"], row["r"], float(grid[k])) if ok else None
         fits.append([f.exponent, f.diffusion] if f is not None else [math.nan, math.nan])
     res["full_fit"] = np.array(fits)  # (r0_points, 2): log-log exponent, slope of r^2 - r0^2
-    summary = _summary(cfg, res)
-    return common.finish_run(rd, res, summary, t0, "goldilocks_plots" if figures else None, cfg, plt)
+    return ctx.finish(sys.modules[__name__], res, _summary(cfg, res))
 
 
 def _summary(cfg: Config, res: dict[str, Any]) -> dict[str, Any]:

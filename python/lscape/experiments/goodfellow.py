@@ -18,8 +18,8 @@ after every epoch, so an interrupted run resumes exactly.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, replace
+import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,10 +29,13 @@ from torch.nn import functional as F
 
 from .. import data as datasets
 from ..landscape import Landscape
+from .._flat import FlatLayout
 from . import common
 
 NAME = "goodfellow"
 ACTIVATIONS = ("relu", "sigmoid")
+# the four independent trainings: (activation, seed offset); two solutions per activation
+TRAININGS = tuple((act, off) for act in ACTIVATIONS for off in (0, 1))
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,17 @@ SCALES: dict[str, Config] = {
 }
 
 
+PLOTS = "goodfellow_plots"
+
+
 def config(scale: str, **overrides: Any) -> Config:
-    if scale not in SCALES:
-        raise ValueError(f"scale: got {scale!r}, expected one of {', '.join(map(repr, SCALES))}")
-    return replace(SCALES[scale], **overrides)
+    """The Config of a scale, with fields replaced by overrides."""
+    return common.config(sys.modules[__name__], scale, **overrides)
+
+
+def replot(out: str) -> list[str]:
+    """Redraw the figures of a finished run."""
+    return common.replot(sys.modules[__name__], out)
 
 
 def make_model(cfg: Config, n_in: int, n_out: int, act: str, seed: int) -> nn.Sequential:
@@ -84,37 +94,22 @@ def make_model(cfg: Config, n_in: int, n_out: int, act: str, seed: int) -> nn.Se
 
 
 def flat(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+    return FlatLayout.of(model).flatten(model)
 
 
-def _load_flat(model: nn.Module, theta: torch.Tensor) -> None:
-    torch.nn.utils.vector_to_parameters(theta, model.parameters())
-
-
-def train_stage(rd: common.RunDir, stage: str, cfg: Config, d: datasets.Split, act: str, seed: int,
-                budget: common.ChunkBudget, progress: bool) -> dict[str, np.ndarray]:
-    """SGD + momentum for cfg.epochs, checkpointed after each epoch in checkpoints/<stage>.npz.
-    -> theta_i, theta_f (D,), trajectory (T, D), and per epoch train/val loss and accuracy."""
+def train_one(cfg: Config, d: datasets.Split, act: str, seed: int) -> dict[str, np.ndarray]:
+    """SGD + momentum for cfg.epochs from the initialisation of `seed` (its batches drawn from
+    (cfg.seed, seed, epoch) streams, so the result depends on nothing else).
+    -> theta_i, theta_f (D,), trajectory (T, D), and per epoch train/val loss and accuracy (epochs, 4)."""
     model = make_model(cfg, d.x_train.shape[1], d.n_classes, act, seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_of(act), momentum=cfg.momentum)
-    ck = rd.load(stage)
-    if ck is None:
-        ck = {"theta_i": flat(model).numpy(), "epoch": 0, "trajectory": flat(model).numpy()[None],
-              "curves": np.zeros((0, 4))}
-    else:
-        _load_flat(model, torch.from_numpy(ck["theta"]))
-        if int(ck["epoch"]) > 0:
-            buf = torch.from_numpy(ck["momentum"])
-            for p, b in zip(model.parameters(), torch.split(buf, [p.numel() for p in model.parameters()])):
-                opt.state[p]["momentum_buffer"] = b.view_as(p).clone()
-    bar = common.progress_bar(f"train {act:<8} {seed}", progress)
+    theta_i = flat(model).numpy()
     N = d.x_train.shape[0]
-    epoch = int(ck["epoch"])
-    traj, curves = [ck["trajectory"]], [ck["curves"]]
-    while epoch < cfg.epochs:
+    n_batches = -(-N // cfg.batch)
+    traj, curves = [theta_i[None]], []
+    for epoch in range(cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + seed * 1009 + epoch)
         order = torch.randperm(N, generator=g)
-        n_batches = -(-N // cfg.batch)
         for s, i in enumerate(range(0, N, cfg.batch)):
             idx = order[i:i + cfg.batch]
             opt.zero_grad()
@@ -123,18 +118,16 @@ def train_stage(rd: common.RunDir, stage: str, cfg: Config, d: datasets.Split, a
             # every record_every steps, and at the end of each epoch (so the trajectory ends at theta_f)
             if (s + 1) % cfg.record_every == 0 or s + 1 == n_batches:
                 traj.append(flat(model).numpy()[None])
-        epoch += 1
-        curves.append(np.array([evaluate(model, d.x_train, d.y_train) + evaluate(model, d.x_test, d.y_test)]))
-        mom = torch.cat([opt.state[p]["momentum_buffer"].reshape(-1) for p in model.parameters()])
-        ck = {"theta_i": ck["theta_i"], "theta": flat(model).numpy(), "momentum": mom.numpy(), "epoch": epoch,
-              "trajectory": np.concatenate(traj), "curves": np.concatenate(curves)}
-        traj, curves = [ck["trajectory"]], [ck["curves"]]
-        rd.save(stage, ck)
-        if bar is not None:
-            bar(epoch, cfg.epochs)
-        budget.tick()
-    theta_f = ck["theta"] if "theta" in ck else ck["theta_i"]
-    return {"theta_i": ck["theta_i"], "theta_f": theta_f, "trajectory": ck["trajectory"], "curves": ck["curves"]}
+        curves.append(evaluate(model, d.x_train, d.y_train) + evaluate(model, d.x_test, d.y_test))
+    return {"theta_i": theta_i, "theta_f": flat(model).numpy(), "trajectory": np.concatenate(traj),
+            "curves": np.array(curves, dtype=np.float64).reshape(-1, 4)}
+
+
+def _training(k: int, job: tuple[Config, datasets.Split]) -> dict[str, np.ndarray]:
+    """Chunk k: the training TRAININGS[k] = (activation, seed offset)."""
+    cfg, d = job
+    act, off = TRAININGS[k]
+    return train_one(cfg, d, act, cfg.seed + off)
 
 
 @torch.no_grad()
@@ -144,50 +137,65 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return float(F.cross_entropy(out, y)), float((out.argmax(1) == y).double().mean())
 
 
+def _alphas(cfg: Config) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The wide line's alphas and the zoomed tiles' (unit interval, its start, its end)."""
+    tiles = {"unit": np.linspace(0.0, 1.0, cfg.alphas), "start": np.linspace(0.0, 0.01, cfg.alphas),
+             "end": np.linspace(0.99, 1.0, cfg.alphas)}
+    return np.linspace(-0.5, 1.5, cfg.alphas), tiles
+
+
+def _lines(k: int, job: tuple[Config, datasets.Split, tuple[torch.Tensor, torch.Tensor], dict]) -> dict[str, Any]:
+    """Chunk k: the lines of activation ACTIVATIONS[k]: init -> solution on train (subset) and validation
+    data, between the two solutions, random point -> solution, and (ReLU) the zoomed tiles."""
+    from ..probes.lines import interpolate
+
+    cfg, d, (xs, ys), trained = job
+    act = ACTIVATIONS[k]
+    first, second = trained[(act, 0)], trained[(act, 1)]
+    model = make_model(cfg, d.x_train.shape[1], d.n_classes, act, cfg.seed)
+    train_L = Landscape.from_module(model, F.cross_entropy, (xs, ys), chunk=cfg.chunk)
+    val_L = Landscape.from_module(model, F.cross_entropy, (d.x_test, d.y_test), chunk=cfg.chunk)
+    ti, tf, tf2 = (torch.from_numpy(first["theta_i"]), torch.from_numpy(first["theta_f"]),
+                   torch.from_numpy(second["theta_f"]))
+    # a random point: another draw of the initialisation, scaled to the solution's norm
+    tr = torch.from_numpy(initial_params(cfg, d, act, cfg.seed + 2)) * (tf.norm() / max(float(ti.norm()), 1e-12))
+    wide, tiles = _alphas(cfg)
+    ck = {"wide_train": interpolate(train_L, ti, tf, wide).numpy(),
+          "wide_val": interpolate(val_L, ti, tf, wide).numpy(),
+          "two_solutions": interpolate(train_L, tf, tf2, wide).numpy(),
+          "random_to_solution": interpolate(train_L, tr, tf, wide).numpy()}
+    if act == "relu":
+        for name, a in tiles.items():
+            ck[f"tile_{name}"] = interpolate(train_L, ti, tf, a).numpy()
+    return ck
+
+
 def run(scale: str = "default", out: str = "goodfellow", *, resume: bool = False, progress: bool = True,
         data_dir: str | None = None, stop_after_chunks: int | None = None, figures: bool = True,
-        **overrides: Any) -> dict[str, Any]:
-    """Run (or resume) the experiment into folder `out`; returns the summary (also in summary.json)."""
-    from ..probes.lines import interpolate, project_trajectory
+        executor=None, **overrides: Any) -> dict[str, Any]:
+    """Run (or resume) the experiment into folder `out`: the four trainings, then each activation's
+    lines, every one a chunk on `executor`; returns the summary (also in summary.json)."""
+    from ..probes.lines import project_trajectory
 
     cfg = config(scale, **overrides)
-    plt = common.require_matplotlib() if figures else None
     d = datasets.load(cfg.dataset, data_dir)  # fails before any training when the files are missing
-    rd = common.RunDir(out, common.config_dict(cfg), resume=resume)
-    budget = common.ChunkBudget(stop_after_chunks)
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
+    ctx = common.start(cfg, out, resume=resume, progress=progress, stop_after_chunks=stop_after_chunks,
+                       figures=figures, executor=executor)
     sub = torch.randperm(d.x_train.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
     sub = sub[:cfg.train_points] if cfg.train_points else sub
     xs, ys = d.x_train[sub], d.y_train[sub]
-
+    rows = ctx.chunks([f"train_{act}_{off}" for act, off in TRAININGS], _training, shared=(cfg, d),
+                      label="trainings")
+    trained = dict(zip(TRAININGS, rows))
+    lines = ctx.chunks([f"lines_{act}" for act in ACTIVATIONS], _lines, shared=(cfg, d, (xs, ys), trained),
+                       label="lines")
     res: dict[str, Any] = {}
     summary: dict[str, Any] = {"experiment": NAME, "scale": cfg.scale, "dataset": cfg.dataset,
                                "train_points_in_landscape": int(xs.shape[0])}
-    wide = np.linspace(-0.5, 1.5, cfg.alphas)
-    tiles = {"unit": np.linspace(0.0, 1.0, cfg.alphas), "start": np.linspace(0.0, 0.01, cfg.alphas),
-             "end": np.linspace(0.99, 1.0, cfg.alphas)}
-    for act in ACTIVATIONS:
-        first = train_stage(rd, f"train_{act}_0", cfg, d, act, cfg.seed, budget, progress)
-        second = train_stage(rd, f"train_{act}_1", cfg, d, act, cfg.seed + 1, budget, progress)
-        model = make_model(cfg, d.x_train.shape[1], d.n_classes, act, cfg.seed)
-        train_L = Landscape.from_module(model, F.cross_entropy, (xs, ys), chunk=cfg.chunk)
-        val_L = Landscape.from_module(model, F.cross_entropy, (d.x_test, d.y_test), chunk=cfg.chunk)
-        ti, tf, tf2 = (torch.from_numpy(first["theta_i"]), torch.from_numpy(first["theta_f"]),
-                       torch.from_numpy(second["theta_f"]))
-        # a random point: another draw of the initialisation, scaled to the solution's norm
-        tr = torch.from_numpy(initial_params(cfg, d, act, cfg.seed + 2)) * (tf.norm() / max(float(ti.norm()), 1e-12))
-        ck = rd.load(f"lines_{act}")
-        if ck is None:
-            ck = {"wide_train": interpolate(train_L, ti, tf, wide).numpy(),
-                  "wide_val": interpolate(val_L, ti, tf, wide).numpy(),
-                  "two_solutions": interpolate(train_L, tf, tf2, wide).numpy(),
-                  "random_to_solution": interpolate(train_L, tr, tf, wide).numpy()}
-            if act == "relu":
-                for k, a in tiles.items():
-                    ck[f"tile_{k}"] = interpolate(train_L, ti, tf, a).numpy()
-            rd.save(f"lines_{act}", ck)
-            budget.tick()
+    wide, tiles = _alphas(cfg)
+    for act, ck in zip(ACTIVATIONS, lines):
+        first, second = trained[(act, 0)], trained[(act, 1)]
+        ti, tf = torch.from_numpy(first["theta_i"]), torch.from_numpy(first["theta_f"])
         coord, resid = project_trajectory(torch.from_numpy(first["trajectory"]), ti, tf)
         coord, resid = coord.numpy(), resid.numpy()
         res.update({f"{act}_{k}": v for k, v in ck.items()})
@@ -196,7 +204,7 @@ def run(scale: str = "default", out: str = "goodfellow", *, resume: bool = False
         summary[act] = _line_summary(first, second, ck, wide, coord, resid, tf - ti)
     res["alphas_wide"] = wide
     res.update({f"alphas_{k}": v for k, v in tiles.items()})
-    return common.finish_run(rd, res, summary, t0, "goodfellow_plots" if figures else None, cfg, plt)
+    return ctx.finish(sys.modules[__name__], res, summary)
 
 
 def initial_params(cfg: Config, d: datasets.Split, act: str, seed: int) -> np.ndarray:
@@ -231,19 +239,3 @@ def _line_summary(first, second, ck, wide, coord, resid, delta) -> dict[str, Any
         "trajectory_max_residual": float(resid.max()) if len(resid) else math.nan,
         "trajectory_fraction_of_variance_on_line": float(along / total) if total > 0 else math.nan,
     }
-
-
-def replot(out: str) -> list[str]:
-    """Redraw the figures of a finished run."""
-    import json
-    from pathlib import Path
-
-    from . import goodfellow_plots
-
-    plt = common.require_matplotlib()
-    raw = json.loads((Path(out) / "config.json").read_text())
-    raw["hidden"] = tuple(raw["hidden"])
-    res = common.load_npz(Path(out) / "results.npz")
-    if res is None:
-        raise FileNotFoundError(f"out: no results.npz in {out}; run the experiment first")
-    return goodfellow_plots.plot_all(res, Path(out), Config(**raw), plt)

@@ -16,8 +16,8 @@ Each trained network and each basin estimate is checkpointed, so an interrupted 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, replace
+import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from .. import data as datasets
 from ..landscape import Landscape
 from . import common
+from .stats import spearman
 
 NAME = "huang"
 
@@ -66,10 +67,17 @@ SCALES: dict[str, Config] = {
 }
 
 
+PLOTS = "huang_plots"
+
+
 def config(scale: str, **overrides: Any) -> Config:
-    if scale not in SCALES:
-        raise ValueError(f"scale: got {scale!r}, expected one of {', '.join(map(repr, SCALES))}")
-    return replace(SCALES[scale], **overrides)
+    """The Config of a scale, with fields replaced by overrides."""
+    return common.config(sys.modules[__name__], scale, **overrides)
+
+
+def replot(out: str) -> list[str]:
+    """Redraw the figures of a finished run."""
+    return common.replot(sys.modules[__name__], out)
 
 
 def make_model(cfg: Config, seed: int) -> nn.Sequential:
@@ -121,44 +129,49 @@ def problem(cfg: Config) -> tuple[datasets.Split, torch.Tensor, torch.Tensor]:
     return d, pool.x_train[:n_poison], 1 - pool.y_train[:n_poison]
 
 
-def run(scale: str = "default", out: str = "huang", *, resume: bool = False, progress: bool = True,
-        stop_after_chunks: int | None = None, figures: bool = True, **overrides: Any) -> dict[str, Any]:
-    """Run (or resume) the experiment into folder `out`; returns the summary (also in summary.json)."""
+def minima_runs(cfg: Config) -> list[tuple[str, int, float]]:
+    """(kind, seed, poison ratio) of every minimum, in run order."""
+    runs = [("good", cfg.seed + 100 + k, 0.0) for k in range(cfg.good)]
+    return runs + [("bad", cfg.seed + 200 + 10 * i + j, r) for i, r in enumerate(cfg.poison_ratios)
+                   for j in range(cfg.bad_repeats)]
+
+
+def _minimum(k: int, job: tuple[Config, datasets.Split, torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    """Chunk k: train minimum k (poisoned by its ratio), its accuracies and, inside the loss threshold,
+    its basin volume."""
     from ..probes.basin import basin_volume
 
-    cfg = config(scale, **overrides)
-    plt = common.require_matplotlib() if figures else None
-    rd = common.RunDir(out, common.config_dict(cfg), resume=resume)
-    budget = common.ChunkBudget(stop_after_chunks)
-    t0 = time.perf_counter()
-    d, px, py = problem(cfg)
+    cfg, d, px, py = job
+    _, seed, ratio = minima_runs(cfg)[k]
+    n_p = int(round(ratio * cfg.n_train))
     land = Landscape.from_module(make_model(cfg, 0), F.cross_entropy, (d.x_train, d.y_train), chunk=256)
+    with common.torch_threads(1):
+        theta, iterates = train_one(cfg, seed, d.x_train, d.y_train, px[:n_p], py[:n_p], cfg.poison_weight * ratio)
+    loss = float(land.loss(torch.from_numpy(theta)[None])[0])
+    ck = {"theta": theta, "iterates": iterates, "train_loss": loss,
+          "train_acc": _accuracy(cfg, theta, d.x_train, d.y_train),
+          "test_acc": _accuracy(cfg, theta, d.x_test, d.y_test), "log_volume": math.nan,
+          "log_volume_se": math.nan, "censored": 0}
+    if loss < cfg.basin_threshold:
+        b = basin_volume(land, torch.from_numpy(theta), cfg.basin_threshold, n_rays=cfg.n_rays,
+                         r_max=cfg.r_max, seed=cfg.seed + k)
+        ck.update(log_volume=b.log_volume, log_volume_se=b.log_volume_se, censored=int(b.censored.sum()),
+                  radii=b.radii.numpy())
+    return ck
 
-    # (kind, seed, poison ratio) of every minimum
-    runs = [("good", cfg.seed + 100 + k, 0.0) for k in range(cfg.good)]
-    runs += [("bad", cfg.seed + 200 + 10 * i + j, r) for i, r in enumerate(cfg.poison_ratios)
-             for j in range(cfg.bad_repeats)]
-    bar = common.progress_bar("huang minima    ", progress)
 
-    def compute(k: int) -> dict[str, Any]:
-        _, seed, ratio = runs[k]
-        n_p = int(round(ratio * cfg.n_train))
-        with common.torch_threads(1):
-            theta, iterates = train_one(cfg, seed, d.x_train, d.y_train, px[:n_p], py[:n_p],
-                                        cfg.poison_weight * ratio)
-        loss = float(land.loss(torch.from_numpy(theta)[None])[0])
-        ck = {"theta": theta, "iterates": iterates, "train_loss": loss,
-              "train_acc": _accuracy(cfg, theta, d.x_train, d.y_train),
-              "test_acc": _accuracy(cfg, theta, d.x_test, d.y_test), "log_volume": math.nan,
-              "log_volume_se": math.nan, "censored": 0}
-        if loss < cfg.basin_threshold:
-            b = basin_volume(land, torch.from_numpy(theta), cfg.basin_threshold, n_rays=cfg.n_rays,
-                             r_max=cfg.r_max, seed=cfg.seed + k)
-            ck.update(log_volume=b.log_volume, log_volume_se=b.log_volume_se, censored=int(b.censored.sum()),
-                      radii=b.radii.numpy())
-        return ck
-
-    rows = common.checkpointed_stages(rd, [f"minimum_{k}" for k in range(len(runs))], compute, budget, bar)
+def run(scale: str = "default", out: str = "huang", *, resume: bool = False, progress: bool = True,
+        stop_after_chunks: int | None = None, figures: bool = True, executor=None,
+        **overrides: Any) -> dict[str, Any]:
+    """Run (or resume) the experiment into folder `out`, each minimum (training and basin volume) a chunk
+    on `executor`; returns the summary (also in summary.json)."""
+    cfg = config(scale, **overrides)
+    ctx = common.start(cfg, out, resume=resume, progress=progress, stop_after_chunks=stop_after_chunks,
+                       figures=figures, executor=executor)
+    d, px, py = problem(cfg)
+    runs = minima_runs(cfg)
+    rows = ctx.chunks([f"minimum_{k}" for k in range(len(runs))], _minimum, shared=(cfg, d, px, py),
+                      label="huang minima")
 
     kinds = np.array([r[0] for r in runs])
     arr = lambda key: np.array([float(r[key]) for r in rows])  # noqa: E731
@@ -172,8 +185,7 @@ def run(scale: str = "default", out: str = "huang", *, resume: bool = False, pro
     }
     res["gap"] = res["train_acc"] - res["test_acc"]
     res["tsne"] = _tsne(res, cfg)
-    summary = _summary(cfg, res)
-    return common.finish_run(rd, res, summary, t0, "huang_plots" if figures else None, cfg, plt)
+    return ctx.finish(sys.modules[__name__], res, _summary(cfg, res))
 
 
 def _tsne(res: dict[str, Any], cfg: Config) -> np.ndarray:
@@ -203,10 +215,5 @@ def _summary(cfg: Config, res: dict[str, Any]) -> dict[str, Any]:
     out["good_minus_bad_log10_volume"] = g - b
     ok = np.isfinite(res["log_volume"])
     if ok.sum() >= 3:
-        out["spearman_gap_vs_log_volume"] = float(_spearman(res["gap"][ok], res["log_volume"][ok]))
+        out["spearman_gap_vs_log_volume"] = spearman(res["gap"][ok], res["log_volume"][ok])
     return out
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])

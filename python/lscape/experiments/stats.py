@@ -37,7 +37,7 @@ def _local_linear(x: np.ndarray, y: np.ndarray, w_extra: np.ndarray, x0: np.ndar
 
 
 def lowess(x, y, *, frac: float = 2.0 / 3.0, iterations: int = 3, xeval=None) -> tuple[np.ndarray, np.ndarray]:
-    """Cleveland's lowess: at each point a local-linear least-squares fit to the ceil(frac * n) nearest
+    """Cleveland's lowess: at each point a local-linear least-squares fit to the floor(frac * n) nearest
     points with tricube weights (1 - (d / h)^3)^3, h the distance to the farthest of them; then
     `iterations` robustness passes that down-weight points by the bisquare of their residual over six
     median absolute residuals (as R's lowess and statsmodels, iter=3 by default).
@@ -57,7 +57,7 @@ def lowess(x, y, *, frac: float = 2.0 / 3.0, iterations: int = 3, xeval=None) ->
         raise ValueError(f"frac: got {frac}, expected a number in (0, 1]")
     order = np.argsort(x, kind="stable")
     x, y = x[order], y[order]
-    k = min(n, max(2, math.ceil(frac * n)))
+    k = min(n, max(2, int(frac * n + 1e-10)))  # floor, as R (lowess.c) and statsmodels take it
     robust = np.ones(n)
     for it in range(iterations + 1):
         fit = _local_linear(x, y, robust, x, k)
@@ -148,3 +148,18 @@ def logistic_fit(x, y, *, l2: float = 0.0, max_iter: int = 100, tol: float = 1e-
     p = 0.5 * (1.0 + np.tanh(0.5 * (X @ b)))
     separated = bool(l2 == 0.0 and np.max(np.abs(p - y)) < 1e-6)
     return LogisticFit(float(b[0]), float(b[1]), converged and not separated, separated, it)
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of a and b (n,) by scipy.stats.spearmanr, which gives ties their mean
+    rank (the ties are real here: accuracies, repeated cell dimensions); NaN when either side is constant
+    or has fewer than 3 values."""
+    try:
+        from scipy.stats import spearmanr
+    except ImportError:
+        raise ImportError("the experiments' summaries need scipy: pip install 'lscape[experiments]' "
+                          "(or pip install scipy)") from None
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(spearmanr(a, b).statistic)

@@ -1,0 +1,193 @@
+"""Where the chunks of a long job run: in this process (`local`, the default) or as Ray tasks (`ray`), on
+this machine or a cluster.
+
+A job is a list of chunks; a chunk's result depends only on the job's inputs and the chunk's index (the
+experiments draw every random number from per-model or per-cell streams), never on how many workers ran
+it, where, or in which order.  So the same job gives bit-identical results on either executor.
+
+    ex = get_executor("ray", ray_address="auto", num_cpus=1)      # or get_executor() -> LocalExecutor
+    ex.map_chunks(fn, range(n), shared=big_inputs, on_result=save, label="cells", progress=True)
+
+`fn(i, shared)` computes chunk i; `on_result(i, result)` runs on the driver as each chunk finishes (any
+order with Ray), which is where results are checkpointed (lscape.experiments.io.checkpointed_chunks
+skips chunks already on disk, so a run killed at any moment resumes losing only the chunks in flight).
+
+Ray (an extra: pip install "lscape[ray]"): `ray.init()` starts a local Ray when no address is named;
+`ray_address` (or $RAY_ADDRESS) joins a cluster.  `shared` and `fn` go into the object store once, not
+once per task.  Each task declares `num_cpus` and runs torch and lscape's kernels on that
+many threads, so tasks never oversubscribe a node.  num_cpus defaults to the thread count a local run
+uses (OMP_NUM_THREADS, else torch's): torch's CPU reductions and LAPACK sum in an order that depends on
+the thread count (the fused kernels do not), so equal thread counts are what makes Ray's results
+bit-identical to local ones.  A different --num-cpus gives results equal to a local run with
+OMP_NUM_THREADS set to it.  A task whose worker dies (a killed process, a lost
+node) is retried up to `max_retries` times; a task that raises is not retried unless its exception is
+one a retry can cure (OSError, ConnectionError, TimeoutError, MemoryError): a bad input fails the run at
+once with its own error.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "get_executor"]
+
+EXECUTORS = ("local", "ray")
+# Exceptions a retry can cure: the machine, not the input (a ValueError from bad input is never retried).
+RETRYABLE = (OSError, ConnectionError, TimeoutError, MemoryError)
+
+ChunkFn = Callable[[int, Any], Any]
+OnResult = Callable[[int, Any], None]
+
+
+class Executor:
+    """Runs fn(i, shared) for every chunk index i; on_result(i, result) on the driver as each finishes."""
+
+    name = "executor"
+
+    def map_chunks(self, fn: ChunkFn, chunks: Sequence[int], *, shared: Any = None, on_result: OnResult,
+                   label: str = "", progress: bool = False) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def progress_bar(total: int, label: str, enabled: bool):
+    """One tqdm bar on stderr over a stage's chunks (done / total, rate, ETA); None when disabled.  tqdm
+    redraws in place on a terminal and writes occasional full lines to a log file."""
+    if not enabled:
+        return None
+    return tqdm(total=total, desc=label or "chunks", unit="chunk", dynamic_ncols=True, mininterval=1.0,
+                leave=True)
+
+
+class LocalExecutor(Executor):
+    """Chunks one after another in this process, each using every core through the kernels' threads."""
+
+    name = "local"
+
+    def map_chunks(self, fn: ChunkFn, chunks: Sequence[int], *, shared: Any = None, on_result: OnResult,
+                   label: str = "", progress: bool = False) -> None:
+        chunks = list(chunks)
+        bar = progress_bar(len(chunks), label, progress)
+        try:
+            for i in chunks:
+                on_result(i, fn(i, shared))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _run_task(fn: ChunkFn, i: int, shared: Any, num_cpus: int) -> Any:
+    """A chunk inside a Ray worker: torch and lscape's kernels on the task's num_cpus threads."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(num_cpus)  # lscape._backend.num_threads reads it first
+    torch.set_num_threads(num_cpus)
+    return fn(i, shared)
+
+
+class RayExecutor(Executor):
+    """Chunks as Ray tasks: a local Ray (address None) or a cluster's (an address, "auto", $RAY_ADDRESS)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None, max_retries: int = 3) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ImportError('executor: got "ray", but Ray is not installed; install it with '
+                              'pip install "lscape[ray]" (or pip install ray)') from None
+        if num_cpus is None:
+            from ._backend import num_threads
+
+            num_cpus = num_threads()  # as many as a local run's chunks use: the same arithmetic, bit for bit
+        if isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1:
+            raise ValueError(f"num_cpus: got {num_cpus!r}, expected a positive integer (CPUs per task)")
+        self._ray = ray
+        self.address = address if address is not None else os.environ.get("RAY_ADDRESS") or None
+        self.num_cpus, self.max_retries = num_cpus, max_retries
+        self._connect()
+
+    def _connect(self) -> None:
+        ray = self._ray
+        if ray.is_initialized():
+            return
+        _check_reachable(self.address)
+        try:
+            ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
+                     include_dashboard=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConnectionError(f"ray_address: got {self.address!r}, but no Ray cluster could be joined "
+                                  f"there ({exc}); start one with `ray start --head`, or pass no address "
+                                  "for a local Ray") from None
+
+    def __repr__(self) -> str:
+        return f"RayExecutor(address={self.address!r}, num_cpus={self.num_cpus})"
+
+    def map_chunks(self, fn: ChunkFn, chunks: Sequence[int], *, shared: Any = None, on_result: OnResult,
+                   label: str = "", progress: bool = False) -> None:
+        ray = self._ray
+        chunks = list(chunks)
+        if not chunks:
+            return
+        task = ray.remote(num_cpus=self.num_cpus, max_retries=self.max_retries,
+                          retry_exceptions=list(RETRYABLE))(_run_task)
+        fn_ref, shared_ref = ray.put(fn), ray.put(shared)  # once, not once per task
+        pending = {task.remote(fn_ref, i, shared_ref, self.num_cpus): i for i in chunks}
+        bar = progress_bar(len(chunks), label, progress)
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(done[0])
+                try:
+                    result = ray.get(done[0])
+                except ray.exceptions.RayTaskError as exc:
+                    raise exc.as_instanceof_cause() from None  # the chunk's own error, e.g. a ValueError
+                on_result(i, result)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            for ref in pending:  # an error or an interruption: stop what is still queued
+                ray.cancel(ref, force=True)
+            if bar is not None:
+                bar.close()
+
+
+def _check_reachable(address: str | None, timeout: float = 3.0) -> None:
+    """A named error at once for a host:port nobody answers on (ray.init itself would retry for minutes)."""
+    if address is None or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"ray_address: got {address!r}, expected 'auto', 'HOST:PORT' or 'ray://HOST:PORT'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"ray_address: got {address!r}, but nothing answers there ({exc}); start a "
+                              "cluster with `ray start --head`, or pass no address for a local Ray") from None
+
+
+def get_executor(executor: str | Executor | None = None, *, ray_address: str | None = None,
+                 num_cpus: int | None = None) -> Executor:
+    """An Executor from a name ("local", "ray"), an Executor (returned as is) or None ("local").
+
+    ray_address / num_cpus only go with "ray" (num_cpus: CPUs and threads per task; default: the threads a
+    local run uses, lscape._backend.num_threads(), which makes the results bit-identical to a local run)."""
+    if isinstance(executor, Executor):
+        return executor
+    name = "local" if executor is None else executor
+    if name not in EXECUTORS:
+        raise ValueError(f"executor: got {executor!r}, expected one of {', '.join(map(repr, EXECUTORS))} "
+                         "or an lscape.executor.Executor")
+    if name == "local":
+        if ray_address is not None:
+            raise ValueError(f"ray_address: got {ray_address!r} with executor 'local'; it needs executor='ray'")
+        return LocalExecutor()
+    return RayExecutor(ray_address, num_cpus=num_cpus)
