@@ -10,15 +10,11 @@ own), and prints, per group, each contender's median time and its ratio to the g
 lscape's speed-up),
 then the targets.  The table goes to bench/results/report-<time>.txt and bench/results/latest.txt.
 
-Report options (everything else goes to pytest):
-  --no-large          skip the large implicit subprocess
-  --large-device DEV  device for it (default cpu)
-  --from-json PATH    print the table of an earlier run's benchmark JSON instead of running pytest
-  --large-json PATH   with --from-json: the large-implicit JSON of that run
-  --strict            exit 1 when a target is missed (default: report only)
+Report options: `python bench/report.py --help`; everything else goes to pytest.
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -96,31 +92,20 @@ def _is_rate(group: str) -> bool:
 
 
 # ---- running -------------------------------------------------------------------------------------------
-def _split_args(argv: list[str]) -> tuple[dict, list[str]]:
-    opts = {"large": True, "large_device": "cpu", "from_json": None, "large_json": None, "strict": False}
-    rest: list[str] = []
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The report's own options; everything else goes to pytest."""
     if argv[:1] == ["--"]:  # `lscape bench -- -k B1 ...` passes its separator through
         argv = argv[1:]
-    it = iter(argv)
-    for a in it:
-        if a == "--no-large":
-            opts["large"] = False
-        elif a == "--strict":
-            opts["strict"] = True
-        elif a in ("--large-device", "--from-json", "--large-json"):
-            value = next(it, None)
-            if value is None:
-                raise SystemExit(f"report.py: {a} needs a value")
-            opts[a[2:].replace("-", "_")] = value
-        elif a.split("=", 1)[0] in ("--large-device", "--from-json", "--large-json"):
-            k, v = a.split("=", 1)
-            opts[k[2:].replace("-", "_")] = v
-        elif a in ("-h", "--help"):
-            print(__doc__)
-            raise SystemExit(0)
-        else:
-            rest.append(a)
-    return opts, rest
+    p = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0], add_help=True,
+                                epilog="Any other argument goes to pytest (e.g. -k B1, --bench-budget 1).")
+    p.add_argument("--no-large", dest="large", action="store_false", help="skip the large implicit subprocess")
+    p.add_argument("--large-device", default="cpu", help="device for it (default cpu)")
+    p.add_argument("--no-executor", dest="executor", action="store_false",
+                   help="skip the executor-overhead subprocess (local vs Ray on gamst-walker's ensemble stage)")
+    p.add_argument("--from-json", default=None, help="print the table of an earlier run's benchmark JSON")
+    p.add_argument("--large-json", default=None, help="with --from-json: the large-implicit JSON of that run")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed (default: report only)")
+    return p.parse_known_args(argv)
 
 
 def run_pytest(extra: list[str], json_path: Path) -> tuple[int, list[str], Path]:
@@ -141,9 +126,10 @@ def run_pytest(extra: list[str], json_path: Path) -> tuple[int, list[str], Path]
     return proc.wait(), lines, json_path
 
 
-def run_large(device: str, out_path: Path) -> dict:
-    """bench/large_implicit.py in its own process; its JSON, or {"error": ...}."""
-    cmd = [sys.executable, str(HERE / "large_implicit.py"), "--device", device]
+def run_script(script: str, args: list[str], out_path: Path) -> dict:
+    """bench/<script> in its own process (its peak RSS and threads are its own); the JSON object its last
+    line prints, or {"error": ...}."""
+    cmd = [sys.executable, str(HERE / script), *args]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     try:
@@ -309,140 +295,162 @@ def _bytes_per_nnz(groups) -> tuple[float | None, str]:
         return None, f"could not measure: {exc}"
 
 
-def targets(groups: dict, large: dict | None) -> tuple[list[str], bool]:
-    lines = ["Targets"]
-    all_ok = True
+# ---- targets: one small function each, listed once in TARGETS ------------------------------------------------
+# Each takes (groups, extras) and returns [(ok, text, details)] rows: ok True / False / None (not measured);
+# extras holds the subprocess results ("large", "executor").
+def _rows_ratio(vals, fmt):
+    return [", ".join(fmt(g, r) for g, r in vals[i:i + 2]) for i in range(0, len(vals), 2)] or ["not measured in this run"]
 
-    def add(ok, text, details):
-        nonlocal all_ok
-        all_ok = all_ok and ok is not False
-        lines.append(f"  [{_verdict(ok)}] {text}")
-        for d in details:
-            lines.append(f"         {d}")
 
-    # 1. indices >= 4x faster than torch CSR, both directions (every batch size run)
-    vals = [(g, _ratio(groups, g, "torch CSR")) for g in PRODUCT_GROUPS]
-    vals = [(g, r) for g, r in vals if r is not None]
+def t_vs_torch(groups, extras):
+    vals = [(g, r) for g in PRODUCT_GROUPS if (r := _ratio(groups, g, "torch CSR")) is not None]
     ok = None if not vals else all(r >= TARGET_VS_TORCH for _, r in vals)
-    add(ok, f"lscape indices >= {TARGET_VS_TORCH:g}x faster than torch CSR, P theta and P^T g",
-        [", ".join(f"{g}: torch CSR / lscape indices = {r:.2f}x" for g, r in vals[i:i + 2])
-         for i in range(0, len(vals), 2)] or ["not measured in this run"])
+    return [(ok, f"lscape indices >= {TARGET_VS_TORCH:g}x faster than torch CSR, P theta and P^T g",
+             _rows_ratio(vals, lambda g, r: f"{g}: torch CSR / lscape indices = {r:.2f}x"))]
 
-    # 2. bytes per nonzero of indices storage
+
+def t_bytes(groups, extras):
     bpn, how = _bytes_per_nnz(groups)
-    add(None if bpn is None else bpn <= TARGET_BYTES_PER_NNZ,
-        f"indices storage <= {TARGET_BYTES_PER_NNZ:g} bytes per nonzero: "
-        + ("n/a" if bpn is None else f"{bpn:.3f} bytes per nonzero"), [how])
+    return [(None if bpn is None else bpn <= TARGET_BYTES_PER_NNZ,
+             f"indices storage <= {TARGET_BYTES_PER_NNZ:g} bytes per nonzero: "
+             + ("n/a" if bpn is None else f"{bpn:.3f} bytes per nonzero"), [how])]
 
-    # 3. implicit at most 2x slower than indices
-    vals = [(g, _ratio(groups, g, "lscape implicit")) for g in PRODUCT_GROUPS]
-    vals = [(g, r) for g, r in vals if r is not None]
+
+def t_implicit(groups, extras):
+    vals = [(g, r) for g in PRODUCT_GROUPS if (r := _ratio(groups, g, "lscape implicit")) is not None]
     ok = None if not vals else all(r <= TARGET_IMPLICIT for _, r in vals)
-    add(ok, f"implicit at most {TARGET_IMPLICIT:g}x slower than indices",
-        [", ".join(f"{g}: implicit / indices = {r:.2f}x" for g, r in vals[i:i + 2])
-         for i in range(0, len(vals), 2)] or ["not measured in this run"])
-    rb = _ratio(groups, "build", "lscape implicit")
-    if rb is not None:
-        lines.append(f"         (build: implicit / indices = {rb:.2f}x)")
+    details = _rows_ratio(vals, lambda g, r: f"{g}: implicit / indices = {r:.2f}x")
+    if (rb := _ratio(groups, "build", "lscape implicit")) is not None:
+        details.append(f"(build: implicit / indices = {rb:.2f}x)")
+    return [(ok, f"implicit at most {TARGET_IMPLICIT:g}x slower than indices", details)]
 
-    # 4. ensemble training: lscape cpu >= 20x torch.func vmap and >= 3e5 model-steps/s; cuda >= 5e7
-    rows = []
+
+def _mlp_rows(groups):
     for g, members in groups.items():
         if not _is_mlp(g):
             continue
         cuda = g.startswith("cuda-")
         base = members.get("lscape cuda" if cuda else "lscape cpu")
-        if base is None:
-            continue
-        vm = members.get("torch.func vmap")
-        rows.append((g, cuda, _rate(base), _rate(vm) if vm else None))
-    cpu_rows = [r for r in rows if not r[1]]
-    ok = None if not cpu_rows else all(
-        rate >= TARGET_MLP_RATE and (vm is None or rate / vm >= TARGET_MLP_VS_VMAP) for _, _, rate, vm in cpu_rows)
-    add(ok, f"ensemble training (CPU) >= {TARGET_MLP_VS_VMAP:g}x torch.func vmap and >= {TARGET_MLP_RATE:,.0f} "
-        "model-steps/s", [f"{g}: {rate:,.0f} model-steps/s" + (f", {rate / vm:.1f}x vmap" if vm else "")
-                          for g, _, rate, vm in cpu_rows] or ["not measured in this run"])
-    cuda_rows = [r for r in rows if r[1]]
-    if cuda_rows:
-        add(all(rate >= TARGET_MLP_RATE_CUDA for _, _, rate, _ in cuda_rows),
-            f"ensemble training (CUDA) >= {TARGET_MLP_RATE_CUDA:,.0f} model-steps/s",
-            [f"{g}: {rate:,.0f} model-steps/s" + (f", {rate / vm:.1f}x vmap" if vm else "")
-             for g, _, rate, vm in cuda_rows])
+        if base is not None:
+            vm = members.get("torch.func vmap")
+            yield g, cuda, _rate(base), _rate(vm) if vm else None
 
-    # 5. NEB: lscape >= 100x ASE NEB + FIRE per band-step; the fused kernel >= 5x the torch reference
+
+def t_mlp(groups, extras):
+    rows = list(_mlp_rows(groups))
+    fmt = lambda g, rate, vm: f"{g}: {rate:,.0f} model-steps/s" + (f", {rate / vm:.1f}x vmap" if vm else "")  # noqa: E731
+    cpu = [r for r in rows if not r[1]]
+    ok = None if not cpu else all(rate >= TARGET_MLP_RATE and (vm is None or rate / vm >= TARGET_MLP_VS_VMAP)
+                                  for _, _, rate, vm in cpu)
+    out = [(ok, f"ensemble training (CPU) >= {TARGET_MLP_VS_VMAP:g}x torch.func vmap and >= "
+                f"{TARGET_MLP_RATE:,.0f} model-steps/s", [fmt(g, r, v) for g, _, r, v in cpu] or ["not measured in this run"])]
+    cuda = [r for r in rows if r[1]]
+    if cuda:
+        out.append((all(rate >= TARGET_MLP_RATE_CUDA for _, _, rate, _ in cuda),
+                    f"ensemble training (CUDA) >= {TARGET_MLP_RATE_CUDA:,.0f} model-steps/s",
+                    [fmt(g, r, v) for g, _, r, v in cuda]))
+    return out
+
+
+def t_neb(groups, extras):
     wf = groups.get("neb-wf-B100-n32", {})
-    base = wf.get("lscape cpu")
-    details = []
-    ok = None
+    base, details, ok = wf.get("lscape cpu"), [], None
     if base is not None and "ASE NEB+FIRE" in wf:
         r = _rate(base) / _rate(wf["ASE NEB+FIRE"])
         ok = r >= TARGET_NEB_VS_ASE
         details.append(f"lscape cpu {_rate(base):,.0f} band-steps/s, ASE NEB+FIRE {_rate(wf['ASE NEB+FIRE']):,.1f}: "
                        f"{r:,.0f}x")
-        if "ASE, trivial calculator" in wf:
-            details.append(f"(ASE with a calculator that returns zeros: {_rate(wf['ASE, trivial calculator']):,.1f} "
-                           f"band-steps/s, {_rate(base) / _rate(wf['ASE, trivial calculator']):,.0f}x)")
-        if "lscape torch ref" in wf:
-            details.append(f"(the whole driver on the torch reference: {_rate(wf['lscape torch ref']):,.0f} "
-                           f"band-steps/s, {_rate(base) / _rate(wf['lscape torch ref']):.1f}x)")
-    add(ok, f"NEB (W_f, 100 bands x 32 images) >= {TARGET_NEB_VS_ASE:g}x ASE NEB + FIRE per band-step",
-        details or ["not measured in this run"])
+        for peer, what in (("ASE, trivial calculator", "ASE with a calculator that returns zeros"),
+                           ("lscape torch ref", "the whole driver on the torch reference")):
+            if peer in wf:
+                details.append(f"({what}: {_rate(wf[peer]):,.1f} band-steps/s, {_rate(base) / _rate(wf[peer]):,.1f}x)")
+    out = [(ok, f"NEB (W_f, 100 bands x 32 images) >= {TARGET_NEB_VS_ASE:g}x ASE NEB + FIRE per band-step",
+            details or ["not measured in this run"])]
     kern = groups.get("neb-kernel-B100-n32", {})
+    text = f"neb_step kernel >= {TARGET_NEB_KERNEL:g}x the torch reference"
     if "lscape cpu" in kern and "lscape torch ref" in kern:
         r = _rate(kern["lscape cpu"]) / _rate(kern["lscape torch ref"])
-        add(r >= TARGET_NEB_KERNEL, f"neb_step kernel >= {TARGET_NEB_KERNEL:g}x the torch reference",
-            [f"lscape cpu / lscape torch ref = {r:.1f}x"])
+        out.append((r >= TARGET_NEB_KERNEL, text, [f"lscape cpu / lscape torch ref = {r:.1f}x"]))
     else:
-        add(None, f"neb_step kernel >= {TARGET_NEB_KERNEL:g}x the torch reference", ["not measured in this run"])
-    for g in ("cuda-neb-wf-B10000-n32", "cuda-neb-kernel-B10000-n32"):
-        if "lscape cuda" in groups.get(g, {}):
-            lines.append(f"  [info] {g}: {_rate(groups[g]['lscape cuda']):,.0f} band-steps/s on CUDA")
+        out.append((None, text, ["not measured in this run"]))
+    return out
 
-    # 6. probes: lscape >= 10x the peer (interpolation, top-5 eigenvalues, walks)
+
+def t_probes(groups, extras):
+    out = []
     for g, (base_name, peers) in PROBE_TIMED.items():
         members = groups.get(g, {})
         for peer in peers:
             if base_name in members and peer in members:
                 r = members[peer]["stats"]["median"] / members[base_name]["stats"]["median"]
-                add(r >= TARGET_PROBES, f"{g}: {base_name} >= {TARGET_PROBES:g}x {peer}", [f"{r:.1f}x"])
+                out.append((r >= TARGET_PROBES, f"{g}: {base_name} >= {TARGET_PROBES:g}x {peer}", [f"{r:.1f}x"]))
     walk = groups.get("probe-walk-5x5", {})
     if "lscape cpu" in walk and "torch nn.Sequential, 1 walker" in walk:
         r = _rate(walk["lscape cpu"]) / _rate(walk["torch nn.Sequential, 1 walker"])
-        add(r >= TARGET_PROBES, f"probe-walk-5x5: lscape >= {TARGET_PROBES:g}x one walker at a time in torch",
-            [f"{_rate(walk['lscape cpu']):,.0f} walker-steps/s, {r:.0f}x"])
+        out.append((r >= TARGET_PROBES, f"probe-walk-5x5: lscape >= {TARGET_PROBES:g}x one walker at a time in torch",
+                    [f"{_rate(walk['lscape cpu']):,.0f} walker-steps/s, {r:.0f}x"]))
+    return out
 
-    # 7. a hyperplane step at most 1.5x the full-space step (indices storage)
+
+def t_subspace(groups, extras):
     sub = groups.get("subspace-step-B128", {})
-    if "full space" in sub and "lscape indices" in sub:
-        r = sub["lscape indices"]["stats"]["median"] / sub["full space"]["stats"]["median"]
-        add(r <= TARGET_SUBSPACE, f"hyperplane step (indices) <= {TARGET_SUBSPACE:g}x the full-space step",
-            [f"{r:.2f}x"])
+    if "full space" not in sub or "lscape indices" not in sub:
+        return []
+    r = sub["lscape indices"]["stats"]["median"] / sub["full space"]["stats"]["median"]
+    return [(r <= TARGET_SUBSPACE, f"hyperplane step (indices) <= {TARGET_SUBSPACE:g}x the full-space step",
+             [f"{r:.2f}x"])]
 
-    # 8. large implicit under 1 GB
+
+def t_large(groups, extras):
+    large = extras.get("large")
+    text = "large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS"
     if large is None:
-        add(None, "large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS", ["skipped (--no-large)"])
-    elif "error" in large:
-        add(False, "large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS", [f"failed: {large['error']}"])
-    else:
-        peak = large["peak_rss_bytes"]
-        limit = large.get("limit_bytes", LIMIT_BYTES)
-        add(peak < limit, f"large implicit (D = {large['D']:,}, d = {large['d']:,}, {large['nnz']:,} nonzeros) "
-            f"under {limit / 1e9:g} GB: peak RSS {_mb(peak)}",
-            [f"its own process on {large['device']}: build {large['build_s']:.2f} s, P theta {large['matvec_s']:.2f} s, "
-             f"P^T g {large['rmatvec_s']:.2f} s; P holds {large['nbytes']:,} bytes; "
-             f"RSS after imports {_mb(large['rss_after_import_bytes'])}; "
-             f"adjoint check rel. error {large['adjoint_rel_err']:.1e}"])
+        return [(None, text, ["skipped (--no-large)"])]
+    if "error" in large:
+        return [(False, text, [f"failed: {large['error']}"])]
+    peak, limit = large["peak_rss_bytes"], large.get("limit_bytes", LIMIT_BYTES)
+    return [(peak < limit, f"large implicit (D = {large['D']:,}, d = {large['d']:,}, {large['nnz']:,} nonzeros) "
+             f"under {limit / 1e9:g} GB: peak RSS {_mb(peak)}",
+             [f"its own process on {large['device']}: build {large['build_s']:.2f} s, P theta {large['matvec_s']:.2f} s, "
+              f"P^T g {large['rmatvec_s']:.2f} s; P holds {large['nbytes']:,} bytes; "
+              f"RSS after imports {_mb(large['rss_after_import_bytes'])}; "
+              f"adjoint check rel. error {large['adjoint_rel_err']:.1e}"])]
+
+
+def t_executor(groups, extras):
+    ex = extras.get("executor")
+    text = "Ray's overhead on gamst-walker's ensemble stage <= 15% of the local run's wall time"
+    if ex is None:
+        return [(None, text, ["skipped (--no-executor)"])]
+    if "error" in ex:
+        return [(False, text, [f"failed: {ex['error']}"])]
+    return [(ex["pass"], text, [f"{ex['models']} models x {ex['steps']} steps in {ex['chunks']} chunks of "
+                                f"{ex['one_chunk_s']:.1f} s: local {min(ex['local_s']):.1f} s, ray {min(ex['ray_s']):.1f} s "
+                                f"(+{100 * ex['ray_overhead']:.1f}%), Ray's one-time start {ex['ray_startup_s']:.1f} s"])]
+
+
+TARGETS = [t_vs_torch, t_bytes, t_implicit, t_mlp, t_neb, t_probes, t_subspace, t_large, t_executor]
+
+
+def targets(groups: dict, extras: dict) -> tuple[list[str], bool]:
+    """Every target of TARGETS as [PASS] / [MISS] / [n/a] lines; (lines, whether none was missed)."""
+    lines, all_ok = ["Targets"], True
+    for target in TARGETS:
+        for ok, text, details in target(groups, extras):
+            all_ok = all_ok and ok is not False
+            lines.append(f"  [{_verdict(ok)}] {text}")
+            lines.extend(f"         {d}" for d in details)
     return lines, all_ok
 
 
-def render(data: dict, large: dict | None, load: dict, skipped: list[str]) -> tuple[str, bool]:
+def render(data: dict, extras: dict, load: dict, skipped: list[str]) -> tuple[str, bool]:
     groups = _groups(data)
     out = header(data, load)
     for g in _ordered(groups, GROUP_ORDER):
         out.append("")
         out += group_table(g, groups[g])
     out.append("")
-    t, ok = targets(groups, large)
+    t, ok = targets(groups, extras)
     out += t
     if skipped:
         out.append("")
@@ -463,15 +471,16 @@ def _skips(lines: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts, extra = _split_args(sys.argv[1:] if argv is None else argv)
+    opts, extra = parse_args(sys.argv[1:] if argv is None else argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     load: dict = {}
     skipped: list[str] = []
     rc = 0
-    if opts["from_json"]:
-        json_path = Path(opts["from_json"])
-        large = json.loads(Path(opts["large_json"]).read_text()) if opts["large_json"] else None
+    if opts.from_json:
+        json_path = Path(opts.from_json)
+        large = json.loads(Path(opts.large_json).read_text()) if opts.large_json else None
+        executor = None
     else:
         load["before"] = os.getloadavg()[0]
         rc, lines, json_path = run_pytest(extra, RESULTS / f"benchmark-{stamp}.json")
@@ -484,15 +493,18 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(json_path.read_text())  # keep what the table needs with the numbers
         data["report"] = {"loadavg_1min": load, "skipped": skipped, "pytest_args": extra, "pytest_rc": rc}
         json_path.write_text(json.dumps(data, indent=2))
-        large = run_large(opts["large_device"], RESULTS / f"large-implicit-{stamp}.json") if opts["large"] else None
+        large = (run_script("large_implicit.py", ["--device", opts.large_device],
+                            RESULTS / f"large-implicit-{stamp}.json") if opts.large else None)
+        executor = (run_script("executor_overhead.py", [], RESULTS / f"executor-{stamp}.json")
+                    if opts.executor else None)
     data = json.loads(json_path.read_text())
-    if opts["from_json"]:
+    if opts.from_json:
         load = data.get("report", {}).get("loadavg_1min", {})
         skipped = data.get("report", {}).get("skipped", [])
-    text, ok = render(data, large, load, skipped)
+    text, ok = render(data, {"large": large, "executor": executor}, load, skipped)
     print()
     print(text, end="")
-    if not opts["from_json"]:
+    if not opts.from_json:
         txt = RESULTS / f"report-{stamp}.txt"
         txt.write_text(text)
         shutil.copyfile(txt, RESULTS / "latest.txt")
@@ -501,9 +513,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{txt.relative_to(ROOT)} (and bench/results/latest.txt, latest.json)")
     if rc not in (0, 5):
         return rc
-    if large is not None and "error" in large:
+    if any(x is not None and "error" in x for x in (large, executor)):
         return 1
-    return 1 if (opts["strict"] and not ok) else 0
+    return 1 if (opts.strict and not ok) else 0
 
 
 if __name__ == "__main__":
