@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._affine import AffinePlane, first_layer
 from ._flat import FlatLayout
 from .directions import Directions, random_directions
 from .surface_io import read_surface, write_surface, write_vtp
@@ -136,6 +137,7 @@ class _Shared:
     metrics: dict
     train: object
     test: object
+    affine: bool
     bn: str
     center: np.ndarray
     directions: np.ndarray
@@ -144,15 +146,20 @@ class _Shared:
     todo: np.ndarray
 
 
-def _evaluate(model: nn.Module, data, loss_fn, metrics: dict, prefix: str) -> dict[str, float]:
+def _plain(model: nn.Module, data):
+    """(outputs, targets, n) of every streamed batch."""
+    with torch.no_grad():
+        for X, Y in data:
+            yield model(X), Y, X.shape[0]
+
+
+def _evaluate(outputs, loss_fn, metrics: dict, prefix: str) -> dict[str, float]:
     """Batch-size-weighted means of loss, accuracy (classification: integer targets, outputs (N, C))
-    and custom metrics over one streamed pass."""
+    and custom metrics over one pass of (outputs, targets, n)."""
     sums: dict[str, float] = {}
     total = 0
     with torch.no_grad():
-        for X, Y in data:
-            out = model(X)
-            n = X.shape[0]
+        for out, Y, n in outputs:
             total += n
             vals = {"loss": loss_fn(out, Y)}
             if out.ndim == 2 and not Y.is_floating_point() and Y.ndim == 1:
@@ -164,16 +171,30 @@ def _evaluate(model: nn.Module, data, loss_fn, metrics: dict, prefix: str) -> di
     return {f"{prefix}_{k}": v / total for k, v in sums.items()}
 
 
-def _point(model: nn.Module, layout: FlatLayout, theta: torch.Tensor, sh: _Shared) -> dict[str, float]:
+def _point(model: nn.Module, layout: FlatLayout, theta: torch.Tensor, sh: _Shared, coeffs, affine) -> dict:
+    """All metrics at theta; `affine` (train, test) AffinePlane caches or None for plain evaluation."""
     layout.load(model, theta)
     if sh.bn == "recompute":
         # one pass over the training data in train mode with cumulative averages (momentum None)
         torch.optim.swa_utils.update_bn(sh.train, model)
     model.eval()
-    out = _evaluate(model, sh.train, sh.loss_fn, sh.metrics, "train")
+    train = affine[0].outputs(coeffs) if affine else _plain(model, sh.train)
+    out = _evaluate(train, sh.loss_fn, sh.metrics, "train")
     if sh.test is not None:
-        out.update(_evaluate(model, sh.test, sh.loss_fn, sh.metrics, "test"))
+        test = affine[1].outputs(coeffs) if affine else _plain(model, sh.test)
+        out.update(_evaluate(test, sh.loss_fn, sh.metrics, "test"))
     return out
+
+
+def _affine_caches(model, layout, center, dirs, sh: _Shared):
+    """First-layer caches for train and test data when the affine trick applies (bn='eval'), else None."""
+    if not sh.affine or sh.bn != "eval" or first_layer(model) is None:
+        return None
+    try:
+        return tuple(AffinePlane(model, layout, center, dirs, d) if d is not None else None
+                     for d in (sh.train, sh.test))
+    except MemoryError:
+        return None
 
 
 def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
@@ -183,13 +204,16 @@ def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
     p0 = next(model.parameters())
     center = torch.as_tensor(sh.center, dtype=torch.float64)
     dirs = torch.as_tensor(sh.directions, dtype=torch.float64)
+    model.eval()
+    affine = _affine_caches(model, layout, center.to(p0.dtype), dirs.to(p0.dtype), sh)
     ys = [None] if sh.y is None else list(sh.y)
     out = {}
     for j, b in enumerate(ys):
         if not sh.todo[i] if sh.y is None else not sh.todo[i, j]:
             continue
         theta = center + sh.x[i] * dirs[0] + (0.0 if b is None else b * dirs[1])
-        out[j] = _point(model, layout, theta.to(dtype=p0.dtype, device=p0.device), sh)
+        coeffs = (float(sh.x[i]),) if b is None else (float(sh.x[i]), float(b))
+        out[j] = _point(model, layout, theta.to(dtype=p0.dtype, device=p0.device), sh, coeffs, affine)
     return out
 
 
@@ -210,7 +234,8 @@ def _resume(file, x, y, center, dirs) -> Surface | None:
 
 def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, center=None,
             metrics: dict[str, Callable] | None = None, test_data=None, bn: str = "eval", file: str | None = None,
-            executor=None, max_batches: int | None = None, progress: bool = False) -> Surface:
+            executor=None, max_batches: int | None = None, progress: bool = False,
+            affine: bool = True) -> Surface:
     """The loss surface of `model` at center + x u (+ y v) on a grid.
 
     directions: a Directions (lscape.directions.random_directions / plane_through / pca_directions), a
@@ -227,6 +252,8 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     file: a .h5/.npz path written after every row; an existing file of the same surface is resumed
       (only the cells not yet computed are evaluated).  executor: rows are chunks of
       lscape.executor.get_executor(executor).map_chunks.
+    affine: with bn='eval', an nn.Sequential whose first layer is an nn.Linear / nn.Conv2d gets that
+      layer's products X W0, X U, X V once per row and batch (lscape._affine); False: plain evaluation.
     Returns a Surface with values train_loss, train_acc, test_loss, test_acc, train_<name>, ..."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: got {type(model).__name__}, expected a torch.nn.Module")
@@ -248,7 +275,7 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     s = _resume(file, x, y, center, dirs.vectors) or Surface(
         x, y, {}, np.zeros(shape, bool), dirs.vectors, center, dict(dirs.info, bn=bn), dirs.trajectory)
     sh = _Shared(copy.deepcopy(model), loss_fn, metrics, _batches("data", data, max_batches),
-                 _batches("test_data", test_data, max_batches), bn, center, dirs.vectors, x, y, ~s.done)
+                 _batches("test_data", test_data, max_batches), affine, bn, center, dirs.vectors, x, y, ~s.done)
     rows = [i for i in range(x.shape[0]) if sh.todo[i].any()]
 
     def on_result(i: int, cells: dict) -> None:
