@@ -9,9 +9,10 @@ from .neb import NEBConfig, NEBResult, neb
 from .projection import SparseSignProjection
 from .radial import RadiusRecorder, RandomWalkFit, fit_random_walk, r_x, radius
 from .subspace import SphereConstraint, Subspace
+from .surface import Surface, surface
 from .tinymlp import TinyMLP
 
 __version__ = "0.1.0"
-__all__ = ["BackendInfo", "Landscape", "NEBConfig", "NEBResult", "RadiusRecorder", "RandomWalkFit", "SparseSignProjection",
+__all__ = ["Surface", "surface", "BackendInfo", "Landscape", "NEBConfig", "NEBResult", "RadiusRecorder", "RandomWalkFit", "SparseSignProjection",
            "SphereConstraint", "Subspace", "TinyMLP", "TrainResult", "TrainState", "backends",
            "data", "fit_random_walk", "mlp_loss", "mlp_loss_grad", "neb", "probes", "r_x", "radius", "train_ensemble", "use_backend", "__version__"]

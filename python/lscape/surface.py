@@ -1,0 +1,293 @@
+"""lscape.surface: a 1-D or 2-D loss surface of a torch module around a centre, along two directions,
+with loss, accuracy and custom metrics on train and test data in the same forward passes."""
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._affine import AffinePlane, first_layer
+from ._flat import FlatLayout
+from .directions import Directions, random_directions
+from .executor import get_executor
+from .surface_io import read_surface, write_surface, write_vtp
+
+__all__ = ["Surface", "surface"]
+
+BN_MODES = ("eval", "recompute")
+
+
+@dataclass
+class Surface:
+    """x (nx,), y (ny,) or None; values {name: (nx,) or (nx, ny)} with value[i, j] at (x[i], y[j]), NaN
+    where not computed; done: bool, same shape; directions (k, D); center (D,); info: provenance;
+    trajectory (T, 2) or None."""
+    x: np.ndarray
+    y: np.ndarray | None
+    values: dict[str, np.ndarray]
+    done: np.ndarray
+    directions: np.ndarray
+    center: np.ndarray
+    info: dict = field(default_factory=dict)
+    trajectory: np.ndarray | None = None
+
+    @property
+    def ndim(self) -> int:
+        return 1 if self.y is None else 2
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.values[name]
+
+    def save(self, path: str) -> None:
+        """.h5 (Goldstein's names, -1 where not computed) or .npz; atomic."""
+        write_surface(path, self.x, self.y, self.values, self.done, self.directions, self.center,
+                      self.info, self.trajectory)
+
+    @classmethod
+    def load(cls, path: str) -> Surface:
+        return cls(**read_surface(path))
+
+    def to_vtp(self, path: str, name: str = "train_loss", *, log: bool = False, zmax: float | None = None) -> None:
+        """ParaView export of a 2-D surface (Goldstein's h52vtp.py: log scale, z cap)."""
+        if self.ndim != 2:
+            raise ValueError("to_vtp: expected a 2-D surface")
+        write_vtp(path, self.x, self.y, self.values[name], log=log, zmax=zmax)
+
+
+# ---- arguments ----------------------------------------------------------------------------------------
+def _axis(name: str, a) -> np.ndarray:
+    if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
+        if a < 2:
+            raise ValueError(f"{name}: got {a} points, expected at least 2")
+        return np.linspace(-1.0, 1.0, int(a))
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim != 1 or arr.shape[0] < 2 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: got {a!r}, expected an int >= 2 or a 1-D array of >= 2 finite coordinates")
+    return arr
+
+
+def _grid(grid, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    if k == 1:
+        return _axis("grid", grid), None
+    pair = isinstance(grid, tuple) and len(grid) == 2 or \
+        isinstance(grid, list) and len(grid) == 2 and not np.isscalar(grid[0])
+    if pair:
+        return _axis("grid[0]", grid[0]), _axis("grid[1]", grid[1])
+    ax = _axis("grid", grid)
+    return ax, ax.copy()
+
+
+def _directions(directions, model: nn.Module, D: int) -> Directions:
+    if isinstance(directions, str):
+        if directions not in ("filter", "layer", "random"):
+            raise ValueError(f"directions: got {directions!r}, expected 'filter', 'layer', 'random', a "
+                             "Directions or a (k, D) array")
+        return random_directions(model, 2, norm="layer" if directions == "layer" else "filter")
+    if not isinstance(directions, Directions):
+        if isinstance(directions, (list, tuple)):
+            directions = [torch.as_tensor(d).detach().cpu().double().reshape(-1).numpy() for d in directions]
+        vec = np.atleast_2d(np.asarray(torch.as_tensor(np.asarray(directions)).double().numpy()))
+        directions = Directions(vec, {"kind": "given"})
+    if directions.vectors.ndim != 2 or directions.vectors.shape[0] not in (1, 2) or \
+            directions.vectors.shape[1] != D:
+        raise ValueError(f"directions: got shape {directions.vectors.shape}, expected (1, {D}) or (2, {D}) "
+                         "(the model's parameter count)")
+    return directions
+
+
+def _batches(name: str, data, max_batches: int | None):
+    """A re-iterable of (inputs, targets) batches, streamed (never concatenated)."""
+    if data is None:
+        return None
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        data = [tuple(data)]
+    try:
+        iter(data)
+    except TypeError:
+        raise TypeError(f"{name}: got {type(data).__name__}, expected (inputs, targets) or a re-iterable "
+                        "of such batches (e.g. a DataLoader)") from None
+    return _Stream(name, data, max_batches)
+
+
+class _Stream:
+    def __init__(self, name, data, max_batches):
+        self.name, self.data, self.max_batches = name, data, max_batches
+
+    def __iter__(self):
+        n = 0
+        for b in itertools.islice(self.data, self.max_batches):
+            X, Y = b[0], b[1]
+            n += 1
+            yield X, Y
+        if n == 0:
+            raise ValueError(f"{self.name}: yielded no batch, expected at least one (inputs, targets)")
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------
+@dataclass
+class _Shared:
+    """Everything a row chunk needs; picklable when model, loss_fn, metrics and data are."""
+    model: nn.Module
+    loss_fn: Callable
+    metrics: dict
+    train: object
+    test: object
+    affine: bool
+    bn: str
+    center: np.ndarray
+    directions: np.ndarray
+    x: np.ndarray
+    y: np.ndarray | None
+    todo: np.ndarray
+
+
+def _plain(model: nn.Module, data):
+    """(outputs, targets, n) of every streamed batch."""
+    with torch.no_grad():
+        for X, Y in data:
+            yield model(X), Y, X.shape[0]
+
+
+def _evaluate(outputs, loss_fn, metrics: dict, prefix: str) -> dict[str, float]:
+    """Batch-size-weighted means of loss, accuracy (classification: integer targets, outputs (N, C))
+    and custom metrics over one pass of (outputs, targets, n)."""
+    sums: dict[str, float] = {}
+    total = 0
+    with torch.no_grad():
+        for out, Y, n in outputs:
+            total += n
+            vals = {"loss": loss_fn(out, Y)}
+            if out.ndim == 2 and not Y.is_floating_point() and Y.ndim == 1:
+                vals["acc"] = (out.argmax(1) == Y).double().mean()
+            for name, fn in metrics.items():
+                vals[name] = fn(out, Y)
+            for k, v in vals.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+    return {f"{prefix}_{k}": v / total for k, v in sums.items()}
+
+
+def _point(model: nn.Module, layout: FlatLayout, theta: torch.Tensor, sh: _Shared, coeffs, affine) -> dict:
+    """All metrics at theta; `affine` (train, test) AffinePlane caches or None for plain evaluation."""
+    layout.load(model, theta)
+    if sh.bn == "recompute":
+        # one pass over the training data in train mode with cumulative averages (momentum None)
+        torch.optim.swa_utils.update_bn(sh.train, model)
+    model.eval()
+    train = affine[0].outputs(coeffs) if affine else _plain(model, sh.train)
+    out = _evaluate(train, sh.loss_fn, sh.metrics, "train")
+    if sh.test is not None:
+        test = affine[1].outputs(coeffs) if affine else _plain(model, sh.test)
+        out.update(_evaluate(test, sh.loss_fn, sh.metrics, "test"))
+    return out
+
+
+def _affine_caches(model, layout, center, dirs, sh: _Shared):
+    """First-layer caches for train and test data when the affine trick applies (bn='eval'), else None."""
+    if not sh.affine or sh.bn != "eval" or first_layer(model) is None:
+        return None
+    try:
+        return tuple(AffinePlane(model, layout, center, dirs, d) if d is not None else None
+                     for d in (sh.train, sh.test))
+    except MemoryError:
+        return None
+
+
+def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
+    """Row i of the grid: {j: {metric: value}} for the cells still to do (j = 0 for a 1-D surface)."""
+    model = copy.deepcopy(sh.model)
+    layout = FlatLayout.of(model)
+    p0 = next(model.parameters())
+    center = torch.as_tensor(sh.center, dtype=torch.float64)
+    dirs = torch.as_tensor(sh.directions, dtype=torch.float64)
+    model.eval()
+    affine = _affine_caches(model, layout, center.to(p0.dtype), dirs.to(p0.dtype), sh)
+    ys = [None] if sh.y is None else list(sh.y)
+    out = {}
+    for j, b in enumerate(ys):
+        if not sh.todo[i] if sh.y is None else not sh.todo[i, j]:
+            continue
+        theta = center + sh.x[i] * dirs[0] + (0.0 if b is None else b * dirs[1])
+        coeffs = (float(sh.x[i]),) if b is None else (float(sh.x[i]), float(b))
+        out[j] = _point(model, layout, theta.to(dtype=p0.dtype, device=p0.device), sh, coeffs, affine)
+    return out
+
+
+def _resume(file, x, y, center, dirs) -> Surface | None:
+    """The surface already in `file` when its grid, centre and directions match ours, else an error."""
+    if file is None or not os.path.exists(file):
+        return None
+    old = Surface.load(file)
+    same = old.x.shape == x.shape and np.allclose(old.x, x) and (old.y is None) == (y is None) and \
+        (y is None or old.y.shape == y.shape and np.allclose(old.y, y))
+    same = same and old.center is not None and np.allclose(old.center, center) and \
+        old.directions is not None and old.directions.shape == dirs.shape and np.allclose(old.directions, dirs)
+    if not same:
+        raise ValueError(f"file: {file!r} holds a different surface (grid, centre or directions), expected "
+                         "the same one to resume, or a new path")
+    return old
+
+
+def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, center=None,
+            metrics: dict[str, Callable] | None = None, test_data=None, bn: str = "eval", file: str | None = None,
+            executor=None, max_batches: int | None = None, progress: bool = False,
+            affine: bool = True) -> Surface:
+    """The loss surface of `model` at center + x u (+ y v) on a grid.
+
+    directions: a Directions (lscape.directions.random_directions / plane_through / pca_directions), a
+      (k, D) array/tensor or list of k (D,) vectors (k = 1: 1-D surface, k = 2: 2-D), or 'filter' /
+      'layer' for two seeded random directions.  D = number of entries of model.parameters().
+    grid: an int n (n points in [-1, 1] on each axis), a pair of ints, a 1-D array for both axes, or a pair
+      of arrays.  center: (D,) or None (the model's parameters, or the Directions' own centre).
+    data / test_data: (inputs, targets) or a re-iterable of such batches (DataLoader), streamed batch by
+      batch, weighted by batch size; max_batches caps the batches per pass.
+    metrics: {name: fn(outputs, targets) -> scalar}, computed in the same forward passes as the loss;
+      a classification model (outputs (N, C), integer targets) also gets accuracy (fraction correct).
+    bn: 'eval' uses the running statistics as they are; 'recompute' re-estimates them at every point
+      with one pass over `data` (torch.optim.swa_utils.update_bn): one extra pass per point.
+    file: a .h5/.npz path written after every row; an existing file of the same surface is resumed
+      (only the cells not yet computed are evaluated).  executor: rows are chunks of
+      lscape.executor.get_executor(executor).map_chunks.
+    affine: with bn='eval', an nn.Sequential whose first layer is an nn.Linear / nn.Conv2d gets that
+      layer's products X W0, X U, X V once per row and batch (lscape._affine); False: plain evaluation.
+    Returns a Surface with values train_loss, train_acc, test_loss, test_acc, train_<name>, ..."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: got {type(model).__name__}, expected a torch.nn.Module")
+    if bn not in BN_MODES:
+        raise ValueError(f"bn: got {bn!r}, expected one of {BN_MODES}")
+    metrics = dict(metrics or {})
+    for name, fn in metrics.items():
+        if not isinstance(name, str) or not callable(fn):
+            raise TypeError(f"metrics: got {name!r}: {fn!r}, expected {{name: fn(outputs, targets)}}")
+    layout = FlatLayout.of(model)
+    dirs = _directions(directions, model, layout.dim)
+    if center is None:
+        center = dirs.center if dirs.center is not None else layout.flatten(model).double().cpu().numpy()
+    center = np.asarray(torch.as_tensor(center).detach().cpu().double().numpy()).reshape(-1)
+    if center.shape[0] != layout.dim:
+        raise ValueError(f"center: got length {center.shape[0]}, expected {layout.dim}")
+    x, y = _grid(grid, dirs.vectors.shape[0])
+    shape = x.shape if y is None else (x.shape[0], y.shape[0])
+    s = _resume(file, x, y, center, dirs.vectors) or Surface(
+        x, y, {}, np.zeros(shape, bool), dirs.vectors, center, dict(dirs.info, bn=bn), dirs.trajectory)
+    sh = _Shared(copy.deepcopy(model), loss_fn, metrics, _batches("data", data, max_batches),
+                 _batches("test_data", test_data, max_batches), affine, bn, center, dirs.vectors, x, y, ~s.done)
+    rows = [i for i in range(x.shape[0]) if sh.todo[i].any()]
+
+    def on_result(i: int, cells: dict) -> None:
+        for j, vals in cells.items():
+            idx = i if y is None else (i, j)
+            for k, v in vals.items():
+                s.values.setdefault(k, np.full(shape, np.nan))[idx] = v
+            s.done[idx] = True
+        if file is not None:
+            s.save(file)
+
+    get_executor(executor).map_chunks(_eval_row, rows, shared=sh, on_result=on_result, label="surface",
+                                      progress=progress)
+    return s
