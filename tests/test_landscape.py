@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from lscape import Landscape, TinyMLP
 from lscape import landscape as landscape_module
@@ -149,3 +150,75 @@ def test_no_points_give_empty_results(monkeypatch, work):
     assert L.loss(torch.zeros(0, 8)).shape == (0,)
     loss, grad = L.loss_and_grad(torch.zeros(0, 8))
     assert loss.shape == (0,) and grad.shape == (0, 8)
+
+
+# ---- streamed data and BatchNorm re-estimation (Landscape.from_module) ------------------------------------
+class _CountingLoader:
+    """A re-iterable of batches that counts its passes (as a DataLoader would be re-iterated)."""
+
+    def __init__(self, X, Y, bs):
+        self.X, self.Y, self.bs, self.passes = X, Y, bs, 0
+
+    def __iter__(self):
+        self.passes += 1
+        for i in range(0, len(self.X), self.bs):
+            yield self.X[i:i + self.bs], self.Y[i:i + self.bs]
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 3))
+
+
+def test_streamed_batches_equal_one_tensor_and_are_streamed_each_time():
+    model = _bn_net().eval()
+    g = torch.Generator().manual_seed(2)
+    X, Y = torch.randn(70, 5, generator=g), torch.randint(0, 3, (70,), generator=g)
+    theta = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    thetas = theta + 0.1 * torch.randn(3, theta.numel(), generator=g)
+    whole = Landscape.from_module(model, nn.functional.cross_entropy, (X, Y)).loss(thetas)
+    loader = _CountingLoader(X, Y, 16)  # batches of 16, 16, 16, 16, 6: weighted by size
+    L = Landscape.from_module(model, nn.functional.cross_entropy, loader)
+    torch.testing.assert_close(L.loss(thetas), whole, rtol=1e-5, atol=1e-6)
+    before = loader.passes
+    L.loss(thetas[:1])
+    assert loader.passes > before  # streamed again, not cached or concatenated
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=16)
+    torch.testing.assert_close(Landscape.from_module(model, nn.functional.cross_entropy, dl).loss(thetas), whole,
+                               rtol=1e-5, atol=1e-6)
+    first = Landscape.from_module(model, nn.functional.cross_entropy, (X[:16], Y[:16])).loss(thetas)
+    torch.testing.assert_close(Landscape.from_module(model, nn.functional.cross_entropy, dl, max_batches=1)
+                               .loss(thetas), first, rtol=1e-5, atol=1e-6)
+
+
+def test_bn_recompute_equals_update_bn_at_the_point():
+    import copy
+
+    model = _bn_net()
+    g = torch.Generator().manual_seed(3)
+    X, Y = torch.randn(64, 5, generator=g) * 3 + 1, torch.randint(0, 3, (64,), generator=g)
+    batches = [(X[i:i + 16], Y[i:i + 16]) for i in range(0, 64, 16)]
+    model.eval()
+    theta = torch.nn.utils.parameters_to_vector(model.parameters()).detach() * 1.7
+    L = Landscape.from_module(model, nn.functional.cross_entropy, batches, bn="recompute")
+    ref = copy.deepcopy(model)
+    torch.nn.utils.vector_to_parameters(theta, ref.parameters())
+    torch.optim.swa_utils.update_bn(batches, ref)
+    ref.eval()
+    with torch.no_grad():
+        want = nn.functional.cross_entropy(ref(X), Y)
+    torch.testing.assert_close(L.loss(theta[None])[0], want, rtol=1e-5, atol=1e-6)
+    stale = Landscape.from_module(model, nn.functional.cross_entropy, batches).loss(theta[None])[0]
+    assert abs(float(stale - want)) > 1e-3  # the stale statistics do give another surface
+    assert not model.training and model[1].momentum == 0.1  # the model is left as it was
+
+
+def test_from_module_data_errors_are_named():
+    model = _bn_net()
+    with pytest.raises(ValueError, match="bn: got 'train', expected one of 'eval', 'recompute'"):
+        Landscape.from_module(model, nn.functional.cross_entropy, (torch.zeros(2, 5), torch.zeros(2).long()),
+                              bn="train")
+    with pytest.raises(TypeError, match="data: .*not a one-shot iterator"):
+        Landscape.from_module(model, nn.functional.cross_entropy, iter([(torch.zeros(2, 5), torch.zeros(2))]))
+    with pytest.raises(ValueError, match="data: yielded no batch"):
+        Landscape.from_module(model, nn.functional.cross_entropy, []).loss(torch.zeros(1, 219))

@@ -134,56 +134,140 @@ class Landscape:
 
     @classmethod
     def from_module(cls, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    data: tuple[torch.Tensor, torch.Tensor] | Sequence[tuple[torch.Tensor, torch.Tensor]], *,
-                    chunk: int = 16) -> "Landscape":
-        """Mean loss of `model` with its parameters replaced by each theta, over `data`: one (inputs,
-        targets) pair or a sequence of batches (weighted by batch size; loss_fn must average over its
-        batch).  Parameters are flattened in model.named_parameters() order; buffers are used as they are
-        (call model.eval() for inference-mode BatchNorm).  torch.func.functional_call + vmap over at most
-        `chunk` points at a time, so memory stays bounded; on the CPU, points whose work (samples x D)
-        reaches PER_POINT_WORK run one after another instead, which is faster there."""
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model: got {_checks.describe(model)}, expected a torch.nn.Module")
-        names_shapes = [(n, p.shape) for n, p in model.named_parameters()]
-        if not names_shapes:
-            raise ValueError("model: has no parameters, expected at least one")
+                    data, *, chunk: int = 16, bn: str = "eval", bn_data=None,
+                    max_batches: int | None = None) -> Landscape:
+        """Mean loss of `model` with its parameters replaced by each theta, over `data`.
+
+        data: one (inputs, targets) pair, a sequence of such batches, or any re-iterable of them (a
+        torch DataLoader): batches are streamed, never concatenated, and the loss is weighted by batch
+        size (loss_fn must average over its batch); max_batches: only the first that many batches (a
+        quick look).  Parameters are flattened in model.named_parameters() order (lscape._flat).
+        bn="eval": buffers are used as they are (call model.eval() for inference-mode BatchNorm).
+        bn="recompute": at every point, BatchNorm's running mean and variance are first re-estimated
+        with one pass over `bn_data` (default: data) in train mode, exactly as
+        torch.optim.swa_utils.update_bn does, then the loss is evaluated in eval mode: one more pass over
+        the data per point (about twice the cost), points one by one.  Without it a BatchNorm net's
+        surface away from its trained point reflects stale statistics.
+        torch.func.functional_call + vmap over at most `chunk` points at a time, so memory stays
+        bounded; on the CPU, points whose work (samples x D) reaches PER_POINT_WORK run one after
+        another instead, which is faster there."""
+        from ._flat import FlatLayout
+
+        layout = FlatLayout.of(model)
+        _checks.choice_arg("bn", bn, BN_MODES)
+        batches = _Batches(data, "data", max_batches)
+        bn_batches = batches if bn_data is None else _Batches(bn_data, "bn_data", max_batches)
         first = next(model.parameters())
-        batches = _batches_arg(data)
-        total = sum(b[0].shape[0] for b in batches)
         buffers = dict(model.named_buffers())
-        sizes = [s.numel() for _, s in names_shapes]
+
+        def batch_loss(theta: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, bufs) -> torch.Tensor:
+            return loss_fn(torch.func.functional_call(model, (layout.split(theta), bufs), (X,)), Y)
 
         def one(theta: torch.Tensor) -> torch.Tensor:
-            parts = torch.split(theta, sizes)
-            params = {n: p.view(s) for (n, s), p in zip(names_shapes, parts)}
-            out = 0.0
+            bufs = buffers if bn == "eval" else recompute_bn(model, layout.split(theta), buffers, bn_batches)
+            total, out = 0, 0.0
             for X, Y in batches:
-                pred = torch.func.functional_call(model, (params, buffers), (X,))
-                out = out + loss_fn(pred, Y) * (X.shape[0] / total)
-            return out
+                out = out + batch_loss(theta, X, Y, bufs) * X.shape[0]
+                total += X.shape[0]
+            return out / total
+
+        def vmapped(thetas: torch.Tensor) -> torch.Tensor:
+            # the data loop stays outside vmap: a DataLoader draws random seeds, which vmap refuses
+            total, out = 0, 0.0
+            for X, Y in batches:
+                out = out + torch.func.vmap(lambda t: batch_loss(t, X, Y, buffers))(thetas) * X.shape[0]  # noqa: B023
+                total += X.shape[0]
+            return out / total
 
         # Large points one after another: vmap's batched matmuls and the elementwise passes over
         # (chunk, samples, width) tensors that no longer fit in cache cost more than batching saves
         # (digits 64-100-100-10, 200 points on this 2-core CPU: 211 ms vmapped, 138 ms one by one).
-        per_point = first.device.type == "cpu" and total * sum(sizes) >= PER_POINT_WORK
-        batch_fn = _one_by_one(one) if per_point else torch.func.vmap(one)
-        return cls(sum(sizes), batch_fn, chunk=chunk, dtype=first.dtype, device=first.device,
-                   description=f"module {type(model).__name__}", point_loss=one)
+        # BatchNorm re-estimation updates buffers in place, which vmap cannot batch.
+        per_point = bn == "recompute" or (first.device.type == "cpu"
+                                          and batches.samples() * layout.dim >= PER_POINT_WORK)
+        batch_fn = _one_by_one(one) if per_point else vmapped
+        L = cls(layout.dim, batch_fn, chunk=chunk, dtype=first.dtype, device=first.device,
+                description=f"module {type(model).__name__}", point_loss=one)
+        L.module, L.loss_fn, L.data, L.bn = model, loss_fn, batches, bn  # for probes that use the model
+        return L
+
+
+BN_MODES = ("eval", "recompute")
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+def recompute_bn(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                 batches) -> dict[str, torch.Tensor]:
+    """Fresh BatchNorm running statistics for `model` at `params`: reset, then one pass over `batches` in
+    train mode with momentum None (a cumulative average), as torch.optim.swa_utils.update_bn does.
+    Returns a new buffer dict (the model's own buffers are untouched); the model's modes and momenta are
+    restored."""
+    bufs = {k: v.clone() for k, v in buffers.items()}
+    bns = [(name, m) for name, m in model.named_modules() if isinstance(m, _BN_TYPES)]
+    if not bns:
+        return bufs
+    modes = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for _, m in bns}
+    try:
+        for name, m in bns:
+            pre = f"{name}." if name else ""
+            if m.track_running_stats:
+                bufs[pre + "running_mean"].zero_()
+                bufs[pre + "running_var"].fill_(1.0)
+                bufs[pre + "num_batches_tracked"].zero_()
+            m.momentum = None
+        model.train()
+        with torch.no_grad():
+            for X, _ in batches:
+                torch.func.functional_call(model, ({k: v.detach() for k, v in params.items()}, bufs), (X,))
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+        for m, mom in momenta.items():
+            m.momentum = mom
+    return bufs
+
+
+class _Batches:
+    """A re-iterable of (inputs, targets) batches: a pair, a sequence of pairs or any re-iterable (a
+    DataLoader), streamed on every pass (never concatenated), at most max_batches of them."""
+
+    def __init__(self, data, name: str, max_batches: int | None) -> None:
+        if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+            data = [tuple(data)]
+        if isinstance(data, torch.Tensor) or not hasattr(data, "__iter__") or iter(data) is data:
+            raise TypeError(f"{name}: got {_checks.describe(data)}, expected (inputs, targets), a sequence of "
+                            "(inputs, targets) batches or a re-iterable of them (a DataLoader; not a one-shot "
+                            "iterator: every evaluation streams the data again)")
+        self.data, self.name = data, name
+        self.max = None if max_batches is None else _checks.int_arg("max_batches", max_batches, low=1)
+        self._samples: int | None = None
+
+    def __iter__(self):
+        n = 0
+        for k, batch in enumerate(self.data):
+            if self.max is not None and k >= self.max:
+                break
+            try:
+                X, Y = batch
+            except (TypeError, ValueError):
+                raise TypeError(f"{self.name}: batch {k} is {_checks.describe(batch)}, expected an "
+                                "(inputs, targets) pair") from None
+            if X.shape[0] == 0 or X.shape[0] != Y.shape[0]:
+                raise ValueError(f"{self.name}: batch {k} has {X.shape[0]} inputs and {Y.shape[0]} targets, "
+                                 "expected as many targets as inputs, at least one")
+            n += 1
+            yield X, Y
+        if n == 0:
+            raise ValueError(f"{self.name}: yielded no batch, expected at least one (inputs, targets) batch")
+
+    def samples(self) -> int:
+        """How many samples one pass yields (counted once, by streaming a pass)."""
+        if self._samples is None:
+            self._samples = sum(X.shape[0] for X, _ in self)
+        return self._samples
 
 
 def _one_by_one(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """fn over the rows of a (B, D) batch, one row at a time: (B, D) -> (B,)."""
     return lambda thetas: torch.stack([fn(t) for t in thetas])
-
-
-def _batches_arg(data) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        data = [tuple(data)]
-    try:
-        batches = [(X, Y) for X, Y in data]
-    except (TypeError, ValueError):
-        raise TypeError(f"data: got {_checks.describe(data)}, expected (inputs, targets) or a sequence of "
-                        "(inputs, targets) batches") from None
-    if not batches or any(X.shape[0] == 0 or X.shape[0] != Y.shape[0] for X, Y in batches):
-        raise ValueError("data: expected at least one non-empty batch with as many targets as inputs")
-    return batches
