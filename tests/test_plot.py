@@ -36,7 +36,7 @@ class FakeSurface:
 def surface_2d(missing: bool = True) -> FakeSurface:
     x, y = np.linspace(-1, 1, 21), np.linspace(-0.5, 1.5, 17)   # nx != ny catches a transposition
     X, Y = np.meshgrid(x, y, indexing="ij")
-    loss = 0.1 + X**2 + 2 * (Y - 0.5) ** 2 + 0.3 * np.sin(3 * X)
+    loss = 0.4 + X**2 + 2 * (Y - 0.5) ** 2 + 0.3 * np.sin(3 * X)
     vals = {"train_loss": loss, "test_loss": loss + 0.2, "train_acc": np.exp(-loss), "test_acc": np.exp(-loss - 0.2)}
     done = np.ones(loss.shape, bool)
     if missing:

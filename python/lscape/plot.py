@@ -183,6 +183,7 @@ def trajectory(surface: Any, quantity: str = "train_loss", *, ax=None, scale: st
                path: np.ndarray | None = None):
     """A path (default surface.trajectory, (T, 2) coordinates on the plane) over contours of a quantity, from
     a circle (start) to a star (end).  Returns the Figure."""
+    _require_2d(surface, "a trajectory plot")
     path = getattr(surface, "trajectory", None) if path is None else path
     if path is None:
         raise ValueError("surface.trajectory: got None, expected a (T, 2) path (PCA directions of a trajectory "
