@@ -196,7 +196,7 @@ def trajectory(surface: Any, quantity: str = "train_loss", *, ax=None, scale: st
     ax.plot(path[:, 0], path[:, 1], "-", color="crimson", lw=1.5, label="trajectory")
     ax.plot(path[0, 0], path[0, 1], "o", color="crimson", ms=6, label="start")
     ax.plot(path[-1, 0], path[-1, 1], "*", color="crimson", ms=12, label="end")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     ax.set_title(f"trajectory over {quantity}")
     return fig
 
