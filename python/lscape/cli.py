@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument("--chunk", type=int, default=None,
                        help="chunk size of experiments whose chunks can be resized (gamst-walker: models per "
                             "ensemble chunk)")
+    p_plot = sub.add_parser("plot", help="redraw a saved surface (.h5 or .npz) as PNGs")
+    p_plot.add_argument("file", help="a surface file written by lscape.Surface.save")
+    p_plot.add_argument("--out", default=None, help="output folder (default: next to FILE, <stem>_plots)")
+    p_plot.add_argument("--quantity", action="append", default=None,
+                        help="a quantity to draw (repeatable; default: all in the file)")
+    p_plot.add_argument("--log", action="store_true", help="log10 colour scale (non-positive cells masked)")
     ns, extra = parser.parse_known_args(argv)
     if extra and ns.cmd != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -121,6 +127,27 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(extra)
     elif ns.cmd == "reproduce":
         return _reproduce(ns)
+    elif ns.cmd == "plot":
+        return _plot(ns)
+    return 0
+
+
+def _plot(ns: argparse.Namespace) -> int:
+    """`lscape plot FILE`: load a saved surface and write plot_all's PNGs."""
+    from pathlib import Path
+
+    import lscape
+
+    from . import plot
+
+    path = Path(ns.file)
+    if not path.is_file():
+        print(f"lscape plot: FILE: got {ns.file!r}, expected an existing .h5 or .npz surface file", file=sys.stderr)
+        return 2
+    surface = lscape.Surface.load(path)  # looked up here: the surface module may be absent from old installs
+    out = Path(ns.out) if ns.out is not None else path.with_name(path.stem + "_plots")
+    for p in plot.plot_all(surface, out, quantities=ns.quantity, scale="log" if ns.log else "linear"):
+        print(p)
     return 0
 
 

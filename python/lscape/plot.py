@@ -1,0 +1,292 @@
+"""Figures of loss surfaces, Hessian spectra and NEB bands (matplotlib: the `plot` extra).
+
+Every function returns the matplotlib Figure it drew on; pass `ax=` to draw into an existing Axes (then the
+Figure is `ax.figure`).  Surfaces are any object with the attributes of `lscape.Surface`: x (nx,), y (ny,) or
+None, values {name: (nx,) | (nx, ny)} with NaN in cells not computed yet, done, ndim, trajectory (T, 2) or None.
+value[i, j] is at (x[i], y[j]), so 2-D arrays are transposed for matplotlib, which wants z[row=y, col=x].
+
+scale="log" draws log10 of the quantity: cells that are not positive are masked like the uncomputed (NaN)
+ones, and a quantity with no positive value at all is a ValueError.  1-D curves, spectra and NEB profiles
+use a log y axis instead (matplotlib masks non-positive values there).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["contour", "filled_contour", "heatmap", "surface3d", "curve", "trajectory", "spectral_density",
+           "neb_profile", "plot_all"]
+
+_SCALES = ("linear", "log")
+
+
+def _mpl():
+    """matplotlib's Figure class, or an ImportError that names the extra to install."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("lscape.plot needs matplotlib: pip install 'lscape[plot]'") from e
+    return Figure
+
+
+def _axes(ax, projection: str | None = None):
+    """(figure, axes): a new Figure (no pyplot, so no GUI backend is touched) unless ax is given."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = _mpl()(figsize=(6.4, 4.8), layout="constrained")
+    return fig, fig.add_subplot(projection=projection)
+
+
+def _check_scale(scale: str) -> str:
+    if scale not in _SCALES:
+        raise ValueError(f"scale: got {scale!r}, expected one of {_SCALES}")
+    return scale
+
+
+def _values(surface: Any, quantity: str) -> np.ndarray:
+    """The named quantity as float64, or a KeyError naming `quantity` and the ones the surface holds."""
+    if not isinstance(quantity, str) or quantity not in surface.values:
+        raise KeyError(f"quantity: got {quantity!r}, expected one of {sorted(surface.values)}")
+    return np.asarray(surface.values[quantity], dtype=np.float64)
+
+
+def _require_2d(surface: Any, what: str) -> None:
+    if surface.ndim != 2 or surface.y is None:
+        raise ValueError(f"surface: got a {surface.ndim}-D surface, expected a 2-D one for {what} "
+                         "(use lscape.plot.curve for 1-D surfaces)")
+
+
+def _scaled(z: np.ndarray, scale: str, quantity: str) -> tuple[np.ma.MaskedArray, str]:
+    """z with NaN (and, on a log scale, non-positive) cells masked, and the colour-bar label."""
+    _check_scale(scale)
+    bad = ~np.isfinite(z)
+    if scale == "log":
+        bad |= ~(z > 0)
+        if bad.all():
+            raise ValueError(f"scale='log': {quantity} has no positive computed value to draw")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.log10(np.where(bad, 1.0, z))
+        return np.ma.masked_array(z, bad), f"log10 {quantity}"
+    if bad.all():
+        raise ValueError(f"{quantity}: no cell is computed yet (all NaN), nothing to draw")
+    return np.ma.masked_array(np.where(bad, 0.0, z), bad), quantity
+
+
+def _plane(surface: Any, quantity: str, scale: str, what: str):
+    """(X, Y, Z) meshes for a 2-D plot of `quantity`: Z[j, i] is the value at (x[i], y[j])."""
+    _require_2d(surface, what)
+    z, label = _scaled(_values(surface, quantity), scale, quantity)
+    X, Y = np.meshgrid(np.asarray(surface.x, dtype=np.float64), np.asarray(surface.y, dtype=np.float64))
+    return X, Y, z.T, label
+
+
+def _label_plane(ax, title: str) -> None:
+    ax.set_xlabel("α (direction 1)")
+    ax.set_ylabel("β (direction 2)")
+    ax.set_title(title)
+
+
+def _masked_note(ax, z: np.ma.MaskedArray) -> None:
+    """Say on the figure how many cells are masked, so a half-computed surface is not read as complete."""
+    n = int(np.ma.count_masked(z))
+    if n:
+        ax.text(0.01, 0.01, f"{n} of {z.size} cells masked (not computed or not drawable)",
+                transform=ax.transAxes, fontsize=7, color="0.3")
+
+
+def contour(surface: Any, quantity: str = "train_loss", *, ax=None, scale: str = "linear", levels: int = 20,
+            filled: bool = False):
+    """Contour lines (or filled contours) of a quantity of a 2-D surface, with a colour bar.  Returns the Figure."""
+    X, Y, Z, label = _plane(surface, quantity, scale, "a contour plot")
+    fig, ax = _axes(ax)
+    draw = ax.contourf if filled else ax.contour
+    cs = draw(X, Y, Z, levels=levels, cmap="viridis")
+    if not filled:
+        ax.clabel(cs, fontsize=7, fmt="%.3g")
+    fig.colorbar(cs, ax=ax, label=label)
+    _label_plane(ax, ("filled contour of " if filled else "contour of ") + quantity)
+    _masked_note(ax, Z)
+    return fig
+
+
+def filled_contour(surface: Any, quantity: str = "train_loss", *, ax=None, scale: str = "linear",
+                   levels: int = 20):
+    """Filled contours of a quantity of a 2-D surface.  Returns the Figure."""
+    return contour(surface, quantity, ax=ax, scale=scale, levels=levels, filled=True)
+
+
+def heatmap(surface: Any, quantity: str = "train_loss", *, ax=None, scale: str = "linear"):
+    """A heat map (one cell per grid point, masked cells blank) of a 2-D surface.  Returns the Figure."""
+    X, Y, Z, label = _plane(surface, quantity, scale, "a heat map")
+    fig, ax = _axes(ax)
+    mesh = ax.pcolormesh(X, Y, Z, shading="nearest", cmap="viridis")
+    fig.colorbar(mesh, ax=ax, label=label)
+    _label_plane(ax, "heat map of " + quantity)
+    _masked_note(ax, Z)
+    return fig
+
+
+def surface3d(surface: Any, quantity: str = "train_loss", *, ax=None, scale: str = "linear"):
+    """A 3-D surface of a quantity of a 2-D surface (masked cells are holes).  Returns the Figure.
+    A given `ax` must be a 3-D Axes (projection="3d")."""
+    X, Y, Z, label = _plane(surface, quantity, scale, "a 3-D surface plot")
+    fig, ax = _axes(ax, projection="3d")
+    # plot_surface ignores masks but leaves NaN faces out
+    surf = ax.plot_surface(X, Y, Z.filled(np.nan), cmap="viridis", linewidth=0, antialiased=True)
+    fig.colorbar(surf, ax=ax, label=label, shrink=0.6, pad=0.1)
+    ax.set_xlabel("α")
+    ax.set_ylabel("β")
+    ax.set_zlabel(label)
+    ax.set_title("3-D surface of " + quantity)
+    return fig
+
+
+def _is_accuracy(name: str) -> bool:
+    return name.endswith("acc") or name.endswith("accuracy")
+
+
+def curve(surface: Any, quantities: list[str] | None = None, *, ax=None, scale: str = "linear"):
+    """A 1-D surface: losses (and other metrics) on the left axis, accuracies on a twin right axis; NaN points
+    are gaps.  quantities: default all of the surface's.  scale="log" makes the left axis logarithmic.
+    Returns the Figure."""
+    _check_scale(scale)
+    if surface.ndim != 1:
+        raise ValueError(f"surface: got a {surface.ndim}-D surface, expected a 1-D one for a curve "
+                         "(use lscape.plot.contour for 2-D surfaces)")
+    names = sorted(surface.values) if quantities is None else list(quantities)
+    vals = {n: _values(surface, n) for n in names}
+    x = np.asarray(surface.x, dtype=np.float64)
+    fig, ax = _axes(ax)
+    left = [n for n in names if not _is_accuracy(n)]
+    right = [n for n in names if _is_accuracy(n)]
+    lines = []
+    for k, n in enumerate(left):
+        lines += ax.plot(x, vals[n], color=f"C{k}", label=n)
+    ax.set_xlabel("α (along the direction)")
+    ax.set_ylabel("loss" if left else "")
+    if scale == "log":
+        ax.set_yscale("log", nonpositive="mask")
+    if right:
+        ax2 = ax.twinx()
+        for k, n in enumerate(right):
+            lines += ax2.plot(x, vals[n], color=f"C{k + len(left)}", linestyle="--", label=n)
+        ax2.set_ylabel("accuracy")
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=8)
+    ax.set_title("1-D surface")
+    return fig
+
+
+def trajectory(surface: Any, quantity: str = "train_loss", *, ax=None, scale: str = "linear", levels: int = 20,
+               path: np.ndarray | None = None):
+    """A path (default surface.trajectory, (T, 2) coordinates on the plane) over contours of a quantity, from
+    a circle (start) to a star (end).  Returns the Figure."""
+    _require_2d(surface, "a trajectory plot")
+    path = getattr(surface, "trajectory", None) if path is None else path
+    if path is None:
+        raise ValueError("surface.trajectory: got None, expected a (T, 2) path (PCA directions of a trajectory "
+                         "record one) or pass path=")
+    path = np.asarray(path, dtype=np.float64)
+    if path.ndim != 2 or path.shape[1] != 2 or len(path) < 1:
+        raise ValueError(f"path: got shape {path.shape}, expected (T, 2) with T >= 1")
+    fig = contour(surface, quantity, ax=ax, scale=scale, levels=levels)
+    ax = fig.axes[0] if ax is None else ax
+    ax.plot(path[:, 0], path[:, 1], "-", color="crimson", lw=1.5, label="trajectory")
+    ax.plot(path[0, 0], path[0, 1], "o", color="crimson", ms=6, label="start")
+    ax.plot(path[-1, 0], path[-1, 1], "*", color="crimson", ms=12, label="end")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"trajectory over {quantity}")
+    return fig
+
+
+def _np(a) -> np.ndarray:
+    """A tensor or array as float64 numpy (no torch import needed here)."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def spectral_density(grid, density=None, *, ax=None, scale: str = "log"):
+    """The Hessian eigenvalue density from `lscape.probes.spectral_density`: pass its (grid, density) tuple or
+    the two (G,) arrays.  scale="log" (the default, as the spectra span decades) uses a log density axis.
+    Returns the Figure."""
+    _check_scale(scale)
+    if density is None:
+        grid, density = grid
+    g, d = _np(grid), _np(density)
+    if g.ndim != 1 or g.shape != d.shape:
+        raise ValueError(f"grid, density: got shapes {g.shape} and {d.shape}, expected two equal (G,) arrays")
+    fig, ax = _axes(ax)
+    ax.plot(g, d, color="C0")
+    if scale == "log":
+        if not (d > 0).any():
+            raise ValueError("scale='log': density has no positive value to draw")
+        ax.set_yscale("log", nonpositive="mask")
+        ax.set_ylim(max(d[d > 0].min(), d.max() * 1e-12), d.max() * 2)
+    ax.set_xlabel("eigenvalue λ")
+    ax.set_ylabel("density")
+    ax.set_title("Hessian eigenvalue density (stochastic Lanczos quadrature)")
+    return fig
+
+
+def neb_profile(result: Any, *, ax=None, scale: str = "linear", bands: list[int] | None = None):
+    """Energy against arc length along each NEB band of an `lscape.NEBResult` (images (B, n, D), energies
+    (B, n)); each band's highest image (the saddle estimate) is marked.  bands: which to draw, default all.
+    Returns the Figure."""
+    _check_scale(scale)
+    E = _np(result.energies)
+    images = _np(result.images)
+    if E.ndim == 1:
+        E, images = E[None], images[None]
+    if images.ndim != 3 or images.shape[:2] != E.shape:
+        raise ValueError(f"result: got images {images.shape} and energies {E.shape}, expected (B, n, D) and (B, n)")
+    seg = np.linalg.norm(np.diff(images, axis=1), axis=-1)   # the same as lscape.neb.arc_length
+    s = np.concatenate([np.zeros((len(E), 1)), seg.cumsum(1)], axis=1)
+    picked = range(len(E)) if bands is None else bands
+    fig, ax = _axes(ax)
+    for b in picked:
+        if not 0 <= b < len(E):
+            raise ValueError(f"bands: got {b}, expected indices in [0, {len(E)})")
+        ax.plot(s[b], E[b], "o-", ms=3, color=f"C{b % 10}", label=f"band {b}" if len(E) > 1 else "band")
+        k = int(np.nanargmax(E[b]))
+        ax.plot(s[b, k], E[b, k], "*", ms=12, color=f"C{b % 10}")
+    if scale == "log":
+        ax.set_yscale("log", nonpositive="mask")
+    ax.set_xlabel("arc length along the band")
+    ax.set_ylabel("energy (loss)")
+    ax.set_title("NEB energy profile (★ highest image)")
+    if len(E) <= 10:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_all(surface: Any, out_dir: str | Path, *, quantities: list[str] | None = None,
+             scale: str = "linear") -> list[Path]:
+    """Draw the sensible set of PNGs for a surface into out_dir (created if needed) and return their paths:
+    a 1-D surface gets one curve; a 2-D one gets contour, filled contour, heat map and 3-D surface of every
+    quantity (default all), and the trajectory over the first loss if the surface has one."""
+    _check_scale(scale)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(surface.values) if quantities is None else list(quantities)
+    for n in names:
+        _values(surface, n)  # every name is checked before anything is drawn
+    suffix = "_log" if scale == "log" else ""
+    if surface.ndim == 1:
+        return [_save(curve(surface, names, scale=scale), out / f"curve{suffix}.png")]
+    paths = []
+    for n in names:
+        for kind, fn in (("contour", contour), ("filled_contour", filled_contour), ("heatmap", heatmap),
+                         ("surface3d", surface3d)):
+            paths.append(_save(fn(surface, n, scale=scale), out / f"{n}_{kind}{suffix}.png"))
+    if getattr(surface, "trajectory", None) is not None:
+        losses = [n for n in names if not _is_accuracy(n)] or names
+        paths.append(_save(trajectory(surface, losses[0], scale=scale), out / f"{losses[0]}_trajectory{suffix}.png"))
+    return paths
