@@ -8,7 +8,7 @@ from .landscape import Landscape
 from .neb import NEBConfig, NEBResult, neb
 from .projection import SparseSignProjection
 from .radial import RadiusRecorder, RandomWalkFit, fit_random_walk, r_x, radius
-from .subspace import SphereConstraint, Subspace
+from .subspace import OffSphereError, SphereConstraint, Subspace
 from .tinymlp import TinyMLP
 
 __version__ = "0.1.0"
