@@ -1,10 +1,9 @@
 """lscape.subspace: Subspace (hyperplane / hypersphere / sphere) and SphereConstraint."""
 import pytest
 import torch
-from torch import nn
-
 from lscape.projection import SparseSignProjection
 from lscape.subspace import OffSphereError, SphereConstraint, Subspace
+from torch import nn
 
 
 def tiny(seed=0, dtype=torch.float64):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import _checks
-from .projection import SparseSignProjection, STORAGES
+from .projection import STORAGES, SparseSignProjection
 
 __all__ = ["Subspace", "SphereConstraint", "OffSphereError", "KINDS", "SPHERE_RTOL"]
 
@@ -150,13 +150,14 @@ class SphereConstraint:
     def project_(self) -> None:
         """theta <- theta * r0 / |P theta| (in place)."""
         th = self.theta.detach()
-        rad = float(torch.linalg.vector_norm(self.image(th), dtype=torch.float64))  # float64 sum: exact to rounding at any D
+        # float64 sum: exact to rounding at any D
+        rad = float(torch.linalg.vector_norm(self.image(th), dtype=torch.float64))
         if not math.isfinite(rad) or rad <= 0:
             raise FloatingPointError(f"SphereConstraint: |P theta| = {rad}, cannot renormalise to "
                                      f"r0 = {self.r0} (theta diverged or collapsed to zero)")
         th.mul_(self.r0 / rad)
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> "_Handles":
+    def attach(self, optimizer: torch.optim.Optimizer) -> _Handles:
         """Run before_step / after_step around every optimizer.step(); returns a handle with remove()."""
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer: got {_checks.describe(optimizer)}, expected a torch.optim.Optimizer")
@@ -290,7 +291,7 @@ class Subspace(nn.Module):
     def params_dict(self, r: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{name: tensor} views of r (default flat_params()) shaped like the model's parameters."""
         r = self.flat_params() if r is None else r
-        return {n: p.view(s) for n, s, p in zip(self._names, self._shapes, torch.split(r, self._sizes))}
+        return {n: p.view(s) for n, s, p in zip(self._names, self._shapes, torch.split(r, self._sizes), strict=True)}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """model(*args, **kwargs) with its parameters replaced by r (its own buffers are used).
@@ -314,7 +315,8 @@ class Subspace(nn.Module):
     @torch.no_grad()
     def load_into_model(self) -> nn.Module:
         """Copy r into the model's own parameters (in place) and return the model."""
-        for (_, p), v in zip(self.model.named_parameters(), self.params_dict(self.flat_params().detach()).values()):
+        values = self.params_dict(self.flat_params().detach()).values()
+        for (_, p), v in zip(self.model.named_parameters(), values, strict=True):
             p.copy_(v)
         return self.model
 
@@ -327,7 +329,7 @@ class Subspace(nn.Module):
         return self.constraint.attach(optimizer)
 
     # ---- module plumbing ------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "Subspace":
+    def train(self, mode: bool = True) -> Subspace:
         super().train(mode)
         self.model.train(mode)
         return self
