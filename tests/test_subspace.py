@@ -1,10 +1,9 @@
 """lscape.subspace: Subspace (hyperplane / hypersphere / sphere) and SphereConstraint."""
 import pytest
 import torch
-from torch import nn
-
 from lscape.projection import SparseSignProjection
-from lscape.subspace import SphereConstraint, Subspace
+from lscape.subspace import OffSphereError, SphereConstraint, Subspace
+from torch import nn
 
 
 def tiny(seed=0, dtype=torch.float64):
@@ -29,6 +28,8 @@ def test_grad_theta_is_Pt_grad_r(kind, storage):
     sub = Subspace(model, 7, kind=kind, seed=3, storage=storage)
     with torch.no_grad():
         sub.theta.add_(0.3 * torch.randn(7, dtype=torch.float64))
+    if sub.constraint is not None:  # a hand edit leaves the sphere: back onto it, or forward refuses
+        sub.constraint.project_()
     x, y = data()
     loss = nn.functional.mse_loss(sub(x), y)
     loss.backward()
@@ -113,16 +114,32 @@ def test_radius_held_after_100_adam_steps(kind, d):
     assert float(nn.functional.mse_loss(sub(x), y).detach()) < loss0  # it also trains
 
 
-def test_without_constraint_the_radius_drifts():
-    """The test above can fail: the same run without constrain() leaves the sphere."""
+@pytest.mark.parametrize("kind,d", [("hypersphere", 12), ("sphere", None)])
+def test_without_constraint_the_forward_pass_refuses_to_leave_the_sphere(kind, d):
+    """The trap of issue 19: Adam without constrain() leaves the sphere; the next forward pass says so."""
+    x, y = data()
+    sub = Subspace(tiny(), d, kind=kind, r0=4.0, seed=5)
+    opt = torch.optim.Adam(sub.parameters(), lr=0.05)
+    nn.functional.mse_loss(sub(x), y).backward()
+    opt.step()
+    assert abs(sub.radius() - 4.0) > 1e-6 * 4.0  # the unconstrained step did leave the sphere
+    with pytest.raises(OffSphereError, match=r"sub\.constrain\(optimizer\)"):
+        sub(x)
+    sub.constraint.project_()  # back on the sphere: it runs again
+    assert sub(x).shape == y.shape
+
+
+def test_a_forward_pass_after_loading_a_point_on_the_sphere_runs():
     x, y = data()
     sub = Subspace(tiny(), 12, kind="hypersphere", r0=4.0, seed=5)
-    opt = torch.optim.Adam(sub.parameters(), lr=0.05)
-    for _ in range(20):
-        opt.zero_grad()
-        nn.functional.mse_loss(sub(x), y).backward()
-        opt.step()
-    assert abs(sub.radius() - 4.0) > 1e-3
+    other = Subspace(tiny(), 12, kind="hypersphere", r0=4.0, seed=5)
+    opt = torch.optim.Adam(other.parameters(), lr=0.05)
+    other.constrain(opt)
+    nn.functional.mse_loss(other(x), y).backward()
+    opt.step()  # a constrained step: theta changes, |r| stays r0
+    sub.load_state_dict(other.state_dict())
+    assert torch.equal(sub.theta, other.theta)
+    torch.testing.assert_close(sub(x), other(x))
 
 
 def test_hypersphere_init_and_default_r0():

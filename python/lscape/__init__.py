@@ -1,18 +1,49 @@
 """lscape: fast, exact tools for the geometry of neural-network loss landscapes."""
 from __future__ import annotations
 
-from ._backend import BackendInfo, backends, use_backend
 from . import data, probes
+from ._backend import BackendInfo, backends, use_backend
 from .ensemble import TrainResult, TrainState, mlp_loss, mlp_loss_grad, train_ensemble
 from .landscape import Landscape
 from .neb import NEBConfig, NEBResult, neb
 from .projection import SparseSignProjection
 from .radial import RadiusRecorder, RandomWalkFit, fit_random_walk, r_x, radius
-from .subspace import SphereConstraint, Subspace
+from .subspace import OffSphereError, SphereConstraint, Subspace
 from .surface import Surface, surface
 from .tinymlp import TinyMLP
 
-__version__ = "0.1.0"
-__all__ = ["Surface", "surface", "BackendInfo", "Landscape", "NEBConfig", "NEBResult", "RadiusRecorder", "RandomWalkFit", "SparseSignProjection",
-           "SphereConstraint", "Subspace", "TinyMLP", "TrainResult", "TrainState", "backends",
-           "data", "fit_random_walk", "mlp_loss", "mlp_loss_grad", "neb", "probes", "r_x", "radius", "train_ensemble", "use_backend", "__version__"]
+try:  # the version is written once, in pyproject.toml
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+    __version__ = _version("lscape")
+except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+    __version__ = "0+unknown"
+__all__ = [
+    "BackendInfo",
+    "Landscape",
+    "NEBConfig",
+    "NEBResult",
+    "OffSphereError",
+    "RadiusRecorder",
+    "RandomWalkFit",
+    "SparseSignProjection",
+    "SphereConstraint",
+    "Subspace",
+    "Surface",
+    "TinyMLP",
+    "TrainResult",
+    "TrainState",
+    "backends",
+    "data",
+    "fit_random_walk",
+    "mlp_loss",
+    "mlp_loss_grad",
+    "neb",
+    "probes",
+    "r_x",
+    "radius",
+    "surface",
+    "train_ensemble",
+    "use_backend",
+    "__version__",
+]

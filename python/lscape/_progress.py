@@ -1,39 +1,40 @@
-"""A dependency-free progress bar on stderr, redrawn at most a few times a second (so it costs nothing)."""
+"""Progress on stderr through tqdm: the one wrapper every driver uses (progress=True | False | callable).
+
+tqdm handles terminals, notebooks and nesting.  When stderr is not a terminal (a log file), a bar that
+redraws with `\\r` would fill the log with frames, so there it redraws at most every LOG_INTERVAL seconds.
+"""
 from __future__ import annotations
 
 import sys
-import time
-from typing import Callable, TextIO, Union
+from collections.abc import Callable
+from typing import TextIO
 
-ProgressArg = Union[bool, Callable[[int, int], None], None]
+from tqdm.auto import tqdm
+
+ProgressArg = bool | Callable[[int, int], None] | None
+LOG_INTERVAL = 30.0  # seconds between lines when stderr is not a terminal
 
 
 class ProgressBar:
-    """Call with (done, total); prints `label [#####.....] done/total  elapsed, eta` to `stream`."""
+    """Call with (done, total): a tqdm bar labelled `label`, closed when done reaches total."""
 
-    def __init__(self, label: str, *, stream: TextIO | None = None, min_interval: float = 0.25) -> None:
-        self.label, self.stream, self.min_interval = label, stream or sys.stderr, min_interval
-        self.t0 = time.perf_counter()
-        self._last = -1.0
+    def __init__(self, label: str, *, stream: TextIO | None = None) -> None:
+        self.label, self.stream = label, stream or sys.stderr
+        self._bar: tqdm | None = None
 
     def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        final = done >= total
-        if not final and now - self._last < self.min_interval:
-            return
-        self._last = now
-        frac = done / total if total else 1.0
-        elapsed = now - self.t0
-        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
-        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{total}  {elapsed:6.1f}s elapsed, eta {eta:6.1f}s")
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
+        if self._bar is None:
+            tty = bool(getattr(self.stream, "isatty", lambda: False)())
+            self._bar = tqdm(total=total, desc=self.label, file=self.stream, leave=True, dynamic_ncols=tty,
+                             mininterval=0.25 if tty else LOG_INTERVAL, maxinterval=LOG_INTERVAL)
+        self._bar.total = total
+        self._bar.update(done - self._bar.n)
+        if done >= total:
+            self._bar.close()
 
 
 def as_callback(progress: ProgressArg, label: str) -> Callable[[int, int], None] | None:
-    """progress=True -> a ProgressBar; a callable is used as is; False/None -> None."""
+    """progress=True -> a ProgressBar; a callable (done, total) is used as is; False/None -> None."""
     if progress is True:
         return ProgressBar(label)
     if callable(progress):

@@ -7,6 +7,12 @@
     sub.constrain(opt)                                         # hypersphere / sphere: hold |r| = r0
     loss = loss_fn(sub(x), y); loss.backward(); opt.step()
 
+hypersphere / sphere without constrain(): an optimizer step leaves the sphere (Adam drifts |r| by 16% in
+100 steps), so the forward pass refuses to run once |r| is off r0 by more than rounding (relative
+tolerance SPHERE_RTOL[dtype]) and raises OffSphereError, which says to call sub.constrain(opt).  The
+check costs one float64 norm of the r the forward pass computes anyway; radius() and flat_params() do
+not check, so the drift can still be inspected.
+
 r is the model's flat parameter vector, in model.named_parameters() order (the layout of
 Landscape.from_module).  The forward pass runs the model with its parameters replaced by r through
 torch.func.functional_call; its buffers are the model's own, so BatchNorm running statistics keep
@@ -26,11 +32,18 @@ import torch
 from torch import nn
 
 from . import _checks
-from .projection import SparseSignProjection, STORAGES
+from .projection import STORAGES, SparseSignProjection
 
-__all__ = ["Subspace", "SphereConstraint", "KINDS"]
+__all__ = ["Subspace", "SphereConstraint", "OffSphereError", "KINDS", "SPHERE_RTOL"]
 
 KINDS = ("hyperplane", "hypersphere", "sphere")
+# | |r| - r0 | / r0 the forward pass accepts: constrained steps stay within ~1e-6 (float32) and ~1e-13
+# (float64) of r0; one unconstrained Adam step moves |r| by ~1e-3.
+SPHERE_RTOL = {torch.float32: 1e-4, torch.float64: 1e-9}
+
+
+class OffSphereError(RuntimeError):
+    """A hypersphere / sphere Subspace was stepped without its constraint and has left its sphere."""
 
 
 class SphereConstraint:
@@ -137,13 +150,14 @@ class SphereConstraint:
     def project_(self) -> None:
         """theta <- theta * r0 / |P theta| (in place)."""
         th = self.theta.detach()
-        rad = float(torch.linalg.vector_norm(self.image(th), dtype=torch.float64))  # float64 sum: exact to rounding at any D
+        # float64 sum: exact to rounding at any D
+        rad = float(torch.linalg.vector_norm(self.image(th), dtype=torch.float64))
         if not math.isfinite(rad) or rad <= 0:
             raise FloatingPointError(f"SphereConstraint: |P theta| = {rad}, cannot renormalise to "
                                      f"r0 = {self.r0} (theta diverged or collapsed to zero)")
         th.mul_(self.r0 / rad)
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> "_Handles":
+    def attach(self, optimizer: torch.optim.Optimizer) -> _Handles:
         """Run before_step / after_step around every optimizer.step(); returns a handle with remove()."""
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer: got {_checks.describe(optimizer)}, expected a torch.optim.Optimizer")
@@ -277,16 +291,32 @@ class Subspace(nn.Module):
     def params_dict(self, r: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{name: tensor} views of r (default flat_params()) shaped like the model's parameters."""
         r = self.flat_params() if r is None else r
-        return {n: p.view(s) for n, s, p in zip(self._names, self._shapes, torch.split(r, self._sizes))}
+        return {n: p.view(s) for n, s, p in zip(self._names, self._shapes, torch.split(r, self._sizes), strict=True)}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """model(*args, **kwargs) with its parameters replaced by r (its own buffers are used)."""
-        return torch.func.functional_call(self.model, self.params_dict(), args, kwargs, strict=False)
+        """model(*args, **kwargs) with its parameters replaced by r (its own buffers are used).
+
+        hypersphere / sphere: raises OffSphereError if |r| has left r0 (an optimizer stepped theta
+        without sub.constrain(optimizer)); see the module docstring."""
+        r = self.flat_params()
+        if self.constraint is not None:
+            self._check_on_sphere(r)
+        return torch.func.functional_call(self.model, self.params_dict(r), args, kwargs, strict=False)
+
+    def _check_on_sphere(self, r: torch.Tensor) -> None:
+        rad = float(torch.linalg.vector_norm(r.detach(), dtype=torch.float64))
+        if not abs(rad - self.r0) <= SPHERE_RTOL.get(r.dtype, 1e-4) * self.r0:
+            raise OffSphereError(
+                f"Subspace(kind={self.kind!r}): |r| = {rad:.9g}, expected r0 = {self.r0:.9g}: theta was changed "
+                f"off the sphere, most likely by an optimizer step without the constraint.  Call "
+                f"sub.constrain(optimizer) once after building the optimizer (or sub.constraint.project_() "
+                f"after editing theta by hand)")
 
     @torch.no_grad()
     def load_into_model(self) -> nn.Module:
         """Copy r into the model's own parameters (in place) and return the model."""
-        for (_, p), v in zip(self.model.named_parameters(), self.params_dict(self.flat_params().detach()).values()):
+        values = self.params_dict(self.flat_params().detach()).values()
+        for (_, p), v in zip(self.model.named_parameters(), values, strict=True):
             p.copy_(v)
         return self.model
 
@@ -299,7 +329,7 @@ class Subspace(nn.Module):
         return self.constraint.attach(optimizer)
 
     # ---- module plumbing ------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "Subspace":
+    def train(self, mode: bool = True) -> Subspace:
         super().train(mode)
         self.model.train(mode)
         return self
@@ -312,6 +342,7 @@ class Subspace(nn.Module):
         if self.constraint is not None:
             self.constraint.theta = self.theta
             self.constraint.P = self.P
+            self.constraint.project_()  # e.g. float32 -> float64: back on the sphere to the new rounding
         return self
 
     def extra_repr(self) -> str:

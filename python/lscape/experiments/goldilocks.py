@@ -103,8 +103,9 @@ def train_cell(cfg: Config, data: datasets.Split, kind: str, d: int | None, r0: 
     steps, t = 0 first) and whether training stayed finite."""
     model = make_model(cfg, data.x_train.shape[1], data.n_classes)
     if kind == "full":
-        # the full space from a random point of norm r0: a "sphere" Subspace left unconstrained
-        net = Subspace(model, None, kind="sphere", r0=r0, seed=seed)
+        # the full space from a random point of norm r0 (a "sphere" Subspace's start), trained unconstrained:
+        # the model itself (Adam is elementwise, so this is the same run as on the flat vector)
+        net = Subspace(model, None, kind="sphere", r0=r0, seed=seed).load_into_model()
     else:
         net = Subspace(model, d, kind=kind, r0=r0, seed=seed, storage=cfg.storage)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
