@@ -118,7 +118,7 @@ class SparseSignProjection:
         return self._apply(theta, "theta", transpose=False, grad=True)
 
     def _apply(self, x: Any, name: str, transpose: bool, grad: bool) -> Any:
-        t, back = _as_tensor(x, name)
+        t, back = _tensor_and_back(x, name)
         n = self.D if transpose else self.d
         other = self.d if transpose else self.D
         if t.ndim not in (1, 2) or t.shape[-1] != n:
@@ -199,7 +199,7 @@ def _device_arg(device) -> torch.device:
     return dev
 
 
-def _as_tensor(x: Any, name: str):
+def _tensor_and_back(x: Any, name: str):
     """(tensor, back) where back(result) returns the result in x's kind (torch, numpy or CuPy)."""
     if isinstance(x, torch.Tensor):
         return x, lambda out: out

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from . import _checks
+from ._flat import FlatLayout
 from .projection import STORAGES, SparseSignProjection
 
 __all__ = ["Subspace", "SphereConstraint", "OffSphereError", "KINDS", "SPHERE_RTOL"]
@@ -207,7 +208,7 @@ class Subspace(nn.Module):
             raise TypeError(f"model: got {_checks.describe(model)}, expected a torch.nn.Module")
         kind = _checks.choice_arg("kind", kind, KINDS)
         storage = _checks.choice_arg("storage", storage, STORAGES)
-        named = [(n, p) for n, p in model.named_parameters()]
+        named = list(model.named_parameters())
         if not named:
             raise ValueError(f"model: got a {type(model).__name__} with no parameters, expected at least one")
         dtypes = {p.dtype for _, p in named}
@@ -219,7 +220,8 @@ class Subspace(nn.Module):
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"model: got parameters of dtype {dtype}, expected torch.float32 or torch.float64")
         seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
-        D = sum(p.numel() for _, p in named)
+        self.layout = FlatLayout.of(model)
+        D = self.layout.dim
         if kind == "sphere":
             if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d != D):
                 raise ValueError(f"d: got {d!r}, expected None or D = {D} for kind='sphere' "
@@ -236,13 +238,8 @@ class Subspace(nn.Module):
 
         object.__setattr__(self, "model", model)  # held, not registered: its parameters stay out of ours
         self.kind, self.D, self.d, self.seed = kind, D, d, seed
-        self._names = [n for n, _ in named]
-        self._shapes = [p.shape for _, p in named]
-        self._sizes = [p.numel() for _, p in named]
-
         gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            init = torch.cat([p.detach().reshape(-1) for _, p in named]).clone()
+        init = self.layout.flatten(model)
         init_radius = float(torch.linalg.vector_norm(init))
 
         self.P: SparseSignProjection | None = None
@@ -290,8 +287,7 @@ class Subspace(nn.Module):
 
     def params_dict(self, r: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{name: tensor} views of r (default flat_params()) shaped like the model's parameters."""
-        r = self.flat_params() if r is None else r
-        return {n: p.view(s) for n, s, p in zip(self._names, self._shapes, torch.split(r, self._sizes), strict=True)}
+        return self.layout.split(self.flat_params() if r is None else r)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """model(*args, **kwargs) with its parameters replaced by r (its own buffers are used).
@@ -315,9 +311,7 @@ class Subspace(nn.Module):
     @torch.no_grad()
     def load_into_model(self) -> nn.Module:
         """Copy r into the model's own parameters (in place) and return the model."""
-        values = self.params_dict(self.flat_params().detach()).values()
-        for (_, p), v in zip(self.model.named_parameters(), values, strict=True):
-            p.copy_(v)
+        self.layout.load(self.model, self.flat_params())
         return self.model
 
     # ---- training helpers -----------------------------------------------------------------------------

@@ -97,25 +97,9 @@ def log_star_volume(radii, dim: int) -> tuple[float, float, float]:
     return log_v, se, ess
 
 
-def basin_volume(landscape: Landscape, theta: torch.Tensor | np.ndarray, threshold: float, n_rays: int = 1000,
-                 r_max: float = 1.0, tol: float | None = None, seed: int = 0, *, n_scan: int = 32,
-                 progress: ProgressArg = False) -> BasinResult:
-    """Radii of the region {loss < threshold} around theta along n_rays random rays, and its log-volume.
-
-    landscape: the Landscape (dimension D).  theta: (D,) or (1, D), with loss(theta) < threshold.
-    threshold: the loss level that bounds the basin; a non-finite loss counts as above it.
-    n_rays: rays (directions from `ray_directions(n_rays, D, seed)`).
-    r_max: the longest radius looked at; rays still below the threshold there are censored at r_max.
-    tol: each radius is the middle of a final bracket at most tol wide (default 1e-6 r_max), so it is off by
-        at most tol / 2; that moves log V by at most about D tol / (2 r) for rays of radius r.
-    n_scan: the coarse scan evaluates every ray at r_max k / n_scan, k = 1, 2, ..., to bracket its FIRST
-        crossing (an excursion above the threshold shorter than r_max / n_scan can be missed); the scan
-        stops as soon as every ray has crossed.
-    progress: True for a progress bar on stderr, or a callable (done, total) called after each loss call.
-
-    Every scan radius and every bisection iteration is one landscape.loss call on all rays still in play
-    (memory: n_rays x D values for the directions plus one batch of points).
-    """
+def _basin_args(landscape, theta, threshold, n_rays, r_max, tol, seed, n_scan):
+    """basin_volume's arguments, checked (errors name the argument): (theta (1, D), threshold, n_rays,
+    r_max, tol, seed, n_scan)."""
     if not isinstance(landscape, Landscape):
         raise TypeError(f"landscape: got {_checks.describe(landscape)}, expected a lscape.Landscape")
     D = landscape.dim
@@ -137,6 +121,31 @@ def basin_volume(landscape: Landscape, theta: torch.Tensor | np.ndarray, thresho
     tol = _checks.float_arg("tol", tol, low=0.0, high=r_max, low_open=True)
     seed = _checks.int_arg("seed", seed, low=0, high=2**64 - 1)
     n_scan = _checks.int_arg("n_scan", n_scan, low=1)
+    return t0, threshold, n_rays, r_max, tol, seed, n_scan
+
+
+def basin_volume(landscape: Landscape, theta: torch.Tensor | np.ndarray, threshold: float, n_rays: int = 1000,
+                 r_max: float = 1.0, tol: float | None = None, seed: int = 0, *, n_scan: int = 32,
+                 progress: ProgressArg = False) -> BasinResult:
+    """Radii of the region {loss < threshold} around theta along n_rays random rays, and its log-volume.
+
+    landscape: the Landscape (dimension D).  theta: (D,) or (1, D), with loss(theta) < threshold.
+    threshold: the loss level that bounds the basin; a non-finite loss counts as above it.
+    n_rays: rays (directions from `ray_directions(n_rays, D, seed)`).
+    r_max: the longest radius looked at; rays still below the threshold there are censored at r_max.
+    tol: each radius is the middle of a final bracket at most tol wide (default 1e-6 r_max), so it is off by
+        at most tol / 2; that moves log V by at most about D tol / (2 r) for rays of radius r.
+    n_scan: the coarse scan evaluates every ray at r_max k / n_scan, k = 1, 2, ..., to bracket its FIRST
+        crossing (an excursion above the threshold shorter than r_max / n_scan can be missed); the scan
+        stops as soon as every ray has crossed.
+    progress: True for a progress bar on stderr, or a callable (done, total) called after each loss call.
+
+    Every scan radius and every bisection iteration is one landscape.loss call on all rays still in play
+    (memory: n_rays x D values for the directions plus one batch of points).
+    """
+    t0, threshold, n_rays, r_max, tol, seed, n_scan = _basin_args(landscape, theta, threshold, n_rays, r_max,
+                                                                   tol, seed, n_scan)
+    D = landscape.dim
     callback = as_callback(progress, "basin rays")
 
     loss0 = float(landscape.loss(t0)[0])

@@ -29,41 +29,16 @@ def _landscape_arg(landscape) -> Landscape:
     return landscape
 
 
-def _as_tensor(name: str, x) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    try:  # through numpy, so Python floats stay float64 (torch.as_tensor would make them float32)
-        return torch.as_tensor(np.asarray(x))
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name}: got {_checks.describe(x)}, expected a tensor or array") from None
-
-
-def _finite(name: str, t: torch.Tensor, expected: str) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name}: got {_checks.describe(t)} with non-finite entries, expected {expected}")
-
-
-def _vector_arg(name: str, x, dim: int | None, device: torch.device | None = None) -> torch.Tensor:
-    """A finite floating vector (D,) as float64 (on `device` when given)."""
-    t = _as_tensor(name, x)
-    expected = f"a finite floating vector of shape ({'D' if dim is None else dim},)"
-    if t.ndim != 1 or (dim is not None and t.shape[0] != dim) or t.shape[0] == 0 or not t.is_floating_point():
-        raise ValueError(f"{name}: got {_checks.describe(t)}, expected {expected}")
-    t = t.to(dtype=torch.float64, device=device)
-    _finite(name, t, expected)
-    return t
-
-
 def _coords_arg(name: str, x) -> torch.Tensor:
     """A non-empty finite 1-D array of real coefficients, as a float64 CPU tensor."""
     if isinstance(x, numbers.Real) and not isinstance(x, bool):
         x = [x]
-    t = _as_tensor(name, x)
+    t = _checks.as_tensor(name, x)
     expected = "a non-empty finite 1-D array of real numbers"
     if t.ndim != 1 or t.shape[0] == 0 or t.dtype == torch.bool or t.dtype.is_complex:
         raise ValueError(f"{name}: got {_checks.describe(t)}, expected {expected}")
     t = t.to(dtype=torch.float64, device="cpu")
-    _finite(name, t, expected)
+    _checks.finite(name, t, expected)
     return t
 
 
@@ -90,8 +65,8 @@ def interpolate(landscape: Landscape, theta0, theta1, alphas) -> torch.Tensor:
     Returns the losses (A,) in the landscape's dtype.  All A points go through batched landscape.loss
     calls (the landscape chunks them to bound memory)."""
     L = _landscape_arg(landscape)
-    t0 = _vector_arg("theta0", theta0, L.dim, L.device)
-    t1 = _vector_arg("theta1", theta1, L.dim, L.device)
+    t0 = _checks.vector_arg("theta0", theta0, L.dim, L.device)
+    t1 = _checks.vector_arg("theta1", theta1, L.dim, L.device)
     a = _coords_arg("alphas", alphas)
     # (1 - a) theta0 + a theta1 rather than theta0 + a (theta1 - theta0): exact at both ends
     coeffs = torch.stack([1.0 - a, a], dim=1)
@@ -170,9 +145,9 @@ def plane(landscape: Landscape, center, u, v, grid: int | tuple = 21
     loss[i, j] = L(center + alphas[i] u + betas[j] v).  All G1 * G2 points go through batched
     landscape.loss calls."""
     L = _landscape_arg(landscape)
-    c = _vector_arg("center", center, L.dim, L.device)
-    du = _vector_arg("u", u, L.dim, L.device)
-    dv = _vector_arg("v", v, L.dim, L.device)
+    c = _checks.vector_arg("center", center, L.dim, L.device)
+    du = _checks.vector_arg("u", u, L.dim, L.device)
+    dv = _checks.vector_arg("v", v, L.dim, L.device)
     alphas, betas = _grid_arg(grid)
     A, B = torch.meshgrid(alphas, betas, indexing="ij")
     coeffs = torch.stack([A.reshape(-1), B.reshape(-1)], dim=1)
@@ -189,15 +164,15 @@ def project_trajectory(thetas, theta_i, theta_f) -> tuple[torch.Tensor, torch.Te
     coord[t] = <theta_t - theta_i, d> / |d|^2  (0 at theta_i, 1 at theta_f) and
     residual[t] = |theta_t - theta_i - coord[t] d|  (the norm of the part off the line).
     Returns (coord (T,), residual (T,)), float64, computed in float64."""
-    ti = _vector_arg("theta_i", theta_i, None)
+    ti = _checks.vector_arg("theta_i", theta_i, None)
     D = ti.shape[0]
-    tf = _vector_arg("theta_f", theta_f, D, ti.device)
-    T = _as_tensor("thetas", thetas)
+    tf = _checks.vector_arg("theta_f", theta_f, D, ti.device)
+    T = _checks.as_tensor("thetas", thetas)
     if T.ndim != 2 or T.shape[1] != D or not T.is_floating_point():
         raise ValueError(f"thetas: got {_checks.describe(T)}, expected a floating tensor of shape (T, {D}) "
                          "(D from theta_i)")
     T = T.to(dtype=torch.float64, device=ti.device)
-    _finite("thetas", T, f"finite points of shape (T, {D})")
+    _checks.finite("thetas", T, f"finite points of shape (T, {D})")
     d = tf - ti
     dd = float(d @ d)
     if dd == 0.0:

@@ -27,7 +27,7 @@ import torch
 from .. import _checks
 from ..landscape import Landscape
 from .hessian import hessian
-from .lines import _as_tensor, _finite, _landscape_arg, _vector_arg
+from .lines import _landscape_arg
 
 __all__ = ["classify_stationary", "hessian_eigs", "hutchinson_trace", "hvp", "spectral_density"]
 
@@ -81,7 +81,7 @@ class _HVP:
 
 
 def _theta_arg(L: Landscape, theta) -> torch.Tensor:
-    return _vector_arg("theta", theta, L.dim, L.device)
+    return _checks.vector_arg("theta", theta, L.dim, L.device)
 
 
 def _batch_arg(batch) -> int:
@@ -96,10 +96,10 @@ def hvp(landscape: Landscape, theta, vs, *, batch: int = 32) -> torch.Tensor:
     vectors at a time (vectorised with is_grads_batched)."""
     L = _landscape_arg(landscape)
     t = _theta_arg(L, theta)
-    V = _as_tensor("vs", vs)
+    V = _checks.as_tensor("vs", vs)
     if V.ndim != 2 or V.shape[1] != L.dim or not V.is_floating_point():
         raise ValueError(f"vs: got {_checks.describe(V)}, expected a floating tensor of shape (K, {L.dim})")
-    _finite("vs", V, f"finite vectors of shape (K, {L.dim})")
+    _checks.finite("vs", V, f"finite vectors of shape (K, {L.dim})")
     op = _HVP(L, t, _batch_arg(batch))
     return op(V).to(L.dtype)
 
@@ -358,11 +358,11 @@ def spectral_density(landscape: Landscape, theta, n_vectors: int = 8, steps: int
     if isinstance(grid, numbers.Integral) and not isinstance(grid, bool):
         G, xs = _checks.int_arg("grid", grid, low=2), None
     else:
-        xs = _as_tensor("grid", grid)
+        xs = _checks.as_tensor("grid", grid)
         if xs.ndim != 1 or xs.shape[0] == 0 or xs.dtype == torch.bool or xs.dtype.is_complex:
             raise ValueError(f"grid: got {_checks.describe(xs)}, expected an int >= 2 or a non-empty 1-D array")
         xs = xs.to(dtype=_F64, device="cpu")
-        _finite("grid", xs, "finite x values")
+        _checks.finite("grid", xs, "finite x values")
     seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
     batch = _batch_arg(batch)
 
@@ -411,12 +411,12 @@ def classify_stationary(eigs, tol: float = 0.0):
     zero; the paper's code uses exact zeros (tol = 0); floating-point Hessians want a tol such as
     1e-6 * max |lambda| or D * eps * max |lambda|.
     Returns a str for (n,), or a numpy array of B str for (B, n)."""
-    t = _as_tensor("eigs", eigs)
+    t = _checks.as_tensor("eigs", eigs)
     if t.ndim not in (1, 2) or t.shape[-1] == 0 or t.dtype == torch.bool or t.dtype.is_complex:
         raise ValueError(f"eigs: got {_checks.describe(t)}, expected real eigenvalues of shape (n,) or (B, n), "
                          "n >= 1")
     lam = t.detach().to(dtype=_F64, device="cpu")
-    _finite("eigs", lam, "finite eigenvalues")
+    _checks.finite("eigs", lam, "finite eigenvalues")
     tol = _checks.float_arg("tol", tol, low=0.0, high=math.inf)
     if math.isinf(tol):
         raise ValueError(f"tol: got {tol}, expected a finite number >= 0")

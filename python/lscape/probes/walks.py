@@ -96,38 +96,14 @@ def _uniform(h: np.ndarray) -> np.ndarray:
 
 
 # ---- arguments -------------------------------------------------------------------------------------------
-def _vector_arg(name: str, value, D: int, like: torch.Tensor) -> torch.Tensor:
-    """A real scalar or a (D,) vector of finite reals, as a (D,) tensor in like's dtype, on its device."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: got {_checks.describe(value)}, expected a real number or a ({D},) vector")
-    if isinstance(value, numbers.Real):
-        t = torch.full((D,), float(value), dtype=torch.float64)
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value),
-                                dtype=torch.float64)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name}: got {_checks.describe(value)}, expected a real number or a ({D},) "
-                            "vector") from None
-        if t.ndim == 0:
-            t = t.expand(D).clone()
-        if t.shape != (D,):
-            raise ValueError(f"{name}: got {_checks.describe(value)}, expected a real number or a vector "
-                             f"of shape ({D},)")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name}: got non-finite values, expected finite reals")
-    # round to the landscape's dtype once: every later comparison is made in that dtype
-    return t.to(like.dtype).to(device=like.device)
-
-
 def _bounds_arg(bounds, D: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     if bounds is None:
         return None
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
         raise TypeError(f"bounds: got {_checks.describe(bounds)}, expected (low, high): two reals or two "
                         f"({D},) vectors, or None")
-    low = _vector_arg("bounds[0] (low)", bounds[0], D, like)
-    high = _vector_arg("bounds[1] (high)", bounds[1], D, like)
+    low = _checks.real_or_vector_arg("bounds[0] (low)", bounds[0], D, like)
+    high = _checks.real_or_vector_arg("bounds[1] (high)", bounds[1], D, like)
     if not bool((low < high).all()):
         j = int(torch.nonzero(~(low < high))[0])
         raise ValueError(f"bounds: got low[{j}] = {float(low[j])} >= high[{j}] = {float(high[j])}, expected "
@@ -156,6 +132,29 @@ def progressive_walk(landscape: Landscape, starts: torch.Tensor | np.ndarray | i
 
     Returns a WalkResult.  Every step is one landscape.loss_and_grad call on all W walkers.
     """
+    a = _walk_args(landscape, starts, steps, step_bound, bounds, gradient, seed, first_walker, record_positions)
+    return _walk(landscape, a, as_callback(progress, "gradient walk" if gradient else "random walk"))
+
+
+@dataclass
+class _WalkArgs:
+    """progressive_walk's arguments, checked: starts x (W, D) or None (random starts), the box, bounds."""
+    D: int
+    W: int
+    like: torch.Tensor
+    steps: int
+    seed: int
+    first_walker: int
+    gradient: bool
+    record_positions: bool
+    box: tuple[torch.Tensor, torch.Tensor] | None
+    bound: torch.Tensor
+    x: torch.Tensor | None
+
+
+def _walk_args(landscape, starts, steps, step_bound, bounds, gradient, seed, first_walker,
+               record_positions) -> _WalkArgs:
+    """Every argument of progressive_walk checked, with an error naming it, before any evaluation."""
     if not isinstance(landscape, Landscape):
         raise TypeError(f"landscape: got {_checks.describe(landscape)}, expected a lscape.Landscape")
     D = landscape.dim
@@ -171,7 +170,7 @@ def progressive_walk(landscape: Landscape, starts: torch.Tensor | np.ndarray | i
     box = _bounds_arg(bounds, D, like)
     if box is None and not gradient:
         raise ValueError("bounds: got None, expected (low, high): the random walk turns at the bounds")
-    bound = _vector_arg("step_bound", step_bound, D, like)
+    bound = _checks.real_or_vector_arg("step_bound", step_bound, D, like)
     if not bool((bound > 0).all()):
         raise ValueError(f"step_bound: got {_min_desc(bound)}, expected positive step bounds")
     if box is not None:
@@ -180,6 +179,13 @@ def progressive_walk(landscape: Landscape, starts: torch.Tensor | np.ndarray | i
             j = int(torch.nonzero(bound > width)[0])
             raise ValueError(f"step_bound: got {float(bound[j])} in dimension {j}, expected at most the width "
                              f"of bounds there ({float(width[j])}), so one reflection keeps a walker inside")
+    x, W = _starts_arg(landscape, starts, box, first_walker)
+    return _WalkArgs(D, W, like, steps, seed, first_walker, gradient, record_positions, box, bound, x)
+
+
+def _starts_arg(landscape, starts, box, first_walker: int) -> tuple[torch.Tensor | None, int]:
+    """(starts (W, D), W), or (None, W) for W random starts."""
+    D = landscape.dim
     if isinstance(starts, numbers.Integral) and not isinstance(starts, bool):
         W = _checks.int_arg("starts", starts, low=1)
         if box is None:
@@ -187,22 +193,25 @@ def progressive_walk(landscape: Landscape, starts: torch.Tensor | np.ndarray | i
                              "drawn inside the bounds")
         if W + first_walker > 2**64:
             raise ValueError(f"first_walker: got {first_walker}, expected walker ids below 2**64")
-        x = None
-    else:
-        if isinstance(starts, bool) or not isinstance(starts, (torch.Tensor, np.ndarray, list, tuple)):
-            raise TypeError(f"starts: got {_checks.describe(starts)}, expected a (W, {D}) tensor or an int W")
-        x = landscape.check_points(starts, "starts").clone()
-        W = x.shape[0]
-        if W == 0:
-            raise ValueError(f"starts: got {_checks.describe(x)}, expected at least one walker")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("starts: got non-finite values, expected finite starting points")
-        if box is not None and not bool(((x >= box[0]) & (x <= box[1])).all()):
-            w, j = (int(i) for i in torch.nonzero((x < box[0]) | (x > box[1]))[0])
-            raise ValueError(f"starts: got starts[{w}, {j}] = {float(x[w, j])}, expected every start inside "
-                             f"bounds [{float(box[0][j])}, {float(box[1][j])}]")
-    callback = as_callback(progress, "gradient walk" if gradient else "random walk")
+        return None, W
+    if isinstance(starts, bool) or not isinstance(starts, (torch.Tensor, np.ndarray, list, tuple)):
+        raise TypeError(f"starts: got {_checks.describe(starts)}, expected a (W, {D}) tensor or an int W")
+    x = landscape.check_points(starts, "starts").clone()
+    if x.shape[0] == 0:
+        raise ValueError(f"starts: got {_checks.describe(x)}, expected at least one walker")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("starts: got non-finite values, expected finite starting points")
+    if box is not None and not bool(((x >= box[0]) & (x <= box[1])).all()):
+        w, j = (int(i) for i in torch.nonzero((x < box[0]) | (x > box[1]))[0])
+        raise ValueError(f"starts: got starts[{w}, {j}] = {float(x[w, j])}, expected every start inside "
+                         f"bounds [{float(box[0][j])}, {float(box[1][j])}]")
+    return x, x.shape[0]
 
+
+def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
+    """The walk itself: one landscape.loss_and_grad call on all W walkers per step."""
+    D, W, like, steps, seed, first_walker, gradient = a.D, a.W, a.like, a.steps, a.seed, a.first_walker, a.gradient
+    box, bound, x, record_positions = a.box, a.bound, a.x, a.record_positions
     keys = _walker_keys(seed, first_walker, W)
     if x is None:
         x, up = _random_starts(keys, box, D, like)
