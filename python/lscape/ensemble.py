@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _checks
+from . import _checks, _records
 from ._progress import ProgressArg, as_callback
 from .ops import mlp as ops
 from .reference.mlp import ADADELTA, ADAM, OPTIMIZERS, SGD, OptConfig
@@ -40,25 +40,16 @@ class TrainState:
     diverged: torch.Tensor  # (M,) bool
 
     def to_dict(self) -> dict[str, Any]:
-        """numpy arrays and plain numbers (for np.savez)."""
-        d = {f"opt_{k}": v for k, v in vars(self.opt).items()}
-        d.update(step=self.step, state0=self.state0.cpu().numpy(), diverged=self.diverged.cpu().numpy())
-        if self.state1 is not None:
-            d["state1"] = self.state1.cpu().numpy()
-        return d
+        """numpy arrays and plain numbers (for np.savez), through lscape._records."""
+        return _records.to_dict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], device: torch.device | str | None = None) -> "TrainState":
+    def from_dict(cls, d: dict[str, Any], device: torch.device | str | None = None) -> TrainState:
         """The inverse of to_dict (accepts an np.load(...) mapping)."""
-        opt = OptConfig(**{k[4:]: _scalar(v) for k, v in d.items() if k.startswith("opt_")})
-        t = lambda a: torch.as_tensor(np.asarray(a), device=device)  # noqa: E731
-        s1 = t(d["state1"]) if "state1" in d else None
-        return cls(opt, int(_scalar(d["step"])), t(d["state0"]), s1, t(d["diverged"]).bool())
-
-
-def _scalar(v):
-    v = np.asarray(v)
-    return v.item() if v.ndim == 0 else v
+        state = _records.from_dict(cls, d, device=device)
+        state.step = int(state.step)
+        state.diverged = state.diverged.bool()
+        return state
 
 
 @dataclass

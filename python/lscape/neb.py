@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _checks
+from . import _checks, _records
 from ._progress import ProgressArg, as_callback
 from .landscape import Landscape
 from .ops import neb as ops
@@ -74,23 +74,13 @@ class NEBResult:
         return torch.arccos(cos.clamp(-1.0, 1.0))
 
     def to_dict(self) -> dict[str, Any]:
-        """numpy arrays and plain numbers (for np.savez)."""
-        d = {f"cfg_{f.name}": getattr(self.config, f.name) for f in fields(self.config)}
-        for name in ("images", "energies", "converged", "diverged", "fmax", "fmax_history", "steps", "velocity"):
-            d[name] = getattr(self, name).cpu().numpy()
-        for f in fields(self.state):
-            d[f"state_{f.name}"] = getattr(self.state, f.name).cpu().numpy()
-        return d
+        """numpy arrays and plain numbers (for np.savez), through lscape._records."""
+        return _records.to_dict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], device: torch.device | str | None = None) -> "NEBResult":
+    def from_dict(cls, d: dict[str, Any], device: torch.device | str | None = None) -> NEBResult:
         """The inverse of to_dict (accepts an np.load(...) mapping)."""
-        t = lambda name: torch.as_tensor(np.asarray(d[name]), device=device)  # noqa: E731
-        cfg = NEBConfig(**{f.name: np.asarray(d[f"cfg_{f.name}"]).item() for f in fields(NEBConfig)})
-        state = ops.BandState(**{f.name: t(f"state_{f.name}") for f in fields(ops.BandState)})
-        return cls(images=t("images"), energies=t("energies"), converged=t("converged"), diverged=t("diverged"),
-                   fmax=t("fmax"), fmax_history=t("fmax_history"), steps=t("steps"), velocity=t("velocity"),
-                   state=state, config=cfg)
+        return _records.from_dict(cls, d, device=device)
 
 
 def arc_length(images: torch.Tensor) -> torch.Tensor:
@@ -208,26 +198,46 @@ def neb(landscape: Landscape, start, end, *, n_images: int = 32, k: float = 1.0,
         respace_every = _checks.int_arg("respace_every", respace_every, low=1)
     report = as_callback(progress, "neb")
     if resume is not None:
-        if not isinstance(resume, NEBResult):
-            raise TypeError(f"resume: got {_checks.describe(resume)}, expected a NEBResult")
-        if resume.images.shape[-1] != landscape.dim:
-            raise ValueError(f"resume: images of dim {resume.images.shape[-1]}, expected the landscape's "
-                             f"dim {landscape.dim}")
-        cfg = resume.config
-        x = resume.images.to(dtype=landscape.dtype, device=landscape.device).clone()
-        e = resume.energies.to(dtype=landscape.dtype, device=landscape.device).clone()
-        v = resume.velocity.to(dtype=landscape.dtype, device=landscape.device).clone()
-        st = ops.BandState(**{f.name: getattr(resume.state, f.name).to(landscape.device).clone()
-                              for f in fields(ops.BandState)})
-        history, counts = [resume.fmax_history.to(landscape.device)], resume.steps.to(landscape.device).clone()
+        bands = _Bands.resumed(landscape, resume)
     else:
         n_images = _checks.int_arg("n_images", n_images, low=3)
-        _checks.choice_arg("optimizer", optimizer, METHODS)
-        cfg = NEBConfig(k=_checks.float_arg("k", k, low=0.0, high=float("inf")), climb=bool(climb),
-                        method=optimizer, fmax=_checks.float_arg("fmax", fmax, low=0.0, high=float("inf")),
-                        maxstep=_checks.float_arg("maxstep", maxstep, low=0.0, high=float("inf"), low_open=True),
-                        lr=_checks.float_arg("lr", lr, low=0.0, high=float("inf"), low_open=True),
-                        dt=_checks.float_arg("dt", dt, low=0.0, high=float("inf"), low_open=True))
+        cfg = _config_arg(k, climb, optimizer, fmax, maxstep, dt, lr)
+        bands = _Bands.fresh(landscape, cfg, start, end, n_images, init)
+    total = steps * (1 + (insert > 0))
+    bands.relax(steps, respace_every, report, 0, total)
+    if insert:
+        bands.insert(insert)
+        bands.relax(steps, respace_every, report, steps, total)
+    return bands.result(refresh_all=bool(insert) and not steps)
+
+
+def _config_arg(k, climb, optimizer, fmax, maxstep, dt, lr) -> NEBConfig:
+    """The NEBConfig of neb()'s arguments, each checked by name."""
+    _checks.choice_arg("optimizer", optimizer, METHODS)
+    pos = {"low": 0.0, "high": float("inf"), "low_open": True}
+    return NEBConfig(k=_checks.float_arg("k", k, low=0.0, high=float("inf")), climb=bool(climb), method=optimizer,
+                     fmax=_checks.float_arg("fmax", fmax, low=0.0, high=float("inf")),
+                     maxstep=_checks.float_arg("maxstep", maxstep, **pos), lr=_checks.float_arg("lr", lr, **pos),
+                     dt=_checks.float_arg("dt", dt, **pos))
+
+
+@dataclass
+class _Bands:
+    """B bands being relaxed: images x (B, n, D), energies e (B, n), velocities v (B, n, D), the
+    optimizer's per-band state, the per-step fmax rows and each band's count of force evaluations."""
+
+    landscape: Landscape
+    cfg: NEBConfig
+    x: torch.Tensor
+    e: torch.Tensor
+    v: torch.Tensor
+    st: ops.BandState
+    history: list
+    counts: torch.Tensor
+
+    @classmethod
+    def fresh(cls, landscape: Landscape, cfg: NEBConfig, start, end, n_images: int, init) -> _Bands:
+        """Bands from start to end (init: "linear" or images), endpoint energies evaluated once."""
         x0, x1 = _points(landscape, start, "start"), _points(landscape, end, "end")
         if x0.shape != x1.shape:
             raise ValueError(f"start, end: got shapes {tuple(np.shape(start))} and {tuple(np.shape(end))}, "
@@ -237,71 +247,84 @@ def neb(landscape: Landscape, start, end, *, n_images: int = 32, k: float = 1.0,
         e = torch.empty(B, n_images, dtype=landscape.dtype, device=landscape.device)
         ends = landscape.loss(torch.cat([x0, x1]))
         e[:, 0], e[:, -1] = ends[:B], ends[B:]
-        v = torch.zeros_like(x)
-        st = ops.BandState.fresh(B, cfg, x.device)
-        history, counts = [], torch.zeros(B, dtype=torch.int64, device=x.device)
+        return cls(landscape, cfg, x, e, torch.zeros_like(x), ops.BandState.fresh(B, cfg, x.device), [],
+                   torch.zeros(B, dtype=torch.int64, device=x.device))
 
-    total = steps * (1 + (insert > 0))
-    x, e, v = _relax(landscape, cfg, x, e, v, st, steps, respace_every, history, counts, report, 0, total)
-    if insert:
-        x = _insert(x, e, insert).contiguous()
-        e = torch.cat([e[:, :1], torch.full_like(x[:, 1:-1, 0], float("nan")), e[:, -1:]], dim=1)
-        v = torch.zeros_like(x)
-        restart = st.status != DIVERGED
-        _restart(cfg, st, restart, v)
-        st.status[restart] = RUNNING
-        x, e, v = _relax(landscape, cfg, x, e, v, st, steps, respace_every, history, counts, report, steps,
-                         total)
-    # Bands that moved after their last evaluation get their final energies.
-    moved = st.status == RUNNING
-    if insert and not steps:
-        moved = st.status != DIVERGED
-    if bool(moved.any()):
-        e[moved, 1:-1] = landscape.loss(x[moved, 1:-1].reshape(-1, x.shape[2])).view(-1, x.shape[1] - 2)
-    B = x.shape[0]
-    fh = torch.cat(history) if history else torch.empty(0, B, dtype=torch.float64, device=x.device)
-    return NEBResult(images=x, energies=e, converged=st.status == CONVERGED, diverged=st.status == DIVERGED,
-                     fmax=st.fmax.clone(), fmax_history=fh, steps=counts, velocity=v, state=st, config=cfg)
+    @classmethod
+    def resumed(cls, landscape: Landscape, resume: NEBResult) -> _Bands:
+        """The bands of a previous result, exactly as it left them (copies, on the landscape's device)."""
+        if not isinstance(resume, NEBResult):
+            raise TypeError(f"resume: got {_checks.describe(resume)}, expected a NEBResult")
+        if resume.images.shape[-1] != landscape.dim:
+            raise ValueError(f"resume: images of dim {resume.images.shape[-1]}, expected the landscape's "
+                             f"dim {landscape.dim}")
+        own = lambda t: t.to(dtype=landscape.dtype, device=landscape.device).clone()  # noqa: E731
+        st = ops.BandState(**{f.name: getattr(resume.state, f.name).to(landscape.device).clone()
+                              for f in fields(ops.BandState)})
+        return cls(landscape, resume.config, own(resume.images), own(resume.energies), own(resume.velocity), st,
+                   [resume.fmax_history.to(landscape.device)], resume.steps.to(landscape.device).clone())
 
+    def restart(self, mask: torch.Tensor) -> None:
+        """Fresh optimizer state for the bands in mask."""
+        self.st.dt[mask], self.st.a[mask], self.st.nsteps[mask] = self.cfg.dt, self.cfg.a_start, -1
+        self.v[mask] = 0
 
-def _restart(cfg: NEBConfig, st: ops.BandState, mask: torch.Tensor, v: torch.Tensor) -> None:
-    """Fresh optimizer state for the bands in mask."""
-    st.dt[mask], st.a[mask], st.nsteps[mask] = cfg.dt, cfg.a_start, -1
-    v[mask] = 0
+    def respace(self, running: torch.Tensor, x_out: torch.Tensor) -> None:
+        """Only unevenly spaced running bands to equal arc length: the springs space a relaxed band evenly
+        already, and respacing it along its polyline would only undo the relaxation.  The climbing image
+        stays put: respacing it would undo its climb.  Their optimizer restarts."""
+        seg = torch.diff(self.x.double(), dim=1).norm(dim=-1)
+        far = running & (seg.max(1).values > _UNEVEN * seg.min(1).values)
+        sel = far.nonzero().squeeze(1)
+        if sel.numel():
+            pin = (1 + torch.argmax(self.e[sel, 1:-1].double(), dim=1)) if self.cfg.climb else None
+            self.x[sel] = respace(self.x[sel], pin)
+            x_out[sel] = self.x[sel]
+            self.restart(far)
 
-
-def _relax(landscape: Landscape, cfg: NEBConfig, x, e, v, st: ops.BandState, steps: int,
-           respace_every: int | None, history: list, counts: torch.Tensor, report, done0: int, total: int):
-    """Up to `steps` NEB steps of the running bands; returns the final (x, e, v)."""
-    B, n, D = x.shape
-    g = torch.zeros_like(x)
-    x_out = x.clone()
-    for t in range(steps):
-        running = st.status == RUNNING
-        idx = running.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        if respace_every and t and t % respace_every == 0:
-            # Only unevenly spaced bands: the springs space a relaxed band evenly already, and respacing
-            # it along its polyline would only undo the relaxation.  The climbing image stays put:
-            # respacing it would undo its climb.
-            seg = torch.diff(x.double(), dim=1).norm(dim=-1)
-            far = running & (seg.max(1).values > _UNEVEN * seg.min(1).values)
-            sel = far.nonzero().squeeze(1)
-            if sel.numel():
-                pin = (1 + torch.argmax(e[sel, 1:-1].double(), dim=1)) if cfg.climb else None
-                x[sel] = respace(x[sel], pin)
-                x_out[sel] = x[sel]
-                _restart(cfg, st, far, v)
-        loss, grad = landscape.loss_and_grad(x[idx, 1:-1].reshape(-1, D))
-        e[idx, 1:-1] = loss.view(-1, n - 2)
-        g[idx, 1:-1] = grad.view(-1, n - 2, D)
-        ops.step(cfg, x, e, g, v, x_out, st)
-        x, x_out = x_out, x
-        counts += running
-        history.append(torch.where(running, st.fmax, torch.full_like(st.fmax, float("nan")))[None])
+    def relax(self, steps: int, respace_every: int | None, report, done0: int, total: int) -> None:
+        """Up to `steps` NEB steps of the running bands: each step one loss_and_grad call on every
+        interior image of every running band, then the fused tangent / force / optimizer kernel."""
+        B, n, D = self.x.shape
+        g = torch.zeros_like(self.x)
+        x_out = self.x.clone()
+        for t in range(steps):
+            running = self.st.status == RUNNING
+            idx = running.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            if respace_every and t and t % respace_every == 0:
+                self.respace(running, x_out)
+            loss, grad = self.landscape.loss_and_grad(self.x[idx, 1:-1].reshape(-1, D))
+            self.e[idx, 1:-1] = loss.view(-1, n - 2)
+            g[idx, 1:-1] = grad.view(-1, n - 2, D)
+            ops.step(self.cfg, self.x, self.e, g, self.v, x_out, self.st)
+            self.x, x_out = x_out, self.x
+            self.counts += running
+            self.history.append(torch.where(running, self.st.fmax, torch.full_like(self.st.fmax, float("nan")))[None])
+            if report:
+                report(done0 + t + 1, total)
         if report:
-            report(done0 + t + 1, total)
-    if report:
-        report(done0 + steps, total)
-    return x, e, v
+            report(done0 + steps, total)
+
+    def insert(self, count: int) -> None:
+        """AutoNEB-style refinement: `count` new images per band, then every band not diverged restarts."""
+        self.x = _insert(self.x, self.e, count).contiguous()
+        self.e = torch.cat([self.e[:, :1], torch.full_like(self.x[:, 1:-1, 0], float("nan")), self.e[:, -1:]], dim=1)
+        self.v = torch.zeros_like(self.x)
+        again = self.st.status != DIVERGED
+        self.restart(again)
+        self.st.status[again] = RUNNING
+
+    def result(self, refresh_all: bool) -> NEBResult:
+        """The NEBResult; bands that moved after their last evaluation (all not diverged, with
+        refresh_all) get their final energies first."""
+        st, x, e = self.st, self.x, self.e
+        moved = (st.status != DIVERGED) if refresh_all else (st.status == RUNNING)
+        if bool(moved.any()):
+            e[moved, 1:-1] = self.landscape.loss(x[moved, 1:-1].reshape(-1, x.shape[2])).view(-1, x.shape[1] - 2)
+        B = x.shape[0]
+        fh = torch.cat(self.history) if self.history else torch.empty(0, B, dtype=torch.float64, device=x.device)
+        return NEBResult(images=x, energies=e, converged=st.status == CONVERGED, diverged=st.status == DIVERGED,
+                         fmax=st.fmax.clone(), fmax_history=fh, steps=self.counts, velocity=self.v, state=st,
+                         config=self.cfg)
