@@ -100,13 +100,15 @@ def _cuda_reason() -> tuple[bool, str]:
 def backends() -> dict[str, BackendInfo]:
     """Every backend, whether it can run here, and why not."""
     ok_cuda, why_cuda = _cuda_reason()
+    ok_cpu, why_cpu = _C is not None, _C_ERROR
     if _C is not None:
-        why_cpu = f"C++ extension, {_C.isa()} kernels, OpenMP {'on' if _C.openmp() else 'off'}"
-    else:
-        why_cpu = _C_ERROR
+        try:
+            why_cpu = f"C++ extension, {_C.isa()} kernels, OpenMP {'on' if _C.openmp() else 'off'}"
+        except RuntimeError as exc:  # LSCAPE_CPU_ISA forces an instruction set this CPU cannot run
+            ok_cpu, why_cpu = False, str(exc)
     return {
         "cuda": BackendInfo("cuda", ok_cuda, why_cuda),
-        "cpu": BackendInfo("cpu", _C is not None, why_cpu),
+        "cpu": BackendInfo("cpu", ok_cpu, why_cpu),
         "torch": BackendInfo("torch", True, f"pure-torch reference, torch {torch.__version__}"),
     }
 
