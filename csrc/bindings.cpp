@@ -1,28 +1,92 @@
-// pybind11 module lscape._C: the CPU kernels.  Arrays cross as raw addresses (Python ints) of
-// C-contiguous buffers; the Python layer (lscape.ops) owns shapes, dtypes, devices and errors.
+// pybind11 module lscape._C: the CPU kernels.  Arrays cross as raw addresses (Python ints, 0 = null) of
+// C-contiguous buffers; the Python layer (lscape.ops) owns shapes, dtypes and devices.  The family
+// bindings live in csrc/bind/ (shared with lscape._cuda); this file says how the CPU runs them.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <stdexcept>
-#include <tuple>
 
-#include "lscape/binding_util.h"
+#include "bind/common.h"
+#include "bind/mlp.h"
+#include "bind/neb.h"
+#include "bind/projection.h"
+#include "lscape/cpu_isa.h"
 #include "lscape/mlp.h"
 #include "lscape/neb.h"
+#include "lscape/projection.h"
 #ifdef LSCAPE_OPENMP
 #include <omp.h>
 #endif
 
 namespace py = pybind11;
 
-using namespace lscape::bind;
+namespace {
+
+using lscape::proj::Spec;
+
+// The CPU backend of csrc/bind/: the trailing argument is the thread count; kernels raise C++ errors
+// themselves, so every function returns nullptr.
+struct Cpu {
+  using Tail = int;
+  static constexpr const char* kModule = "_C";
+  static constexpr const char* kTail = "nthreads";
+  static constexpr bool kNebDouble = true;
+
+  static const char* count(const Spec& s, uint32_t* seg_counts, int64_t* col_counts, int nt) {
+    lscape::proj::count_cpu(s, seg_counts, col_counts, nt);
+    return nullptr;
+  }
+  static const char* fill(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr, int32_t* indices,
+                          int nt) {
+    lscape::proj::fill_cpu(s, seg_start, chunk_ptr, indices, nt);
+    return nullptr;
+  }
+  template <typename T>
+  static const char* product_indices(bool transpose, const Spec& s, const int32_t* seg_start,
+                                     const int64_t* chunk_ptr, const int32_t* indices, const T* scales, const T* x,
+                                     T* out, int64_t B, int nt) {
+    (transpose ? lscape::proj::rmatvec_indices_cpu<T> : lscape::proj::matvec_indices_cpu<T>)(
+        s, seg_start, chunk_ptr, indices, scales, x, out, B, nt);
+    return nullptr;
+  }
+  template <typename T>
+  static const char* product_implicit(bool transpose, const Spec& s, const T* scales, const T* x, T* out, int64_t B,
+                                      int nt) {
+    (transpose ? lscape::proj::rmatvec_implicit_cpu<T> : lscape::proj::matvec_implicit_cpu<T>)(s, scales, x, out, B,
+                                                                                                nt);
+    return nullptr;
+  }
+
+  static const char* loss_grad(const lscape::mlp::Spec& s, int64_t M, const float* params, int64_t P,
+                               const float* x, const float* y, float* loss, float* grad, int nt) {
+    lscape::mlp::loss_grad_cpu(s, M, params, P, x, y, loss, grad, nt);
+    return nullptr;
+  }
+  static const char* train(const lscape::mlp::Spec& s, const lscape::mlp::OptConfig& o, int64_t M, float* params,
+                           float* state0, float* state1, uint8_t* diverged, int64_t P, const float* x,
+                           const float* y, int64_t step0, int64_t steps, int64_t record_every, float* history,
+                           int nt) {
+    lscape::mlp::train_cpu(s, o, M, params, state0, state1, diverged, P, x, y, step0, steps, record_every, history,
+                           nt);
+    return nullptr;
+  }
+
+  static int64_t neb_work_size(int64_t B, int64_t n, int64_t D) { return lscape::neb::work_size_cpu(B, n, D); }
+  template <typename T>
+  static const char* neb_step(const lscape::neb::Config& c, int64_t B, int64_t n, int64_t D, const T* x,
+                              const T* e, const T* g, T* v, T* x_out, double* dt, double* a, int32_t* nsteps,
+                              uint8_t* status, double* fmax, int32_t* imax, double* work, int nt) {
+    lscape::neb::step_cpu<T>(c, B, n, D, x, e, g, v, x_out, dt, a, nsteps, status, fmax, imax, work, nt);
+    return nullptr;
+  }
+};
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "lscape CPU kernels";
-  using namespace lscape::proj;
-  const auto nogil = py::call_guard<py::gil_scoped_release>();
-
-  m.def("isa", &cpu_isa, "Instruction set the CPU kernels run on here");
+  m.def("isa", [] { return lscape::isa_name(lscape::cpu_isa()); },
+        "Instruction set the CPU kernels run on here (avx512, avx2 or baseline); raises when LSCAPE_CPU_ISA "
+        "forces one this CPU cannot run");
   m.def("openmp", [] {
 #ifdef LSCAPE_OPENMP
     return true;
@@ -40,83 +104,7 @@ PYBIND11_MODULE(_C, m) {
 #ifdef LSCAPE_VERSION
   m.attr("__version__") = LSCAPE_VERSION;
 #endif
-
-  m.def("proj_count", [](const SpecTuple& s, uintptr_t seg_counts, uintptr_t col_counts, int nt) {
-    count_cpu(to_spec(s), ptr<uint32_t>(seg_counts), ptr<int64_t>(col_counts), nt);
-  }, nogil);
-  m.def("proj_fill", [](const SpecTuple& s, uintptr_t seg_start, uintptr_t chunk_ptr, uintptr_t indices,
-                        int nt) {
-    fill_cpu(to_spec(s), ptr<int32_t>(seg_start), ptr<int64_t>(chunk_ptr), ptr<int32_t>(indices), nt);
-  }, nogil);
-
-  m.def("proj_matvec_indices", [](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr,
-                                  uintptr_t indices, uintptr_t scales, uintptr_t x, uintptr_t out,
-                                  int64_t B, bool f64, int nt) {
-    check_batch(B);
-    by_dtype(f64, [&](auto t) {
-      using T = decltype(t);
-      matvec_indices_cpu<T>(to_spec(st), ptr<int32_t>(seg_start), ptr<int64_t>(chunk_ptr), ptr<int32_t>(indices),
-                            ptr<T>(scales), ptr<T>(x), ptr<T>(out), B, nt);
-    });
-  }, nogil);
-  m.def("proj_rmatvec_indices", [](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr,
-                                   uintptr_t indices, uintptr_t scales, uintptr_t x, uintptr_t out,
-                                   int64_t B, bool f64, int nt) {
-    check_batch(B);
-    by_dtype(f64, [&](auto t) {
-      using T = decltype(t);
-      rmatvec_indices_cpu<T>(to_spec(st), ptr<int32_t>(seg_start), ptr<int64_t>(chunk_ptr), ptr<int32_t>(indices),
-                             ptr<T>(scales), ptr<T>(x), ptr<T>(out), B, nt);
-    });
-  }, nogil);
-  m.def("proj_matvec_implicit", [](const SpecTuple& st, uintptr_t scales, uintptr_t x, uintptr_t out,
-                                   int64_t B, bool f64, int nt) {
-    check_batch(B);
-    by_dtype(f64, [&](auto t) {
-      using T = decltype(t);
-      matvec_implicit_cpu<T>(to_spec(st), ptr<T>(scales), ptr<T>(x), ptr<T>(out), B, nt);
-    });
-  }, nogil);
-  m.def("proj_rmatvec_implicit", [](const SpecTuple& st, uintptr_t scales, uintptr_t x, uintptr_t out,
-                                    int64_t B, bool f64, int nt) {
-    check_batch(B);
-    by_dtype(f64, [&](auto t) {
-      using T = decltype(t);
-      rmatvec_implicit_cpu<T>(to_spec(st), ptr<T>(scales), ptr<T>(x), ptr<T>(out), B, nt);
-    });
-  }, nogil);
-
-  m.def("mlp_loss_grad", [](int K, int N, int64_t M, int64_t P, uintptr_t params, uintptr_t x, uintptr_t y,
-                            uintptr_t loss, uintptr_t grad, int nt) {
-    lscape::mlp::loss_grad_cpu(mlp_spec(K, N, M, P), M, ptr<const float>(params), P, ptr<const float>(x),
-                               ptr<const float>(y), ptr<float>(loss), ptr<float>(grad), nt);
-  }, nogil);
-  m.def("mlp_train", [](int K, int N, const OptTuple& opt, int64_t M, int64_t P, uintptr_t params,
-                        uintptr_t state0, uintptr_t state1, uintptr_t diverged, uintptr_t x, uintptr_t y,
-                        int64_t step0, int64_t steps, int64_t record_every, uintptr_t history, int nt) {
-    const lscape::mlp::Spec s = mlp_spec(K, N, M, P);
-    const lscape::mlp::OptConfig o = to_opt(opt);
-    if (steps < 0) throw std::invalid_argument("mlp: steps must be >= 0");
-    if (record_every < 1) throw std::invalid_argument("mlp: record_every must be >= 1");
-    lscape::mlp::train_cpu(s, o, M, ptr<float>(params), ptr<float>(state0), ptr<float>(state1),
-                           ptr<uint8_t>(diverged), P, ptr<const float>(x), ptr<const float>(y), step0, steps,
-                           record_every, ptr<float>(history), nt);
-  }, nogil);
-
-  m.def("neb_work_size", [](int64_t B, int64_t n, int64_t D) {
-    neb_sizes(B, n, D);
-    return lscape::neb::work_size_cpu(B, n, D);
-  }, "Doubles of scratch neb_step needs for B bands of n images of dimension D");
-  m.def("neb_step", [](const NebTuple& cfg, int64_t B, int64_t n, int64_t D, uintptr_t x, uintptr_t e,
-                       uintptr_t g, uintptr_t v, uintptr_t x_out, uintptr_t dt, uintptr_t a, uintptr_t nsteps,
-                       uintptr_t status, uintptr_t fmax, uintptr_t imax, uintptr_t work, bool f64, int nt) {
-    const lscape::neb::Config c = to_neb(cfg);
-    neb_sizes(B, n, D);
-    by_dtype(f64, [&](auto t) {
-      using T = decltype(t);
-      lscape::neb::step_cpu<T>(c, B, n, D, ptr<const T>(x), ptr<const T>(e), ptr<const T>(g), ptr<T>(v),
-                               ptr<T>(x_out), ptr<double>(dt), ptr<double>(a), ptr<int32_t>(nsteps),
-                               ptr<uint8_t>(status), ptr<double>(fmax), ptr<int32_t>(imax), ptr<double>(work), nt);
-    });
-  }, nogil);
+  lscape::bind::bind_projection<Cpu>(m);
+  lscape::bind::bind_mlp<Cpu>(m);
+  lscape::bind::bind_neb<Cpu>(m);
 }

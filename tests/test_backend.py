@@ -1,5 +1,6 @@
 """Backend selection, forcing, the fallback without the extension, and `lscape info`."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ def test_backends_report_availability_and_reasons():
     b = lscape.backends()
     assert set(b) == {"cuda", "cpu", "torch"}
     assert b["torch"].available and b["cpu"].available
-    assert "avx2" in b["cpu"].reason or "baseline" in b["cpu"].reason
+    assert any(f"{isa} kernels" in b["cpu"].reason for isa in ("avx512", "avx2", "baseline"))
     if not torch.cuda.is_available():
         assert not b["cuda"].available and b["cuda"].reason
 
@@ -116,6 +117,71 @@ def test_console_script_runs():
 
 
 def test_demo_runs_small(capsys):
-    cli.main(["demo", "--D", "20000", "--d", "300"])
+    assert cli.main(["demo", "--D", "20000", "--d", "300"]) == 0
     out = capsys.readouterr().out
-    assert "adjoint" in out and "torch CSR" in out
+    adjoint = re.search(r"adjoint check .* to (\S+) relative", out)
+    assert adjoint, out
+    assert float(adjoint.group(1)) < 1e-5  # float32 products of a 20,000 x 300 P: ~1e-7 in practice
+    assert "torch CSR" in out
+
+
+# ---- the op table and the one lookup ------------------------------------------------------------------
+F32, F64 = torch.float32, torch.float64
+
+
+def test_every_op_names_functions_the_cpu_extension_has():
+    ext = _backend.cpu_extension()
+    for op, spec in _backend.OPS.items():
+        assert set(spec.dtypes) <= {"cpu", "cuda"}, op
+        for fn in spec.functions:
+            assert callable(getattr(ext, fn, None)), (op, fn)
+
+
+@pytest.mark.parametrize("op,dtype,want", [
+    ("mlp", F32, "cpu"), ("mlp", F64, None), ("neb_step", F64, "cpu"), ("neb_step", F32, "cpu"),
+    ("proj_product", F64, "cpu"), ("proj_build", None, "cpu"), ("proj_product", torch.float16, None)])
+def test_auto_picks_a_kernel_or_the_reference(op, dtype, want):
+    k = _backend.kernel(op, torch.device("cpu"), dtype)
+    assert (k and k.backend) == want
+    if k is not None:
+        assert k.ext is _backend.cpu_extension() and k.tail == _backend.num_threads()
+
+
+def test_forced_backend_without_a_kernel_for_the_dtype_raises():
+    with lscape.use_backend("cpu"):
+        with pytest.raises(_backend.UnsupportedKernel, match=r"'cpu' was forced but has no mlp kernel for dtype "
+                                                             r"torch.float64 \(it takes float32\)"):
+            _backend.kernel("mlp", torch.device("cpu"), F64)
+        assert _backend.kernel("neb_step", torch.device("cpu"), F64).backend == "cpu"
+    with lscape.use_backend("torch"):
+        assert _backend.kernel("mlp", torch.device("cpu"), F64) is None
+
+
+def test_forced_cpu_refuses_a_float64_ensemble_end_to_end():
+    spec = lscape.TinyMLP(2, 3)
+    p = spec.init(4, seed=1, dtype=F64)
+    x = torch.linspace(-1, 1, 7, dtype=F64)
+    with lscape.use_backend("cpu"), pytest.raises(_backend.UnsupportedKernel, match="mlp"):
+        lscape.mlp_loss(spec, p, x, x.sin())
+    lscape.mlp_loss(spec, p, x, x.sin())  # auto: the reference runs it
+
+
+def test_forced_cuda_refuses_float64_neb(monkeypatch):
+    """The CUDA NEB kernel is float32 only: forced cuda + float64 is an error, not a quiet reference run
+    (checked without a GPU by pretending the backend is there)."""
+    monkeypatch.setattr(_backend, "_cuda_reason", lambda: (True, "pretend"))
+    monkeypatch.setattr(_backend, "_CUDA", object())
+    monkeypatch.setattr(_backend, "cuda_stream", lambda device: 7)
+    dev = torch.device("cuda")
+    with lscape.use_backend("cuda"):
+        with pytest.raises(_backend.UnsupportedKernel, match=r"'cuda' was forced but has no neb_step kernel for "
+                                                             r"dtype torch.float64 \(it takes float32\)"):
+            _backend.kernel("neb_step", dev, F64)
+        k = _backend.kernel("neb_step", dev, F32)
+        assert (k.backend, k.tail, k.device) == ("cuda", 7, dev)
+    assert _backend.kernel("neb_step", dev, F64) is None  # auto: float64 on a GPU runs the reference
+
+
+def test_unknown_op_is_refused():
+    with pytest.raises(ValueError, match="op: got 'fft'"):
+        _backend.kernel("fft", torch.device("cpu"), F32)

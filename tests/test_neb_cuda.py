@@ -258,7 +258,8 @@ def test_steps_with_double_buffering(cuda_gpu, shape, cname):
 
 @pytest.mark.gpu
 def test_dispatch_runs_the_kernel(cuda_gpu):
-    """lscape.ops.neb.step on CUDA float32 tensors runs this kernel (and float64 the reference)."""
+    """lscape.ops.neb.step on CUDA float32 tensors runs this kernel; float64 runs the reference under auto and
+    is refused when cuda is forced."""
     from lscape.ops import neb as ops
 
     (x, e, g, v), st = scene(3, 6, 50, seed=2)
@@ -270,8 +271,9 @@ def test_dispatch_runs_the_kernel(cuda_gpu):
     assert_bands_equal((x_out, v2, st2), want, slice(None), slice(None))
     x64, e64, g64, v64 = (t.double() for t in (x, e, g, v))
     x_out64, st64 = fresh_out(x64), copy_state(st)
-    with lscape.use_backend("cuda"):
-        ops.step(cfg, x64, e64, g64, v64, x_out64, st64)
+    with lscape.use_backend("cuda"), pytest.raises(lscape._backend.UnsupportedKernel, match="neb_step.*float64"):
+        ops.step(cfg, x64, e64, g64, v64, x_out64, st64)  # forced: no float32-only kernel runs float64
+    ops.step(cfg, x64, e64, g64, v64, x_out64, st64)  # auto: the reference runs it
     assert_matches((x_out64, v64, st64), reference(cfg, x, e, g, v, st, torch.float64), rtol=1e-12, srtol=1e-12)
 
 
@@ -290,7 +292,19 @@ def test_runs_on_the_given_stream(cuda_gpu):
 
 @pytest.mark.gpu
 def test_empty_batch_does_nothing(cuda_gpu):
-    cuda_gpu.neb_step(ref.NEBConfig().as_tuple(), 0, 3, 5, *([0] * 12), False, stream())
+    """B = 0 touches nothing: real buffers passed with B = 0 keep every byte, and null ones are accepted."""
+    (x, e, g, v), st = scene(2, 4, 5, seed=5)
+    x_out = fresh_out(x)
+    work = torch.full((cuda_gpu.neb_work_size(2, 4, 5),), math.nan, dtype=torch.float64, device=x.device)
+    outputs = (v, x_out, st.dt, st.a, st.nsteps, st.status, st.fmax, st.imax)
+    before = [t.clone() for t in outputs]
+    bufs = (x, e, g, v, x_out, st.dt, st.a, st.nsteps, st.status, st.fmax, st.imax, work)
+    cuda_gpu.neb_step(ref.NEBConfig().as_tuple(), 0, 4, 5, *(t.data_ptr() for t in bufs), False, stream())
+    assert cuda_gpu.neb_step(ref.NEBConfig().as_tuple(), 0, 3, 5, *([0] * 12), False, stream()) is None
+    torch.cuda.synchronize()
+    for i, (t, t0) in enumerate(zip(outputs, before, strict=True)):
+        assert torch.equal(t.isnan(), t0.isnan()) and torch.equal(t.nan_to_num(), t0.nan_to_num()), i
+    assert work.isnan().all()
 
 
 # ---- argument checks (no GPU needed) ---------------------------------------------------------------

@@ -4,6 +4,7 @@ import os
 import re
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,12 +24,15 @@ settings.load_profile("lscape")
        density=st.one_of(st.none(), st.floats(-0.5, 1.5), st.just(float("nan")), st.just(float("inf"))),
        storage=st.sampled_from(["indices", "implicit", "dense"]))
 def test_construction_is_correct_or_named(D, d, seed, density, storage):
-    try:
-        P = SparseSignProjection(D, d, seed=seed, density=density, storage=storage)
-    except (ValueError, TypeError) as exc:
-        assert NAMED.match(str(exc)), str(exc)
+    """Valid input constructs; invalid input (and only invalid input) is refused, by a named error."""
+    valid = (1 <= D and 1 <= d <= D and 0 <= seed < 2**64 and storage in ("indices", "implicit")
+             and (density is None or 0.0 < density <= 1.0))  # NaN fails both comparisons
+    if not valid:
+        with pytest.raises((ValueError, TypeError)) as exc:
+            SparseSignProjection(D, d, seed=seed, density=density, storage=storage)
+        assert NAMED.match(str(exc.value)), str(exc.value)
         return
-    assert 1 <= d <= D and 0 <= seed < 2**64 and storage in ("indices", "implicit")
+    P = SparseSignProjection(D, d, seed=seed, density=density, storage=storage)
     assert P.shape == (D, d)
     counts = P.col_counts.numpy()
     assert counts.sum() == P.nnz and (counts <= D).all()

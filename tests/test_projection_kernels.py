@@ -10,7 +10,7 @@ import lscape
 from lscape import SparseSignProjection
 from lscape.reference import projection as ref
 
-from conftest import device_of
+from conftest import device_of, require
 
 # (D, d, density): sizes 1, odd sizes, non-multiples of the vector width, density 1, tiny densities
 # (empty columns), many chunks, and one large D.
@@ -79,16 +79,14 @@ def test_large_D_implicit_equals_indices_and_reference(kernel_backend):
     assert torch.equal(Pi.matvec(theta), Px.matvec(theta))
 
 
-def test_same_matrix_on_every_backend():
-    P_torch = None
+@pytest.mark.parametrize("name", ["cpu", "cuda"])
+def test_same_matrix_on_every_backend(name):
+    require(name)
     with lscape.use_backend("torch"):
         P_torch = SparseSignProjection(4099, 17, seed=123)
-    for name in ("cpu", "cuda"):
-        if not lscape.backends()[name].available:
-            continue
-        with lscape.use_backend(name):
-            P = SparseSignProjection(4099, 17, seed=123, device=device_of(name))
-        assert torch.equal(P._buffers["indices"].cpu(), P_torch._buffers["indices"])
+    with lscape.use_backend(name):
+        P = SparseSignProjection(4099, 17, seed=123, device=device_of(name))
+    assert torch.equal(P._buffers["indices"].cpu(), P_torch._buffers["indices"])
 
 
 # ---- the reference against independent facts ------------------------------------------------------

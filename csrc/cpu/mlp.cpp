@@ -1,12 +1,11 @@
-// The tiny-MLP ensemble kernels on the CPU (mlp.h): run-time choice between the baseline and AVX2
-// builds of mlp_kernels.cpp, and OpenMP threads over blocks of models (a block is one model per SIMD
-// lane; models never interact, so blocks need no synchronisation).
+// The tiny-MLP ensemble kernels on the CPU (mlp.h): run-time choice between the baseline, AVX2 and
+// AVX-512 builds of mlp_kernels.cpp (cpu_isa.h), and OpenMP threads over blocks of models (a block is one
+// model per SIMD lane; models never interact, so blocks need no synchronisation).
 #include <algorithm>
-#include <cstring>
 #include <stdexcept>
 
+#include "lscape/cpu_isa.h"
 #include "lscape/mlp.h"
-#include "lscape/projection.h"
 
 namespace lscape {
 namespace mlp {
@@ -17,17 +16,11 @@ namespace baseline {
 namespace avx2 {
 #include "mlp_kernels.inc"
 }
-
-namespace {
-
-// The AVX2 build is compiled with the same flags as projection_kernels.cpp's: follow its CPU check so
-// both families always run on one instruction set (the one `lscape info` reports).
-bool use_avx2() {
-  static const bool yes = std::strcmp(proj::cpu_isa(), "avx2") == 0;
-  return yes;
+namespace avx512 {
+#include "mlp_kernels.inc"
 }
 
-#define LSCAPE_DISPATCH(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : baseline::fn(__VA_ARGS__))
+namespace {
 
 void check_spec(const Spec& s) {
   if (s.K < 1 || s.K > kMaxDepth || s.N < 1 || s.N > kMaxWidth)
@@ -37,7 +30,7 @@ void check_spec(const Spec& s) {
 // Calls f(m0, count) for every block of models, on up to `threads` threads.
 template <class F>
 void for_blocks(int64_t M, int threads, F&& f) {
-  const int L = LSCAPE_DISPATCH(block_lanes);
+  const int L = LSCAPE_ISA_DISPATCH(block_lanes);
   const int64_t nb = (M + L - 1) / L;
   const int team = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, nb)));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(team)
@@ -51,7 +44,7 @@ void loss_grad_cpu(const Spec& s, int64_t M, const float* params, int64_t P, con
   check_spec(s);
   const int64_t D = dim(s);
   for_blocks(M, threads, [&](int64_t m0, int count) {
-    LSCAPE_DISPATCH(loss_grad_block, s, count, params + m0 * D, P, x, y, loss + m0,
+    LSCAPE_ISA_DISPATCH(loss_grad_block, s, count, params + m0 * D, P, x, y, loss + m0,
                     grad ? grad + m0 * D : nullptr);
   });
 }
@@ -63,13 +56,12 @@ void train_cpu(const Spec& s, const OptConfig& opt, int64_t M, float* params, fl
   if (steps <= 0) return;
   const int64_t D = dim(s), n_rec = steps / record_every;
   for_blocks(M, threads, [&](int64_t m0, int count) {
-    LSCAPE_DISPATCH(train_block, s, opt, count, params + m0 * D, state0 + m0 * D,
+    LSCAPE_ISA_DISPATCH(train_block, s, opt, count, params + m0 * D, state0 + m0 * D,
                     state1 ? state1 + m0 * D : nullptr, diverged + m0, P, x, y, step0, steps, record_every,
                     history ? history + m0 * n_rec : nullptr);
   });
 }
 
-#undef LSCAPE_DISPATCH
 
 }  // namespace mlp
 }  // namespace lscape

@@ -1,4 +1,4 @@
-// CUDA kernels of the projection family: the API of lscape/projection_cuda.h, the same semantics and
+// CUDA kernels of the projection family: the API of lscape/projection.h, the same semantics and
 // storage layout as the CPU kernels (lscape/projection.h).
 //
 // Building block: a segment is handled by a "group" of G lanes of one warp (G a power of two, 1..32).
@@ -36,7 +36,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "lscape/projection_cuda.h"
+#include "lscape/projection.h"
 
 namespace lscape {
 namespace proj {

@@ -3,6 +3,10 @@
 auto (the default): a CUDA tensor runs on `cuda` when lscape._cuda is built and a GPU is visible, a CPU
 tensor on `cpu` when lscape._C is built; otherwise on `torch`.  LSCAPE_BACKEND=torch|cpu|cuda|auto, or
 the `use_backend` context manager, forces one; forcing one that cannot run is an error saying why.
+
+Which backend can run which op in which dtype is declared once, in OPS; `kernel(op, device,
+dtype)` is the one lookup every op module makes.  Under "auto" an op+dtype that no compiled backend
+supports runs on the reference; a forced backend that cannot run it raises UnsupportedKernel.
 """
 from __future__ import annotations
 
@@ -12,12 +16,39 @@ import importlib
 import importlib.util
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from types import ModuleType
 
 import torch
 
 NAMES = ("cuda", "cpu", "torch")
+
+_F32, _F64 = torch.float32, torch.float64
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op: the extension functions that serve it (the same names in lscape._C and lscape._cuda), and
+    per compiled backend the dtypes its kernel takes (None in the set: the op has no floating-point
+    operand).  The torch reference runs every op in every dtype."""
+
+    functions: tuple[str, ...]
+    dtypes: dict[str, frozenset]
+
+
+# Every op, declared once.  The CUDA NEB kernel is float32 only; the MLP kernels are float32 everywhere.
+OPS: dict[str, Op] = {
+    "proj_build": Op(("proj_count", "proj_fill"), {"cpu": frozenset({None}), "cuda": frozenset({None})}),
+    "proj_product": Op(("proj_matvec_indices", "proj_rmatvec_indices", "proj_matvec_implicit",
+                        "proj_rmatvec_implicit"), {"cpu": frozenset({_F32, _F64}), "cuda": frozenset({_F32, _F64})}),
+    "mlp": Op(("mlp_loss_grad", "mlp_train"), {"cpu": frozenset({_F32}), "cuda": frozenset({_F32})}),
+    "neb_step": Op(("neb_work_size", "neb_step"), {"cpu": frozenset({_F32, _F64}), "cuda": frozenset({_F32})}),
+}
+
+
+class UnsupportedKernel(RuntimeError):
+    """A forced backend has no kernel for this op and dtype."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +100,15 @@ def _cuda_reason() -> tuple[bool, str]:
 def backends() -> dict[str, BackendInfo]:
     """Every backend, whether it can run here, and why not."""
     ok_cuda, why_cuda = _cuda_reason()
+    ok_cpu, why_cpu = _C is not None, _C_ERROR
     if _C is not None:
-        why_cpu = f"C++ extension, {_C.isa()} kernels, OpenMP {'on' if _C.openmp() else 'off'}"
-    else:
-        why_cpu = _C_ERROR
+        try:
+            why_cpu = f"C++ extension, {_C.isa()} kernels, OpenMP {'on' if _C.openmp() else 'off'}"
+        except RuntimeError as exc:  # LSCAPE_CPU_ISA forces an instruction set this CPU cannot run
+            ok_cpu, why_cpu = False, str(exc)
     return {
         "cuda": BackendInfo("cuda", ok_cuda, why_cuda),
-        "cpu": BackendInfo("cpu", _C is not None, why_cpu),
+        "cpu": BackendInfo("cpu", ok_cpu, why_cpu),
         "torch": BackendInfo("torch", True, f"pure-torch reference, torch {torch.__version__}"),
     }
 
@@ -109,7 +142,8 @@ def requested() -> str:
 
 
 def select(device: torch.device, dtype: torch.dtype | None = None) -> str:
-    """The backend that runs an op on tensors of `device` (and `dtype`)."""
+    """The backend that runs ops on tensors of `device`, before asking whether it has a kernel for a
+    given op and `dtype` (`kernel` asks; `dtype` is accepted for callers that pass it)."""
     name = requested()
     is_cuda = device.type == "cuda"
     if name == "auto":
@@ -128,6 +162,44 @@ def select(device: torch.device, dtype: torch.dtype | None = None) -> str:
         raise RuntimeError(f"backend 'cuda' was forced but the data is on {device}; move it to a CUDA "
                            "device or force 'cpu'/'auto'")
     return name
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A compiled backend chosen for one op: its extension module and the trailing argument its
+    functions take (the thread count on the CPU, the CUDA stream handle on a GPU)."""
+
+    backend: str  # "cpu" or "cuda"
+    ext: ModuleType
+    tail: int
+    device: torch.device
+
+
+def supports(op: str, backend: str, dtype: torch.dtype | None) -> bool:
+    """Whether `backend` has a kernel for `op` in `dtype` (the reference has every one)."""
+    if op not in OPS:
+        raise ValueError(f"op: got {op!r}, expected one of {sorted(OPS)}")
+    return backend == "torch" or dtype in OPS[op].dtypes.get(backend, ())
+
+
+def kernel(op: str, device: torch.device, dtype: torch.dtype | None = None) -> Kernel | None:
+    """The compiled kernel that runs `op` on `dtype` tensors of `device`, or None for the torch reference.
+
+    Raises UnsupportedKernel when a forced backend has no kernel for op + dtype, and RuntimeError (from
+    `select`) when it cannot run here at all."""
+    name = select(device, dtype)
+    if not supports(op, name, dtype):
+        if requested() != "auto":
+            have = sorted(str(t).removeprefix("torch.") for t in OPS[op].dtypes[name] if t is not None)
+            raise UnsupportedKernel(f"backend {name!r} was forced but has no {op} kernel for dtype {dtype} "
+                                    f"(it takes {', '.join(have) or 'no floating-point data'}); convert "
+                                    "the data, or force 'torch'/'auto' to run the reference")
+        return None
+    if name == "torch":
+        return None
+    if name == "cpu":
+        return Kernel("cpu", _C, num_threads(), device)
+    return Kernel("cuda", _CUDA, cuda_stream(device), device)
 
 
 def num_threads() -> int:

@@ -93,7 +93,7 @@ class SparseSignProjection:
         return (f"SparseSignProjection(D={self.D}, d={self.d}, seed={self.seed}, density={self.density:.4g}, "
                 f"storage={self.storage!r}, device={str(self.device)!r}, nnz={self.nnz})")
 
-    def to(self, device: torch.device | str) -> "SparseSignProjection":
+    def to(self, device: torch.device | str) -> SparseSignProjection:
         """The same matrix with its buffers on `device`."""
         device = _device_arg(device)
         if device == self.device:
@@ -133,15 +133,20 @@ class SparseSignProjection:
         single = t.ndim == 1
         t2 = (t.unsqueeze(0) if single else t).contiguous()
         if grad:
-            out = ops.Product.apply(t2, self, transpose)
+            out = ops.Product.apply(t2, self._operands(t2.dtype), transpose)
         else:
             with torch.no_grad():
-                out = ops.product(self, t2, transpose)
+                out = ops.product(self._operands(t2.dtype), t2, transpose)
         if single:
             out = out.reshape(other)
         return back(out)
 
     # ---- helpers the ops use -----------------------------------------------------------------------
+    def _operands(self, dtype: torch.dtype) -> ops.Operands:
+        """What lscape.ops.projection needs for a product in `dtype` (the reference COO built lazily)."""
+        return ops.Operands(self.spec, self.storage, self._buffers, self._scales(dtype),
+                            lambda: self._reference_coo(dtype))
+
     def _scales(self, dtype: torch.dtype) -> torch.Tensor:
         s = self._scale_cache.get(dtype)
         if s is None:

@@ -39,11 +39,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define LS_NEB_HD __host__ __device__ __forceinline__
-#else
-#define LS_NEB_HD inline
-#endif
+#include "lscape/hostdevice.h"
 
 namespace lscape {
 namespace neb {
@@ -67,7 +63,7 @@ struct Config {
 };
 
 // Weights (wp, wm) of t+ and t- in the improved tangent of image i from its energies and its neighbours'.
-LS_NEB_HD void tangent_weights(double e_prev, double e_i, double e_next, double* wp, double* wm) {
+LS_HD void tangent_weights(double e_prev, double e_i, double e_next, double* wp, double* wm) {
   if (e_next > e_i && e_i > e_prev) {
     *wp = 1.0, *wm = 0.0;
   } else if (e_next < e_i && e_i < e_prev) {
@@ -85,7 +81,7 @@ LS_NEB_HD void tangent_weights(double e_prev, double e_i, double e_next, double*
 
 // Coefficient of the raw tangent tau = wp t+ + wm t- in F = f + coef * tau, given tt = |tau|^2,
 // ftau = <f, tau>, and the spring lengths |t+|, |t-|.
-LS_NEB_HD double force_coef(const Config& c, bool climbing, double tt, double ftau, double len_p,
+LS_HD double force_coef(const Config& c, bool climbing, double tt, double ftau, double len_p,
                             double len_m) {
   const double inv = tt > 0.0 ? 1.0 / sqrt(tt) : 1.0;
   const double ft = ftau * inv;  // <f, tau^>
@@ -96,7 +92,7 @@ LS_NEB_HD double force_coef(const Config& c, bool climbing, double tt, double ft
 // The optimizer step of one band from the sums vf = <F, v>, F2 = |F|^2, v2 = |v|^2 (mutates the band's
 // FIRE state).  The new velocity is c1 v + c2 F and the move is s * (new velocity) for fire, s * F for
 // descent (c1, c2 unused).
-LS_NEB_HD void band_step(const Config& c, double vf, double F2, double v2, double* dt, double* a,
+LS_HD void band_step(const Config& c, double vf, double F2, double v2, double* dt, double* a,
                          int32_t* nsteps, double* c1, double* c2, double* s) {
   if (c.method == kDescent) {
     const double norm = c.lr * sqrt(F2);

@@ -9,7 +9,8 @@
 //   entry independently nonzero with probability p, while every chunk can be generated on its own.
 //   Column j's nonzeros are +-1/sqrt(n_j) with n_j its count; an empty column stays zero.
 //
-// Kernels are pure functions on buffers: pointers, sizes, a thread count (CPU) or stream (CUDA).
+// Kernels are pure functions on buffers: pointers, sizes, a thread count (CPU) or stream (CUDA).  This
+// header is the family's one contract: the CPU API, the CUDA API and the shared definition.
 #pragma once
 #include <cstdint>
 
@@ -80,8 +81,31 @@ LS_HD int32_t pack_index(uint32_t row, uint32_t neg) { return static_cast<int32_
 // ---- CPU kernels ---------------------------------------------------------------------------------
 #include "lscape/projection_cpu_api.inc"
 
-// Which code path the CPU kernels run on this processor ("avx2" or "baseline").
-const char* cpu_isa();
+// ---- CUDA kernels (csrc/cuda/projection.cu) -------------------------------------------------------
+// Plain C++: no CUDA or pybind11 types.  Pointers are device pointers; `stream` is a cudaStream_t.  Each
+// returns nullptr on success or a static error string (a CUDA launch error).  Same semantics and
+// storage layout as the CPU kernels.
+const char* count_cuda(const Spec& s, uint32_t* seg_counts, int64_t* col_counts, void* stream);
+const char* fill_cuda(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr, int32_t* indices,
+                      void* stream);
+template <typename T>
+const char* matvec_indices_cuda(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
+                                const int32_t* indices, const T* scales, const T* theta, T* out, int64_t B,
+                                void* stream);
+template <typename T>
+const char* rmatvec_indices_cuda(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
+                                 const int32_t* indices, const T* scales, const T* g, T* out, int64_t B,
+                                 void* stream);
+template <typename T>
+const char* matvec_implicit_cuda(const Spec& s, const T* scales, const T* theta, T* out, int64_t B,
+                                 void* stream);
+template <typename T>
+const char* rmatvec_implicit_cuda(const Spec& s, const T* scales, const T* g, T* out, int64_t B,
+                                  void* stream);
+
+// Driver-visible facts for `lscape info`: runtime version and device count (0 on error).
+int cuda_runtime_version();
+int cuda_device_count();
 
 }  // namespace proj
 }  // namespace lscape

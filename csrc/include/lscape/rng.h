@@ -10,11 +10,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define LS_HD __host__ __device__ __forceinline__
-#else
-#define LS_HD inline
-#endif
+#include "lscape/hostdevice.h"
 
 namespace lscape {
 namespace rng {

@@ -1,8 +1,17 @@
-// Helpers shared by the two pybind11 modules (csrc/bindings.cpp, csrc/cuda/bindings.cpp): how a
-// projection spec and raw buffer addresses arrive from Python.  Plain C++, no pybind11 types.
+// What every family binding (csrc/bind/<family>.h) shares: how specs, configurations and raw buffer
+// addresses arrive from Python, and the checks made on them before any kernel runs.  Plain C++, no
+// pybind11 types; host code only (nvcc never sees csrc/bind/).
+//
+// A binding is written once, as a template on a backend B (csrc/bindings.cpp: Cpu; csrc/cuda/bindings.cpp:
+// Cuda), which provides:
+//   using Tail = ...;             the trailing argument: int threads (CPU) or uintptr_t stream (CUDA)
+//   static constexpr const char* kModule, kTail;     "_C" / "nthreads", "_cuda" / "stream"
+//   static constexpr bool kNebDouble;                whether its NEB kernel takes float64
+//   static functions mirroring the family headers' kernels, each returning nullptr or an error string.
 #pragma once
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 #include <tuple>
 
 #include "lscape/mlp.h"
@@ -31,6 +40,17 @@ inline proj::Spec to_spec(const SpecTuple& t) {
 
 inline void check_batch(int64_t B) {
   if (B < 1) throw std::invalid_argument("batch size B must be >= 1");
+}
+
+// A kernel's error string (a CUDA launch error), raised as RuntimeError naming the function.
+inline void check(const char* err, const char* module, const char* what) {
+  if (err) throw std::runtime_error(std::string("lscape.") + module + "." + what + ": " + err);
+}
+
+// A null buffer that the kernel would dereference: refused (on a GPU the fault would poison the whole
+// CUDA context; on the CPU it would crash the interpreter).
+inline void need(uintptr_t a, const char* name, const char* op) {
+  if (!a) throw std::invalid_argument(std::string(op) + ": " + name + " must not be null");
 }
 
 // A buffer address (a Python int) as a typed pointer.

@@ -1,0 +1,78 @@
+// The projection family's binding (projection.h), written once for both modules: B is the backend
+// (csrc/bind/common.h).  Python names: proj_count, proj_fill, proj_{matvec,rmatvec}_{indices,implicit}.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include "bind/common.h"
+
+namespace lscape {
+namespace bind {
+
+template <class B>
+void bind_projection(pybind11::module_& m) {
+  namespace py = pybind11;
+  using Tail = typename B::Tail;
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+
+  m.def("proj_count", [](const SpecTuple& st, uintptr_t seg_counts, uintptr_t col_counts, Tail tail) {
+    const proj::Spec s = to_spec(st);
+    need(col_counts, "col_counts", "proj_count");
+    check(B::count(s, ptr<uint32_t>(seg_counts), ptr<int64_t>(col_counts), tail), B::kModule, "proj_count");
+  }, "Nonzeros per segment (seg_counts, may be 0) and per column", py::arg("spec"), py::arg("seg_counts"),
+     py::arg("col_counts"), py::arg(B::kTail), nogil);
+
+  m.def("proj_fill", [](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr, uintptr_t indices,
+                        Tail tail) {
+    const proj::Spec s = to_spec(st);
+    need(seg_start, "seg_start", "proj_fill");
+    need(chunk_ptr, "chunk_ptr", "proj_fill");
+    check(B::fill(s, ptr<const int32_t>(seg_start), ptr<const int64_t>(chunk_ptr), ptr<int32_t>(indices), tail),
+          B::kModule, "proj_fill");
+  }, "Packed indices into the storage layout of projection.h", py::arg("spec"), py::arg("seg_start"),
+     py::arg("chunk_ptr"), py::arg("indices"), py::arg(B::kTail), nogil);
+
+  // The four products: (name, transpose, indices storage).
+  auto product = [&](const char* name, bool transpose) {
+    m.def(name, [transpose, name](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr, uintptr_t indices,
+                                  uintptr_t scales, uintptr_t x, uintptr_t out, int64_t batch, bool f64, Tail tail) {
+      const proj::Spec s = to_spec(st);
+      check_batch(batch);
+      for (auto [a, arg] : {std::pair{seg_start, "seg_start"}, {chunk_ptr, "chunk_ptr"}, {scales, "scales"},
+                            {x, "x"}, {out, "out"}})
+        need(a, arg, name);
+      const char* err = nullptr;
+      by_dtype(f64, [&](auto t) {
+        using T = decltype(t);
+        err = B::template product_indices<T>(transpose, s, ptr<const int32_t>(seg_start),
+                                             ptr<const int64_t>(chunk_ptr), ptr<const int32_t>(indices),
+                                             ptr<const T>(scales), ptr<const T>(x), ptr<T>(out), batch, tail);
+      });
+      check(err, B::kModule, name);
+    }, py::arg("spec"), py::arg("seg_start"), py::arg("chunk_ptr"), py::arg("indices"), py::arg("scales"),
+       py::arg("x"), py::arg("out"), py::arg("B"), py::arg("f64"), py::arg(B::kTail), nogil);
+  };
+  product("proj_matvec_indices", false);
+  product("proj_rmatvec_indices", true);
+
+  auto implicit = [&](const char* name, bool transpose) {
+    m.def(name, [transpose, name](const SpecTuple& st, uintptr_t scales, uintptr_t x, uintptr_t out, int64_t batch,
+                                  bool f64, Tail tail) {
+      const proj::Spec s = to_spec(st);
+      check_batch(batch);
+      for (auto [a, arg] : {std::pair{scales, "scales"}, {x, "x"}, {out, "out"}}) need(a, arg, name);
+      const char* err = nullptr;
+      by_dtype(f64, [&](auto t) {
+        using T = decltype(t);
+        err = B::template product_implicit<T>(transpose, s, ptr<const T>(scales), ptr<const T>(x), ptr<T>(out),
+                                              batch, tail);
+      });
+      check(err, B::kModule, name);
+    }, py::arg("spec"), py::arg("scales"), py::arg("x"), py::arg("out"), py::arg("B"), py::arg("f64"),
+       py::arg(B::kTail), nogil);
+  };
+  implicit("proj_matvec_implicit", false);
+  implicit("proj_rmatvec_implicit", true);
+}
+
+}  // namespace bind
+}  // namespace lscape
