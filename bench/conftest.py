@@ -12,14 +12,14 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+import lscape
 import numpy as np
 import pytest
 import torch
-
-import lscape
 from lscape import _backend
 
 # The paper's size (Chang, Goldilocks, §III.D): D parameters, d directions, density 1/sqrt(D).
@@ -133,7 +133,7 @@ class Operands:
     Pi: Any  # storage="implicit"
     x: dict[tuple[bool, int], torch.Tensor]  # (transpose, B) -> input: theta (B, d) / (d,), g (B, D) / (D,)
     expected: dict[tuple[bool, int], torch.Tensor] = field(default_factory=dict)
-    ref: "Operands | None" = None  # the CPU operands a device copy checks against and converts from
+    ref: Operands | None = None  # the CPU operands a device copy checks against and converts from
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def input(self, transpose: bool, B: int) -> torch.Tensor:

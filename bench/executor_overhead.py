@@ -23,7 +23,8 @@ TARGET = 0.15  # Ray's wall time may exceed local's by at most this fraction
 def _stage(out: Path, executor, models: int, steps: int, shard: int) -> float:
     """Wall seconds of one SGD ensemble stage of gamst-walker (fresh run folder each time)."""
     from lscape import tinymlp as tm
-    from lscape.experiments import common, gamst_walker as gw
+    from lscape.experiments import common
+    from lscape.experiments import gamst_walker as gw
     from lscape.experiments.training import EnsembleJob, train_ensemble_stage
 
     cfg = gw.config("default", models_per_optimizer=models, steps=steps, shard_models=shard)
@@ -41,7 +42,6 @@ def _stage(out: Path, executor, models: int, steps: int, shard: int) -> float:
 
 def run(models: int, steps: int, shard: int, repeats: int, cores_for_projection: tuple[int, ...]) -> dict:
     import ray
-
     from lscape._backend import num_threads
     from lscape.executor import RayExecutor
 

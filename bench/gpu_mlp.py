@@ -15,7 +15,6 @@ import json
 import time
 
 import torch
-
 from lscape import TinyMLP, _backend
 from lscape.reference import mlp as ref
 from lscape.tinymlp import wf_training_set

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -24,9 +23,8 @@ def peak_rss_bytes() -> int:
 
 
 def run(D: int = 10**8, d: int = 10**4, seed: int = 0, device: str = "cpu") -> dict:
-    import torch
-
     import lscape
+    import torch
 
     rss_import = peak_rss_bytes()
     sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)

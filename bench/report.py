@@ -2,7 +2,7 @@
 
     python bench/report.py [report options] [pytest options ...]
 
-Runs `python -m pytest bench/test_projection.py bench/test_mlp.py bench/test_neb.py --benchmark-json=...` with any pytest
+Runs `python -m pytest bench/test_*.py --benchmark-json=...` (the suites in SUITES) with any pytest
 options given (e.g. `-k B1`, `-k mlp`, `--bench-budget 1`, `--bench-large`), then
 bench/large_implicit.py in a fresh process (D = 10**8, d = 10**4, implicit storage: its peak RSS is its
 own), and prints, per group, each contender's median time and its ratio to the group's lscape baseline
@@ -247,7 +247,8 @@ def rate_table(group: str, members: dict[str, dict]) -> list[str]:
             rtext = f"{base_name} / {who} = {_rate(base) / r:.1f}x"
         else:
             rtext = ""
-        lines.append(f"  {who:<24} {r or float('nan'):>14,.0f} {e.get('steps', '?'):>10} {b['stats']['rounds']:>6}   {rtext}")
+        rate = r or float("nan")
+        lines.append(f"  {who:<24} {rate:>14,.0f} {e.get('steps', '?'):>10} {b['stats']['rounds']:>6}   {rtext}")
     return lines
 
 
@@ -299,7 +300,8 @@ def _bytes_per_nnz(groups) -> tuple[float | None, str]:
 # Each takes (groups, extras) and returns [(ok, text, details)] rows: ok True / False / None (not measured);
 # extras holds the subprocess results ("large", "executor").
 def _rows_ratio(vals, fmt):
-    return [", ".join(fmt(g, r) for g, r in vals[i:i + 2]) for i in range(0, len(vals), 2)] or ["not measured in this run"]
+    rows = [", ".join(fmt(g, r) for g, r in vals[i:i + 2]) for i in range(0, len(vals), 2)]
+    return rows or ["not measured in this run"]
 
 
 def t_vs_torch(groups, extras):
@@ -343,7 +345,8 @@ def t_mlp(groups, extras):
     ok = None if not cpu else all(rate >= TARGET_MLP_RATE and (vm is None or rate / vm >= TARGET_MLP_VS_VMAP)
                                   for _, _, rate, vm in cpu)
     out = [(ok, f"ensemble training (CPU) >= {TARGET_MLP_VS_VMAP:g}x torch.func vmap and >= "
-                f"{TARGET_MLP_RATE:,.0f} model-steps/s", [fmt(g, r, v) for g, _, r, v in cpu] or ["not measured in this run"])]
+                f"{TARGET_MLP_RATE:,.0f} model-steps/s",
+            [fmt(g, r, v) for g, _, r, v in cpu] or ["not measured in this run"])]
     cuda = [r for r in rows if r[1]]
     if cuda:
         out.append((all(rate >= TARGET_MLP_RATE_CUDA for _, _, rate, _ in cuda),
@@ -411,7 +414,8 @@ def t_large(groups, extras):
     peak, limit = large["peak_rss_bytes"], large.get("limit_bytes", LIMIT_BYTES)
     return [(peak < limit, f"large implicit (D = {large['D']:,}, d = {large['d']:,}, {large['nnz']:,} nonzeros) "
              f"under {limit / 1e9:g} GB: peak RSS {_mb(peak)}",
-             [f"its own process on {large['device']}: build {large['build_s']:.2f} s, P theta {large['matvec_s']:.2f} s, "
+             [f"its own process on {large['device']}: build {large['build_s']:.2f} s, "
+              f"P theta {large['matvec_s']:.2f} s, "
               f"P^T g {large['rmatvec_s']:.2f} s; P holds {large['nbytes']:,} bytes; "
               f"RSS after imports {_mb(large['rss_after_import_bytes'])}; "
               f"adjoint check rel. error {large['adjoint_rel_err']:.1e}"])]
@@ -425,8 +429,9 @@ def t_executor(groups, extras):
     if "error" in ex:
         return [(False, text, [f"failed: {ex['error']}"])]
     return [(ex["pass"], text, [f"{ex['models']} models x {ex['steps']} steps in {ex['chunks']} chunks of "
-                                f"{ex['one_chunk_s']:.1f} s: local {min(ex['local_s']):.1f} s, ray {min(ex['ray_s']):.1f} s "
-                                f"(+{100 * ex['ray_overhead']:.1f}%), Ray's one-time start {ex['ray_startup_s']:.1f} s"])]
+                                f"{ex['one_chunk_s']:.1f} s: local {min(ex['local_s']):.1f} s, "
+                                f"ray {min(ex['ray_s']):.1f} s (+{100 * ex['ray_overhead']:.1f}%), "
+                                f"Ray's one-time start {ex['ray_startup_s']:.1f} s"])]
 
 
 TARGETS = [t_vs_torch, t_bytes, t_implicit, t_mlp, t_neb, t_probes, t_subspace, t_large, t_executor]

@@ -15,10 +15,9 @@ lscape cpu's rate over the contender's.  `cuda-` groups run the same on a CUDA d
 """
 from __future__ import annotations
 
+import lscape
 import pytest
 import torch
-
-import lscape
 from lscape import TinyMLP
 from lscape.tinymlp import wf_training_set
 
@@ -47,7 +46,7 @@ def _vmap_trainer(spec: TinyMLP, params: torch.Tensor, x: torch.Tensor, y: torch
     X = x[:, None]
 
     def loss(theta):
-        ps = {n: t.view(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes)}
+        ps = {n: t.view(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes, strict=False)}
         out = torch.func.functional_call(model, ps, (X,))[:, 0]
         return ((out - y) ** 2).mean()
 

@@ -19,11 +19,10 @@ The speed is band-steps per second (extra_info["model_steps"] holds bands * step
 """
 from __future__ import annotations
 
+import lscape
 import numpy as np
 import pytest
 import torch
-
-import lscape
 from lscape import TinyMLP
 from lscape.ops import neb as neb_ops
 from lscape.reference.neb import NEBConfig

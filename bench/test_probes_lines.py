@@ -30,17 +30,17 @@ per second.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+import lscape.data
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-import lscape.data
 from lscape import Landscape
 from lscape.probes.lines import interpolate
 from lscape.probes.spectrum import hessian_eigs
+from torch import nn
 
 N_ALPHAS = 200
 TOP_K = 5
@@ -55,7 +55,7 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
 def _mlp(widths: list[int], seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
         layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(widths) - 2 else [])
     return nn.Sequential(*layers)
 
@@ -153,7 +153,7 @@ def _hess_dense(X, Y, model, theta, L):
     sizes = [s.numel() for s in shapes]
 
     def loss(th):
-        params = {n: t.view(s) for n, t, s in zip(names, torch.split(th, sizes), shapes)}
+        params = {n: t.view(s) for n, t, s in zip(names, torch.split(th, sizes), shapes, strict=False)}
         return CE(torch.func.functional_call(model, params, (X,)), Y)
 
     def run():

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from lscape import Landscape, TinyMLP
 from lscape.probes.walks import progressive_walk
 from lscape.tinymlp import wf_training_set

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import os
 
+import lscape
 import pytest
 import torch
-
-import lscape
 from conftest import BATCH, D_PAPER, SEED, Operands, check_close, d_PAPER, large_enabled
 from large_implicit import LIMIT_BYTES, peak_rss_bytes
 

@@ -18,12 +18,11 @@ with indices on the CPU.
 """
 from __future__ import annotations
 
+import lscape
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-import lscape
 
 B, D_IN, HIDDEN, CLASSES, d = 128, 3072, 200, 10, 9_000
 

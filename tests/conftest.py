@@ -1,14 +1,13 @@
 import gzip
 import os
-import sys
 import pickle
+import sys
 from pathlib import Path
 
+import lscape
 import numpy as np
 import pytest
 import torch
-
-import lscape
 from lscape import _backend
 
 KERNEL_BACKENDS = ("cpu", "cuda")

@@ -2,10 +2,9 @@
 its minima and saddles, and an ASE calculator for it (one atom moving in the z = 0 plane)."""
 from __future__ import annotations
 
+import lscape
 import numpy as np
 import torch
-
-import lscape
 
 MB_A = (-200.0, -100.0, -170.0, 15.0)
 MB_a = (-1.0, -1.0, -6.5, 0.7)
@@ -32,7 +31,7 @@ def mb_torch(p: torch.Tensor) -> torch.Tensor:
 def mb_numpy(x, y):
     """Energy and gradient at (x, y) (arrays), independent of torch."""
     E = gx = gy = 0.0
-    for A, a, b, c, x0, y0 in zip(MB_A, MB_a, MB_b, MB_c, MB_X0, MB_Y0):
+    for A, a, b, c, x0, y0 in zip(MB_A, MB_a, MB_b, MB_c, MB_X0, MB_Y0, strict=False):
         term = A * np.exp(a * (x - x0) ** 2 + b * (x - x0) * (y - y0) + c * (y - y0) ** 2)
         E = E + term
         gx = gx + term * (2 * a * (x - x0) + b * (y - y0))

@@ -5,10 +5,9 @@ import subprocess
 import sys
 import textwrap
 
+import lscape
 import pytest
 import torch
-
-import lscape
 from lscape import _backend, cli
 
 

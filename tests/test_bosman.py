@@ -4,10 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
-from lscape.experiments import bosman, common
-
 from conftest import assert_run_outputs, smoke_run_fixture, write_mnist
+from lscape.experiments import bosman, common
 
 smoke_run = smoke_run_fixture(bosman.run, "bo_smoke")
 

@@ -3,10 +3,8 @@ their errors, and the synthetic sets."""
 import numpy as np
 import pytest
 import torch
-
-from lscape import data
-
 from conftest import write_cifar10, write_idx
+from lscape import data
 
 
 def test_digits_is_the_real_set():

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 
+import lscape
 import numpy as np
 import pytest
 import torch
-
-import lscape
+from conftest import device_of, require
 from lscape import TinyMLP
 from lscape.reference import mlp as ref
-
-from conftest import device_of, require
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

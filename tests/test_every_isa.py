@@ -6,9 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import lscape
+import pytest
 
 TESTS = Path(__file__).parent
 KERNEL_TESTS = ["test_projection_kernels.py", "test_mlp_kernels_cpu.py"]

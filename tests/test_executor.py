@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from lscape import experiments
 from lscape.executor import EXECUTORS, Executor, LocalExecutor, get_executor
 
@@ -144,11 +143,10 @@ def test_every_reproduction_on_ray_is_bit_identical_to_local(name, ray_executor,
 
 def test_a_surface_on_ray_equals_local(ray_executor, tmp_path):
     """A loss surface's grid rows as Ray tasks: the same cells, bit for bit, and a resumable file."""
-    import torch
-    from torch import nn
-
     import lscape
+    import torch
     from lscape.directions import random_directions
+    from torch import nn
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))

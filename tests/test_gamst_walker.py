@@ -4,11 +4,10 @@ import math
 
 import numpy as np
 import pytest
-
-from lscape.experiments import common, gamst_walker as gw
-from lscape.experiments.stats import logistic_fit, lowess
-
 from conftest import assert_run_outputs
+from lscape.experiments import common
+from lscape.experiments import gamst_walker as gw
+from lscape.experiments.stats import logistic_fit, lowess
 
 pytest.importorskip("matplotlib", reason="the experiment draws its figures with matplotlib (pip install '.[plot]')")
 
@@ -45,7 +44,7 @@ def test_smoke_runs_end_to_end_and_writes_everything(smoke_run):
         B, n = r["neb_energies"].shape
         assert 1 <= B <= 4 and n == 8 and r["neb_angles"].shape == (B, n - 2)
         assert np.all(r["neb_energies"][:, 0] < 1e-10) and np.all(np.diff(r["neb_arc"], axis=1) >= 0)
-        for b, (src, i) in enumerate(zip(r["neb_source"], r["neb_index"])):
+        for b, (src, i) in enumerate(zip(r["neb_source"], r["neb_index"], strict=False)):
             opt = gw.OPTIMIZERS[src]
             assert not r[f"{opt}_constant"][i] and not r[f"{opt}_at_global_min"][i]
             assert math.isclose(r["neb_distance"][b], r[f"{opt}_wf_distance"][i], rel_tol=1e-5)

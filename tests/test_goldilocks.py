@@ -2,10 +2,9 @@
 redoing finished cells."""
 import numpy as np
 import pytest
-
-from lscape.experiments import common, goldilocks as gl
-
 from conftest import assert_run_outputs, smoke_run_fixture, write_cifar10
+from lscape.experiments import common
+from lscape.experiments import goldilocks as gl
 
 smoke_run = smoke_run_fixture(gl.run, "gl_smoke")
 

@@ -3,11 +3,10 @@ import json
 
 import numpy as np
 import pytest
-
-from lscape import cli
-from lscape.experiments import common, goodfellow as gf
-
 from conftest import assert_run_outputs, smoke_run_fixture, write_mnist
+from lscape import cli
+from lscape.experiments import common
+from lscape.experiments import goodfellow as gf
 
 smoke_run = smoke_run_fixture(gf.run, "gf_smoke")
 

@@ -2,10 +2,8 @@
 bad ones), and interrupted + resumed."""
 import numpy as np
 import pytest
-
-from lscape.experiments import common, huang
-
 from conftest import assert_run_outputs, smoke_run_fixture
+from lscape.experiments import common, huang
 
 smoke_run = smoke_run_fixture(huang.run, "hu_smoke")
 

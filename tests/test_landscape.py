@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
+from conftest import device_of
 from lscape import Landscape, TinyMLP
 from lscape import landscape as landscape_module
 from lscape.probes import hessian
-
-from conftest import device_of
+from torch import nn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,7 +39,7 @@ def test_from_function_batched_equals_vmapped():
     L1 = Landscape.from_function(fn, dim=3)
     L2 = Landscape.from_function(lambda T: (T ** 4).sum(1) - T.prod(1), dim=3, batched=True)
     th = torch.randn(5, 3, dtype=torch.float64)
-    for a, b in zip(L1.loss_and_grad(th), L2.loss_and_grad(th)):
+    for a, b in zip(L1.loss_and_grad(th), L2.loss_and_grad(th), strict=False):
         torch.testing.assert_close(a, b)
 
 
@@ -52,7 +50,8 @@ def test_from_mlp_equals_from_module_and_autograd_hessian():
     thetas = spec.init(4, seed=1, scheme="torch", dtype=torch.float64)
     Lm = Landscape.from_mlp(spec, x, y, dtype=torch.float64)
     model = spec.to_module(thetas[0])
-    Lo = Landscape.from_module(model, torch.nn.functional.mse_loss, [(x[:5, None], y[:5, None]), (x[5:, None], y[5:, None])],
+    halves = [(x[:5, None], y[:5, None]), (x[5:, None], y[5:, None])]
+    Lo = Landscape.from_module(model, torch.nn.functional.mse_loss, halves,
                                chunk=3)
     assert Lm.dim == Lo.dim == spec.dim
     l1, g1 = Lm.loss_and_grad(thetas)
@@ -105,7 +104,7 @@ def test_from_module_one_by_one_equals_vmapped(monkeypatch):
         monkeypatch.setattr(landscape_module, "PER_POINT_WORK", work)
         L = Landscape.from_module(model, torch.nn.functional.cross_entropy, (X, Y), chunk=4)
         got[work] = (L.loss(thetas), *L.loss_and_grad(thetas))
-    for a, b in zip(got[0], got[1 << 60]):
+    for a, b in zip(got[0], got[1 << 60], strict=False):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     # and both equal the model itself at one point
     torch.nn.utils.vector_to_parameters(thetas[3], model.parameters())

@@ -8,11 +8,9 @@ import math
 
 import pytest
 import torch
-
+from conftest import cuda_stream as stream
 from lscape import TinyMLP
 from lscape.reference import mlp as ref
-
-from conftest import cuda_stream as stream
 
 OPTS = {"sgd": ref.OptConfig("sgd", lr=0.01, momentum=0.9), "adadelta": ref.OptConfig("adadelta", lr=1.0),
         "adam": ref.OptConfig("adam", lr=1e-3)}
@@ -41,7 +39,8 @@ def train(cuda_ext, K, N, opt, p0, x, y, steps, record_every=1, step0=0, state=N
         (state[0].clone(), None if state[1] is None else state[1].clone())
     div = torch.zeros(M, dtype=torch.uint8, device=p.device) if diverged is None else diverged.clone()
     hist = torch.full((M, steps // record_every), -1.0, device=p.device)
-    cuda_ext.mlp_train(K, N, opt.as_tuple(), M, x.numel(), p.data_ptr(), s0.data_ptr(), 0 if s1 is None else s1.data_ptr(),
+    s1_ptr = 0 if s1 is None else s1.data_ptr()
+    cuda_ext.mlp_train(K, N, opt.as_tuple(), M, x.numel(), p.data_ptr(), s0.data_ptr(), s1_ptr,
                   div.data_ptr(), x.data_ptr(), y.data_ptr(), step0, steps, record_every, hist.data_ptr(), stream())
     return p, s0, s1, div, hist
 
@@ -113,7 +112,8 @@ def test_train_matches_reference(cuda_gpu, K, N, optimizer):
             continue
         err, floor = row_rel(got[i], r64[i]), row_rel(r32[i], r64[i])
         off = (err > torch.clamp(4 * floor, min=1e-4)).nonzero()[:, 0].tolist()
-        assert len(off) <= M // 10, f"{what}: models {off} off by {err[off].tolist()} (float32 ref: {floor[off].tolist()})"
+        assert len(off) <= M // 10, (f"{what}: models {off} off by {err[off].tolist()} "
+                                     f"(float32 ref: {floor[off].tolist()})")
     torch.testing.assert_close(got[4].double().cpu(), r64[4].cpu(), rtol=1e-2, atol=0)  # every loss curve
 
 
@@ -141,7 +141,7 @@ def test_continuation_is_bitwise(cuda_gpu, K, N):
         whole = train(cuda_gpu, K, N, opt, p0, x, y, 100, record_every=20)
         a = train(cuda_gpu, K, N, opt, p0, x, y, 60, record_every=20)
         b = train(cuda_gpu, K, N, opt, a[0], x, y, 40, record_every=20, step0=60, state=a[1:3], diverged=a[3])
-        for w, g in zip(whole[:3], b[:3]):
+        for w, g in zip(whole[:3], b[:3], strict=False):
             assert (w is None and g is None) or torch.equal(w, g), opt.kind
         assert torch.equal(torch.cat([a[4], b[4]], 1), whole[4]), opt.kind
 
@@ -158,7 +158,7 @@ def test_models_do_not_depend_on_the_batch(cuda_gpu, K, N, M, steps):
     big = train(cuda_gpu, K, N, opt, p0, x, y, steps, record_every=7)
     pick = torch.tensor([0, 1, 31, 32, 33, M // 2, M - 2, M - 1], device="cuda")
     small = train(cuda_gpu, K, N, opt, p0[pick], x, y, steps, record_every=7)
-    for b, s in zip(big, small):
+    for b, s in zip(big, small, strict=False):
         if b is not None:
             assert torch.equal(b[pick], s)
 
@@ -181,7 +181,7 @@ def test_diverging_models_are_isolated(cuda_gpu, K, N, optimizer):
     odd = [5, 7, 33]
     keep = [m for m in range(M) if m not in odd]
     assert dirty[3].cpu().tolist() == [int(m in odd) for m in range(M)]
-    for c, d in zip(clean, dirty):
+    for c, d in zip(clean, dirty, strict=False):
         if c is not None:
             assert torch.equal(c[keep], d[keep])
     assert torch.isnan(dirty[4][odd]).all()

@@ -4,7 +4,6 @@ order, so they match the reference to rounding (mlp.h), while every model stays 
 the others."""
 import pytest
 import torch
-
 from lscape import _backend
 from lscape.reference import mlp as ref
 from lscape.tinymlp import TinyMLP
@@ -256,7 +255,9 @@ def test_bad_arguments_are_refused():
     def lg(K=2, N=3, M=2, P=4):
         C.mlp_loss_grad(K, N, M, P, params.data_ptr(), x.data_ptr(), y.data_ptr(), loss.data_ptr(), 0, 1)
 
-    def tr(K=2, N=3, opt=ref.OptConfig(ref.ADAM).as_tuple(), M=2, P=4, steps=1, record_every=1):
+    adam = ref.OptConfig(ref.ADAM).as_tuple()
+
+    def tr(K=2, N=3, opt=adam, M=2, P=4, steps=1, record_every=1):
         s0, s1 = torch.zeros_like(params), torch.zeros_like(params)
         div = torch.zeros(2, dtype=torch.uint8)
         C.mlp_train(K, N, opt, M, P, params.data_ptr(), s0.data_ptr(), s1.data_ptr(), div.data_ptr(),

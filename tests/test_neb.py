@@ -2,15 +2,13 @@
 resume, respacing, insertion, divergence and bad input."""
 import math
 
+import lscape
 import numpy as np
 import pytest
 import torch
-
-import lscape
 from lscape import use_backend
 from lscape.neb import NEBResult, arc_length, neb, respace
-from neb_surfaces import (MIN_A, MIN_B, MIN_C, SADDLE_AC, SADDLE_CB, ase_mb_calculator, mb_landscape,
-                          mb_torch)
+from neb_surfaces import MIN_A, MIN_B, MIN_C, SADDLE_AC, SADDLE_CB, ase_mb_calculator, mb_landscape, mb_torch
 
 BACKENDS = ("torch", "cpu")  # float64 runs on the reference and the C++ kernel (CUDA: test_neb_kernels)
 

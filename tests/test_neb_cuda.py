@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import math
 
+import lscape
 import pytest
 import torch
-
-import lscape
+from conftest import cuda_stream as stream
 from lscape.ops.neb import BandState
 from lscape.reference import neb as ref
-
-from conftest import cuda_stream as stream
 
 DEVICE = "cuda"
 SENTINEL = 1234.5  # x_out's endpoint rows: the kernel never writes them
@@ -117,7 +115,7 @@ def same(u, w) -> bool:
 
 def assert_bands_equal(a, b, bands_a, bands_b):
     """Bitwise the same results for bands_a of run a and bands_b of run b."""
-    for u, w in zip(a[:2], b[:2]):
+    for u, w in zip(a[:2], b[:2], strict=False):
         assert same(u[bands_a], w[bands_b])
     for name in ("dt", "a", "nsteps", "status", "fmax", "imax"):
         assert same(getattr(a[2], name)[bands_a], getattr(b[2], name)[bands_b]), name
@@ -251,7 +249,7 @@ def test_steps_with_double_buffering(cuda_gpu, shape, cname):
         ref.step(cfg, x, e, g, v, x_out, st.dt, st.a, st.nsteps, st.status, st.fmax, st.imax)
 
     got, want = run(k_step), run(r_step)
-    for i, (u, w) in enumerate(zip(got, want)):
+    for i, (u, w) in enumerate(zip(got, want, strict=False)):
         assert_matches(u, w)
         assert torch.equal(u[0][:, 0], x0[:, 0]) and torch.equal(u[0][:, -1], x0[:, -1]), i
 

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from conftest import device_of
 from lscape import use_backend
 from lscape.ops import neb as ops

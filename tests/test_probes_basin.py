@@ -8,12 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from lscape import Landscape
-from lscape.probes.basin import (basin_volume, log_star_volume, log_unit_ball_volume, ray_directions)
-from lscape.tinymlp import wf_network, wf_training_set
-
 from conftest import count_calls
+from lscape import Landscape
+from lscape.probes.basin import basin_volume, log_star_volume, log_unit_ball_volume, ray_directions
+from lscape.tinymlp import wf_network, wf_training_set
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,10 +8,9 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from lscape import Landscape
 from lscape.probes.lines import interpolate, plane, project_trajectory, random_direction
+from torch import nn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 F64 = torch.float64
@@ -145,7 +144,7 @@ def test_directions_share_one_gaussian_and_are_deterministic():
     assert torch.equal(raw, random_direction(model, norm=None, seed=11))
     assert not torch.equal(raw, random_direction(model, norm=None, seed=12))
     # the filter-normalised direction is the raw draw rescaled filter by filter
-    for (name, (w, r)), (_, (_, f)) in zip(_pieces(model, raw).items(), _pieces(model, filt).items()):
+    for (name, (w, r)), (_, (_, f)) in zip(_pieces(model, raw).items(), _pieces(model, filt).items(), strict=False):
         if w.ndim >= 2:
             r2, f2 = r.reshape(r.shape[0], -1), f.reshape(f.shape[0], -1)
             torch.testing.assert_close(f2, r2 * (f2.norm(dim=1) / r2.norm(dim=1))[:, None], msg=name)
@@ -163,7 +162,7 @@ def test_direction_layout_matches_landscape_from_module():
     # stepping theta + d must move exactly the weight rows, as a model perturbed in place would
     moved = copy.deepcopy(model)
     with torch.no_grad():
-        for (_, p), (_, (_, dp)) in zip(moved.named_parameters(), _pieces(model, d).items()):
+        for (_, p), (_, (_, dp)) in zip(moved.named_parameters(), _pieces(model, d).items(), strict=False):
             p += dp
     want = nn.functional.mse_loss(moved(X), Y)
     torch.testing.assert_close(L.loss((theta + d)[None])[0], want)

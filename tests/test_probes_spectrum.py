@@ -6,12 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from lscape import Landscape, TinyMLP
 from lscape.probes import hessian, spectrum
-from lscape.probes.spectrum import (classify_stationary, hessian_eigs, hutchinson_trace, hvp,
-                                    spectral_density)
+from lscape.probes.spectrum import classify_stationary, hessian_eigs, hutchinson_trace, hvp, spectral_density
+from torch import nn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 F64 = torch.float64

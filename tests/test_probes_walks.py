@@ -8,13 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-
+from conftest import count_calls
 from lscape import Landscape, TinyMLP
 from lscape.probes import walks
 from lscape.probes.walks import progressive_walk
 from lscape.tinymlp import wf_network, wf_training_set
-
-from conftest import count_calls
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,10 +1,9 @@
 """SparseSignProjection's public surface: shapes, kinds, autograd, conversions and named errors."""
+import lscape
 import numpy as np
 import pytest
 import scipy.sparse
 import torch
-
-import lscape
 from lscape import SparseSignProjection
 
 
@@ -123,7 +122,8 @@ def test_bad_construction_types(kwargs, match):
 
 
 @pytest.mark.parametrize("method,x,exc,match", [
-    ("matvec", torch.randn(40), ValueError, r"^theta: got tensor of shape \(40,\).*expected shape \(41,\) or \(B, 41\)"),
+    ("matvec", torch.randn(40), ValueError,
+     r"^theta: got tensor of shape \(40,\).*expected shape \(41,\) or \(B, 41\)"),
     ("matvec", torch.randn(2, 3, 41), ValueError, r"^theta: got tensor of shape \(2, 3, 41\)"),
     ("matvec", torch.tensor(1.0), ValueError, r"^theta: got tensor of shape \(\)"),
     ("rmatvec", torch.randn(41), ValueError, r"^g: got tensor of shape \(41,\).*expected shape \(2003,\)"),

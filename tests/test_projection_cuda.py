@@ -3,10 +3,8 @@ test_projection_kernels.py (its `kernel_backend` fixture includes cuda)."""
 import numpy as np
 import pytest
 import torch
-
-from lscape import SparseSignProjection
-
 from conftest import require
+from lscape import SparseSignProjection
 
 pytestmark = pytest.mark.gpu
 

@@ -3,13 +3,12 @@ the right answer or raises a named error."""
 import os
 import re
 
+import lscape
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import lscape
 from lscape import SparseSignProjection
 
 NAMED = re.compile(r"^(D|d|seed|density|storage|device|theta|g): got ")

@@ -2,15 +2,13 @@
 independent facts (scipy, exact algebra, the sampling law)."""
 import math
 
+import lscape
 import numpy as np
 import pytest
 import torch
-
-import lscape
+from conftest import device_of, require
 from lscape import SparseSignProjection
 from lscape.reference import projection as ref
-
-from conftest import device_of, require
 
 # (D, d, density): sizes 1, odd sizes, non-multiples of the vector width, density 1, tiny densities
 # (empty columns), many chunks, and one large D.

@@ -4,10 +4,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from lscape.radial import RadiusRecorder, fit_random_walk, r_x, radius
 from lscape.subspace import Subspace
+from torch import nn
 
 
 def test_radius_of_module_tensor_and_subspace():

@@ -1,6 +1,5 @@
 """The counter-based generator: its numpy mirror against independent facts."""
 import numpy as np
-
 from lscape.reference import rng
 
 

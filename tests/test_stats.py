@@ -2,7 +2,6 @@
 (Spearman's rank correlation with ties)."""
 import numpy as np
 import pytest
-
 from lscape.experiments.stats import logistic_fit, lowess, spearman
 
 sm = pytest.importorskip("statsmodels.api", reason="the independent implementation to compare with")

@@ -4,7 +4,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from lscape import tinymlp as tm
 from lscape.reference import mlp as ref
 from lscape.tinymlp import TinyMLP
@@ -28,7 +27,7 @@ def test_dim_and_layer_offsets(K, N):
     spec = TinyMLP(K, N)
     assert spec.dim == 2 * N + (K - 1) * (N * N + N) + N + 1
     assert spec.layers[0].w == 0 and spec.layers[-1].end == spec.dim
-    assert all(a.end == b.w for a, b in zip(spec.layers[:-1], spec.layers[1:]))
+    assert all(a.end == b.w for a, b in zip(spec.layers[:-1], spec.layers[1:], strict=False))
     assert spec.spec == (K, N)
 
 

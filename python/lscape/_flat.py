@@ -11,8 +11,8 @@ and the split live in one place.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ class FlatLayout:
     def offsets(self) -> dict[str, tuple[int, int]]:
         """{name: (start, stop)} of each parameter's slice of the flat vector."""
         out, start = {}, 0
-        for n, k in zip(self.names, self.sizes):
+        for n, k in zip(self.names, self.sizes, strict=False):
             out[n] = (start, start + k)
             start += k
         return out
@@ -60,14 +60,14 @@ class FlatLayout:
                              f"{self.dim} (the model's parameter count)")
         lead = theta.shape[:-1]
         parts = torch.split(theta, self.sizes, dim=-1)
-        return {n: p.reshape(*lead, *s) for n, s, p in zip(self.names, self.shapes, parts)}
+        return {n: p.reshape(*lead, *s) for n, s, p in zip(self.names, self.shapes, parts, strict=False)}
 
     def flatten(self, params: nn.Module | Mapping[str, torch.Tensor] | Iterable[torch.Tensor]) -> torch.Tensor:
         """A module, a {name: tensor} mapping or tensors in layout order -> one detached (D,) vector."""
         if isinstance(params, nn.Module):
             params = dict(params.named_parameters())
         tensors = [params[n] for n in self.names] if isinstance(params, Mapping) else list(params)
-        if len(tensors) != len(self.names) or any(t.shape != s for t, s in zip(tensors, self.shapes)):
+        if len(tensors) != len(self.names) or any(t.shape != s for t, s in zip(tensors, self.shapes, strict=False)):
             got = [tuple(t.shape) for t in tensors]
             raise ValueError(f"params: got tensors of shapes {got}, expected {[tuple(s) for s in self.shapes]}")
         return torch.cat([t.detach().reshape(-1) for t in tensors])

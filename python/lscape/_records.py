@@ -14,7 +14,8 @@ import dataclasses
 import functools
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ def from_dict(cls: type[T], d: Mapping[str, Any], prefix: str = "", *,
     return cls(**kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

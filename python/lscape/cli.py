@@ -45,7 +45,8 @@ def demo(D: int = 656_810, d: int = 9_000, seed: int = 0) -> None:
     """The paper's projection (Chang, §III.D: D = 656,810, d = 9,000): build it, check it, time it."""
     from .projection import SparseSignProjection
 
-    print(f"Sparse +-1 projection P, D = {D:,}, d = {d:,}, density 1/sqrt(D)  [{_backend.select(torch.device('cpu'))} backend]")
+    backend = _backend.select(torch.device("cpu"))
+    print(f"Sparse +-1 projection P, D = {D:,}, d = {d:,}, density 1/sqrt(D)  [{backend} backend]")
     t0 = time.perf_counter()
     P = SparseSignProjection(D, d, seed=seed)
     t_build = time.perf_counter() - t0
@@ -59,7 +60,8 @@ def demo(D: int = 656_810, d: int = 9_000, seed: int = 0) -> None:
     lhs, rhs = float(Ptheta.double() @ g.double()), float(theta.double() @ Ptg.double())
     adj = abs(lhs - rhs) / max(abs(lhs), 1e-30)
     same = float((Pi.matvec(theta) - Ptheta).abs().max())
-    print(f"  adjoint check <P theta, g> = <theta, P^T g> to {adj:.1e} relative;  implicit vs indices max diff {same:.1e}")
+    print(f"  adjoint check <P theta, g> = <theta, P^T g> to {adj:.1e} relative;  "
+          f"implicit vs indices max diff {same:.1e}")
     cols = P.matvec(torch.eye(d)[:4]).norm(dim=1)
     print(f"  first column norms {', '.join(f'{c:.6f}' for c in cols.tolist())}")
     with warnings.catch_warnings():  # torch calls its sparse CSR support beta; the peer is still fair
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument("--ray-address", default=None,
                        help="with --executor ray: a cluster to join (an address, or 'auto'); default "
                             "$RAY_ADDRESS, else a local Ray")
-    p_rep.add_argument("--num-cpus", type=int, default=None, help="with --executor ray: CPUs (and threads) per task; default: the threads a local run uses, "
+    p_rep.add_argument("--num-cpus", type=int, default=None,
+                       help="with --executor ray: CPUs (and threads) per task; default: the threads a local run uses, "
                             "which keeps the results bit-identical to local")
     p_rep.add_argument("--chunk", type=int, default=None,
                        help="chunk size of experiments whose chunks can be resized (gamst-walker: models per "

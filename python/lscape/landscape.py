@@ -11,7 +11,8 @@ Hessian-vector products); `loss` and `loss_and_grad` may run on faster non-diffe
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -98,12 +99,12 @@ class Landscape:
         if self.chunk is None or t.shape[0] <= self.chunk:
             return fn(t)
         parts = [fn(t[i:i + self.chunk]) for i in range(0, t.shape[0], self.chunk)]
-        return tuple(torch.cat(ps) for ps in zip(*parts))
+        return tuple(torch.cat(ps) for ps in zip(*parts, strict=False))
 
     # ---- constructors ---------------------------------------------------------------------------------
     @classmethod
     def from_mlp(cls, spec: TinyMLP, x, y, *, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu") -> "Landscape":
+                 device: torch.device | str = "cpu") -> Landscape:
         """MSE of the K x N network `spec` on data x, y (P,): the fused ensemble kernel (float32 on the
         CPU/CUDA extensions, the reference otherwise)."""
         from . import ensemble
@@ -122,7 +123,7 @@ class Landscape:
     @classmethod
     def from_function(cls, fn: Callable[[torch.Tensor], torch.Tensor], dim: int, *, batched: bool = False,
                       dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
-                      chunk: int | None = None) -> "Landscape":
+                      chunk: int | None = None) -> Landscape:
         """Any torch function of a flat vector: fn(theta (D,)) -> scalar (vectorised with torch.func.vmap),
         or with batched=True fn(thetas (B, D)) -> (B,) directly.  Gradients by autograd."""
         if not callable(fn):

@@ -13,8 +13,8 @@ initialiser m_l = sigma_l^2.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -102,7 +102,7 @@ class RadiusRecorder:
             raise ValueError("RadiusRecorder: nothing recorded yet")
         return self._r[0]
 
-    def fit(self, **kwargs) -> "RandomWalkFit":
+    def fit(self, **kwargs) -> RandomWalkFit:
         return fit_random_walk(self.t, self.r, self.r0, **kwargs)
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ class TinyMLP:
         K, N = self.depth, self.width
         sizes = [1] + [N] * K + [1]
         layers, off = [], 0
-        for inp, out in zip(sizes[:-1], sizes[1:]):
+        for inp, out in zip(sizes[:-1], sizes[1:], strict=False):
             layers.append(Layer(inp, out, off))
             off = layers[-1].end
         self.layers: tuple[Layer, ...] = tuple(layers)
@@ -86,7 +86,7 @@ class TinyMLP:
         if len(weights) != len(self.layers):
             raise ValueError(f"weights: got {len(weights)} layers, expected {len(self.layers)} for {self!r}")
         parts = []
-        for i, ((W, b), L) in enumerate(zip(weights, self.layers)):
+        for i, ((W, b), L) in enumerate(zip(weights, self.layers, strict=False)):
             if tuple(W.shape[-2:]) != (L.out, L.inp) or tuple(b.shape[-1:]) != (L.out,):
                 raise ValueError(f"weights[{i}]: got W {tuple(W.shape)}, b {tuple(b.shape)}, expected "
                                  f"W (..., {L.out}, {L.inp}) and b (..., {L.out})")
@@ -97,7 +97,7 @@ class TinyMLP:
         """One parameter vector (D,) -> torch.nn.Sequential(Linear, ReLU, ..., Linear) holding a copy."""
         self.check_params(params, "params", batched=False)
         mods: list[nn.Module] = []
-        for i, (L, (W, b)) in enumerate(zip(self.layers, self.unflatten(params))):
+        for i, (L, (W, b)) in enumerate(zip(self.layers, self.unflatten(params), strict=False)):
             lin = nn.Linear(L.inp, L.out, dtype=params.dtype, device=params.device)
             with torch.no_grad():
                 lin.weight.copy_(W)

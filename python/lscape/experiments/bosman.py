@@ -24,7 +24,6 @@ points (the paper's Fig 4).  Each cell (problem, architecture, range, granularit
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +102,7 @@ def make_model(n_in: int, width: int, depth: int, n_out: int, dtype: torch.dtype
     torch.manual_seed(0)  # the values are never used: walks set every weight
     sizes = (n_in, *([width] * depth))
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in zip(sizes[:-1], sizes[1:], strict=False):
         layers += [nn.Linear(a, b), nn.ELU()]
     layers.append(nn.Linear(sizes[-1], n_out))
     return nn.Sequential(*layers).to(dtype)
@@ -194,7 +193,7 @@ def curvature(land: Landscape, pts: torch.Tensor, rtol: float) -> dict[str, np.n
     a = np.abs(eigs)
     amax = a.max(1)
     codes, npos, nneg = [], [], []
-    for row, m in zip(eigs, amax):
+    for row, m in zip(eigs, amax, strict=False):
         tol = rtol * m
         codes.append(CLASSES.index(str(classify_stationary(row, tol))))
         npos.append(int((row > tol).sum()))
@@ -297,13 +296,13 @@ def _results(todo, rows) -> dict[str, np.ndarray]:
         res[f"{prob}_finite"] = np.array([bool(r["finite"].all()) for r in rs], bool)
         res[f"{prob}_final_acc"] = np.array([float(r["acc"][:, -1].mean()) for r in rs])
         res[f"{prob}_final_loss_median"] = np.array([float(np.median(r["loss"][:, -1])) for r in rs])
-    xr = [r for c, r in zip(todo, rows) if c[0] == "xor"]
+    xr = [r for c, r in zip(todo, rows, strict=False) if c[0] == "xor"]
     res["xor_frac"] = np.array([np.bincount(r["hess_class"], minlength=4) / len(r["hess_class"]) for r in xr]
                                ).reshape(len(xr), 4)
     res["xor_hess_start"] = np.concatenate([[0], np.cumsum([len(r["hess_class"]) for r in xr])]).astype(np.int64)
     for k in ("class", "n_pos", "n_neg", "min_rel", "is_end"):
         res[f"xor_hess_{k}"] = np.concatenate([r[f"hess_{k}"] for r in xr]) if xr else np.zeros(0)
-    dr = [r for c, r in zip(todo, rows) if c[0] == "digits"]
+    dr = [r for c, r in zip(todo, rows, strict=False) if c[0] == "digits"]
     for k in ("end_train_acc", "end_test_acc"):
         res[f"digits_{k}"] = np.concatenate([r[k] for r in dr]) if dr else np.zeros(0)
         res[f"digits_cell_{k}_mean"] = np.array([float(r[k].mean()) for r in dr])
@@ -318,7 +317,7 @@ def _label(c) -> str:
 def _summary(cfg: Config, todo, rows, res) -> dict[str, Any]:
     out: dict[str, Any] = {"experiment": NAME, "scale": cfg.scale, "dataset": cfg.dataset,
                            "hessian_rtol": cfg.hessian_rtol, "cells": {}}
-    for c, r in zip(todo, rows):
+    for c, r in zip(todo, rows, strict=False):
         e = {"dim": int(r["dim"]), "walkers": int(r["walkers"]), "steps": int(r["steps"]),
              "all_finite": bool(r["finite"].all()),
              "final_loss_median": float(np.median(r["loss"][:, -1])),
@@ -326,7 +325,7 @@ def _summary(cfg: Config, todo, rows, res) -> dict[str, Any]:
              "final_acc_mean": float(r["acc"][:, -1].mean())}
         if c[0] == "xor":
             frac = np.bincount(r["hess_class"], minlength=4) / len(r["hess_class"])
-            e["curvature"] = {k: float(v) for k, v in zip(CLASSES, frac)}
+            e["curvature"] = {k: float(v) for k, v in zip(CLASSES, frac, strict=False)}
             e["walks_solved"] = float((r["acc"][:, -1] == 1.0).mean())
         else:
             e["end_train_acc_mean"] = float(r["end_train_acc"].mean())
@@ -338,7 +337,7 @@ def _summary(cfg: Config, todo, rows, res) -> dict[str, Any]:
         out["xor_spearman_dim_vs_convex"] = spearman(res["xor_cell_dim"], res["xor_frac"][:, 0])
     for name, k in (("xor_mean_fractions", "xor_frac"),):
         if len(res[k]):
-            out[name] = {c: float(v) for c, v in zip(CLASSES, res[k].mean(0))}
+            out[name] = {c: float(v) for c, v in zip(CLASSES, res[k].mean(0), strict=False)}
     if len(res["digits_cell_end_test_acc_mean"]):
         out["digits_best_end_test_acc"] = float(res["digits_cell_end_test_acc_mean"].max())
     return out

@@ -1,8 +1,9 @@
 """The figures of the Bosman et al. (2019) reproduction, drawn from its results.npz arrays (matplotlib, Agg)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def fig1_curvature(res, cfg, plt):
 
     depths, widths, sets = list(cfg.xor_depths), list(cfg.xor_widths), _settings(cfg)
     fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 4.2), squeeze=False, sharey=True)
-    for ax, dp in zip(axes[0], depths):
+    for ax, dp in zip(axes[0], depths, strict=False):
         ticks, labels = [], []
         for wi, w in enumerate(widths):
             for si, (r, micro) in enumerate(sets):

@@ -14,15 +14,24 @@ import json
 import time
 import types
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..executor import Executor, get_executor
-from .io import (ChunkBudget, RunDir, RunInterrupted, atomic_savez, atomic_write_json, checkpointed_chunks,
-                 config_dict, load_npz)
+from .io import (
+    ChunkBudget,
+    RunDir,
+    RunInterrupted,
+    atomic_savez,
+    atomic_write_json,
+    checkpointed_chunks,
+    config_dict,
+    load_npz,
+)
 from .training import resolve_device, torch_threads
 
 __all__ = ["SCALES", "ChunkBudget", "Context", "RunDir", "RunInterrupted", "atomic_savez", "config",

@@ -41,8 +41,8 @@ import torch
 from .. import tinymlp as tm
 from ..reference import mlp as ref
 from . import common
-from .training import EnsembleJob, train_ensemble_stage
 from .stats import logistic_fit, lowess
+from .training import EnsembleJob, train_ensemble_stage
 
 NAME = "gamst-walker"
 OPTIMIZERS = ("sgd", "adadelta")
@@ -347,7 +347,7 @@ def neb_ends(cfg: Config, res: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     take = [min(len(eligible[0]), max(half, cfg.neb_paths - len(eligible[1])))]
     take.append(min(len(eligible[1]), cfg.neb_paths - take[0]))
     src = np.concatenate([np.full(t, k) for k, t in enumerate(take)]).astype(np.int64)
-    idx = np.concatenate([e[:t] for e, t in zip(eligible, take)]).astype(np.int64)
+    idx = np.concatenate([e[:t] for e, t in zip(eligible, take, strict=False)]).astype(np.int64)
     return src, idx
 
 
@@ -402,7 +402,8 @@ def _neb_paths(ctx: common.Context, spec: tm.TinyMLP, x: torch.Tensor, y: torch.
         warnings.warn("no eligible minima for NEB paths (all diverged, dead or at the global minimum)",
                       RuntimeWarning, stacklevel=3)
         return
-    ends = torch.from_numpy(np.stack([res[f"{OPTIMIZERS[s]}_desym"][i] for s, i in zip(src, idx)])).to(dev)
+    ends = np.stack([res[f"{OPTIMIZERS[s]}_desym"][i] for s, i in zip(src, idx, strict=True)])
+    ends = torch.from_numpy(ends).to(dev)
     start = wf_desym.float().to(dev)[None].expand(B, -1).contiguous()
     land = Landscape.from_mlp(spec, x.to(dev), y.to(dev), device=dev)
     n = -(-B // cfg.neb_shard)

@@ -1,8 +1,9 @@
 """The figures of the Gamst-Walker reproduction, drawn from its results.npz arrays (matplotlib, Agg)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ def fig2_mean_fits(res, cfg, plt):
     axes[0].plot(g, res["sgd_typical_fit"], color=GREEN, lw=1.5, label="a typical fit (median loss, SGD)")
     axes[0].legend(fontsize=8, loc="lower left")
     axes[0].set_title("f and a typical trained 5x5 network", fontsize=10)
-    for ax, opt in zip(axes[1:], ("sgd", "adadelta")):
+    for ax, opt in zip(axes[1:], ("sgd", "adadelta"), strict=False):
         m, s = res[f"{opt}_mean"], res[f"{opt}_std"]
         n = int((~res[f"{opt}_diverged"]).sum())
         ax.plot(g, f, color=BLUE, lw=0.8)
@@ -90,7 +91,7 @@ def fig2_mean_fits(res, cfg, plt):
 def fig3_best_fits(res, cfg, plt):
     g, f = res["grid_x"], res["grid_f"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, opt in zip(axes, ("sgd", "adadelta")):
+    for ax, opt in zip(axes, ("sgd", "adadelta"), strict=False):
         i = int(res[f"{opt}_best_index"])
         ax.plot(g, f, color=BLUE, lw=1, label="f")
         ax.plot(g, res[f"{opt}_best_fit"], color=RED, lw=1.3, label="best fit")
@@ -136,7 +137,7 @@ def fig5_basin(res, cfg, plt):
     r = res["basin_noise_norm"]
     grid = np.linspace(0.0, cfg.basin_max_noise, 200)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"wspace": 0.45})
-    for ax, opt in zip(axes, ("sgd", "adadelta")):
+    for ax, opt in zip(axes, ("sgd", "adadelta"), strict=False):
         loss = res[f"basin_{opt}_loss"]
         ax.scatter(r, loss, s=5, color="k", alpha=0.5, lw=0, label="final loss")
         ax.plot(res[f"basin_{opt}_lowess_x"], res[f"basin_{opt}_lowess_y"], color=RED, lw=2,

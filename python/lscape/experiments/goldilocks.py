@@ -78,7 +78,7 @@ def make_model(cfg: Config, n_in: int, n_out: int) -> nn.Sequential:
     torch.manual_seed(cfg.seed)
     sizes = (n_in, *cfg.hidden)
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in zip(sizes[:-1], sizes[1:], strict=False):
         layers += [nn.Linear(a, b), nn.ReLU()]
     layers.append(nn.Linear(sizes[-1], n_out))
     return nn.Sequential(*layers)

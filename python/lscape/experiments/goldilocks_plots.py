@@ -1,8 +1,9 @@
 """The figures of the Goldilocks reproduction, drawn from its results.npz arrays (matplotlib, Agg)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .common import save_figures
 from .gamst_walker_plots import GREY

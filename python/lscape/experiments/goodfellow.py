@@ -28,8 +28,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import data as datasets
-from ..landscape import Landscape
 from .._flat import FlatLayout
+from ..landscape import Landscape
 from . import common
 
 NAME = "goodfellow"
@@ -87,7 +87,7 @@ def make_model(cfg: Config, n_in: int, n_out: int, act: str, seed: int) -> nn.Se
     torch.manual_seed(seed)
     sizes = (n_in, *cfg.hidden)
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in zip(sizes[:-1], sizes[1:], strict=False):
         layers += [nn.Linear(a, b), nn.ReLU() if act == "relu" else nn.Sigmoid()]
     layers.append(nn.Linear(sizes[-1], n_out))
     return nn.Sequential(*layers)
@@ -186,14 +186,14 @@ def run(scale: str = "default", out: str = "goodfellow", *, resume: bool = False
     xs, ys = d.x_train[sub], d.y_train[sub]
     rows = ctx.chunks([f"train_{act}_{off}" for act, off in TRAININGS], _training, shared=(cfg, d),
                       label="trainings")
-    trained = dict(zip(TRAININGS, rows))
+    trained = dict(zip(TRAININGS, rows, strict=False))
     lines = ctx.chunks([f"lines_{act}" for act in ACTIVATIONS], _lines, shared=(cfg, d, (xs, ys), trained),
                        label="lines")
     res: dict[str, Any] = {}
     summary: dict[str, Any] = {"experiment": NAME, "scale": cfg.scale, "dataset": cfg.dataset,
                                "train_points_in_landscape": int(xs.shape[0])}
     wide, tiles = _alphas(cfg)
-    for act, ck in zip(ACTIVATIONS, lines):
+    for act, ck in zip(ACTIVATIONS, lines, strict=False):
         first, second = trained[(act, 0)], trained[(act, 1)]
         ti, tf = torch.from_numpy(first["theta_i"]), torch.from_numpy(first["theta_f"])
         coord, resid = project_trajectory(torch.from_numpy(first["trajectory"]), ti, tf)

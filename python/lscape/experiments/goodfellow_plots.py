@@ -1,8 +1,9 @@
 """The figures of the Goodfellow-Vinyals reproduction, drawn from its results.npz arrays (matplotlib, Agg)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ def plot_all(res: Mapping[str, Any], out: Path, cfg, plt) -> list[str]:
 def fig2_interpolation(res, cfg, plt):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     a = res["alphas_wide"]
-    for ax, act in zip(axes, ("sigmoid", "relu")):
+    for ax, act in zip(axes, ("sigmoid", "relu"), strict=False):
         ax.plot(a, res[f"{act}_wide_train"], color=BLUE, label="train")
         ax.plot(a, res[f"{act}_wide_val"], color=RED, label="validation")
         for x in (0, 1):
@@ -40,7 +41,7 @@ def fig3_resolution(res, cfg, plt):
               (res["alphas_unit"], u, "(b) zoom of (a)", (u.min(), u.min() + 0.05 * (u.max() - u.min()))),
               (res["alphas_start"], res["relu_tile_start"], "(c) [0, 0.01]", None),
               (res["alphas_end"], res["relu_tile_end"], "(d) [0.99, 1]", None)]
-    for ax, (a, J, title, ylim) in zip(axes, panels):
+    for ax, (a, J, title, ylim) in zip(axes, panels, strict=False):
         ax.plot(a, J, color=BLUE, marker=".", ms=2, lw=0.8)
         if ylim is not None:
             ax.set_ylim(*ylim)

@@ -43,7 +43,8 @@ class Config:
     good: int = 8  # good minima (initialisations)
     poison_ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # poison points per training point
     # weight of the poison term per unit ratio: with equal weights (1.0) the poison wins and the minima stop
-    # fitting the training set (measured: ratio 1 -> 93% train accuracy, loss 0.17); 0.2 keeps the training loss below the basin threshold
+    # fitting the training set (measured: ratio 1 -> 93% train accuracy, loss 0.17); 0.2 keeps the training
+    # loss below the basin threshold
     poison_weight: float = 0.2
     bad_repeats: int = 2  # bad minima per ratio
     steps: int = 2000  # full-batch Adam steps
@@ -84,7 +85,7 @@ def make_model(cfg: Config, seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     sizes = (2, *cfg.hidden)
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in zip(sizes[:-1], sizes[1:], strict=False):
         layers += [nn.Linear(a, b), nn.ReLU()]
     layers.append(nn.Linear(sizes[-1], 2))
     return nn.Sequential(*layers)

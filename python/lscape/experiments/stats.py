@@ -124,7 +124,7 @@ def logistic_fit(x, y, *, l2: float = 0.0, max_iter: int = 100, tol: float = 1e-
     f = objective(b)
     converged = False
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (it is returned: the iterations used)
         p = 0.5 * (1.0 + np.tanh(0.5 * (X @ b)))
         g = X.T @ (p - y) + pen * b
         Wd = p * (1 - p)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -383,7 +383,7 @@ def spectral_density(landscape: Landscape, theta, n_vectors: int = 8, steps: int
         xs = torch.linspace(lo - 5 * sigma, hi + 5 * sigma, G, dtype=_F64)
     density = torch.zeros_like(xs)
     norm = 1.0 / (sigma * math.sqrt(2 * math.pi))
-    for nd, w in zip(nodes, weights):
+    for nd, w in zip(nodes, weights, strict=False):
         density += (w[None, :] * torch.exp(-0.5 * ((xs[:, None] - nd[None, :]) / sigma) ** 2)).sum(1) * norm
     return xs, density / len(nodes)
 

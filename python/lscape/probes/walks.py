@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -45,8 +45,8 @@ __all__ = ["WalkResult", "progressive_walk"]
 
 _U32_SCALE = 2.0 ** -32
 
-VectorLike = Union[float, Sequence[float], np.ndarray, torch.Tensor]  # a real, or one value per dimension
-Bounds = Optional[tuple[VectorLike, VectorLike]]  # (low, high)
+VectorLike = float | Sequence[float] | np.ndarray | torch.Tensor  # a real, or one value per dimension
+Bounds = tuple[VectorLike, VectorLike] | None  # (low, high)
 
 
 @dataclass

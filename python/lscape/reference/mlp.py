@@ -46,7 +46,7 @@ def _layers(K: int, N: int, params: torch.Tensor):
     """[(W (M, out, in), b (M, out))] views of params (M, D) in the mlp.h layout."""
     sizes = [1] + [N] * K + [1]
     out, off = [], 0
-    for i, o in zip(sizes[:-1], sizes[1:]):
+    for i, o in zip(sizes[:-1], sizes[1:], strict=False):
         out.append((params[:, off:off + o * i].reshape(-1, o, i), params[:, off + o * i:off + o * i + o]))
         off += o * i + o
     return out
