@@ -404,13 +404,20 @@ def t_subspace(groups, extras):
              [f"{r:.2f}x"])]
 
 
+def _subprocess_missing(result: dict | None, text: str, flag: str):
+    """The row of a subprocess target that did not run (skipped by flag) or failed; None when it ran."""
+    if result is None:
+        return [(None, text, [f"skipped ({flag})"])]
+    if "error" in result:
+        return [(False, text, [f"failed: {result['error']}"])]
+    return None
+
+
 def t_large(groups, extras):
     large = extras.get("large")
-    text = "large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS"
-    if large is None:
-        return [(None, text, ["skipped (--no-large)"])]
-    if "error" in large:
-        return [(False, text, [f"failed: {large['error']}"])]
+    missing = _subprocess_missing(large, "large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS", "--no-large")
+    if missing:
+        return missing
     peak, limit = large["peak_rss_bytes"], large.get("limit_bytes", LIMIT_BYTES)
     return [(peak < limit, f"large implicit (D = {large['D']:,}, d = {large['d']:,}, {large['nnz']:,} nonzeros) "
              f"under {limit / 1e9:g} GB: peak RSS {_mb(peak)}",
@@ -424,13 +431,12 @@ def t_large(groups, extras):
 def t_executor(groups, extras):
     ex = extras.get("executor")
     text = "Ray's overhead on gamst-walker's ensemble stage <= 15% of the local run's wall time"
-    if ex is None:
-        return [(None, text, ["skipped (--no-executor)"])]
-    if "error" in ex:
-        return [(False, text, [f"failed: {ex['error']}"])]
+    missing = _subprocess_missing(ex, text, "--no-executor")
+    if missing:
+        return missing
     return [(ex["pass"], text, [f"{ex['models']} models x {ex['steps']} steps in {ex['chunks']} chunks of "
                                 f"{ex['one_chunk_s']:.1f} s: local {min(ex['local_s']):.1f} s, "
-                                f"ray {min(ex['ray_s']):.1f} s (+{100 * ex['ray_overhead']:.1f}%), "
+                                f"ray {min(ex['ray_s']):.1f} s ({100 * ex['ray_overhead']:+.1f}%), "
                                 f"Ray's one-time start {ex['ray_startup_s']:.1f} s"])]
 
 

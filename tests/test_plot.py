@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib", reason="lscape.plot needs matplotlib (the `plot` extra)")
 
-from lscape import plot  # noqa: E402
+from lscape import Surface, plot  # noqa: E402
 
 
-@dataclass
-class FakeSurface:
-    """The attributes of lscape.Surface that lscape.plot reads."""
-
-    x: np.ndarray
-    y: np.ndarray | None
-    values: dict
-    done: np.ndarray
-    directions: np.ndarray
-    center: np.ndarray
-    info: dict = field(default_factory=dict)
-    trajectory: np.ndarray | None = None
-
-    @property
-    def ndim(self) -> int:
-        return 1 if self.y is None else 2
-
-    def __getitem__(self, name):
-        return self.values[name]
-
-
-def surface_2d(missing: bool = True) -> FakeSurface:
+def surface_2d(missing: bool = True) -> Surface:
     x, y = np.linspace(-1, 1, 21), np.linspace(-0.5, 1.5, 17)   # nx != ny catches a transposition
     X, Y = np.meshgrid(x, y, indexing="ij")
     loss = 0.4 + X**2 + 2 * (Y - 0.5) ** 2 + 0.3 * np.sin(3 * X)
@@ -45,15 +24,15 @@ def surface_2d(missing: bool = True) -> FakeSurface:
             v[~done] = np.nan
     t = np.linspace(0, 1, 12)
     path = np.stack([0.9 * (1 - t) ** 2 - 0.05, 1.3 * (1 - t) + 0.5 * t], 1)
-    return FakeSurface(x, y, vals, done, np.zeros((2, 5)), np.zeros(5), {"directions": "random"}, path)
+    return Surface(x, y, vals, done, np.zeros((2, 5)), np.zeros(5), {"directions": "random"}, path)
 
 
-def surface_1d() -> FakeSurface:
+def surface_1d() -> Surface:
     x = np.linspace(-1, 1, 31)
     loss = 0.1 + x**2
     vals = {"train_loss": loss, "test_loss": loss + 0.1, "train_acc": 1 - loss / 2, "test_acc": 0.9 - loss / 2}
     vals["train_loss"][-3:] = np.nan
-    return FakeSurface(x, None, vals, np.isfinite(vals["train_loss"]), np.zeros((1, 5)), np.zeros(5))
+    return Surface(x, None, vals, np.isfinite(vals["train_loss"]), np.zeros((1, 5)), np.zeros(5))
 
 
 def _png(fig, tmp_path, name):

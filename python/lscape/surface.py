@@ -16,11 +16,11 @@ from ._affine import AffinePlane, first_layer
 from ._flat import FlatLayout
 from .directions import Directions, random_directions
 from .executor import get_executor
+from .landscape import BN_MODES
 from .surface_io import read_surface, write_surface, write_vtp
 
 __all__ = ["Surface", "surface"]
 
-BN_MODES = ("eval", "recompute")
 
 
 @dataclass

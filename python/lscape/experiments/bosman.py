@@ -87,14 +87,7 @@ SCALES: dict[str, Config] = {
 PLOTS = "bosman_plots"
 
 
-def config(scale: str, **overrides: Any) -> Config:
-    """The Config of a scale, with fields replaced by overrides."""
-    return common.config(sys.modules[__name__], scale, **overrides)
-
-
-def replot(out: str) -> list[str]:
-    """Redraw the figures of a finished run."""
-    return common.replot(sys.modules[__name__], out)
+config, replot = common.module_functions(__name__)  # config(scale, **overrides), replot(out)
 
 
 def make_model(n_in: int, width: int, depth: int, n_out: int, dtype: torch.dtype) -> nn.Sequential:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import sys
 import time
 import types
 import typing
@@ -34,18 +35,35 @@ from .io import (
 )
 from .training import resolve_device, torch_threads
 
-__all__ = ["SCALES", "ChunkBudget", "Context", "RunDir", "RunInterrupted", "atomic_savez", "config",
-           "config_dict", "finish_run", "load_npz", "replot", "require_matplotlib", "resolve_device",
-           "save_figures", "start", "torch_threads"]
+__all__ = ["SCALES", "ChunkBudget", "Context", "RunDir", "RunInterrupted", "atomic_savez", "config_of",
+           "module_functions", "config_dict", "finish_run", "load_npz", "replot", "require_matplotlib",
+           "resolve_device", "save_figures", "start", "torch_threads"]
 
 SCALES = ("smoke", "default", "paper")
 
 
-def config(module: types.ModuleType, scale: str, **overrides: Any):
+def config_of(module: types.ModuleType, scale: str, **overrides: Any):
     """module.SCALES[scale] with fields replaced by overrides; a named error for an unknown scale."""
     if scale not in module.SCALES:
         raise ValueError(f"scale: got {scale!r}, expected one of {', '.join(map(repr, module.SCALES))}")
     return dataclasses.replace(module.SCALES[scale], **overrides)
+
+
+def module_functions(name: str) -> tuple[Callable[..., Any], Callable[[str], list[str]]]:
+    """The config(scale, **overrides) and replot(out) functions of experiment module `name`, written once:
+    `config, replot = common.module_functions(__name__)`."""
+
+    def config(scale: str, **overrides: Any):
+        """The Config of a scale, with fields replaced by overrides (a named error for an unknown scale)."""
+        return config_of(sys.modules[name], scale, **overrides)
+
+    def replot_run(out: str) -> list[str]:
+        """Redraw the figures of a finished run from its results.npz and config.json."""
+        return replot(sys.modules[name], out)
+
+    config.__module__ = replot_run.__module__ = name
+    replot_run.__name__ = replot_run.__qualname__ = "replot"
+    return config, replot_run
 
 
 @dataclass

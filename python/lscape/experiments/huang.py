@@ -71,14 +71,7 @@ SCALES: dict[str, Config] = {
 PLOTS = "huang_plots"
 
 
-def config(scale: str, **overrides: Any) -> Config:
-    """The Config of a scale, with fields replaced by overrides."""
-    return common.config(sys.modules[__name__], scale, **overrides)
-
-
-def replot(out: str) -> list[str]:
-    """Redraw the figures of a finished run."""
-    return common.replot(sys.modules[__name__], out)
+config, replot = common.module_functions(__name__)  # config(scale, **overrides), replot(out)
 
 
 def make_model(cfg: Config, seed: int) -> nn.Sequential:
