@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import data as datasets
+from .._flat import FlatLayout
 from ..landscape import Landscape
 from . import common
 from .stats import spearman
@@ -85,7 +86,7 @@ def make_model(cfg: Config, seed: int) -> nn.Sequential:
 
 
 def _flat(model: nn.Module) -> np.ndarray:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy().copy()
+    return FlatLayout.of(model).flatten(model).numpy()
 
 
 def train_one(cfg: Config, seed: int, x: torch.Tensor, y: torch.Tensor, px: torch.Tensor, py: torch.Tensor,
@@ -109,7 +110,7 @@ def train_one(cfg: Config, seed: int, x: torch.Tensor, y: torch.Tensor, px: torc
 
 def _accuracy(cfg: Config, theta: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> float:
     model = make_model(cfg, 0)
-    torch.nn.utils.vector_to_parameters(torch.from_numpy(theta), model.parameters())
+    FlatLayout.of(model).load(model, torch.from_numpy(theta))
     with torch.no_grad():
         return float((model(x).argmax(1) == y).double().mean())
 

@@ -40,10 +40,11 @@ def fig_volume(res, cfg, plt):
 
 
 def _predict(cfg, theta: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    from .._flat import FlatLayout
     from .huang import make_model
 
     model = make_model(cfg, 0)
-    torch.nn.utils.vector_to_parameters(torch.from_numpy(theta), model.parameters())
+    FlatLayout.of(model).load(model, torch.from_numpy(theta))
     with torch.no_grad():
         return torch.softmax(model(torch.from_numpy(pts).float()), 1)[:, 1].numpy()
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import _checks
+from .._flat import FlatLayout
 from ..landscape import Landscape
 
 __all__ = ["interpolate", "plane", "project_trajectory", "random_direction"]
@@ -92,9 +93,9 @@ def random_direction(model: nn.Module, norm: str | None = "filter", seed: int = 
         raise TypeError(f"model: got {_checks.describe(model)}, expected a torch.nn.Module")
     _checks.choice_arg("norm", norm, NORMS)
     seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
-    params = [p.detach() for _, p in model.named_parameters()]
-    if not params:
-        raise ValueError("model: has no parameters, expected at least one")
+    layout = FlatLayout.of(model)  # refuses a model without parameters, by name
+    named = dict(model.named_parameters())
+    params = [named[n].detach() for n in layout.names]
     gen = torch.Generator().manual_seed(seed)
     parts = []
     for p in params:
