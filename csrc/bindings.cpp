@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
 
 #include "bind/common.h"
 #include "bind/mlp.h"
@@ -87,6 +88,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("isa", [] { return lscape::isa_name(lscape::cpu_isa()); },
         "Instruction set the CPU kernels run on here (avx512, avx2 or baseline); raises when LSCAPE_CPU_ISA "
         "forces one this CPU cannot run");
+  m.def("set_isa", [](const std::string& name) { return lscape::isa_name(lscape::set_cpu_isa(name)); },
+        "Run the CPU kernels on `name` (avx512, avx2, baseline or auto) from now on; returns the ISA chosen. "
+        "For side-by-side benchmarks: LSCAPE_CPU_ISA is the way to choose one for a run", py::arg("name"));
   m.def("openmp", [] {
 #ifdef LSCAPE_OPENMP
     return true;

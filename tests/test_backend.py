@@ -108,6 +108,7 @@ def test_info_command_prints_backends(capsys):
     out = capsys.readouterr().out
     for word in ("lscape", "cuda", "cpu", "torch", "threads"):
         assert word in out
+    assert f"cpu isa: {_backend.cpu_extension().isa()} kernels run" in out
 
 
 def test_console_script_runs():

@@ -1,6 +1,7 @@
 // The run-time choice of the CPU kernels' instruction set (cpu_isa.h).
 #include "lscape/cpu_isa.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -26,9 +27,9 @@ bool cpu_has(Isa isa) {
 #endif
 }
 
-Isa decide() {
-  const char* env = std::getenv("LSCAPE_CPU_ISA");
-  const std::string want = env ? env : "";
+// The ISA named `want` ("" or "auto": the best one), refused with a reason when it cannot run here.
+// `where` names the setting in the message.
+Isa resolve(const std::string& want, const char* where) {
   if (want.empty() || want == "auto") {
     for (Isa isa : {Isa::kAvx512, Isa::kAvx2})
       if (cpu_has(isa)) return isa;
@@ -37,15 +38,23 @@ Isa decide() {
   for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kBaseline}) {
     if (want != isa_name(isa)) continue;
     if (!cpu_has(isa))
-      throw std::runtime_error("LSCAPE_CPU_ISA: got '" + want + "', but this " +
+      throw std::runtime_error(std::string(where) + ": got '" + want + "', but this " +
                                (isa == Isa::kAvx512 ? "CPU lacks AVX-512 (F, BW, DQ, VL)"
                                                     : "CPU lacks AVX2 + FMA + BMI2 + POPCNT") +
                                " or this build has no " + want + " kernels; expected one it can run: " +
-                               (cpu_has(Isa::kAvx2) ? "avx2 or baseline" : "baseline") + " (or unset it)");
+                               (cpu_has(Isa::kAvx2) ? "avx2 or baseline" : "baseline") + " (or auto)");
     return isa;
   }
-  throw std::runtime_error("LSCAPE_CPU_ISA: got '" + want + "', expected avx512, avx2, baseline or auto");
+  throw std::runtime_error(std::string(where) + ": got '" + want + "', expected avx512, avx2, baseline or auto");
 }
+
+Isa from_env() {
+  const char* env = std::getenv("LSCAPE_CPU_ISA");
+  return resolve(env ? env : "", "LSCAPE_CPU_ISA");
+}
+
+// -1: not decided yet (or the environment's choice was refused: every call reports it again).
+std::atomic<int> g_isa{-1};
 
 }  // namespace
 
@@ -58,7 +67,17 @@ const char* isa_name(Isa isa) {
 }
 
 Isa cpu_isa() {
-  static const Isa isa = decide();  // a throw leaves it undecided: every call reports the error again
+  int isa = g_isa.load(std::memory_order_relaxed);
+  if (isa < 0) {
+    isa = static_cast<int>(from_env());
+    g_isa.store(isa, std::memory_order_relaxed);
+  }
+  return static_cast<Isa>(isa);
+}
+
+Isa set_cpu_isa(const std::string& name) {
+  const Isa isa = resolve(name == "auto" ? "" : name, "isa");
+  g_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
   return isa;
 }
 

@@ -1,5 +1,6 @@
-// CPU kernels of the tiny-MLP ensembles (mlp.h).  This file is compiled twice, once per instruction set
-// (LSCAPE_ISA = baseline | avx2); mlp.cpp picks one at run time and threads over blocks of models.
+// CPU kernels of the tiny-MLP ensembles (mlp.h).  This file is compiled once per instruction set
+// (LSCAPE_ISA = baseline | avx2 | avx512: 4, 8 or 16 models per vector); mlp.cpp picks one at run time
+// (cpu_isa.h) and threads over blocks of models.
 //
 // One SIMD lane per model: a block's params, gradient and optimizer state are transposed to [D][lanes]
 // and every operation is lane-wise, so no model's result depends on its neighbours (a diverged model
@@ -14,6 +15,9 @@
 #include <limits>
 #include <utility>
 #include <vector>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "lscape/mlp.h"
 
@@ -25,7 +29,9 @@ namespace LSCAPE_ISA {
 
 namespace {
 
-#if defined(__AVX2__)
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;  // one zmm register: 16 models per vector
+#elif defined(__AVX2__)
 constexpr int kLanes = 8;
 #else
 constexpr int kLanes = 4;  // SSE2 (or the target's 16-byte vectors)
@@ -35,7 +41,10 @@ typedef int32_t VI __attribute__((vector_size(kLanes * sizeof(float))));  // lan
 
 // Data points per chunk: running a layer over many independent points keeps both FMA pipes busy,
 // where one point at a time waits on its chain of layers (1.1-1.8x slower, measured).
-constexpr int kChunk = 16;
+#ifndef LSCAPE_MLP_CHUNK
+#define LSCAPE_MLP_CHUNK 16
+#endif
+constexpr int kChunk = LSCAPE_MLP_CHUNK;
 
 inline V splat(float v) {
   V r;
@@ -46,15 +55,28 @@ inline V splat(float v) {
 // each use, and loads, not FMAs, become the limit.
 inline void pin(V& v) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__AVX512F__)
+  asm("" : "+v"(v));  // "x" names only the 16 legacy registers; "v" any of AVX-512's 32
+#else
   asm("" : "+x"(v));
+#endif
 #endif
 }
 inline V keep(VI m, V a) { return reinterpret_cast<V>(m & reinterpret_cast<VI>(a)); }
 inline V select(VI m, V a, V b) {
   return reinterpret_cast<V>((m & reinterpret_cast<VI>(a)) | (~m & reinterpret_cast<VI>(b)));
 }
-// max(z, 0) that lets NaN through, as torch.relu does.
-inline V relu(V z) { return reinterpret_cast<V>(~(z < V{}) & reinterpret_cast<VI>(z)); }
+// max(z, 0) that lets NaN through, as torch.relu does.  MAXPS returns its second operand when either
+// is NaN or both are zero, so max(0, z) is one instruction that keeps NaN (and -0, like the mask form).
+inline V relu(V z) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<V>(_mm512_max_ps(_mm512_setzero_ps(), reinterpret_cast<__m512>(z)));
+#elif defined(__AVX2__)
+  return reinterpret_cast<V>(_mm256_max_ps(_mm256_setzero_ps(), reinterpret_cast<__m256>(z)));
+#else
+  return reinterpret_cast<V>(~(z < V{}) & reinterpret_cast<VI>(z));
+#endif
+}
 inline V vsqrt(V v) {
   V r;
   for (int i = 0; i < kLanes; ++i) r[i] = std::sqrt(v[i]);  // one sqrtps (no errno: -fno-math-errno)
@@ -68,13 +90,21 @@ template <int N>
 constexpr int64_t output_offset(int K) { return hidden_offset<N>(K); }
 
 // Register tiles of the small matrix products below: outputs x points per tile (at most 12
-// accumulators of the 16 vector registers).
+// accumulators of the 16 vector registers; AVX-512 has 32, so its tiles hold about twice as many).
+#if defined(__AVX512F__)
+#ifndef LSCAPE_MLP_TILE
+#define LSCAPE_MLP_TILE 2
+#endif
+constexpr int kRegScale = LSCAPE_MLP_TILE;
+#else
+constexpr int kRegScale = 1;
+#endif
 template <int N>
 constexpr int kOutTile = N <= 6 ? N : 4;
 template <int N>
-constexpr int kPointTile = kOutTile<N> >= 5 ? 2 : kOutTile<N> >= 3 ? 3 : 4;
+constexpr int kPointTile = kRegScale * (kOutTile<N> >= 5 ? 2 : kOutTile<N> >= 3 ? 3 : 4);
 template <int N>
-constexpr int kInTile = N <= 6 ? 2 : 3;
+constexpr int kInTile = kRegScale * (N <= 6 ? 2 : 3) > N ? N : kRegScale * (N <= 6 ? 2 : 3);
 
 // Out[p][j] = epi(p, j, sum_k In[p][k] * Wt[k * sk + j * sj]) for points p < C and outputs j < N
 // (In, Out rows of N): a layer's forward (Wt = W^T) or its backward (Wt = W).

@@ -24,6 +24,12 @@ def info() -> str:
     lines.append(f"selected now: cpu tensors -> {_backend.select(torch.device('cpu'))}"
                  f"  (LSCAPE_BACKEND={os.environ.get('LSCAPE_BACKEND', 'auto')})")
     ext = _backend.cpu_extension()
+    if ext is not None:
+        try:
+            isa = f"{ext.isa()} kernels run"
+        except RuntimeError as exc:  # LSCAPE_CPU_ISA forces one this CPU cannot run
+            isa = f"refused: {exc}"
+        lines.append(f"cpu isa: {isa}  (LSCAPE_CPU_ISA={os.environ.get('LSCAPE_CPU_ISA', 'auto')})")
     omp = ext.omp_max_threads() if ext is not None else "n/a"
     lines.append(f"threads: lscape kernels {_backend.num_threads()} (OMP_NUM_THREADS="
                  f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, torch {torch.get_num_threads()}, "

@@ -3,6 +3,7 @@
 // its family; the family's dispatcher calls LSCAPE_ISA_DISPATCH, so every family always runs on the one
 // ISA that `lscape info` reports.
 #pragma once
+#include <string>
 
 namespace lscape {
 
@@ -13,6 +14,10 @@ enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 // this CPU or build cannot run, or an unknown one: the kernels then refuse to run rather than fall back.
 Isa cpu_isa();
 const char* isa_name(Isa isa);
+
+// Switches every family to `name` (avx512, avx2, baseline or auto) from now on, with the same refusals;
+// for benchmarks that time the ISAs side by side in one process.  Not for use while kernels run.
+Isa set_cpu_isa(const std::string& name);
 
 }  // namespace lscape
 
