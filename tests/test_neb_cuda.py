@@ -318,7 +318,7 @@ def _call(e, cfg=None, B=1, n=3, D=4, null=None, f64=False):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(f64=True), "the CUDA kernel takes float32; float64 runs on the reference"),
+    (dict(f64=True), "neb: the _cuda NEB kernel takes float32; float64 runs on the reference"),
     (dict(n=2), "n must be >= 3"),
     (dict(B=-1), "B must be >= 0"),
     (dict(D=0), "D must be >= 1"),
