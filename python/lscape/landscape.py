@@ -189,7 +189,8 @@ class Landscape:
         batch_fn = _one_by_one(one) if per_point else vmapped
         L = cls(layout.dim, batch_fn, chunk=chunk, dtype=first.dtype, device=first.device,
                 description=f"module {type(model).__name__}", point_loss=one)
-        L.module, L.loss_fn, L.data, L.bn = model, loss_fn, batches, bn  # for probes that use the model
+        # for probes that use the model (lscape._affine's lines and planes)
+        L.module, L.loss_fn, L.data, L.bn, L.per_point = model, loss_fn, batches, bn, per_point
         return L
 
 

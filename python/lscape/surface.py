@@ -3,7 +3,6 @@ with loss, accuracy and custom metrics on train and test data in the same forwar
 from __future__ import annotations
 
 import copy
-import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._affine import AffinePlane, first_layer
+from ._affine import AffineCache, input_layers
 from ._flat import FlatLayout
 from .directions import Directions, random_directions
 from .executor import get_executor
-from .landscape import BN_MODES
+from .landscape import BN_MODES, _Batches
 from .surface_io import read_surface, write_surface, write_vtp
 
 __all__ = ["Surface", "surface"]
@@ -102,31 +101,8 @@ def _directions(directions, model: nn.Module, D: int) -> Directions:
 
 
 def _batches(name: str, data, max_batches: int | None):
-    """A re-iterable of (inputs, targets) batches, streamed (never concatenated)."""
-    if data is None:
-        return None
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        data = [tuple(data)]
-    try:
-        iter(data)
-    except TypeError:
-        raise TypeError(f"{name}: got {type(data).__name__}, expected (inputs, targets) or a re-iterable "
-                        "of such batches (e.g. a DataLoader)") from None
-    return _Stream(name, data, max_batches)
-
-
-class _Stream:
-    def __init__(self, name, data, max_batches):
-        self.name, self.data, self.max_batches = name, data, max_batches
-
-    def __iter__(self):
-        n = 0
-        for b in itertools.islice(self.data, self.max_batches):
-            X, Y = b[0], b[1]
-            n += 1
-            yield X, Y
-        if n == 0:
-            raise ValueError(f"{self.name}: yielded no batch, expected at least one (inputs, targets)")
+    """A re-iterable of (inputs, targets) batches, streamed (never concatenated), or None."""
+    return None if data is None else _Batches(data, name, max_batches)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------
@@ -138,7 +114,7 @@ class _Shared:
     metrics: dict
     train: object
     test: object
-    affine: bool
+    affine: tuple[str, ...]  # the input layers lscape._affine caches (found once, on the driver); () = off
     bn: str
     center: np.ndarray
     directions: np.ndarray
@@ -173,7 +149,7 @@ def _evaluate(outputs, loss_fn, metrics: dict, prefix: str) -> dict[str, float]:
 
 
 def _point(model: nn.Module, layout: FlatLayout, theta: torch.Tensor, sh: _Shared, coeffs, affine) -> dict:
-    """All metrics at theta; `affine` (train, test) AffinePlane caches or None for plain evaluation."""
+    """All metrics at theta; `affine` (train, test) AffineCaches or None for plain evaluation."""
     layout.load(model, theta)
     if sh.bn == "recompute":
         # one pass over the training data in train mode with cumulative averages (momentum None)
@@ -189,10 +165,10 @@ def _point(model: nn.Module, layout: FlatLayout, theta: torch.Tensor, sh: _Share
 
 def _affine_caches(model, layout, center, dirs, sh: _Shared):
     """First-layer caches for train and test data when the affine trick applies (bn='eval'), else None."""
-    if not sh.affine or sh.bn != "eval" or first_layer(model) is None:
+    if not sh.affine:
         return None
     try:
-        return tuple(AffinePlane(model, layout, center, dirs, d) if d is not None else None
+        return tuple(AffineCache(model, layout, sh.affine, center, dirs, d) if d is not None else None
                      for d in (sh.train, sh.test))
     except MemoryError:
         return None
@@ -253,8 +229,9 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     file: a .h5/.npz path written after every row; an existing file of the same surface is resumed
       (only the cells not yet computed are evaluated).  executor: rows are chunks of
       lscape.executor.get_executor(executor).map_chunks.
-    affine: with bn='eval', an nn.Sequential whose first layer is an nn.Linear / nn.Conv2d gets that
-      layer's products X W0, X U, X V once per row and batch (lscape._affine); False: plain evaluation.
+    affine: with bn='eval', the layers that read the input (an nn.Linear / nn.Conv whose input does not
+      depend on the parameters, such as the first layer of an MLP or CNN) get their products X W0, X U,
+      X V once per row and batch, and one fused sum per point (lscape._affine); False: plain evaluation.
     Returns a Surface with values train_loss, train_acc, test_loss, test_acc, train_<name>, ..."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: got {type(model).__name__}, expected a torch.nn.Module")
@@ -275,8 +252,11 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     shape = x.shape if y is None else (x.shape[0], y.shape[0])
     s = _resume(file, x, y, center, dirs.vectors) or Surface(
         x, y, {}, np.zeros(shape, bool), dirs.vectors, center, dict(dirs.info, bn=bn), dirs.trajectory)
-    sh = _Shared(copy.deepcopy(model), loss_fn, metrics, _batches("data", data, max_batches),
-                 _batches("test_data", test_data, max_batches), affine, bn, center, dirs.vectors, x, y, ~s.done)
+    train = _batches("data", data, max_batches)
+    model = copy.deepcopy(model)
+    layers = input_layers(model, layout, next(iter(train))[0]) if affine and bn == "eval" else ()
+    sh = _Shared(model, loss_fn, metrics, train, _batches("test_data", test_data, max_batches), layers, bn,
+                 center, dirs.vectors, x, y, ~s.done)
     rows = [i for i in range(x.shape[0]) if sh.todo[i].any()]
 
     def on_result(i: int, cells: dict) -> None:

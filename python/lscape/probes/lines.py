@@ -12,7 +12,7 @@ import numbers
 import torch
 from torch import nn
 
-from .. import _checks
+from .. import _affine, _checks
 from .._flat import FlatLayout
 from ..landscape import Landscape
 
@@ -45,7 +45,12 @@ def _coords_arg(name: str, x) -> torch.Tensor:
 def _losses_along(landscape: Landscape, origin: torch.Tensor, coeffs: torch.Tensor,
                   dirs: torch.Tensor) -> torch.Tensor:
     """Loss at origin + coeffs @ dirs for each row of coeffs (P, m); dirs (m, D), all float64 on the
-    landscape's device.  Points are built a block at a time (float64, then the landscape's dtype)."""
+    landscape's device.  A Landscape.from_module whose input layers are affine along the line goes through
+    lscape._affine (their products once, then one fused sum per point); any other, points built a block at
+    a time (float64, then the landscape's dtype)."""
+    fast = _affine.landscape_losses(landscape, origin, coeffs, dirs)
+    if fast is not None:
+        return fast
     P, D = coeffs.shape[0], landscape.dim
     block = max(1, _BLOCK_ELEMS // D, landscape.chunk or 1)
     out = []
