@@ -1,11 +1,15 @@
 """Benchmarks of landscape probes on fully connected digits networks (lscape.data.digits(): the 1,438
 training images, 64 pixels in [0, 1], 10 classes, cross-entropy), float32 on the CPU.
 
-Group `probe-interp-200`: the loss at 200 points of the line from a network's initialisation to its
-weights after 100 full-batch Adam steps (64-100-100-10 ReLU, D = 17,610), as Goodfellow & Vinyals plot:
+Groups `probe-interp-200-<net>`: the loss at 200 points of the line from a network's initialisation to
+its weights after full-batch Adam steps, as Goodfellow & Vinyals plot, on two ReLU nets:
+digits-64-100-100-10 (D = 17,610, the 1,438 digits images, 100 steps) and mnist-784-200-200-10
+(D = 199,210, 10,000 MNIST-shaped rows, 20 steps):
 
-  lscape                  lscape.probes.lines.interpolate on Landscape.from_module (at this size, points
-                          one by one through torch.func.functional_call: see PER_POINT_WORK)
+  lscape                  lscape.probes.lines.interpolate on Landscape.from_module: the first layer's
+                          products with both ends once (lscape._affine), then one fused sum per point and
+                          the rest of the net (points one by one: see PER_POINT_WORK)
+  plain model(X) loop     vector_to_parameters of each point into a model copy, then CE(model(X), Y)
   loss-landscapes         loss_landscapes.linear_interpolation(start, end, Loss(...), steps=200): one
                           forward pass per point (its alphas are 1/200, 2/200, ..., 1; lscape is given
                           the same)
@@ -24,9 +28,9 @@ torch's one-time lazy imports (autograd's double backward, linalg) are paid in t
 contender is timed, and bench_run's two untimed calls warm each contender.
 Every contender's first (untimed) call is checked against the others' answer before any timing: the
 losses within 1e-5, the eigenvalues within 1e-4 relative (PyHessian at its defaults, whose power
-iteration stops at a 1e-3 relative change, within 2e-2).  extra_info["model_steps"] holds the work units per call: 200 loss
-evaluations for interpolation, 1 top-5 solve for the Hessian, so the report's rate is points or solves
-per second.
+iteration stops at a 1e-3 relative change, within 2e-2).  extra_info["model_steps"] holds the work units
+per call: 200 loss evaluations for interpolation, 1 top-5 solve for the Hessian, so the report's rate is
+points or solves per second.
 """
 from __future__ import annotations
 
@@ -90,13 +94,29 @@ def _checked(fn: Callable[[], Any], check: Callable[[Any], None]) -> Callable[[]
 
 
 # ---- probe-interp-200 ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def interp_case():
-    X, Y = _digits()
-    start = _mlp([64, 100, 100, 10], seed=0)
-    end = _train(copy.deepcopy(start), X, Y)
+INTERP_NETS = {
+    # name: (widths, data) -- digits: the 1,438 training images; mnist: 10,000 MNIST-shaped rows (784
+    # Gaussian pixels, 10 classes: the timing does not depend on the pixel values)
+    "digits-64-100-100-10": ([64, 100, 100, 10], "digits"),
+    "mnist-784-200-200-10": ([784, 200, 200, 10], "mnist-shaped"),
+}
+
+
+def _interp_data(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if kind == "digits":
+        return _digits()
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(10_000, 784, generator=g), torch.randint(0, 10, (10_000,), generator=g)
+
+
+@pytest.fixture(scope="module", params=list(INTERP_NETS))
+def interp_case(request):
+    widths, kind = INTERP_NETS[request.param]
+    X, Y = _interp_data(kind)
+    start = _mlp(widths, seed=0)
+    end = _train(copy.deepcopy(start), X, Y, steps=100 if kind == "digits" else 20)
     alphas = np.arange(1, N_ALPHAS + 1) / N_ALPHAS  # loss-landscapes' points: after each of its steps
-    return X, Y, start, end, alphas
+    return request.param, X, Y, start, end, alphas
 
 
 def _interp_lscape(X, Y, start, end, alphas):
@@ -114,18 +134,35 @@ def _interp_loss_landscapes(X, Y, start, end, alphas):
     return lambda: ll.linear_interpolation(start, end, metric, steps=N_ALPHAS, deepcopy_model=True)
 
 
-INTERP = {"lscape": _interp_lscape, "loss-landscapes": _interp_loss_landscapes}
+def _interp_plain(X, Y, start, end, alphas):
+    """What a user writes by hand: load each point into a model copy, model(X) under no_grad."""
+    m = copy.deepcopy(start)
+    t0, t1 = _flat(start).double(), _flat(end).double()
+    params = list(m.parameters())
+
+    def run():
+        out = []
+        with torch.no_grad():
+            for a in alphas:
+                torch.nn.utils.vector_to_parameters(((1 - a) * t0 + a * t1).float(), params)
+                out.append(float(CE(m(X), Y)))
+        return np.asarray(out)
+
+    return run
+
+
+INTERP = {"lscape": _interp_lscape, "loss-landscapes": _interp_loss_landscapes, "plain model(X) loop": _interp_plain}
 
 
 @pytest.mark.parametrize("contender", list(INTERP))
 def test_interpolate(bench_run, benchmark, interp_case, contender):
-    benchmark.group = f"probe-interp-{N_ALPHAS}"
-    X, Y, start, end, alphas = interp_case
-    other = INTERP["loss-landscapes" if contender == "lscape" else "lscape"](X, Y, start, end, alphas)
+    net, X, Y, start, end, alphas = interp_case
+    benchmark.group = f"probe-interp-{N_ALPHAS}-{net}"
+    other = INTERP["plain model(X) loop" if contender == "lscape" else "lscape"](X, Y, start, end, alphas)
     want = np.asarray(other())
 
     def check(got):
-        err = float(np.abs(np.asarray(got) - want).max())
+        err = float(np.max(np.abs(np.asarray(got) - want) / np.maximum(1.0, np.abs(want))))
         assert err < 1e-5, f"{contender} and the other contender's losses differ by {err:.2e}"
 
     fn = _checked(INTERP[contender](X, Y, start, end, alphas), check)
