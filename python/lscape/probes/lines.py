@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .. import _affine, _checks
-from .._flat import FlatLayout
+from ..directions import random_directions
 from ..landscape import Landscape
 
 __all__ = ["interpolate", "plane", "project_trajectory", "random_direction"]
@@ -92,33 +92,16 @@ def random_direction(model: nn.Module, norm: str | None = "filter", seed: int = 
     norm="layer": each parameter tensor's direction is rescaled to that tensor's norm (biases included).
     norm=None: the raw N(0, 1) sample.
 
-    Deterministic: the same seed gives the same direction on every device (drawn by a CPU
-    torch.Generator in float64, then normalised, then cast)."""
+    Deterministic: the same seed gives the same direction on every device.  One implementation with
+    lscape.directions.random_directions(model, 1, norm=norm, ignore="biasbn" for "filter" else None,
+    seed=seed), whose float64 vector this is, cast to the model's dtype."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: got {_checks.describe(model)}, expected a torch.nn.Module")
     _checks.choice_arg("norm", norm, NORMS)
     seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
-    layout = FlatLayout.of(model)  # refuses a model without parameters, by name
-    named = dict(model.named_parameters())
-    params = [named[n].detach() for n in layout.names]
-    gen = torch.Generator().manual_seed(seed)
-    parts = []
-    for p in params:
-        w = p.to(device="cpu", dtype=torch.float64)
-        d = torch.randn(w.shape, generator=gen, dtype=torch.float64)
-        if norm == "filter":
-            if w.ndim <= 1:
-                d = torch.zeros_like(d)
-            else:
-                wn = w.reshape(w.shape[0], -1).norm(dim=1)
-                dn = d.reshape(d.shape[0], -1).norm(dim=1)
-                # a filter of zero weights gets a zero direction; tiny floor only guards 0/0
-                scale = wn / dn.clamp_min(torch.finfo(torch.float64).tiny)
-                d = d * scale.reshape(-1, *([1] * (w.ndim - 1)))
-        elif norm == "layer":
-            d = d * (w.norm() / d.norm().clamp_min(torch.finfo(torch.float64).tiny))
-        parts.append(d.reshape(-1))
-    return torch.cat(parts).to(dtype=params[0].dtype, device=params[0].device)
+    dirs = random_directions(model, 1, norm=norm, ignore="biasbn" if norm == "filter" else None, seed=seed)
+    first = next(model.parameters())
+    return torch.as_tensor(dirs.vectors[0]).to(dtype=first.dtype, device=first.device)
 
 
 # ---- planes -------------------------------------------------------------------------------------------
