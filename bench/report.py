@@ -37,6 +37,7 @@ TARGET_IMPLICIT = 2.0  # implicit at most this many times slower than indices
 # Targets (5x5 ensemble training on the W_f set, float32).
 TARGET_MLP_VS_VMAP = 20.0  # lscape cpu at least this many times torch.func vmap's model-steps/s
 TARGET_MLP_RATE = 3e5  # model-steps/s on the CPU
+TARGET_MLP_ISA = {"avx512": 30.0, "avx2": 20.0}  # each ISA build against torch.func vmap (issue 17)
 TARGET_MLP_RATE_CUDA = 5e7  # model-steps/s on a GPU
 # Targets (NEB on the W_f landscape, 100 bands x 32 images, float32, CPU).
 TARGET_NEB_VS_ASE = 100.0  # lscape band-steps/s at least this many times ASE NEB + FIRE's
@@ -59,7 +60,8 @@ PRODUCT_GROUPS = ["matvec-B1", "rmatvec-B1", "matvec-B8", "rmatvec-B8"]
 GROUP_ORDER = ["build", *PRODUCT_GROUPS]
 GROUP_ORDER += ["cuda-" + g for g in GROUP_ORDER] + ["implicit-large"]
 CONTENDER_ORDER = ["lscape indices", "lscape implicit", "torch CSR", "scipy.sparse", "cupyx CSR",
-                   "lscape torch reference", "lscape cpu", "lscape cuda", "torch.func vmap", "lscape torch ref",
+                   "lscape torch reference", "lscape cpu", "lscape cpu avx512", "lscape cpu avx2",
+                   "lscape cuda", "torch.func vmap", "lscape torch ref",
                    "ASE NEB+FIRE", "ASE, trivial calculator", "lscape", "loss-landscapes", "lscape lanczos",
                    "plain model(X) loop", "PyHessian", "PyHessian tol 1e-6", "torch nn.Sequential, 1 walker",
                    "full space"]
@@ -359,6 +361,14 @@ def t_mlp(groups, extras):
         out.append((all(rate >= TARGET_MLP_RATE_CUDA for _, _, rate, _ in cuda),
                     f"ensemble training (CUDA) >= {TARGET_MLP_RATE_CUDA:,.0f} model-steps/s",
                     [fmt(g, r, v) for g, _, r, v in cuda]))
+    for isa, least in TARGET_MLP_ISA.items():
+        isa_rows = [(g, _rate(m[f"lscape cpu {isa}"]), _rate(m["torch.func vmap"])) for g, m in groups.items()
+                    if _is_mlp(g) and not g.startswith("cuda-") and f"lscape cpu {isa}" in m
+                    and "torch.func vmap" in m]
+        if isa_rows:
+            out.append((all(r / v >= least for _, r, v in isa_rows),
+                        f"ensemble training forced to {isa} (M = 1024) >= {least:g}x torch.func vmap",
+                        [fmt(g, r, v) for g, r, v in isa_rows]))
     return out
 
 

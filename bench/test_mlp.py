@@ -8,12 +8,16 @@ times, side by side in one run, float32 on the CPU:
                       parameters of M copies of the nn.Sequential, then torch.optim's own step on the
                       (M, D) tensor (the update rules are elementwise, so this is exact)
   lscape torch ref    lscape.train_ensemble on the pure-torch reference
+  lscape cpu avx2     (M = 1024 only) the C++ kernel forced onto one ISA build with _C.set_isa, so the
+  lscape cpu avx512   ISA paths are timed side by side in one run (skipped where the CPU lacks the ISA)
 
 Each call runs a number of steps sized to about half a second; the speed is model-steps per
 second = M * steps / median time (extra_info["model_steps"] holds M * steps), and the report's ratio is
 lscape cpu's rate over the contender's.  `cuda-` groups run the same on a CUDA device when there is one.
 """
 from __future__ import annotations
+
+import contextlib
 
 import lscape
 import pytest
@@ -25,11 +29,13 @@ OPTS = {"sgd": dict(lr=0.01, momentum=0.9), "adadelta": dict(), "adam": dict(lr=
 TORCH_OPT = {"sgd": (torch.optim.SGD, dict(lr=0.01, momentum=0.9)), "adadelta": (torch.optim.Adadelta, {}),
              "adam": (torch.optim.Adam, dict(lr=1e-3))}
 SIZES = [1024, 16384]
-CONTENDERS = ["lscape", "vmap", "reference"]
-LABELS = {"lscape": "lscape cpu", "vmap": "torch.func vmap", "reference": "lscape torch ref"}
+CONTENDERS = ["lscape", "vmap", "reference", "avx2", "avx512"]
+ISAS = ("avx2", "avx512")
+LABELS = {"lscape": "lscape cpu", "vmap": "torch.func vmap", "reference": "lscape torch ref",
+          **{isa: f"lscape cpu {isa}" for isa in ISAS}}
 # Rough speeds (model-steps/s) to size each call to ~0.5 s (a long run's per-call costs, such as the
 # final loss evaluation, then weigh as little as in real use); a wrong guess only changes the rounds.
-GUESS = {"lscape": 5e5, "vmap": 1.5e4, "reference": 1.5e4}
+GUESS = {"lscape": 5e5, "vmap": 1.5e4, "reference": 1.5e4, "avx2": 5e5, "avx512": 5e5}
 
 
 def _steps(contender: str, M: int, device: str) -> int:
@@ -64,6 +70,38 @@ def _vmap_trainer(spec: TinyMLP, params: torch.Tensor, x: torch.Tensor, y: torch
     return run
 
 
+@contextlib.contextmanager
+def _isa(name: str | None):
+    """The CPU kernels forced onto one ISA build (None: the run-time choice), restored afterwards."""
+    if name is None:
+        yield
+        return
+    from lscape import _C
+
+    before = _C.isa()
+    _C.set_isa(name)
+    try:
+        yield
+    finally:
+        _C.set_isa(before)
+
+
+def _isa_skip(contender: str) -> None:
+    if contender not in ISAS:
+        return
+    try:
+        from lscape import _C
+    except ImportError:
+        pytest.skip("lscape._C is not built: no ISA builds to time")
+    before = _C.isa()
+    try:
+        _C.set_isa(contender)
+    except (ValueError, RuntimeError) as exc:
+        pytest.skip(f"{contender} build not runnable here: {exc}")
+    finally:
+        _C.set_isa(before)
+
+
 def _bench(bench_run, benchmark, contender: str, optimizer: str, M: int, device: str):
     spec = TinyMLP(5, 5)
     x, y = (t.to(device) for t in wf_training_set())
@@ -76,7 +114,7 @@ def _bench(bench_run, benchmark, contender: str, optimizer: str, M: int, device:
         backend = "torch" if contender == "reference" else ("cuda" if device == "cuda" else "cpu")
 
         def fn():
-            with lscape.use_backend(backend):
+            with lscape.use_backend(backend), _isa(contender if contender in ISAS else None):
                 return lscape.train_ensemble(spec, params, x, y, optimizer=optimizer, steps=steps,
                                              record_every=steps, **OPTS[optimizer])
 
@@ -110,6 +148,9 @@ def _check_agreement(optimizer: str, device: str) -> None:
 @pytest.mark.parametrize("optimizer", list(OPTS))
 def test_train(bench_run, benchmark, optimizer, M, contender):
     benchmark.group = f"mlp-{optimizer}-M{M}"
+    if contender in ISAS and M != SIZES[0]:
+        pytest.skip(f"the ISA builds are timed side by side at M = {SIZES[0]} only")
+    _isa_skip(contender)
     if contender == "lscape":
         _check_agreement(optimizer, "cpu")
     _bench(bench_run, benchmark, contender, optimizer, M, "cpu")
