@@ -18,6 +18,7 @@ called twice) is evaluated plainly, as is one whose cache would pass MAX_CACHED 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -32,6 +33,7 @@ __all__ = ["input_layers", "AffineCache", "landscape_losses", "MAX_CACHED"]
 MAX_CACHED = 1 << 26
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PROBE_ROWS = 8  # input rows of the one forward pass that finds the layers
+BLOCK_ELEMS = 1 << 24  # float64 point entries built per block (128 MiB), as probes.lines does
 
 
 def _kind_ok(m: nn.Module) -> bool:
@@ -81,18 +83,6 @@ class _Captured(Exception):
     """Raised by the capturing hooks once every layer's input is in hand: the rest need not run."""
 
 
-@contextlib.contextmanager
-def _replaced(mods: dict[str, nn.Module], outs: dict[str, torch.Tensor]):
-    """Each named module returns its given output instead of computing it (an instance-level forward)."""
-    for name, m in mods.items():
-        m.forward = (lambda o: lambda *a, **k: o)(outs[name])
-    try:
-        yield
-    finally:
-        for m in mods.values():
-            del m.forward
-
-
 def _combine(parts: list, coeffs) -> torch.Tensor:
     """parts[0] (or None for a zero centre) + sum_k coeffs[k] parts[k + 1]; coeffs floats or a tensor."""
     base, rest = parts[0], parts[1:]
@@ -116,6 +106,8 @@ class AffineCache:
                  dirs: torch.Tensor, batches: Iterable, max_cached: int = MAX_CACHED) -> None:
         self.model = model
         self.mods = {n: model.get_submodule(n) for n in names}
+        self._now: dict[str, torch.Tensor] = {}  # what each layer returns while installed
+        self._installed = False
         vecs = [layout.split(v) for v in (center, *dirs)]
         size = 0
         self.batches = []
@@ -165,14 +157,33 @@ class AffineCache:
         coeffs: k floats, or a (k,) tensor (inside torch.func.vmap).  params/buffers: that point's
         parameters for torch.func.functional_call, or None to run the model with the parameters it holds
         (which must be the same point)."""
-        for X, Y, n, parts in self.batches:
-            outs = {name: _combine(p, coeffs) for name, p in parts.items()}
-            with _replaced(self.mods, outs):
+        with self.installed():
+            for X, Y, n, parts in self.batches:
+                for name, p in parts.items():
+                    self._now[name] = _combine(p, coeffs)
                 if params is None:
                     out = self.model(X)
                 else:
                     out = torch.func.functional_call(self.model, (params, buffers or {}), (X,))
-            yield out, Y, n
+                yield out, Y, n
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Inside, each cached layer returns its output for the current point (an instance-level forward
+        reading self._now) instead of computing it.  Re-entrant; a loop over many points installs once."""
+        if self._installed:
+            yield
+            return
+        for name, m in self.mods.items():
+            m.forward = (lambda key: lambda *a, **k: self._now[key])(name)
+        self._installed = True
+        try:
+            yield
+        finally:
+            for m in self.mods.values():
+                del m.forward
+            self._installed = False
+            self._now.clear()
 
     @classmethod
     def of(cls, model: nn.Module, layout: FlatLayout, center: torch.Tensor, dirs: torch.Tensor,
@@ -190,37 +201,54 @@ class AffineCache:
             return None
 
 
+def _flat_backed(model: nn.Module, layout: FlatLayout) -> tuple[nn.Module, torch.Tensor]:
+    """A private copy of `model` whose parameters are views of one flat (D,) buffer: loading a point is
+    then one copy."""
+    copy_ = copy.deepcopy(model)
+    flat = layout.flatten(copy_).clone()
+    named = dict(copy_.named_parameters())
+    for name, view in layout.split(flat).items():
+        named[name].data = view
+    return copy_, flat
+
+
 def landscape_losses(landscape, origin: torch.Tensor, coeffs: torch.Tensor, dirs: torch.Tensor
                      ) -> torch.Tensor | None:
     """Loss of a Landscape.from_module at origin + coeffs @ dirs (origin (D,), coeffs (P, k), dirs (k, D),
     float64) through an AffineCache: (P,) in the landscape's dtype, or None where it does not apply (not a
     module landscape, bn='recompute', no input layer).  Points go one by one where the landscape's own
-    evaluation does, else vmapped `chunk` at a time."""
+    evaluation does (into a private copy of the model), else vmapped `chunk` at a time."""
     model = getattr(landscape, "module", None)
     if model is None or landscape.bn != "eval":
         return None
     layout = FlatLayout.of(model)
     dt, dev = landscape.dtype, landscape.device
+    if landscape.per_point:
+        model, flat = _flat_backed(model, layout)
     cache = AffineCache.of(model, layout, origin.to(dt), dirs.to(dt), landscape.data)
     if cache is None:
         return None
-    buffers = dict(model.named_buffers())
     loss_fn, total = landscape.loss_fn, cache.samples
 
-    def one(theta: torch.Tensor, c) -> torch.Tensor:
+    def mean_loss(outputs) -> torch.Tensor:
         s = 0.0
-        for out, Y, n in cache.outputs(c, layout.split(theta), buffers):
+        for out, Y, n in outputs:
             s = s + loss_fn(out, Y) * n
         return s / total
 
-    with torch.no_grad():
-        if landscape.per_point:
-            out = [one((origin + c @ dirs).to(dt), c.tolist()) for c in coeffs.to(dev)]
-            return torch.stack(out).to(dt)
-        step = landscape.chunk or coeffs.shape[0]
-        parts = []
-        for i in range(0, coeffs.shape[0], step):
-            c = coeffs[i:i + step].to(dev)
+    coeffs = coeffs.to(dev)
+    block = max(1, BLOCK_ELEMS // landscape.dim)
+    buffers = dict(model.named_buffers())
+    parts = []
+    with torch.no_grad(), cache.installed():
+        for i in range(0, coeffs.shape[0], block if landscape.per_point else landscape.chunk or block):
+            c = coeffs[i:i + block] if landscape.per_point else coeffs[i:i + (landscape.chunk or block)]
             thetas = torch.addmm(origin.expand(c.shape[0], -1), c, dirs).to(dt)
-            parts.append(torch.func.vmap(one)(thetas, c.to(dt)))
-        return torch.cat(parts).to(dt)
+            if landscape.per_point:
+                for theta, ci in zip(thetas, c.tolist(), strict=True):
+                    flat.copy_(theta)
+                    parts.append(mean_loss(cache.outputs(ci)).reshape(1))
+            else:
+                one = lambda th, ci: mean_loss(cache.outputs(ci, layout.split(th), buffers))  # noqa: E731
+                parts.append(torch.func.vmap(one)(thetas, c.to(dt)))
+    return torch.cat(parts).to(dt)
