@@ -13,7 +13,7 @@ from .common import save_figures
 from .stats import LogisticFit
 
 OPT_LABEL = {"sgd": "gradient descent + momentum", "adadelta": "Adadelta"}
-BLUE, RED, GREEN, GREY = "#1f5fbf", "#d62728", "#2ca02c", "#7f7f7f"
+BLUE, RED, GREEN, GREY, ORANGE = "#1f5fbf", "#d62728", "#2ca02c", "#7f7f7f", "#ff7f0e"
 
 
 def plot_all(res: Mapping[str, Any], out: Path, cfg, plt) -> list[str]:
@@ -212,12 +212,19 @@ def fig4_neb(res, cfg, plt):
     med_r = float(np.nanmedian(radius)) if np.isfinite(radius).any() else float("nan")
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), gridspec_kw={"hspace": 0.35, "wspace": 0.25})
     (a, b), (c, d) = axes
-    for k in range(E.shape[0]):
-        a.plot(arc[k], E[k], color=GREY if k != hl else "k", lw=0.6 if k != hl else 1.6, alpha=0.5 if k != hl else 1)
+    converged = res["neb_converged"].astype(bool)
+    conv = int(converged.sum())
+    for k in range(E.shape[0]):  # unconverged paths apart: orange, dotted
+        if k == hl:
+            continue
+        style = dict(color=GREY, ls="-") if converged[k] else dict(color=ORANGE, ls=":")
+        a.plot(arc[k], E[k], lw=0.6, alpha=0.5, **style)
+    a.plot(arc[hl], E[hl], color="k", lw=1.6, ls="-" if converged[hl] else ":")
+    a.plot([], [], color=GREY, lw=0.8, label=f"converged to fmax {cfg.neb_fmax:g} ({conv})")
+    a.plot([], [], color=ORANGE, lw=0.8, ls=":", label=f"not converged ({E.shape[0] - conv})")
     a.axvline(med_r, color=RED, ls="--", lw=1, label=f"median basin radius {med_r:.2f}")
     a.set_xlabel("distance along the NEB path from $W_f$")
     a.set_ylabel("training MSE")
-    conv = int(res["neb_converged"].sum())
     a.set_title(f"(a) {E.shape[0]} NEB paths from $W_f$ to trained minima ({conv} converged to fmax "
                 f"{cfg.neb_fmax:g})", fontsize=10)
     a.legend(fontsize=8)
@@ -230,7 +237,8 @@ def fig4_neb(res, cfg, plt):
         b.legend(fontsize=8)
     b.set_xlabel("distance along the NEB path from $W_f$")
     b.set_ylabel("training MSE")
-    b.set_title("(b) one path, coloured by image", fontsize=10)
+    b.set_title(f"(b) one path, coloured by image ({'converged' if converged[hl] else 'not converged'})",
+                fontsize=10)
     outs = res["neb_highlight_outputs"]
     for i in range(outs.shape[0]):
         c.plot(res["grid_x"], outs[i], color=cmap(norm(i)), lw=0.9)
@@ -242,7 +250,8 @@ def fig4_neb(res, cfg, plt):
     mid = arc[:, 1:-1]
     for k in range(ang.shape[0]):
         if k != hl:
-            d.plot(mid[k], ang[k], color=GREY, lw=0.5, alpha=0.4)
+            d.plot(mid[k], ang[k], color=GREY if converged[k] else ORANGE, ls="-" if converged[k] else ":",
+                   lw=0.5, alpha=0.4)
     d.plot(mid[hl], ang[hl], color="k", lw=1.4, label="the path of (b)")
     d.set_xlabel("distance along the NEB path from $W_f$")
     d.set_ylabel("angle between successive segments (rad)")
