@@ -224,6 +224,10 @@ def test_config_checks_the_wf_construction():
     assert gw.config("smoke", wf_construction="v1").wf_construction == "v1"
     with pytest.raises(ValueError, match="wf_construction"):
         gw.config("smoke", wf_construction="v3")
+    assert gw.config("smoke", neb_restarts=()).neb_restarts == ()
+    for bad in (((0.2,),), ((0.2, 0.0),), ((-0.1, 0.1),)):
+        with pytest.raises(ValueError, match="neb_restarts"):
+            gw.config("smoke", neb_restarts=bad)
 
 
 def test_the_run_uses_the_configured_wf(tmp_path):
@@ -269,8 +273,8 @@ def test_smoke_summary_reports_the_neb_fidelity_numbers(smoke_run):
     assert neb["converged"] == round(neb["converged_fraction"] * neb["paths"])
     assert neb["converged_first_relaxation"] <= neb["converged"]
     assert neb["steps"] <= gw.SCALES["smoke"].neb_steps
-    assert neb["steps_with_restarts_max"] <= (gw.SCALES["smoke"].neb_steps
-                                             + gw.SCALES["smoke"].neb_restarts * gw.SCALES["smoke"].neb_restart_steps)
+    smoke = gw.SCALES["smoke"]
+    assert neb["steps_with_restarts_max"] <= smoke.neb_steps + len(smoke.neb_restarts) * smoke.neb_restart_steps
     for opt in gw.OPTIMIZERS:
         assert "noise_norm_at_p50" in summary[f"basin_{opt}"] and "fraction_at_global_min" in summary[opt]
     assert summary["wf_construction"] == "v2"

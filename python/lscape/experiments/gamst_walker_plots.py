@@ -223,7 +223,14 @@ def fig4_neb(res, cfg, plt):
     a.plot([], [], color=GREY, lw=0.8, label=f"converged to fmax {cfg.neb_fmax:g} ({conv})")
     a.plot([], [], color=ORANGE, lw=0.8, ls=":", label=f"not converged ({E.shape[0] - conv})")
     a.axvline(med_r, color=RED, ls="--", lw=1, label=f"median basin radius {med_r:.2f}")
-    a.set_xlabel("distance along the NEB path from $W_f$")
+    # the axes fit the converged paths: an unconverged band can wander thousands of units away
+    shown = converged if converged.any() else np.ones_like(converged)
+    xmax, ymax = 1.03 * float(arc[shown].max()), 1.05 * float(E[shown].max())
+    beyond = int((~shown & ((arc.max(1) > xmax) | (E.max(1) > ymax))).sum())
+    a.set_xlim(0.0, xmax)
+    a.set_ylim(-0.02 * ymax, ymax)
+    a.set_xlabel("distance along the NEB path from $W_f$" + (f"  ({beyond} unconverged paths leave the axes)"
+                                                              if beyond else ""))
     a.set_ylabel("training MSE")
     a.set_title(f"(a) {E.shape[0]} NEB paths from $W_f$ to trained minima ({conv} converged to fmax "
                 f"{cfg.neb_fmax:g})", fontsize=10)
@@ -253,6 +260,7 @@ def fig4_neb(res, cfg, plt):
             d.plot(mid[k], ang[k], color=GREY if converged[k] else ORANGE, ls="-" if converged[k] else ":",
                    lw=0.5, alpha=0.4)
     d.plot(mid[hl], ang[hl], color="k", lw=1.4, label="the path of (b)")
+    d.set_xlim(0.0, xmax)
     d.set_xlabel("distance along the NEB path from $W_f$")
     d.set_ylabel("angle between successive segments (rad)")
     d.set_title("(d) segment angles", fontsize=10)
