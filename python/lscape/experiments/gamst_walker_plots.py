@@ -56,7 +56,11 @@ def _draw_network(ax, params: np.ndarray) -> None:
 def fig1_wf(res, cfg, plt):
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1, 1.5]})
     _draw_network(a, res["wf_params"])
-    a.set_title("$W_f$: nonzero weights (width ~ |w|; red < 0)", fontsize=10)
+    # which construction, read off the weights themselves (a run from before wf_construction has none in
+    # its config)
+    name = next((c for c in tm.WF_CONSTRUCTIONS
+                 if np.array_equal(tm.wf_network(c)[1].numpy(), np.asarray(res["wf_params"]))), "unknown")
+    a.set_title(f"$W_f$ (construction {name}): nonzero weights (width ~ |w|; red < 0)", fontsize=10)
     g = res["grid_x"]
     b.plot(g, tm.wf_spline(g), color=GREEN, lw=1, ls="--", label="spline (right 5x3)")
     b.plot(g, tm.wf_sawtooth(g), color=GREY, lw=0.8, ls=":", label="sawtooth (left 5x2)")
