@@ -187,10 +187,11 @@ def _wf_spline_coefs() -> tuple[float, float, list[float], list[float], float]:
 
 
 WF_CONSTRUCTIONS = ("v1", "v2")
-# v2's spline: the knot its carrier unit holds (the smallest, so every other knot is relu of the carrier
-# minus a constant) and the order (indices into WF_SPLINE_X[1:-1]) in which the other four enter its
-# accumulator: the order with the smallest accumulator offset that puts de-symmetrised W_f nearest the
-# trained minima (measured over the 24 orders; see gamst_walker.py's module docstring).
+# v2's spline: its carrier unit holds the smallest knot (index 0; every other knot is then relu of the
+# carrier minus a constant), and the other four (indices into WF_SPLINE_X[1:-1]) enter its accumulator in
+# this order: of the 24 orders (all needing the same offset), the one that put de-symmetrised W_f nearest
+# to 163 trained minima (median distance; the spread over the orders was 10.88-11.00 with the tents of v2
+# but the first; see bench/gw_wf_constructions.py).
 WF_V2_KNOT_ORDER = (3, 1, 4, 2)
 
 
