@@ -217,3 +217,66 @@ def test_neb_ends_take_half_from_each_optimizer_and_top_up():
         res[f"{opt}_desym"] = d
     src, idx = gw.neb_ends(cfg, res)
     assert src.tolist() == [0, 0, 0, 0, 1, 1] and idx.tolist() == [1, 3, 4, 5, 8, 9]
+
+
+def test_config_checks_the_wf_construction():
+    assert gw.config("default").wf_construction == "v2"
+    assert gw.config("smoke", wf_construction="v1").wf_construction == "v1"
+    with pytest.raises(ValueError, match="wf_construction"):
+        gw.config("smoke", wf_construction="v3")
+    assert gw.config("smoke", neb_restarts=()).neb_restarts == ()
+    for bad in (((0.2,),), ((0.2, 0.0),), ((-0.1, 0.1),)):
+        with pytest.raises(ValueError, match="neb_restarts"):
+            gw.config("smoke", neb_restarts=bad)
+
+
+def test_the_run_uses_the_configured_wf(tmp_path):
+    """wf_construction="v1" runs on the first W_f (old runs stay reproducible), the default on v2."""
+    import torch
+    from lscape import tinymlp as tm
+
+    cfg = dict(FAST, models_per_optimizer=2, shard_models=2, steps=50, basin_trials=2, basin_steps=50,
+               neb_paths=1, neb_steps=2, neb_shard=1)
+    for construction in tm.WF_CONSTRUCTIONS:
+        out = tmp_path / construction
+        summary = gw.run("smoke", out, progress=False, figures=False, wf_construction=construction, **cfg)
+        spec, wf = tm.wf_network(construction)
+        with np.load(out / "results.npz") as r:
+            np.testing.assert_array_equal(r["wf_params"], wf.numpy())
+            np.testing.assert_array_equal(r["wf_desym"], tm.desymmetrize(spec, wf).numpy())
+        assert summary["wf_construction"] == construction
+        assert math.isclose(summary["wf"]["desym_norm"], float(tm.desymmetrize(spec, wf).norm()))
+        assert json.loads((out / "config.json").read_text())["wf_construction"] == construction
+    assert not torch.equal(tm.wf_network("v1")[1], tm.wf_network("v2")[1])
+
+
+def test_polyline_subdivides_each_segment():
+    import torch
+
+    images = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 2.0]]], dtype=torch.float64)
+    line = gw.polyline(images, 4)
+    assert line.shape == (1, 9, 2)
+    np.testing.assert_allclose(line[0, :5, 0], [0.0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(line[0, 4:, 1], [0.0, 0.5, 1.0, 1.5, 2.0])
+    assert torch.equal(line[:, ::4], images)
+
+
+def test_smoke_summary_reports_the_neb_fidelity_numbers(smoke_run):
+    """The keys issue 18 reads: basin radius (from the images and along the polyline), distances, the
+    converged fraction and fmax quantiles, the restarts, the construction."""
+    out, summary = smoke_run
+    neb = summary["neb"]
+    for key in ("basin_radius_quantiles_10_50_90", "distance_wf_to_minima_quantiles_10_50_90", "converged",
+                "converged_fraction", "fmax_quantiles_10_50_90", "basin_radius_polyline_quantiles_10_50_90",
+                "polyline_max_over_images_max_quantiles_10_50_90", "converged_first_relaxation", "restarted"):
+        assert key in neb, key
+    assert neb["converged"] == round(neb["converged_fraction"] * neb["paths"])
+    assert neb["converged_first_relaxation"] <= neb["converged"]
+    assert neb["steps"] <= gw.SCALES["smoke"].neb_steps
+    smoke = gw.SCALES["smoke"]
+    assert neb["steps_with_restarts_max"] <= smoke.neb_steps + len(smoke.neb_restarts) * smoke.neb_restart_steps
+    for opt in gw.OPTIMIZERS:
+        assert "noise_norm_at_p50" in summary[f"basin_{opt}"] and "fraction_at_global_min" in summary[opt]
+    assert summary["wf_construction"] == "v2"
+    with np.load(out / "results.npz") as r:
+        assert r["neb_basin_radius_polyline"].shape == r["neb_basin_radius"].shape

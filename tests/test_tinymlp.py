@@ -134,8 +134,9 @@ def test_init_bad_inputs():
 
 
 # ---- W_f ----------------------------------------------------------------------------------------------------
-def test_wf_network_is_the_analytic_f_at_knots_and_between():
-    spec, wf = tm.wf_network()
+@pytest.mark.parametrize("construction", tm.WF_CONSTRUCTIONS)
+def test_wf_network_is_the_analytic_f_at_knots_and_between(construction):
+    spec, wf = tm.wf_network(construction)
     assert spec == TinyMLP(5, 5) and wf.shape == (136,) and wf.dtype == torch.float64
     knots = tm.wf_knots()
     mids = (knots[:-1] + knots[1:]) / 2
@@ -164,9 +165,73 @@ def test_wf_parts():
 
 
 def test_wf_every_hidden_unit_is_used():
-    spec, wf = tm.wf_network()
+    spec, wf = tm.wf_network("v1")
     A, B = tm._unit_norms(spec, wf[None])
     assert torch.all(A > 0) and torch.all(B > 0)
+
+
+def test_wf_v1_is_still_the_first_construction():
+    """Runs made with the first W_f stay reproducible: wf_network() and wf_network("v1") are it, bit for
+    bit (the SHA-256 of its float64 parameters as first committed), tent maps 2 relu(t) - 4 relu(t - 1/2)
+    and an accumulator offset of 10."""
+    import hashlib
+
+    spec, wf = tm.wf_network("v1")
+    assert torch.equal(wf, tm.wf_network()[1])
+    assert hashlib.sha256(wf.numpy().tobytes()).hexdigest() == (
+        "2da6569b054b02afe96f1eb168d5d92bf16fde0ec23ccfdcf9c9b2011cc2a863")
+    layers = spec.unflatten(wf)
+    assert layers[1][0][0, :2].tolist() == [2.0, -4.0] and layers[1][1][1] == -0.5
+    assert layers[0][1][4] == 10.0 and layers[-1][1][0] == tm.WF_SPLINE_Y[0] - 10.0
+
+
+@pytest.mark.parametrize("construction", tm.WF_CONSTRUCTIONS)
+def test_wf_is_a_sawtooth_on_the_left_two_and_a_spline_on_the_right_three(construction):
+    """No weight joins the two halves; the left 2 units alone give alpha T^5 (the sawtooth), the right
+    3 alone the spline (the output bias shared: each half is checked with the other's output weights
+    zeroed and the other half's part of the bias removed)."""
+    spec, wf = tm.wf_network(construction)
+    layers = spec.unflatten(wf)
+    for W, _ in layers[1:-1]:
+        assert torch.all(W[:2, 2:] == 0) and torch.all(W[2:, :2] == 0)
+    x = np.concatenate([tm.wf_knots(), np.linspace(0.0, 1.0, 2001)])
+    left = forward(spec, wf[None], torch.from_numpy(x))[0].numpy()
+    Wo = layers[-1][0].clone()
+    Wo[0, :2] = 0
+    right = [(W, b) for W, b in layers[:-1]] + [(Wo, layers[-1][1])]
+    spline_part = forward(spec, spec.flatten(right)[None], torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(left - spline_part, tm.wf_sawtooth(x) + (left - spline_part)[0], atol=1e-12)
+    np.testing.assert_allclose(spline_part - spline_part[0], tm.wf_spline(x) - tm.wf_spline(x)[0], atol=1e-12)
+
+
+def test_wf_v2_is_smaller_than_v1_and_its_spline_offset_is_the_least_that_works():
+    """v2's accumulator stays nonnegative on [0, 1] with its offset, and goes negative with any less;
+    its de-symmetrised norm is below v1's (no offset of 10 carried through the layers)."""
+    spec, v2 = tm.wf_network("v2")
+    x = torch.linspace(0.0, 1.0, 4001, dtype=torch.float64)
+    layers = spec.unflatten(v2)
+    c = float(layers[0][1][4])
+    assert c >= 0
+
+    def accumulators(p):  # pre-activations of unit 4 of every hidden layer
+        h, pre = x[:, None], []
+        for W, b in spec.unflatten(p)[:-1]:
+            z = h @ W.T + b
+            pre.append(z[:, 4])
+            h = torch.relu(z)
+        return torch.stack(pre)
+
+    assert float(accumulators(v2).min()) >= -1e-12
+    less = [(W.clone(), b.clone()) for W, b in layers]
+    less[0][1][4] -= 0.01
+    assert float(accumulators(spec.flatten(less)).min()) < 0
+    norm = lambda p: float(tm.desymmetrize(spec, p).norm())  # noqa: E731
+    assert norm(v2) < norm(tm.wf_network("v1")[1])
+
+
+def test_wf_network_checks_the_construction():
+    with pytest.raises(ValueError, match="construction"):
+        tm.wf_network("v3")
 
 
 def test_wf_training_set():

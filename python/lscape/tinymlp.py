@@ -186,9 +186,34 @@ def _wf_spline_coefs() -> tuple[float, float, list[float], list[float], float]:
     return float(ys[0]), float(slopes[0]), list(a), list(k), c0
 
 
-def wf_network() -> tuple[TinyMLP, torch.Tensor]:
+WF_CONSTRUCTIONS = ("v1", "v2")
+# v2's spline: its carrier unit holds the smallest knot (index 0; every other knot is then relu of the
+# carrier minus a constant), and the other four (indices into WF_SPLINE_X[1:-1]) enter its accumulator in
+# this order: of the 24 orders (all needing the same offset), the one that put de-symmetrised W_f nearest
+# to 163 trained minima (median distance; the spread over the orders was 10.88-11.00 with the tents of v2
+# but the first; see bench/gw_wf_constructions.py).
+WF_V2_KNOT_ORDER = (3, 1, 4, 2)
+
+
+def wf_network(construction: str = "v1") -> tuple[TinyMLP, torch.Tensor]:
     """The hand-built network W_f: (TinyMLP(5, 5), params (136,) float64).  Its output f = saw + s on
     [0, 1]: a 16-tooth sawtooth of height alpha = WF_SAW_AMPLITUDE plus a low-frequency linear spline s.
+    Both constructions compute the same f exactly (the paper gives no weights):
+
+    "v1": every tent map as 2 relu(t) - 4 relu(t - 1/2), the spline's accumulator carrying an offset of 10
+       (large and steep: de-symmetrised norm 14.7).
+    "v2": the first tent map as in v1, the other four as 1 - relu(2t - 1) - relu(1 - 2t) (no unit with a
+       kink at the end of its range), the spline's accumulator starting at c + k0 x with the smallest
+       offset c that keeps it nonnegative (0.6), its knots read off a carrier of relu(x - 1/8) (de-symmetrised
+       norm 8.5).  Units 2 and 3 of the last hidden layer are unused (all zero).
+    """
+    _checks.choice_arg("construction", construction, WF_CONSTRUCTIONS)
+    spec = TinyMLP(WF_DEPTH, WF_WIDTH)
+    return spec, (_wf_v1() if construction == "v1" else _wf_v2())
+
+
+def _wf_v1() -> torch.Tensor:
+    """W_f as first built (construction "v1").
 
     Units 0, 1 of each hidden layer (the left 5 x 2) iterate the tent map T(t) = 2 relu(t) - 4 relu(t - 1/2),
     which maps [0, 1] onto itself with one tooth:  layer 1 holds relu(x), relu(x - 1/2); layer l >= 2
@@ -224,7 +249,62 @@ def wf_network() -> tuple[TinyMLP, torch.Tensor]:
         weights.append((W, b))
     W = torch.tensor([[2 * alpha, -4 * alpha, k0, k[K - 1], 1.0]], dtype=torch.float64)
     weights.append((W, torch.tensor([s0 - c0], dtype=torch.float64)))
-    return spec, spec.flatten(weights)
+    return spec.flatten(weights)
+
+
+def _wf_v2() -> torch.Tensor:
+    """W_f, construction "v2".
+
+    Units 0, 1 (the left 5 x 2) iterate the tent map T, t_l = T^l(x) being read off layer l:
+      layer 1 holds relu(x), relu(x - 1/2) (t_1 = 2 u0 - 4 u1); layers l = 2..5 hold relu(2 t - 1),
+      relu(1 - 2 t) of t = t_{l-1} (t_l = 1 - u0 - u1 = 1 - |2 t - 1|).  The output takes alpha t_5.
+    Units 2, 3, 4 (the right 5 x 3) build s(x) = s0 + k0 x + sum_j k_j relu(x - a_j), a_0 = 1/8 being the
+    smallest knot:
+      unit 2 of layers 1-4 carries r = relu(x - a_0); unit 3 of layer l = 1..4 is relu(x - a_j) for the
+      l-th knot j of WF_V2_KNOT_ORDER (from x in layer 1, as relu(r - (a_j - a_0)) after); unit 4
+      accumulates C_1 = c + k0 x, C_l = C_{l-1} + k unit3_{l-1}, and in layer 5 C_5 = C_4 + k unit3_4 +
+      k_0 r = c + s(x) - s0, with c >= 0 the smallest offset keeping every C_l >= 0 on [0, 1], so every
+      ReLU on the right acts as the identity.  The output is alpha (1 - u0 - u1) + u4 + (s0 - c).
+    """
+    K, N = WF_DEPTH, WF_WIDTH
+    spec = TinyMLP(K, N)
+    s0, k0, a, k, _ = _wf_spline_coefs()
+    order = WF_V2_KNOT_ORDER
+    xs = np.asarray(WF_SPLINE_X)  # the partial sums are linear between these: their minima lie on them
+    part = k0 * xs
+    low = part.min()
+    for j in order[:-1]:  # C_2, C_3, C_4
+        part = part + k[j] * np.maximum(xs - a[j], 0.0)
+        low = min(low, part.min())
+    part = part + sum(k[j] * np.maximum(xs - a[j], 0.0) for j in (order[-1], 0))  # C_5
+    c = max(0.0, -min(low, part.min()))
+    alpha = WF_SAW_AMPLITUDE
+    weights = []
+    for l in range(K):
+        W = torch.zeros(N, 1 if l == 0 else N, dtype=torch.float64)
+        b = torch.zeros(N, dtype=torch.float64)
+        if l == 0:
+            W[0, 0] = W[1, 0] = 1.0
+            b[1] = -0.5
+            W[2, 0], b[2] = 1.0, -a[0]
+            W[3, 0], b[3] = 1.0, -a[order[0]]
+            W[4, 0], b[4] = k0, c
+        else:
+            # t = 2 u0 - 4 u1 (layer 1) or 1 - u0 - u1 (after): relu(2 t - 1), relu(1 - 2 t)
+            tw, tb = ((2.0, -4.0), 0.0) if l == 1 else ((-1.0, -1.0), 1.0)
+            for unit, sgn in ((0, 1.0), (1, -1.0)):
+                W[unit, 0], W[unit, 1] = 2.0 * sgn * tw[0], 2.0 * sgn * tw[1]
+                b[unit] = sgn * (2.0 * tb - 1.0)
+            W[4, 4], W[4, 3] = 1.0, k[order[l - 1]]
+            if l < K - 1:
+                W[2, 2] = 1.0
+                W[3, 2], b[3] = 1.0, -(a[order[l]] - a[0])
+            else:
+                W[4, 2] = k[0]
+        weights.append((W, b))
+    W = torch.tensor([[-alpha, -alpha, 0.0, 0.0, 1.0]], dtype=torch.float64)
+    weights.append((W, torch.tensor([alpha + s0 - c], dtype=torch.float64)))
+    return spec.flatten(weights)
 
 
 def _check_unit_interval(x: np.ndarray) -> None:

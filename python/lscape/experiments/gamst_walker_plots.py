@@ -13,7 +13,7 @@ from .common import save_figures
 from .stats import LogisticFit
 
 OPT_LABEL = {"sgd": "gradient descent + momentum", "adadelta": "Adadelta"}
-BLUE, RED, GREEN, GREY = "#1f5fbf", "#d62728", "#2ca02c", "#7f7f7f"
+BLUE, RED, GREEN, GREY, ORANGE = "#1f5fbf", "#d62728", "#2ca02c", "#7f7f7f", "#ff7f0e"
 
 
 def plot_all(res: Mapping[str, Any], out: Path, cfg, plt) -> list[str]:
@@ -56,7 +56,11 @@ def _draw_network(ax, params: np.ndarray) -> None:
 def fig1_wf(res, cfg, plt):
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1, 1.5]})
     _draw_network(a, res["wf_params"])
-    a.set_title("$W_f$: nonzero weights (width ~ |w|; red < 0)", fontsize=10)
+    # which construction, read off the weights themselves (a run from before wf_construction has none in
+    # its config)
+    name = next((c for c in tm.WF_CONSTRUCTIONS
+                 if np.array_equal(tm.wf_network(c)[1].numpy(), np.asarray(res["wf_params"]))), "unknown")
+    a.set_title(f"$W_f$ (construction {name}): nonzero weights (width ~ |w|; red < 0)", fontsize=10)
     g = res["grid_x"]
     b.plot(g, tm.wf_spline(g), color=GREEN, lw=1, ls="--", label="spline (right 5x3)")
     b.plot(g, tm.wf_sawtooth(g), color=GREY, lw=0.8, ls=":", label="sawtooth (left 5x2)")
@@ -212,12 +216,26 @@ def fig4_neb(res, cfg, plt):
     med_r = float(np.nanmedian(radius)) if np.isfinite(radius).any() else float("nan")
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), gridspec_kw={"hspace": 0.35, "wspace": 0.25})
     (a, b), (c, d) = axes
-    for k in range(E.shape[0]):
-        a.plot(arc[k], E[k], color=GREY if k != hl else "k", lw=0.6 if k != hl else 1.6, alpha=0.5 if k != hl else 1)
+    converged = res["neb_converged"].astype(bool)
+    conv = int(converged.sum())
+    for k in range(E.shape[0]):  # unconverged paths apart: orange, dotted
+        if k == hl:
+            continue
+        style = dict(color=GREY, ls="-") if converged[k] else dict(color=ORANGE, ls=":")
+        a.plot(arc[k], E[k], lw=0.6, alpha=0.5, **style)
+    a.plot(arc[hl], E[hl], color="k", lw=1.6, ls="-" if converged[hl] else ":")
+    a.plot([], [], color=GREY, lw=0.8, label=f"converged to fmax {cfg.neb_fmax:g} ({conv})")
+    a.plot([], [], color=ORANGE, lw=0.8, ls=":", label=f"not converged ({E.shape[0] - conv})")
     a.axvline(med_r, color=RED, ls="--", lw=1, label=f"median basin radius {med_r:.2f}")
-    a.set_xlabel("distance along the NEB path from $W_f$")
+    # the axes fit the converged paths: an unconverged band can wander thousands of units away
+    shown = converged if converged.any() else np.ones_like(converged)
+    xmax, ymax = 1.03 * float(arc[shown].max()), 1.05 * float(E[shown].max())
+    beyond = int((~shown & ((arc.max(1) > xmax) | (E.max(1) > ymax))).sum())
+    a.set_xlim(0.0, xmax)
+    a.set_ylim(-0.02 * ymax, ymax)
+    a.set_xlabel("distance along the NEB path from $W_f$" + (f"  ({beyond} unconverged paths leave the axes)"
+                                                              if beyond else ""))
     a.set_ylabel("training MSE")
-    conv = int(res["neb_converged"].sum())
     a.set_title(f"(a) {E.shape[0]} NEB paths from $W_f$ to trained minima ({conv} converged to fmax "
                 f"{cfg.neb_fmax:g})", fontsize=10)
     a.legend(fontsize=8)
@@ -230,7 +248,8 @@ def fig4_neb(res, cfg, plt):
         b.legend(fontsize=8)
     b.set_xlabel("distance along the NEB path from $W_f$")
     b.set_ylabel("training MSE")
-    b.set_title("(b) one path, coloured by image", fontsize=10)
+    b.set_title(f"(b) one path, coloured by image ({'converged' if converged[hl] else 'not converged'})",
+                fontsize=10)
     outs = res["neb_highlight_outputs"]
     for i in range(outs.shape[0]):
         c.plot(res["grid_x"], outs[i], color=cmap(norm(i)), lw=0.9)
@@ -242,8 +261,10 @@ def fig4_neb(res, cfg, plt):
     mid = arc[:, 1:-1]
     for k in range(ang.shape[0]):
         if k != hl:
-            d.plot(mid[k], ang[k], color=GREY, lw=0.5, alpha=0.4)
+            d.plot(mid[k], ang[k], color=GREY if converged[k] else ORANGE, ls="-" if converged[k] else ":",
+                   lw=0.5, alpha=0.4)
     d.plot(mid[hl], ang[hl], color="k", lw=1.4, label="the path of (b)")
+    d.set_xlim(0.0, xmax)
     d.set_xlabel("distance along the NEB path from $W_f$")
     d.set_ylabel("angle between successive segments (rad)")
     d.set_title("(d) segment angles", fontsize=10)
