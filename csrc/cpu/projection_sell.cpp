@@ -28,7 +28,7 @@ template <typename E>
 void fill(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr, const int32_t* indices,
           const uint16_t* perm, const int64_t* slice_ptr, E* cols, int nthreads) {
   const int64_t n_slices = sell_slices(s.D);
-  const E pad = sell_pack(static_cast<uint32_t>(s.d), 0, E{});
+  const E pad = sell_pack<E>(static_cast<uint32_t>(s.d), 0);
   std::vector<int32_t> slot(static_cast<size_t>(s.D));  // the slot of every row
   std::vector<int32_t> next(static_cast<size_t>(s.D), 0);  // entries of the row written so far
 #pragma omp parallel num_threads(nthreads)
@@ -44,7 +44,7 @@ void fill(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr, con
       for_chunk(s, seg_start, chunk_ptr, indices, c, [&](uint32_t row, uint32_t col, uint32_t neg) {
         const int64_t p = slot[row];
         const int64_t at = slice_ptr[p / kSellC] + next[row]++ * kSellC + p % kSellC;
-        cols[at] = sell_pack(col, neg, E{});
+        cols[at] = sell_pack<E>(col, neg);
       });
     }
   }

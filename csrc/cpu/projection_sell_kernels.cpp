@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <cstdlib>
 #include <vector>
 
@@ -67,10 +68,93 @@ inline double signed_value(double v, uint32_t neg) {
 // B > 1 works on blocks of V batch entries (one AVX2 vector), the batch padded to a multiple of V.
 template <typename T>
 constexpr int64_t kV = 32 / sizeof(T);
+
+// One block of V batch entries: load, store, add, and flip the sign of all (neg = 1) or none (neg = 0).
+#if defined(__AVX2__)
+template <typename T>
+struct Block;
+template <>
+struct Block<float> {
+  using V = __m256;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* x) { return _mm256_loadu_ps(x); }
+  static void store(float* x, V v) { _mm256_storeu_ps(x, v); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V flip(V a, uint32_t neg) { return _mm256_xor_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(neg << 31)))); }
+};
+template <>
+struct Block<double> {
+  using V = __m256d;
+  static V zero() { return _mm256_setzero_pd(); }
+  static V load(const double* x) { return _mm256_loadu_pd(x); }
+  static void store(double* x, V v) { _mm256_storeu_pd(x, v); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V flip(V a, uint32_t neg) {
+    return _mm256_xor_pd(a, _mm256_castsi256_pd(_mm256_set1_epi64x(static_cast<int64_t>(neg) << 63)));
+  }
+};
+#else
+template <typename T>
+struct Block {
+  struct V {
+    T v[kV<T>];
+  };
+  static V zero() { return V{}; }
+  static V load(const T* x) {
+    V r;
+    for (int64_t b = 0; b < kV<T>; ++b) r.v[b] = x[b];
+    return r;
+  }
+  static void store(T* x, V a) {
+    for (int64_t b = 0; b < kV<T>; ++b) x[b] = a.v[b];
+  }
+  static V add(V a, V b) {
+    for (int64_t i = 0; i < kV<T>; ++i) a.v[i] += b.v[i];
+    return a;
+  }
+  static V flip(V a, uint32_t neg);
+};
+#endif
+#if !defined(__AVX2__)
+template <typename T>
+typename Block<T>::V Block<T>::flip(V a, uint32_t neg) {
+  for (int64_t b = 0; b < kV<T>; ++b) a.v[b] = signed_value(a.v[b], neg);
+  return a;
+}
+#endif
+
+// Lanes of a slice that P theta (B > 1) sums side by side: 4 where the 16 vector registers hold them.
+#if defined(__AVX2__)
+constexpr int kLanes = 4;
+#else
+constexpr int kLanes = 1;
+#endif
+
 template <typename T>
 inline int64_t padded_batch(int64_t B) { return B == 1 ? 1 : (B + kV<T> - 1) / kV<T> * kV<T>; }
 
-// xs (d + 1, Bp) = x (B, d) transposed, column scales folded in; row d and the padded batch entries are 0.
+// The inner loops below that must stay scalar (random reads or read-modify-writes of a small vector,
+// which scalar loads do faster than gather instructions on the CPUs measured): GCC would turn them
+// into gathers.
+#if defined(__GNUC__) && !defined(__clang__)
+#define LSCAPE_SCALAR_LOOP __attribute__((optimize("no-tree-vectorize")))
+#else
+#define LSCAPE_SCALAR_LOOP
+#endif
+
+// B = 1: xs2 = [+v_0, -v_0, +v_1, -v_1, ..., 0, 0] with v = scales * x, so entry e reads xs2[e].
+template <typename T>
+std::vector<T> signed_x(const Spec& s, const T* x, const T* scales) {
+  std::vector<T> xs(static_cast<size_t>(2 * (s.d + 1)), T(0));
+  for (int64_t j = 0; j < s.d; ++j) {
+    xs[2 * j] = scales[j] * x[j];
+    xs[2 * j + 1] = -xs[2 * j];
+  }
+  return xs;
+}
+
+// B > 1: xs (d + 1, Bp) = x (B, d) transposed, column scales folded in; row d and the padded batch
+// entries are 0.
 template <typename T>
 std::vector<T> scaled_x(const Spec& s, const T* x, const T* scales, int64_t B, int64_t Bp) {
   std::vector<T> xs(static_cast<size_t>((s.d + 1) * Bp), T(0));
@@ -79,57 +163,30 @@ std::vector<T> scaled_x(const Spec& s, const T* x, const T* scales, int64_t B, i
   return xs;
 }
 
-// ---- one slice of P theta, B = 1: res[l] = sum over k of +-xs[col(k, l)], k increasing ----------------
+// ---- one slice of P theta, B = 1: res[l] = sum over k (increasing) of xs2[entry(k, l)] --------------
 template <typename T, typename E>
-inline void slice_matvec_scalar(const E* e, int64_t w, const T* xs, T* res) {
+LSCAPE_SCALAR_LOOP inline void slice_matvec_scalar(const E* e, int64_t w, const T* xs2, T* res) {
   T acc[C] = {};
   for (int64_t k = 0; k < w; ++k)
-    for (int64_t l = 0; l < C; ++l) {
-      const E x = e[k * C + l];
-      acc[l] += signed_value(xs[sell_col(x)], sell_neg(x));
-    }
+    for (int64_t l = 0; l < C; ++l) acc[l] += xs2[e[k * C + l]];
   for (int64_t l = 0; l < C; ++l) res[l] = acc[l];
 }
-template <typename T, typename E>
-inline void slice_matvec(const E* e, int64_t w, const T* xs, T* res) { slice_matvec_scalar(e, w, xs, res); }
 
 #if defined(__AVX512F__)
 inline __m512i widen(const uint16_t* e) { return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(e))); }
-inline __m512i widen(const uint32_t* e) { return _mm512_loadu_si512(e); }
-inline __m512i col_mask(uint16_t) { return _mm512_set1_epi32(0x7FFF); }
-inline __m512i col_mask(uint32_t) { return _mm512_set1_epi32(0x7FFFFFFF); }
-inline __m512i sign_bits(__m512i x, uint16_t) { return _mm512_and_si512(_mm512_slli_epi32(x, 16), _mm512_set1_epi32(INT32_MIN)); }
-inline __m512i sign_bits(__m512i x, uint32_t) { return _mm512_and_si512(x, _mm512_set1_epi32(INT32_MIN)); }
-
-template <typename E>
-inline void slice_matvec(const E* e, int64_t w, const float* xs, float* res) {
+// 16 lanes gathered by one instruction (the gather variant, timed against the scalar one)
+inline void slice_matvec_gather(const uint16_t* e, int64_t w, const float* xs2, float* res) {
   __m512 acc = _mm512_setzero_ps();
-  const __m512i m = col_mask(E{});
-  for (int64_t k = 0; k < w; ++k) {
-    const __m512i x = widen(e + k * C);
-    const __m512 v = _mm512_i32gather_ps(_mm512_and_si512(x, m), xs, 4);
-    acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), sign_bits(x, E{}))));
-  }
+  for (int64_t k = 0; k < w; ++k) acc = _mm512_add_ps(acc, _mm512_i32gather_ps(widen(e + k * C), xs2, 4));
   _mm512_storeu_ps(res, acc);
 }
 #elif defined(__AVX2__)
 inline __m256i widen(const uint16_t* e) { return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e))); }
-inline __m256i widen(const uint32_t* e) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e)); }
-inline __m256i col_mask(uint16_t) { return _mm256_set1_epi32(0x7FFF); }
-inline __m256i col_mask(uint32_t) { return _mm256_set1_epi32(0x7FFFFFFF); }
-inline __m256i sign_bits(__m256i x, uint16_t) { return _mm256_and_si256(_mm256_slli_epi32(x, 16), _mm256_set1_epi32(INT32_MIN)); }
-inline __m256i sign_bits(__m256i x, uint32_t) { return _mm256_and_si256(x, _mm256_set1_epi32(INT32_MIN)); }
-
-template <typename E>
-inline void slice_matvec(const E* e, int64_t w, const float* xs, float* res) {
+inline void slice_matvec_gather(const uint16_t* e, int64_t w, const float* xs2, float* res) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  const __m256i m = col_mask(E{});
   for (int64_t k = 0; k < w; ++k) {
-    const __m256i x0 = widen(e + k * C), x1 = widen(e + k * C + 8);
-    const __m256 v0 = _mm256_i32gather_ps(xs, _mm256_and_si256(x0, m), 4);
-    const __m256 v1 = _mm256_i32gather_ps(xs, _mm256_and_si256(x1, m), 4);
-    a0 = _mm256_add_ps(a0, _mm256_xor_ps(v0, _mm256_castsi256_ps(sign_bits(x0, E{}))));
-    a1 = _mm256_add_ps(a1, _mm256_xor_ps(v1, _mm256_castsi256_ps(sign_bits(x1, E{}))));
+    a0 = _mm256_add_ps(a0, _mm256_i32gather_ps(xs2, widen(e + k * C), 4));
+    a1 = _mm256_add_ps(a1, _mm256_i32gather_ps(xs2, widen(e + k * C + 8), 4));
   }
   _mm256_storeu_ps(res, a0);
   _mm256_storeu_ps(res + 8, a1);
@@ -137,10 +194,21 @@ inline void slice_matvec(const E* e, int64_t w, const float* xs, float* res) {
 #endif
 
 template <typename T, typename E>
+inline void slice_matvec(const E* e, int64_t w, const T* xs2, T* res) {
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<E, uint16_t>) {
+    static const bool gather = std::getenv("SELL_GATHER") != nullptr;  // (timing experiment)
+    if (gather) return slice_matvec_gather(e, w, xs2, res);
+  }
+#endif
+  slice_matvec_scalar(e, w, xs2, res);
+}
+
+template <typename T, typename E>
 void matvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* cols, const T* scales, const T* x,
             T* out, int64_t B, int nthreads) {
   const int64_t Bp = padded_batch<T>(B), n_slices = sell_slices(s.D);
-  const std::vector<T> xsv = scaled_x(s, x, scales, B, Bp);
+  const std::vector<T> xsv = B == 1 ? signed_x(s, x, scales) : scaled_x(s, x, scales, B, Bp);
   const T* xs = xsv.data();
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t sl = 0; sl < n_slices; ++sl) {
@@ -148,35 +216,49 @@ void matvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* col
     const int64_t w = (sp[sl + 1] - sp[sl]) / C, p0 = sl * C, nl = std::min(C, s.D - p0);
     if (B == 1) {
       alignas(64) T res[C];
-      static const bool kScalar = getenv("SELL_SCALAR") != nullptr;
-      if (kScalar) slice_matvec_scalar(e, w, xs, res); else slice_matvec(e, w, xs, res);
+      slice_matvec(e, w, xs, res);
       for (int64_t l = 0; l < nl; ++l) out[sell_row(perm, p0 + l)] = res[l];
       continue;
     }
-    // B > 1: a lane at a time, its sums for V batch entries in one register over the whole row.
+    // B > 1: kLanes lanes at a time, each lane's sums for V batch entries in a register over its whole
+    // row (independent chains of adds).  Lanes >= nl read padding and are not written.
+    using X = Block<T>;
     constexpr int64_t V = kV<T>;
-    for (int64_t l = 0; l < nl; ++l) {
-      const int64_t row = sell_row(perm, p0 + l);
+    for (int64_t l0 = 0; l0 < nl; l0 += kLanes) {
       for (int64_t b0 = 0; b0 < B; b0 += V) {
-        T acc[V] = {};
+        typename X::V a[kLanes];
+        for (int j = 0; j < kLanes; ++j) a[j] = X::zero();
+        const T* xb = xs + b0;
         for (int64_t k = 0; k < w; ++k) {
-          const E xk = e[k * C + l];
-          const T* v = xs + sell_col(xk) * Bp + b0;
-          const T sg = T(1) - T(2 * sell_neg(xk));  // +-1, branch-free (signs are random); x * -1 is -x
-          for (int64_t b = 0; b < V; ++b) acc[b] += v[b] * sg;
+          const E* ek = e + k * C + l0;
+          for (int j = 0; j < kLanes; ++j)
+            a[j] = X::add(a[j], X::flip(X::load(xb + sell_col(ek[j]) * Bp), sell_neg(ek[j])));
         }
-        for (int64_t b = 0; b < std::min(V, B - b0); ++b) out[(b0 + b) * s.D + row] = acc[b];
+        alignas(32) T res[kLanes][V];
+        for (int j = 0; j < kLanes; ++j) X::store(res[j], a[j]);
+        for (int64_t j = 0; j < std::min<int64_t>(kLanes, nl - l0); ++j) {
+          const int64_t row = sell_row(perm, p0 + l0 + j);
+          for (int64_t b = 0; b < std::min(V, B - b0); ++b) out[(b0 + b) * s.D + row] = res[j][b];
+        }
       }
     }
   }
 }
 
 // ---- P^T g ----------------------------------------------------------------------------------------
-// Threads for P^T g: each holds a (d + 1) x Bp accumulator that it zeroes and that is reduced at the
-// end, so a team larger than the entries warrant (or than 256 MB of accumulators) only adds work.
+// One slice, B = 1: acc2[entry(k, l)] += gv[l], acc2 holding the sums of +g and of -g entries of every
+// column apart (2 (d + 1) numbers): no sign work per entry.
+template <typename T, typename E>
+LSCAPE_SCALAR_LOOP inline void slice_rmatvec(const E* e, int64_t w, const T* gv, T* acc2) {
+  for (int64_t k = 0; k < w; ++k)
+    for (int64_t l = 0; l < C; ++l) acc2[e[k * C + l]] += gv[l];
+}
+
+// Threads for P^T g: each holds a private accumulator that it zeroes and that is reduced at the end,
+// so a team larger than the entries warrant (or than 256 MB of accumulators) only adds work.
 template <typename T>
-int rmatvec_team(const Spec& s, int64_t entries, int64_t Bp, int nthreads) {
-  const int64_t acc_bytes = (s.d + 1) * Bp * static_cast<int64_t>(sizeof(T));
+int rmatvec_team(const Spec& s, int64_t entries, int64_t n_acc, int nthreads) {
+  const int64_t acc_bytes = n_acc * static_cast<int64_t>(sizeof(T));
   int64_t team = std::min<int64_t>(nthreads, entries / (4 * (s.d + 1)));
   team = std::min<int64_t>(team, (INT64_C(256) << 20) / acc_bytes);
   return static_cast<int>(std::max<int64_t>(team, 1));
@@ -185,8 +267,10 @@ int rmatvec_team(const Spec& s, int64_t entries, int64_t Bp, int nthreads) {
 template <typename T, typename E>
 void rmatvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* cols, const T* scales, const T* g,
              T* out, int64_t B, int nthreads) {
-  const int64_t Bp = padded_batch<T>(B), n_slices = sell_slices(s.D), n_acc = (s.d + 1) * Bp;
-  const int team = rmatvec_team<T>(s, sp[n_slices], Bp, nthreads);
+  const int64_t Bp = padded_batch<T>(B), n_slices = sell_slices(s.D);
+  // B = 1: acc2 (2 (d + 1)) by entry; B > 1: (d + 1, Bp) by column, signs applied per block
+  const int64_t n_acc = B == 1 ? 2 * (s.d + 1) : (s.d + 1) * Bp;
+  const int team = rmatvec_team<T>(s, sp[n_slices], n_acc, nthreads);
   std::vector<T> accs(static_cast<size_t>(team * n_acc));
 #pragma omp parallel num_threads(team)
   {
@@ -202,13 +286,10 @@ void rmatvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* co
       if (B == 1) {
         T gv[C];
         for (int64_t l = 0; l < C; ++l) gv[l] = l < nl ? g[sell_row(perm, p0 + l)] : T(0);
-        for (int64_t k = 0; k < w; ++k)
-          for (int64_t l = 0; l < C; ++l) {
-            const E x = e[k * C + l];
-            acc[sell_col(x)] += signed_value(gv[l], sell_neg(x));
-          }
+        slice_rmatvec(e, w, gv, acc);
         continue;
       }
+      using X = Block<T>;
       constexpr int64_t V = kV<T>;
       for (int64_t l = 0; l < C; ++l) {
         const int64_t row = l < nl ? sell_row(perm, p0 + l) : -1;
@@ -219,9 +300,8 @@ void rmatvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* co
           const E x = e[k * C + l];
           T* a = acc + sell_col(x) * Bp;
           const T* gl = gt.data() + l * Bp;
-          const T sg = T(1) - T(2 * sell_neg(x));
-          for (int64_t b0 = 0; b0 < Bp; b0 += V)
-            for (int64_t b = 0; b < V; ++b) a[b0 + b] += gl[b0 + b] * sg;
+          const uint32_t neg = sell_neg(x);
+          for (int64_t b0 = 0; b0 < Bp; b0 += V) X::store(a + b0, X::add(X::load(a + b0), X::flip(X::load(gl + b0), neg)));
         }
     }
 #pragma omp barrier
@@ -229,8 +309,11 @@ void rmatvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* co
     my_range(s.d, j0, j1);
     for (int64_t j = j0; j < j1; ++j)
       for (int64_t b = 0; b < B; ++b) {
-        T sum = accs[j * Bp + b];
-        for (int t = 1; t < team; ++t) sum += accs[t * n_acc + j * Bp + b];
+        T sum = 0;
+        for (int t = 0; t < team; ++t) {
+          const T* a = accs.data() + t * n_acc;
+          sum += B == 1 ? a[2 * j] - a[2 * j + 1] : a[j * Bp + b];
+        }
         out[b * s.d + j] = scales[j] * sum;
       }
   }

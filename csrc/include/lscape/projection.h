@@ -87,9 +87,11 @@ LS_HD int32_t pack_index(uint32_t row, uint32_t neg) { return static_cast<int32_
 //   (p & ~(kSellSigma - 1)) + perm[p].  Slots p >= D are padding (only in the last slice).
 //   slice s (slots s*C .. s*C + C - 1) has width w_s = its longest row; its entries are column-major:
 //   entry (k, l) (k < w_s, lane l < C) at cols[slice_ptr[s] + k * C + l] is the k-th nonzero (in
-//   increasing column order) of slot s*C + l's row, as column | sign << 15 (uint16, "narrow", when
-//   d <= kSellNarrowMaxD) or column | sign << 31 (uint32, "wide").  A row shorter than w_s is padded with
-//   column d, sign 0: products read a zero there (their copy of x has d + 1 entries, the last one 0).
+//   increasing column order) of slot s*C + l's row, as column << 1 | sign (uint16, "narrow", when
+//   d <= kSellNarrowMaxD; else uint32, "wide").  With the sign in the low bit an entry indexes a signed
+//   copy of the vector, [+x_0, -x_0, +x_1, -x_1, ...], so the inner loops spend nothing on signs.  A row
+//   shorter than w_s is padded with column d, sign 0: products read a zero there (their copies of x
+//   have d + 1 entries, the last one 0).
 //   slice_ptr (int64, n_slices + 1 entries): offsets of the slices in `cols`, in entries.
 // C and sigma do not depend on the instruction set, so every ISA build reads the same buffers; kernels
 // take a slice's 16 lanes as one AVX-512 vector or two AVX2 vectors.
@@ -102,12 +104,10 @@ LS_HD bool sell_narrow(int64_t d) { return d <= kSellNarrowMaxD; }
 // The row that slot p holds (p < D).
 LS_HD int64_t sell_row(const uint16_t* perm, int64_t p) { return (p & ~(kSellSigma - 1)) + perm[p]; }
 // One entry's column and sign (1 = negative), either width.
-LS_HD uint32_t sell_col(uint16_t e) { return e & 0x7FFFu; }
-LS_HD uint32_t sell_neg(uint16_t e) { return static_cast<uint32_t>(e) >> 15; }
-LS_HD uint32_t sell_col(uint32_t e) { return e & 0x7FFFFFFFu; }
-LS_HD uint32_t sell_neg(uint32_t e) { return e >> 31; }
-LS_HD uint16_t sell_pack(uint32_t col, uint32_t neg, uint16_t) { return static_cast<uint16_t>(col | (neg << 15)); }
-LS_HD uint32_t sell_pack(uint32_t col, uint32_t neg, uint32_t) { return col | (neg << 31); }
+LS_HD uint32_t sell_col(uint32_t e) { return e >> 1; }
+LS_HD uint32_t sell_neg(uint32_t e) { return e & 1u; }
+template <typename E>
+LS_HD E sell_pack(uint32_t col, uint32_t neg) { return static_cast<E>(col << 1 | neg); }
 
 // ---- CPU kernels ---------------------------------------------------------------------------------
 #include "lscape/projection_cpu_api.inc"

@@ -155,7 +155,7 @@ def decode(seg_start: torch.Tensor, chunk_ptr: torch.Tensor, indices: torch.Tens
 # ---- the SELL-C-sigma layout of the "indices" kind on the CPU (csrc/include/lscape/projection.h) ------
 SELL_C = 16             # rows per slice
 SELL_SIGMA = 1024       # rows are sorted by length within windows of this many rows
-SELL_NARROW_MAX_D = 32767  # up to this d an entry is 16 bits (column | sign << 15), above 32
+SELL_NARROW_MAX_D = 32767  # up to this d an entry is 16 bits (column << 1 | sign), above 32
 
 
 def sell_narrow(d: int) -> bool:
@@ -190,9 +190,9 @@ def sell_layout(spec: ProjSpec, seg_start: np.ndarray, chunk_ptr: np.ndarray, in
     p = slot_of[rs]
     at = slice_ptr[p // C] + k * C + p % C
     narrow = sell_narrow(d)
-    etype, shift = (np.uint16, 15) if narrow else (np.uint32, 31)
-    out = np.full(int(slice_ptr[-1]), d, dtype=etype)
-    out[at] = cols[by_row].astype(etype) | (neg[by_row].astype(etype) << etype(shift))
+    etype = np.uint16 if narrow else np.uint32
+    out = np.full(int(slice_ptr[-1]), 2 * d, dtype=etype)  # padding: column d, sign +
+    out[at] = (cols[by_row].astype(etype) << etype(1)) | neg[by_row].astype(etype)
     return {"perm": perm.view(np.int16), "slice_ptr": slice_ptr, "cols": out.view(np.int16 if narrow else np.int32)}
 
 
@@ -202,13 +202,12 @@ def sell_decode(D: int, d: int, perm: torch.Tensor, slice_ptr: torch.Tensor, col
     n_slices = slice_ptr.numel() - 1
     sl = torch.repeat_interleave(torch.arange(n_slices, device=dev), slice_ptr[1:] - slice_ptr[:-1])
     slot = sl * SELL_C + (torch.arange(cols.numel(), device=dev) - slice_ptr[sl]) % SELL_C
-    shift = 15 if sell_narrow(d) else 31
-    e = cols.to(torch.int64) & ((1 << (shift + 1)) - 1)
-    col = e & ((1 << shift) - 1)
+    e = cols.to(torch.int64) & (0xFFFF if sell_narrow(d) else 0xFFFFFFFF)
+    col = e >> 1
     keep = col < d  # padding holds column d
     slot = slot[keep]
     rows = (slot & ~(SELL_SIGMA - 1)) + (perm.to(torch.int64) & 0xFFFF)[slot]
-    return rows, col[keep], (e[keep] >> shift).bool()
+    return rows, col[keep], (e[keep] & 1).bool()
 
 
 def coo_values(cols: torch.Tensor, neg: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
