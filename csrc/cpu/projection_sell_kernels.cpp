@@ -161,19 +161,46 @@ std::vector<T> scaled_x(const Spec& s, const T* x, const T* scales, int64_t B, i
   return xs;
 }
 
-// ---- one slice of P theta, B = 1: res[l] = sum over k (increasing) of xs2[entry(k, l)] --------------
-template <typename T, typename E>
-LSCAPE_SCALAR_LOOP inline void slice_matvec_scalar(const E* e, int64_t w, const T* xs2, T* res) {
-  T acc[C] = {};
-  for (int64_t k = 0; k < w; ++k)
-    for (int64_t l = 0; l < C; ++l) acc[l] += xs2[e[k * C + l]];
-  for (int64_t l = 0; l < C; ++l) res[l] = acc[l];
+// The 16 entries of one step k of a slice, handed to f(lane, entry) in lane order.  16-bit entries are
+// read four to a 64-bit load and split with shifts: loads, not arithmetic, are what these loops are
+// short of (two loads per entry become one and a quarter).
+template <class F>
+inline void for_lanes(const uint16_t* ek, F&& f) {
+  uint64_t q[4];
+  std::memcpy(q, ek, sizeof q);
+  for (int j = 0; j < 4; ++j) {
+    f(4 * j, static_cast<uint32_t>(q[j] & 0xFFFF));
+    f(4 * j + 1, static_cast<uint32_t>((q[j] >> 16) & 0xFFFF));
+    f(4 * j + 2, static_cast<uint32_t>((q[j] >> 32) & 0xFFFF));
+    f(4 * j + 3, static_cast<uint32_t>(q[j] >> 48));
+  }
+}
+template <class F>
+inline void for_lanes(const uint32_t* ek, F&& f) {
+  for (int l = 0; l < C; ++l) f(l, ek[l]);
 }
 
+// ---- P theta, B = 1, slices [lo, hi): row l of a slice = sum over k (increasing) of xs2[entry(k, l)],
+// written to its place in out.  One function over the whole range (the no-vectorize attribute keeps
+// it from being inlined, so the call is made once per thread, not per slice).
 // (Gathering a slice's 16 lanes with one AVX-512 or two AVX2 gather instructions was timed here and
-// was no faster than the scalar loop, on AMD EPYC (Zen 4): the scalar loop runs on every ISA.)
+// was no faster than this scalar loop on AMD EPYC (Zen 4): the scalar loop runs on every ISA.)
 template <typename T, typename E>
-inline void slice_matvec(const E* e, int64_t w, const T* xs2, T* res) { slice_matvec_scalar(e, w, xs2, res); }
+LSCAPE_SCALAR_LOOP void matvec1(const Spec& s, const uint16_t* __restrict perm, const int64_t* __restrict sp,
+                                const E* __restrict cols, const T* __restrict xs2, T* __restrict out, int64_t lo,
+                                int64_t hi) {
+  for (int64_t sl = lo; sl < hi; ++sl) {
+    const E* e = cols + sp[sl];
+    const int64_t w = (sp[sl + 1] - sp[sl]) / C, p0 = sl * C;
+    T acc[C] = {};
+    for (int64_t k = 0; k < w; ++k) for_lanes(e + k * C, [&](int l, uint32_t x) { acc[l] += xs2[x]; });
+    if (p0 + C <= s.D) {
+      for (int64_t l = 0; l < C; ++l) out[sell_row(perm, p0 + l)] = acc[l];
+    } else {
+      for (int64_t l = 0; l < s.D - p0; ++l) out[sell_row(perm, p0 + l)] = acc[l];
+    }
+  }
+}
 
 template <typename T, typename E>
 void matvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* cols, const T* scales, const T* x,
@@ -181,16 +208,19 @@ void matvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* col
   const int64_t Bp = padded_batch<T>(B), n_slices = sell_slices(s.D);
   const std::vector<T> xsv = B == 1 ? signed_x(s, x, scales) : scaled_x(s, x, scales, B, Bp);
   const T* xs = xsv.data();
+  if (B == 1) {
+#pragma omp parallel num_threads(nthreads)
+    {
+      int64_t lo, hi;
+      my_range(n_slices, lo, hi);
+      matvec1(s, perm, sp, cols, xs, out, lo, hi);
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t sl = 0; sl < n_slices; ++sl) {
     const E* e = cols + sp[sl];
     const int64_t w = (sp[sl + 1] - sp[sl]) / C, p0 = sl * C, nl = std::min(C, s.D - p0);
-    if (B == 1) {
-      alignas(64) T res[C];
-      slice_matvec(e, w, xs, res);
-      for (int64_t l = 0; l < nl; ++l) out[sell_row(perm, p0 + l)] = res[l];
-      continue;
-    }
     // B > 1: kLanes lanes at a time, each lane's sums for V batch entries in a register over its whole
     // row (independent chains of adds).  Lanes >= nl read padding and are not written.
     using X = Block<T>;
@@ -217,15 +247,24 @@ void matvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* col
 }
 
 // ---- P^T g ----------------------------------------------------------------------------------------
-// One slice, B = 1: acc2[entry(k, l)] += gv[l], acc2 holding the sums of +g and of -g entries of every
-// column apart (2 (d + 1) numbers): no sign work per entry.
+// P^T g, B = 1, slices [lo, hi): acc2[entry(k, l)] += g[row of lane l], acc2 holding the sums of the
+// +g and of the -g entries of every column apart (2 (d + 1) numbers): no sign work per entry.  One
+// function over the range, as matvec1.
 template <typename T, typename E>
-LSCAPE_SCALAR_LOOP inline void slice_rmatvec(const E* __restrict e, int64_t w, const T* __restrict gv,
-                                             T* __restrict acc2) {
-  T g[C];  // in registers over the slice (acc2 may not alias them)
-  for (int64_t l = 0; l < C; ++l) g[l] = gv[l];
-  for (int64_t k = 0; k < w; ++k)
-    for (int64_t l = 0; l < C; ++l) acc2[e[k * C + l]] += g[l];
+LSCAPE_SCALAR_LOOP void rmatvec1(const Spec& s, const uint16_t* __restrict perm, const int64_t* __restrict sp,
+                                 const E* __restrict cols, const T* __restrict g, T* __restrict acc2, int64_t lo,
+                                 int64_t hi) {
+  for (int64_t sl = lo; sl < hi; ++sl) {
+    const E* e = cols + sp[sl];
+    const int64_t w = (sp[sl + 1] - sp[sl]) / C, p0 = sl * C;
+    T gv[C];  // in registers over the slice
+    if (p0 + C <= s.D) {
+      for (int64_t l = 0; l < C; ++l) gv[l] = g[sell_row(perm, p0 + l)];
+    } else {
+      for (int64_t l = 0; l < C; ++l) gv[l] = p0 + l < s.D ? g[sell_row(perm, p0 + l)] : T(0);
+    }
+    for (int64_t k = 0; k < w; ++k) for_lanes(e + k * C, [&](int l, uint32_t x) { acc2[x] += gv[l]; });
+  }
 }
 
 // Threads for P^T g: each holds a private accumulator that it zeroes and that is reduced at the end,
@@ -252,17 +291,12 @@ void rmatvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* co
     std::fill(acc, acc + n_acc, T(0));
     int64_t lo, hi;
     my_range(n_slices, lo, hi);
+    if (B == 1) rmatvec1(s, perm, sp, cols, g, acc, lo, hi);
     std::vector<T> gt(static_cast<size_t>(C * Bp));  // the slice's rows of g: gt[l * Bp + b]
-    for (int64_t sl = lo; sl < hi; ++sl) {
+    for (int64_t sl = B == 1 ? hi : lo; sl < hi; ++sl) {
       const E* e = cols + sp[sl];
       const int64_t w = (sp[sl + 1] - sp[sl]) / C, p0 = sl * C, nl = std::min(C, s.D - p0);
       if (w == 0) continue;
-      if (B == 1) {
-        T gv[C];
-        for (int64_t l = 0; l < C; ++l) gv[l] = l < nl ? g[sell_row(perm, p0 + l)] : T(0);
-        slice_rmatvec(e, w, gv, acc);
-        continue;
-      }
       using X = Block<T>;
       constexpr int64_t V = kV<T>;
       for (int64_t l = 0; l < C; ++l) {
