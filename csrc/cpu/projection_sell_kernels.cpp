@@ -116,7 +116,8 @@ struct Block {
 #if !defined(__AVX2__)
 template <typename T>
 typename Block<T>::V Block<T>::flip(V a, uint32_t neg) {
-  for (int64_t b = 0; b < kV<T>; ++b) a.v[b] = signed_value(a.v[b], neg);
+  const T sg = T(1) - T(2 * neg);  // +-1 without a branch (signs are random); x * -1 is exactly -x
+  for (int64_t b = 0; b < kV<T>; ++b) a.v[b] *= sg;
   return a;
 }
 #endif
