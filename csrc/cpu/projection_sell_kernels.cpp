@@ -268,6 +268,38 @@ LSCAPE_SCALAR_LOOP void rmatvec1(const Spec& s, const uint16_t* __restrict perm,
   }
 }
 
+// P^T g, B > 1, slices [lo, hi): acc (d + 1, Bp) by column.  A slice's rows of g are copied once as
+// +g and -g blocks (gs[(2 l + sign) * Bp + b]), so an entry adds one block of Bp to its column's row of
+// acc with no sign work.  NB: the blocks of V in Bp, fixed at compile time (0: Bp / V at run time).
+template <typename T, typename E, int NB>
+void rmatvec_batch(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* cols, const T* g, T* acc,
+                   int64_t B, int64_t Bp, int64_t lo, int64_t hi) {
+  using X = Block<T>;
+  constexpr int64_t V = kV<T>;
+  const int64_t nb = NB ? NB : Bp / V;
+  std::vector<T> gsv(static_cast<size_t>(2 * C * Bp));
+  T* gs = gsv.data();
+  for (int64_t sl = lo; sl < hi; ++sl) {
+    const E* e = cols + sp[sl];
+    const int64_t w = (sp[sl + 1] - sp[sl]) / C, p0 = sl * C, nl = std::min(C, s.D - p0);
+    if (w == 0) continue;
+    for (int64_t l = 0; l < C; ++l) {
+      const int64_t row = l < nl ? sell_row(perm, p0 + l) : -1;
+      for (int64_t b = 0; b < Bp; ++b) {
+        const T v = (row >= 0 && b < B) ? g[b * s.D + row] : T(0);
+        gs[2 * l * Bp + b] = v;
+        gs[(2 * l + 1) * Bp + b] = -v;
+      }
+    }
+    for (int64_t k = 0; k < w; ++k)
+      for_lanes(e + k * C, [&](int l, uint32_t x) {
+        T* a = acc + static_cast<int64_t>(sell_col(x)) * Bp;
+        const T* gl = gs + (2 * l + sell_neg(x)) * Bp;
+        for (int64_t i = 0; i < nb; ++i) X::store(a + i * V, X::add(X::load(a + i * V), X::load(gl + i * V)));
+      });
+  }
+}
+
 // Threads for P^T g: each holds a private accumulator that it zeroes and that is reduced at the end,
 // so a team larger than the entries warrant (or than 256 MB of accumulators) only adds work.
 template <typename T>
@@ -293,25 +325,13 @@ void rmatvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* co
     int64_t lo, hi;
     my_range(n_slices, lo, hi);
     if (B == 1) rmatvec1(s, perm, sp, cols, g, acc, lo, hi);
-    std::vector<T> gt(static_cast<size_t>(C * Bp));  // the slice's rows of g: gt[l * Bp + b]
-    for (int64_t sl = B == 1 ? hi : lo; sl < hi; ++sl) {
-      const E* e = cols + sp[sl];
-      const int64_t w = (sp[sl + 1] - sp[sl]) / C, p0 = sl * C, nl = std::min(C, s.D - p0);
-      if (w == 0) continue;
-      using X = Block<T>;
-      constexpr int64_t V = kV<T>;
-      for (int64_t l = 0; l < C; ++l) {
-        const int64_t row = l < nl ? sell_row(perm, p0 + l) : -1;
-        for (int64_t b = 0; b < Bp; ++b) gt[l * Bp + b] = (row >= 0 && b < B) ? g[b * s.D + row] : T(0);
-      }
-      for (int64_t k = 0; k < w; ++k)
-        for (int64_t l = 0; l < C; ++l) {
-          const E x = e[k * C + l];
-          T* a = acc + sell_col(x) * Bp;
-          const T* gl = gt.data() + l * Bp;
-          const uint32_t neg = sell_neg(x);
-          for (int64_t b0 = 0; b0 < Bp; b0 += V) X::store(a + b0, X::add(X::load(a + b0), X::flip(X::load(gl + b0), neg)));
-        }
+    if (B > 1) {
+      if (Bp == kV<T>)
+        rmatvec_batch<T, E, 1>(s, perm, sp, cols, g, acc, B, Bp, lo, hi);
+      else if (Bp == 2 * kV<T>)
+        rmatvec_batch<T, E, 2>(s, perm, sp, cols, g, acc, B, Bp, lo, hi);
+      else
+        rmatvec_batch<T, E, 0>(s, perm, sp, cols, g, acc, B, Bp, lo, hi);
     }
 #pragma omp barrier
     int64_t j0, j1;
