@@ -1,12 +1,16 @@
 // Products on the SELL-C-sigma layout of the stored projection (projection.h).  Compiled once per
 // instruction set (LSCAPE_ISA = baseline | avx2 | avx512); projection.cpp picks one at run time.
 //
-// P theta: threads own slices; a slice gathers its entries' x values (x scaled and padded: d + 1 numbers,
-//   in L1 at d = 9,000), sums each row in increasing column order (the order of the other kernels, so
-//   results agree bit for bit), and writes its rows straight to their places in `out` (perm).
-// P^T g: threads own contiguous slice ranges, stream them, and add each entry's signed g into a private
-//   (d + 1)-vector (36 KB at d = 9,000: in L1/L2 while g and the entries stream past); the private
-//   vectors are summed in thread order at the end, times the column scales.
+// P theta: threads own slices; a slice reads its entries' values from xs2 = [+v_0, -v_0, +v_1, ...]
+//   (v = scales * theta, 72 KB at d = 9,000: L1/L2), sums each row in increasing column order (the order
+//   of the other kernels, so results agree bit for bit), and writes its rows straight to their places
+//   in `out` (perm): no permutation pass.
+// P^T g: threads own contiguous slice ranges, stream them, and add each entry's g into a private
+//   accumulator indexed by the entry itself (+ and - sums of each column apart, 2 (d + 1) numbers; with
+//   B > 1 a (d + 1) x B block per thread), which stays in L1/L2 while g and the entries stream past; the
+//   private accumulators are summed in thread order at the end, times the column scales.  (Lane-private
+//   scatters and a transposed SELL were slower in a prototype; d is small, so per-thread d-vectors are
+//   cheap.)
 #include <algorithm>
 #include <cstdint>
 #include <cstring>

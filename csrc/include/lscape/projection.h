@@ -93,8 +93,8 @@ LS_HD int32_t pack_index(uint32_t row, uint32_t neg) { return static_cast<int32_
 //   shorter than w_s is padded with column d, sign 0: products read a zero there (their copies of x
 //   have d + 1 entries, the last one 0).
 //   slice_ptr (int64, n_slices + 1 entries): offsets of the slices in `cols`, in entries.
-// C and sigma do not depend on the instruction set, so every ISA build reads the same buffers; kernels
-// take a slice's 16 lanes as one AVX-512 vector or two AVX2 vectors.
+// C and sigma do not depend on the instruction set, so every ISA build reads the same buffers.  (The CPU
+// kernels run a slice's 16 lanes as 16 scalar chains: AVX-512 / AVX2 gathers were no faster on Zen 4.)
 constexpr int64_t kSellC = 16;
 constexpr int64_t kSellSigma = 1024;   // a power of two, a multiple of kSellC, <= 65536
 constexpr int64_t kSellNarrowMaxD = 32767;
