@@ -57,6 +57,25 @@ struct Cpu {
     return nullptr;
   }
 
+  static const char* sell_plan(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
+                               const int32_t* indices, uint16_t* perm, int32_t* widths, int nt) {
+    lscape::proj::sell_plan_cpu(s, seg_start, chunk_ptr, indices, perm, widths, nt);
+    return nullptr;
+  }
+  static const char* sell_fill(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
+                               const int32_t* indices, const uint16_t* perm, const int64_t* slice_ptr, void* cols,
+                               int nt) {
+    lscape::proj::sell_fill_cpu(s, seg_start, chunk_ptr, indices, perm, slice_ptr, cols, nt);
+    return nullptr;
+  }
+  template <typename T>
+  static const char* product_sell(bool transpose, const Spec& s, const uint16_t* perm, const int64_t* slice_ptr,
+                                  const void* cols, const T* scales, const T* x, T* out, int64_t B, int nt) {
+    (transpose ? lscape::proj::rmatvec_sell_cpu<T> : lscape::proj::matvec_sell_cpu<T>)(s, perm, slice_ptr, cols,
+                                                                                        scales, x, out, B, nt);
+    return nullptr;
+  }
+
   static const char* loss_grad(const lscape::mlp::Spec& s, int64_t M, const float* params, int64_t P,
                                const float* x, const float* y, float* loss, float* grad, int nt) {
     lscape::mlp::loss_grad_cpu(s, M, params, P, x, y, loss, grad, nt);
@@ -109,6 +128,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("__version__") = LSCAPE_VERSION;
 #endif
   lscape::bind::bind_projection<Cpu>(m);
+  lscape::bind::bind_projection_sell<Cpu>(m);
   lscape::bind::bind_mlp<Cpu>(m);
   lscape::bind::bind_neb<Cpu>(m);
 }

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import device_of, require
 from lscape import SparseSignProjection
+from lscape.ops import projection as ops
 from lscape.reference import projection as ref
 
 # (D, d, density): sizes 1, odd sizes, non-multiples of the vector width, density 1, tiny densities
@@ -25,11 +26,21 @@ def reference_product(P, x, transpose):
 
 @pytest.mark.parametrize("D,d,density", SHAPES)
 def test_storage_is_bit_identical_to_the_reference(kernel_backend, D, d, density):
-    P = SparseSignProjection(D, d, seed=11, density=density, device=device_of(kernel_backend))
+    dev = device_of(kernel_backend)
+    P = SparseSignProjection(D, d, seed=11, density=density, device=dev)
     seg_start, chunk_ptr, indices = ref.storage(P.spec)
-    assert np.array_equal(P._buffers["seg_start"].cpu().numpy(), seg_start)
-    assert np.array_equal(P._buffers["chunk_ptr"].cpu().numpy(), chunk_ptr)
-    assert np.array_equal(P._buffers["indices"].cpu().numpy(), indices)
+    # the generated segments: the CUDA layout, and on the CPU what the SELL-C-sigma layout is made from
+    seg = ops.build_segments(lscape._backend.kernel("proj_build", dev), P.spec, True, dev)
+    assert np.array_equal(seg["seg_start"].cpu().numpy(), seg_start)
+    assert np.array_equal(seg["chunk_ptr"].cpu().numpy(), chunk_ptr)
+    assert np.array_equal(seg["indices"].cpu().numpy(), indices)
+    if dev.type == "cpu":
+        held = ref.sell_layout(P.spec, seg_start, chunk_ptr, indices)
+    else:
+        held = {"seg_start": seg_start, "chunk_ptr": chunk_ptr, "indices": indices}
+    assert set(P._buffers) == set(held) | {"col_counts"}
+    for key, want in held.items():
+        assert np.array_equal(P._buffers[key].cpu().numpy(), want), key
     counts = (seg_start[:, 1:] - seg_start[:, :-1]).sum(axis=0)
     assert np.array_equal(P.col_counts.cpu().numpy(), counts)
 
@@ -84,7 +95,10 @@ def test_same_matrix_on_every_backend(name):
         P_torch = SparseSignProjection(4099, 17, seed=123)
     with lscape.use_backend(name):
         P = SparseSignProjection(4099, 17, seed=123, device=device_of(name))
-    assert torch.equal(P._buffers["indices"].cpu(), P_torch._buffers["indices"])
+    for key, want in P_torch._buffers.items():  # the same layout on the same device type, bit for bit
+        if key in P._buffers:
+            assert torch.equal(P._buffers[key].cpu(), want), key
+    assert (P.to_scipy() != P_torch.to_scipy()).nnz == 0
 
 
 # ---- the reference against independent facts ------------------------------------------------------

@@ -74,5 +74,59 @@ void bind_projection(pybind11::module_& m) {
   implicit("proj_rmatvec_implicit", true);
 }
 
+// The CPU's SELL-C-sigma layout of the stored kind (projection.h): proj_sell_plan, proj_sell_fill,
+// proj_{matvec,rmatvec}_sell.  B provides sell_plan, sell_fill and product_sell.
+template <class B>
+void bind_projection_sell(pybind11::module_& m) {
+  namespace py = pybind11;
+  using Tail = typename B::Tail;
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+
+  m.def("proj_sell_plan", [](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr, uintptr_t indices,
+                             uintptr_t perm, uintptr_t widths, Tail tail) {
+    const proj::Spec s = to_spec(st);
+    for (auto [a, arg] : {std::pair{seg_start, "seg_start"}, {chunk_ptr, "chunk_ptr"}, {perm, "perm"},
+                          {widths, "widths"}})
+      need(a, arg, "proj_sell_plan");
+    check(B::sell_plan(s, ptr<const int32_t>(seg_start), ptr<const int64_t>(chunk_ptr), ptr<const int32_t>(indices),
+                       ptr<uint16_t>(perm), ptr<int32_t>(widths), tail), B::kModule, "proj_sell_plan");
+  }, "Row order (perm) and slice widths of the SELL-C-sigma layout", py::arg("spec"), py::arg("seg_start"),
+     py::arg("chunk_ptr"), py::arg("indices"), py::arg("perm"), py::arg("widths"), py::arg(B::kTail), nogil);
+
+  m.def("proj_sell_fill", [](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr, uintptr_t indices,
+                             uintptr_t perm, uintptr_t slice_ptr, uintptr_t cols, Tail tail) {
+    const proj::Spec s = to_spec(st);
+    for (auto [a, arg] : {std::pair{seg_start, "seg_start"}, {chunk_ptr, "chunk_ptr"}, {perm, "perm"},
+                          {slice_ptr, "slice_ptr"}})
+      need(a, arg, "proj_sell_fill");
+    check(B::sell_fill(s, ptr<const int32_t>(seg_start), ptr<const int64_t>(chunk_ptr), ptr<const int32_t>(indices),
+                       ptr<const uint16_t>(perm), ptr<const int64_t>(slice_ptr), ptr<void>(cols), tail),
+          B::kModule, "proj_sell_fill");
+  }, "Entries of the SELL-C-sigma layout", py::arg("spec"), py::arg("seg_start"), py::arg("chunk_ptr"),
+     py::arg("indices"), py::arg("perm"), py::arg("slice_ptr"), py::arg("cols"), py::arg(B::kTail), nogil);
+
+  auto product = [&](const char* name, bool transpose) {
+    m.def(name, [transpose, name](const SpecTuple& st, uintptr_t perm, uintptr_t slice_ptr, uintptr_t cols,
+                                  uintptr_t scales, uintptr_t x, uintptr_t out, int64_t batch, bool f64, Tail tail) {
+      const proj::Spec s = to_spec(st);
+      check_batch(batch);
+      for (auto [a, arg] : {std::pair{perm, "perm"}, {slice_ptr, "slice_ptr"}, {scales, "scales"}, {x, "x"},
+                            {out, "out"}})
+        need(a, arg, name);
+      const char* err = nullptr;
+      by_dtype(f64, [&](auto t) {
+        using T = decltype(t);
+        err = B::template product_sell<T>(transpose, s, ptr<const uint16_t>(perm), ptr<const int64_t>(slice_ptr),
+                                          ptr<const void>(cols), ptr<const T>(scales), ptr<const T>(x), ptr<T>(out),
+                                          batch, tail);
+      });
+      check(err, B::kModule, name);
+    }, py::arg("spec"), py::arg("perm"), py::arg("slice_ptr"), py::arg("cols"), py::arg("scales"), py::arg("x"),
+       py::arg("out"), py::arg("B"), py::arg("f64"), py::arg(B::kTail), nogil);
+  };
+  product("proj_matvec_sell", false);
+  product("proj_rmatvec_sell", true);
+}
+
 }  // namespace bind
 }  // namespace lscape

@@ -1,4 +1,5 @@
-// Run-time choice between the baseline, AVX2 and AVX-512 builds of projection_kernels.cpp (cpu_isa.h).
+// Run-time choice between the baseline, AVX2 and AVX-512 builds of projection_kernels.cpp and
+// projection_sell_kernels.cpp (cpu_isa.h).
 #include "lscape/cpu_isa.h"
 #include "lscape/projection.h"
 
@@ -43,8 +44,21 @@ void rmatvec_implicit_cpu(const Spec& s, const T* scales, const T* g, T* out, in
   LSCAPE_ISA_DISPATCH(rmatvec_implicit_cpu<T>, s, scales, g, out, B, nthreads);
 }
 
+template <typename T>
+void matvec_sell_cpu(const Spec& s, const uint16_t* perm, const int64_t* slice_ptr, const void* cols,
+                     const T* scales, const T* x, T* out, int64_t B, int nthreads) {
+  LSCAPE_ISA_DISPATCH(matvec_sell_cpu<T>, s, perm, slice_ptr, cols, scales, x, out, B, nthreads);
+}
+template <typename T>
+void rmatvec_sell_cpu(const Spec& s, const uint16_t* perm, const int64_t* slice_ptr, const void* cols,
+                      const T* scales, const T* g, T* out, int64_t B, int nthreads) {
+  LSCAPE_ISA_DISPATCH(rmatvec_sell_cpu<T>, s, perm, slice_ptr, cols, scales, g, out, B, nthreads);
+}
+
 LSCAPE_PROJ_CPU_INSTANTIATE(float)
 LSCAPE_PROJ_CPU_INSTANTIATE(double)
+LSCAPE_PROJ_SELL_INSTANTIATE(float)
+LSCAPE_PROJ_SELL_INSTANTIATE(double)
 
 }  // namespace proj
 }  // namespace lscape

@@ -34,8 +34,11 @@ class SparseSignProjection:
         d: columns (the subspace dimension), 1 <= d <= D.
         seed: any integer in [0, 2^64).
         density: probability that an entry is nonzero, in (0, 1]; default 1/sqrt(D).
-        storage: "indices" holds one int32 per nonzero (row and sign) plus 4 bytes per chunk-column
-            segment; "implicit" holds O(d) numbers and regenerates the nonzeros on every product.
+        storage: "indices" holds the nonzeros.  On the CPU they are laid out SELL-C-sigma (rows in slices
+            of 16, sorted by length within windows of 1024 rows): 2 bytes per nonzero (column and sign;
+            4 when d > 32,767), about 1.5% padding, 2 bytes per row and 8 per slice of 16 rows.  On a
+            CUDA device: one int32 per nonzero (row and sign) plus 4 bytes per chunk-column segment.
+            "implicit" holds O(d) numbers and regenerates the nonzeros on every product.
         device: where the buffers live and products run (default CPU).
 
     Products: `matvec(theta)` (d,) or (B, d) -> (D,) or (B, D); `rmatvec(g)` (D,) or (B, D) -> (d,) or
@@ -100,7 +103,11 @@ class SparseSignProjection:
             return self
         other = object.__new__(SparseSignProjection)
         other.storage, other.device, other.spec = self.storage, device, self.spec
-        other._buffers = {k: v.to(device) for k, v in self._buffers.items()}
+        if self.storage == "indices" and device.type != self.device.type:
+            # the CPU and CUDA lay the stored kind out differently: generate it there (the same matrix)
+            other._buffers = ops.build(self.spec, self.storage, device)
+        else:
+            other._buffers = {k: v.to(device) for k, v in self._buffers.items()}
         other._scale_cache, other._coo_cache = {}, {}
         return other
 
@@ -157,16 +164,14 @@ class SparseSignProjection:
         """(rows, cols, values) for the torch backend, built once per dtype."""
         coo = self._coo_cache.get(dtype)
         if coo is None:
-            b = self._buffers
-            rows, cols, neg = ref.decode(b["seg_start"], b["chunk_ptr"], b["indices"])
+            rows, cols, neg = ops.decode(self.spec, self._buffers)
             coo = self._coo_cache[dtype] = (rows, cols, ref.coo_values(cols, neg, self._scales(dtype)))
         return coo
 
     def _pattern(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, cols, neg) of all nonzeros in storage order, as numpy arrays."""
         if self.storage == "indices":
-            b = {k: v.cpu() for k, v in self._buffers.items()}
-            rows, cols, neg = ref.decode(b["seg_start"], b["chunk_ptr"], b["indices"])
+            rows, cols, neg = ops.decode(self.spec, {k: v.cpu() for k, v in self._buffers.items()})
             return rows.numpy(), cols.numpy(), neg.numpy()
         counts, rows, neg = ref.pattern(self.spec)
         return rows, ref.segment_cols(torch.from_numpy(counts.astype(np.int64))).numpy(), neg

@@ -78,6 +78,37 @@ LS_HD int32_t pack_index(uint32_t row, uint32_t neg) { return static_cast<int32_
 //   entry j = d is the chunk's total, so segment (j, c) holds seg_start[.. j + 1] - seg_start[.. j].
 // (Offsets relative to the chunk keep 4 bytes per segment; a chunk must hold fewer than 2^31 nonzeros.)
 
+// ---- SELL-C-sigma layout of the "indices" kind on the CPU (Kreutzer et al. 2014) ------------------
+// The same nonzeros, re-laid row-major so that P theta gathers from the d-vector (in L1) and writes each
+// output row once, and P^T g streams rows into a d-sized accumulator:
+//   rows are taken in windows of kSellSigma rows and, inside each window, sorted by their nonzero count
+//   (descending; ties keep row order); the sorted order, cut into slices of kSellC consecutive "slots",
+//   is stored as perm[p] (uint16, one per slot p < n_slices * C): slot p holds row
+//   (p & ~(kSellSigma - 1)) + perm[p].  Slots p >= D are padding (only in the last slice).
+//   slice s (slots s*C .. s*C + C - 1) has width w_s = its longest row; its entries are column-major:
+//   entry (k, l) (k < w_s, lane l < C) at cols[slice_ptr[s] + k * C + l] is the k-th nonzero (in
+//   increasing column order) of slot s*C + l's row, as column << 1 | sign (uint16, "narrow", when
+//   d <= kSellNarrowMaxD; else uint32, "wide").  With the sign in the low bit an entry indexes a signed
+//   copy of the vector, [+x_0, -x_0, +x_1, -x_1, ...], so the inner loops spend nothing on signs.  A row
+//   shorter than w_s is padded with column d, sign 0: products read a zero there (their copies of x
+//   have d + 1 entries, the last one 0).
+//   slice_ptr (int64, n_slices + 1 entries): offsets of the slices in `cols`, in entries.
+// C and sigma do not depend on the instruction set, so every ISA build reads the same buffers.  (The CPU
+// kernels run a slice's 16 lanes as 16 scalar chains: AVX-512 / AVX2 gathers were no faster on Zen 4.)
+constexpr int64_t kSellC = 16;
+constexpr int64_t kSellSigma = 1024;   // a power of two, a multiple of kSellC, <= 65536
+constexpr int64_t kSellNarrowMaxD = 32767;
+
+LS_HD int64_t sell_slices(int64_t D) { return (D + kSellC - 1) / kSellC; }
+LS_HD bool sell_narrow(int64_t d) { return d <= kSellNarrowMaxD; }
+// The row that slot p holds (p < D).
+LS_HD int64_t sell_row(const uint16_t* perm, int64_t p) { return (p & ~(kSellSigma - 1)) + perm[p]; }
+// One entry's column and sign (1 = negative), either width.
+LS_HD uint32_t sell_col(uint32_t e) { return e >> 1; }
+LS_HD uint32_t sell_neg(uint32_t e) { return e & 1u; }
+template <typename E>
+LS_HD E sell_pack(uint32_t col, uint32_t neg) { return static_cast<E>(col << 1 | neg); }
+
 // ---- CPU kernels ---------------------------------------------------------------------------------
 #include "lscape/projection_cpu_api.inc"
 

@@ -33,13 +33,27 @@ class Operands:
 
 
 def build(spec: ref.ProjSpec, storage: str, device: torch.device) -> dict[str, torch.Tensor]:
-    """Generate P's held buffers on `device`: col_counts always; seg_start, chunk_ptr, indices for
-    storage="indices"."""
+    """Generate P's held buffers on `device`: col_counts always; for storage="indices" the segment layout
+    (seg_start, chunk_ptr, indices) on a CUDA device, and on the CPU the same matrix re-laid as
+    SELL-C-sigma (perm, slice_ptr, cols; see csrc/include/lscape/projection.h)."""
     k = _backend.kernel("proj_build", device)
     if k is None:
-        return _build_reference(spec, storage == "indices", device)
+        out = _build_reference(spec, storage == "indices", device)
+    else:
+        out = build_segments(k, spec, storage == "indices", device)
+    if storage == "indices" and device.type == "cpu":
+        seg = (out.pop("seg_start"), out.pop("chunk_ptr"), out.pop("indices"))
+        if k is not None:
+            out.update(_sell(k, spec, *seg))
+        else:
+            sell = ref.sell_layout(spec, *(t.numpy() for t in seg))
+            out.update({key: torch.from_numpy(a) for key, a in sell.items()})
+    return out
+
+
+def build_segments(k, spec: ref.ProjSpec, want_segments: bool, device: torch.device) -> dict[str, torch.Tensor]:
+    """col_counts and, with want_segments, the segment layout (seg_start, chunk_ptr, indices), by kernel k."""
     d, n_chunks = spec.d, spec.n_chunks
-    want_segments = storage == "indices"
     col_counts = torch.empty(d, dtype=torch.int64, device=device)
     seg_counts = torch.empty((n_chunks, d), dtype=torch.int32, device=device) if want_segments else None
     call(k, "proj_count", spec.as_tuple(), ptr(seg_counts), ptr(col_counts))
@@ -58,6 +72,28 @@ def build(spec: ref.ProjSpec, storage: str, device: torch.device) -> dict[str, t
         call(k, "proj_fill", spec.as_tuple(), ptr(seg_start), ptr(chunk_ptr), ptr(indices))
         out.update(seg_start=seg_start, chunk_ptr=chunk_ptr, indices=indices)
     return out
+
+
+def _sell(k, spec: ref.ProjSpec, seg_start: torch.Tensor, chunk_ptr: torch.Tensor,
+          indices: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The SELL-C-sigma buffers from the segments, by the C++ kernels (CPU tensors)."""
+    n_slices = -(-spec.D // ref.SELL_C)
+    perm = torch.empty(n_slices * ref.SELL_C, dtype=torch.int16)
+    widths = torch.empty(n_slices, dtype=torch.int32)
+    call(k, "proj_sell_plan", spec.as_tuple(), ptr(seg_start), ptr(chunk_ptr), ptr(indices), ptr(perm), ptr(widths))
+    slice_ptr = torch.zeros(n_slices + 1, dtype=torch.int64)
+    torch.cumsum(widths.to(torch.int64) * ref.SELL_C, dim=0, out=slice_ptr[1:])
+    cols = torch.empty(int(slice_ptr[-1]), dtype=torch.int16 if ref.sell_narrow(spec.d) else torch.int32)
+    call(k, "proj_sell_fill", spec.as_tuple(), ptr(seg_start), ptr(chunk_ptr), ptr(indices), ptr(perm),
+         ptr(slice_ptr), ptr(cols))
+    return {"perm": perm, "slice_ptr": slice_ptr, "cols": cols}
+
+
+def decode(spec: ref.ProjSpec, buffers: dict[str, torch.Tensor]):
+    """(rows, cols, neg) of every nonzero of the "indices" storage, either layout."""
+    if "cols" in buffers:
+        return ref.sell_decode(spec.D, spec.d, buffers["perm"], buffers["slice_ptr"], buffers["cols"])
+    return ref.decode(buffers["seg_start"], buffers["chunk_ptr"], buffers["indices"])
 
 
 def _build_reference(spec: ref.ProjSpec, want_segments: bool, device: torch.device) -> dict[str, torch.Tensor]:
@@ -93,9 +129,14 @@ def product(P: Operands, x: torch.Tensor, transpose: bool) -> torch.Tensor:
         return fn(rows, cols, vals, x, out_shape[1])
 
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
-    name = ("proj_rmatvec_" if transpose else "proj_matvec_") + P.storage
     b = P.buffers
-    held = (ptr(b["seg_start"]), ptr(b["chunk_ptr"]), ptr(b["indices"])) if P.storage == "indices" else ()
+    if P.storage == "implicit":
+        layout, held = "implicit", ()
+    elif "cols" in b:
+        layout, held = "sell", (ptr(b["perm"]), ptr(b["slice_ptr"]), ptr(b["cols"]))
+    else:
+        layout, held = "indices", (ptr(b["seg_start"]), ptr(b["chunk_ptr"]), ptr(b["indices"]))
+    name = ("proj_rmatvec_" if transpose else "proj_matvec_") + layout
     call(k, name, spec.as_tuple(), *held, ptr(P.scales), ptr(x), ptr(out), B, x.dtype == torch.float64)
     return out
 

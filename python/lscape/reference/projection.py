@@ -152,6 +152,64 @@ def decode(seg_start: torch.Tensor, chunk_ptr: torch.Tensor, indices: torch.Tens
     return packed & 0x7FFFFFFF, cols, (packed >> 31).bool()
 
 
+# ---- the SELL-C-sigma layout of the "indices" kind on the CPU (csrc/include/lscape/projection.h) ------
+SELL_C = 16             # rows per slice
+SELL_SIGMA = 1024       # rows are sorted by length within windows of this many rows
+SELL_NARROW_MAX_D = 32767  # up to this d an entry is 16 bits (column << 1 | sign), above 32
+
+
+def sell_narrow(d: int) -> bool:
+    """Whether P's SELL entries are 16-bit (d <= 32767) rather than 32-bit."""
+    return d <= SELL_NARROW_MAX_D
+
+
+def sell_layout(spec: ProjSpec, seg_start: np.ndarray, chunk_ptr: np.ndarray, indices: np.ndarray):
+    """The SELL-C-sigma buffers of the same matrix, exactly as the C++ kernels (sell_plan/sell_fill) lay
+    them out, from the segment storage.  Returns a dict of numpy arrays: perm (n_slices * C,) int16 holding
+    uint16 bits, slice_ptr (n_slices + 1,) int64, cols int16 (narrow) or int32 (wide) holding unsigned bits."""
+    D, d, C, sigma = spec.D, spec.d, SELL_C, SELL_SIGMA
+    rows, cols, neg = (t.numpy() for t in decode(*(torch.from_numpy(np.ascontiguousarray(a))
+                                                   for a in (seg_start, chunk_ptr, indices))))
+    length = np.bincount(rows, minlength=D).astype(np.int64)
+    n_slices = -(-D // C)
+    r = np.arange(D, dtype=np.int64)
+    order = np.lexsort((r, -length, r // sigma))  # the row in every slot: by window, longest first, stable
+    perm = np.zeros(n_slices * C, dtype=np.uint16)
+    perm[:D] = order - (r & ~(sigma - 1))
+    slot_len = np.zeros(n_slices * C, dtype=np.int64)
+    slot_len[:D] = length[order]
+    widths = slot_len.reshape(n_slices, C).max(axis=1)
+    slice_ptr = np.zeros(n_slices + 1, dtype=np.int64)
+    np.cumsum(widths * C, out=slice_ptr[1:])
+    slot_of = np.empty(D, dtype=np.int64)
+    slot_of[order] = r
+    by_row = np.argsort(rows, kind="stable")  # a row's entries in increasing column order
+    rs = rows[by_row]
+    row_start = np.concatenate(([0], np.cumsum(length)[:-1]))
+    k = np.arange(rows.size, dtype=np.int64) - row_start[rs]
+    p = slot_of[rs]
+    at = slice_ptr[p // C] + k * C + p % C
+    narrow = sell_narrow(d)
+    etype = np.uint16 if narrow else np.uint32
+    out = np.full(int(slice_ptr[-1]), 2 * d, dtype=etype)  # padding: column d, sign +
+    out[at] = (cols[by_row].astype(etype) << etype(1)) | neg[by_row].astype(etype)
+    return {"perm": perm.view(np.int16), "slice_ptr": slice_ptr, "cols": out.view(np.int16 if narrow else np.int32)}
+
+
+def sell_decode(D: int, d: int, perm: torch.Tensor, slice_ptr: torch.Tensor, cols: torch.Tensor):
+    """(rows, cols, neg) of every stored nonzero of the SELL-C-sigma storage (slice order), padding left out."""
+    dev = cols.device
+    n_slices = slice_ptr.numel() - 1
+    sl = torch.repeat_interleave(torch.arange(n_slices, device=dev), slice_ptr[1:] - slice_ptr[:-1])
+    slot = sl * SELL_C + (torch.arange(cols.numel(), device=dev) - slice_ptr[sl]) % SELL_C
+    e = cols.to(torch.int64) & (0xFFFF if sell_narrow(d) else 0xFFFFFFFF)
+    col = e >> 1
+    keep = col < d  # padding holds column d
+    slot = slot[keep]
+    rows = (slot & ~(SELL_SIGMA - 1)) + (perm.to(torch.int64) & 0xFFFF)[slot]
+    return rows, col[keep], (e[keep] & 1).bool()
+
+
 def coo_values(cols: torch.Tensor, neg: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """The value of every nonzero: +-scales[col]."""
     v = scales[cols]
