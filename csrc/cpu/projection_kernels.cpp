@@ -1,23 +1,6 @@
-// CPU kernels of the projection family.  This file is compiled twice, once per instruction set
-// (LSCAPE_ISA = baseline | avx2); projection.cpp picks one at run time.
-#include <algorithm>
-#include <cstdint>
-#include <cstring>
-#include <type_traits>
-#include <vector>
-
-#include "lscape/projection.h"
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-#ifdef LSCAPE_OPENMP
-#include <omp.h>
-#endif
-
-// GCC does not see the AVX2 stores that fill a block of packed indices before it is read.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+// CPU kernels of the projection family.  This file is compiled once per instruction set
+// (LSCAPE_ISA = baseline | avx2 | avx512); projection.cpp picks one at run time.
+#include "projection_prelude.h"
 
 namespace lscape {
 namespace proj {
@@ -25,13 +8,7 @@ namespace LSCAPE_ISA {
 
 namespace {
 
-#ifdef LSCAPE_OPENMP
-inline int thread_id() { return omp_get_thread_num(); }
-inline int team_size() { return omp_get_num_threads(); }
-#else
-inline int thread_id() { return 0; }
-inline int team_size() { return 1; }
-#endif
+#include "projection_common.inc"
 
 inline int64_t chunk_end(const Spec& s, int64_t c) { return std::min((c + 1) * s.seg_rows, s.D); }
 
@@ -180,22 +157,6 @@ inline uint32_t walk_segment(const Spec& s, int64_t col, int64_t chunk, Consume&
 }
 #endif
 
-// v or -v by flipping the sign bit: signs are random, so a branch here would mispredict half the time.
-inline float signed_value(float v, uint32_t neg) {
-  uint32_t b;
-  std::memcpy(&b, &v, 4);
-  b ^= neg << 31;
-  std::memcpy(&v, &b, 4);
-  return v;
-}
-inline double signed_value(double v, uint32_t neg) {
-  uint64_t b;
-  std::memcpy(&b, &v, 8);
-  b ^= static_cast<uint64_t>(neg) << 63;
-  std::memcpy(&v, &b, 8);
-  return v;
-}
-
 // ---- B > 1: one run of packed indices against a tile of rows x B (one contiguous B-vector per row) ----
 // scatter_run (matvec):  tile[row][b] += +-v[b]                   for every index of the run
 // gather_run (rmatvec):  a[b] += sum over the run of +-tile[row][b]
@@ -301,13 +262,6 @@ inline void gather_run(double* a, const double* gt, const uint32_t* p, int cnt, 
   gather_run_v<F64x4>(a, gt, p, cnt, B);
 }
 #endif
-
-// Even split of [0, n) among the team: this thread's [lo, hi).
-inline void my_range(int64_t n, int64_t& lo, int64_t& hi) {
-  const int64_t t = thread_id(), T = team_size();
-  lo = n * t / T;
-  hi = n * (t + 1) / T;
-}
 
 // n elements of buf starting at a 64-byte boundary.  A tile row of B = 8 floats is then one cache
 // line; with std::vector's 16-byte alignment half the rows straddle two, and the scatter into them ran

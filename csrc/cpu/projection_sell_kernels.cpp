@@ -11,23 +11,7 @@
 //   private accumulators are summed in thread order at the end, times the column scales.  (Lane-private
 //   scatters and a transposed SELL were slower in a prototype; d is small, so per-thread d-vectors are
 //   cheap.)
-#include <algorithm>
-#include <cstdint>
-#include <cstring>
-#include <vector>
-
-#include "lscape/projection.h"
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-#ifdef LSCAPE_OPENMP
-#include <omp.h>
-#endif
-
-// GCC 12's gather intrinsics start from an uninitialised vector it then warns about.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "projection_prelude.h"
 
 namespace lscape {
 namespace proj {
@@ -37,35 +21,7 @@ namespace {
 
 constexpr int64_t C = kSellC;
 
-#ifdef LSCAPE_OPENMP
-inline int thread_id() { return omp_get_thread_num(); }
-inline int team_size() { return omp_get_num_threads(); }
-#else
-inline int thread_id() { return 0; }
-inline int team_size() { return 1; }
-#endif
-
-inline void my_range(int64_t n, int64_t& lo, int64_t& hi) {
-  const int64_t t = thread_id(), T = team_size();
-  lo = n * t / T;
-  hi = n * (t + 1) / T;
-}
-
-// v or -v by flipping the sign bit (exact, and branch-free: signs are random).
-inline float signed_value(float v, uint32_t neg) {
-  uint32_t b;
-  std::memcpy(&b, &v, 4);
-  b ^= neg << 31;
-  std::memcpy(&v, &b, 4);
-  return v;
-}
-inline double signed_value(double v, uint32_t neg) {
-  uint64_t b;
-  std::memcpy(&b, &v, 8);
-  b ^= static_cast<uint64_t>(neg) << 63;
-  std::memcpy(&v, &b, 8);
-  return v;
-}
+#include "projection_common.inc"
 
 // B > 1 works on blocks of V batch entries (one AVX2 vector), the batch padded to a multiple of V.
 template <typename T>
