@@ -280,3 +280,13 @@ def test_smoke_summary_reports_the_neb_fidelity_numbers(smoke_run):
     assert summary["wf_construction"] == "v2"
     with np.load(out / "results.npz") as r:
         assert r["neb_basin_radius_polyline"].shape == r["neb_basin_radius"].shape
+
+
+def test_large_scale_is_a_tenth_of_the_paper_and_other_experiments_refuse_it():
+    large, paper = gw.config("large"), gw.config("paper")
+    assert 2 * large.models_per_optimizer * 10 == 2 * paper.models_per_optimizer
+    assert large.steps == paper.steps == 50_000
+    assert large.models_per_optimizer % large.shard_models == 0
+    from lscape.experiments import bosman
+    with pytest.raises(ValueError, match="scale: got 'large'"):
+        bosman.config("large")

@@ -39,7 +39,7 @@ __all__ = ["SCALES", "ChunkBudget", "Context", "RunDir", "RunInterrupted", "atom
            "module_functions", "config_dict", "finish_run", "load_npz", "replot", "require_matplotlib",
            "resolve_device", "save_figures", "start", "torch_threads"]
 
-SCALES = ("smoke", "default", "paper")
+SCALES = ("smoke", "default", "large", "paper")  # every scale some experiment has (gamst-walker: large)
 
 
 def config_of(module: types.ModuleType, scale: str, **overrides: Any):
