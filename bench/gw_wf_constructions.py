@@ -54,12 +54,10 @@ def build(saw: str = "BBBBB", carrier: str = "x", order=(2, 3, 4, 0, 1), k0_in_a
         low = min(low, part.min())
     c = max(0.0, -low) if offset is None else offset
     m, mx = saw_margin, x_margin
-    weights = []
+    weights = tm._zero_hidden_layers(K, N)
     t_of = {"A": ((2.0, -4.0), -2.0 * m), "B": ((-1.0, -1.0), 1.0)}  # t from the previous layer's u0, u1
     pre = {"A": ((1.0, m), (1.0, -0.5)), "B": ((2.0, -1.0), (-2.0, 1.0))}  # units as s t + h
-    for l in range(K):
-        W = torch.zeros(N, 1 if l == 0 else N, dtype=torch.float64)
-        b = torch.zeros(N, dtype=torch.float64)
+    for l, (W, b) in enumerate(weights):
         for u, (sc, h) in enumerate(pre[saw[l]]):
             if l == 0:
                 W[u, 0], b[u] = sc, h
@@ -76,18 +74,7 @@ def build(saw: str = "BBBBB", carrier: str = "x", order=(2, 3, 4, 0, 1), k0_in_a
                 W[3, 2], b[3] = 1.0, -mx - a[order[l]]
                 W[4, 4], W[4, 3] = 1.0, k[order[l - 1]]
         else:
-            if l == 0:
-                W[2, 0], b[2] = 1.0, -a[0]
-                W[3, 0], b[3] = 1.0, -a[order[0]]
-                W[4, 0], b[4] = k0, c
-            else:
-                W[4, 4], W[4, 3] = 1.0, k[order[l - 1]]
-                if l < K - 1:
-                    W[2, 2] = 1.0
-                    W[3, 2], b[3] = 1.0, -(a[order[l]] - a[0])
-                else:
-                    W[4, 2] = k[0]
-        weights.append((W, b))
+            tm._v2_spline_units(W, b, l, K, a, k, k0, c, order)
     (w0, w1), tb = t_of[saw[-1]]
     bias = alpha * tb + s0 - c
     if carrier == "x":

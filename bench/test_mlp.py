@@ -70,20 +70,15 @@ def _vmap_trainer(spec: TinyMLP, params: torch.Tensor, x: torch.Tensor, y: torch
     return run
 
 
-@contextlib.contextmanager
-def _isa(name: str | None):
-    """The CPU kernels forced onto one ISA build (None: the run-time choice), restored afterwards."""
-    if name is None:
-        yield
-        return
-    from lscape import _C
+def _isa(name: str | None) -> contextlib.ExitStack:
+    """The CPU kernels forced onto one ISA build (None: the run-time choice), restored on exit."""
+    stack = contextlib.ExitStack()
+    if name is not None:
+        from lscape import _C
 
-    before = _C.isa()
-    _C.set_isa(name)
-    try:
-        yield
-    finally:
-        _C.set_isa(before)
+        stack.callback(_C.set_isa, _C.isa())
+        _C.set_isa(name)
+    return stack
 
 
 def _isa_skip(contender: str) -> None:

@@ -70,24 +70,16 @@ def _large_info(rss_start):
 
 
 @pytest.mark.benchmark(group="implicit-large")
-def test_large_matvec(benchmark, large_P):
-    theta = torch.randn(LARGE_d, generator=torch.Generator().manual_seed(SEED))
+@pytest.mark.parametrize("product", ["matvec", "rmatvec"])
+def test_large_product(benchmark, large_P, product):
+    """P theta (theta of length d) or P^T g (g of length D) of the implicit D = 1e8 projection, one round."""
+    n_in, n_out = (LARGE_d, LARGE_D) if product == "matvec" else (LARGE_D, LARGE_d)
+    x = torch.randn(n_in, generator=torch.Generator().manual_seed(SEED))
     rss_start = _current_rss_bytes()
-    benchmark.extra_info["contender"] = "lscape implicit P theta"
-    out = benchmark.pedantic(large_P.matvec, (theta,), rounds=1, iterations=1)
-    assert out.shape == (LARGE_D,)
-    del out
-    benchmark.extra_info.update(_large_info(rss_start))
-
-
-@pytest.mark.benchmark(group="implicit-large")
-def test_large_rmatvec(benchmark, large_P):
-    g = torch.randn(LARGE_D, generator=torch.Generator().manual_seed(SEED))
-    rss_start = _current_rss_bytes()
-    benchmark.extra_info["contender"] = "lscape implicit P^T g"
-    out = benchmark.pedantic(large_P.rmatvec, (g,), rounds=1, iterations=1)
-    assert out.shape == (LARGE_d,)
-    del g
+    benchmark.extra_info["contender"] = "lscape implicit " + ("P theta" if product == "matvec" else "P^T g")
+    out = benchmark.pedantic(getattr(large_P, product), (x,), rounds=1, iterations=1)
+    assert out.shape == (n_out,)
+    del x, out
     benchmark.extra_info.update(_large_info(rss_start))
 
 
@@ -135,12 +127,19 @@ def _cpu_fn(ops: Operands, contender: str, transpose: bool, B: int):
     raise ValueError(contender)
 
 
-def _cpu_product(bench_run, ops: Operands, contender: str, transpose: bool, B: int):
-    fn = _cpu_fn(ops, contender, transpose, B)
-    what = f"{LABELS[contender]} {'P^T g' if transpose else 'P theta'} B={B}"
+def _product(bench_run, ops: Operands, contender: str, transpose: bool, B: int, device: str):
+    """Check one contender's P theta (or P^T g) against the reference answer, then time it."""
+    cuda = device != "cpu"
+    fn = (_cuda_fn if cuda else _cpu_fn)(ops, contender, transpose, B)
+    what = f"{'cuda ' if cuda else ''}{LABELS[contender]} {'P^T g' if transpose else 'P theta'} B={B}"
     check_close(fn(), ops.want(transpose, B), what)
-    bench_run(fn, LABELS[contender], min_rounds=3 if contender == "torch-reference" else 5,
-              direction="rmatvec" if transpose else "matvec", B=B, D=ops.D, d=ops.d, device="cpu")
+    rounds = {} if cuda else {"min_rounds": 3 if contender == "torch-reference" else 5}
+    bench_run(fn, LABELS[contender], **rounds, direction="rmatvec" if transpose else "matvec", B=B, D=ops.D,
+              d=ops.d, device=torch.cuda.get_device_name() if cuda else "cpu")
+
+
+def _cpu_product(bench_run, ops: Operands, contender: str, transpose: bool, B: int):
+    _product(bench_run, ops, contender, transpose, B, "cpu")
 
 
 @pytest.mark.benchmark(group="matvec-B1")
@@ -238,11 +237,7 @@ def _cuda_fn(ops: Operands, contender: str, transpose: bool, B: int):
 
 
 def _cuda_product(bench_run, ops: Operands, contender: str, transpose: bool, B: int):
-    fn = _cuda_fn(ops, contender, transpose, B)
-    what = f"cuda {LABELS[contender]} {'P^T g' if transpose else 'P theta'} B={B}"
-    check_close(fn(), ops.want(transpose, B), what)
-    bench_run(fn, LABELS[contender], direction="rmatvec" if transpose else "matvec", B=B, D=ops.D, d=ops.d,
-              device=torch.cuda.get_device_name())
+    _product(bench_run, ops, contender, transpose, B, "cuda")
 
 
 @pytest.mark.gpu

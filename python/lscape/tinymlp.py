@@ -174,6 +174,13 @@ WF_SPLINE_X = (0.0, 4 / 32, 10 / 32, 16 / 32, 22 / 32, 28 / 32, 1.0)
 WF_SPLINE_Y = (0.0, 0.8, 1.0, 0.1, -0.6, -0.4, 0.2)
 
 
+def _zero_hidden_layers(K: int, N: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """K hidden layers of a K x N net as zero float64 (W, b) pairs (layer 0 reads the 1-D input), for the
+    W_f builders to fill in place."""
+    return [(torch.zeros(N, 1 if l == 0 else N, dtype=torch.float64), torch.zeros(N, dtype=torch.float64))
+            for l in range(K)]
+
+
 def _wf_spline_coefs() -> tuple[float, float, list[float], list[float], float]:
     """s(x) = s0 + k0 x + sum_l k_l relu(x - a_l): (s0, k0, a (5,), k (5,), c0) from WF_SPLINE_X/Y, with
     c0 the constant the accumulator unit carries: the smallest integer >= 1 with every partial sum
@@ -232,10 +239,8 @@ def _wf_v1() -> torch.Tensor:
     spec = TinyMLP(K, N)
     s0, k0, a, k, c0 = _wf_spline_coefs()
     alpha = WF_SAW_AMPLITUDE
-    weights = []
-    for l in range(K):
-        W = torch.zeros(N, 1 if l == 0 else N, dtype=torch.float64)
-        b = torch.zeros(N, dtype=torch.float64)
+    weights = _zero_hidden_layers(K, N)
+    for l, (W, b) in enumerate(weights):
         if l == 0:
             W[0, 0] = W[1, 0] = W[2, 0] = W[3, 0] = 1.0
             b[4] = c0
@@ -246,10 +251,26 @@ def _wf_v1() -> torch.Tensor:
             W[4, 4], W[4, 3] = 1.0, k[l - 1]
         b[1] = -0.5
         b[3] = -a[l]
-        weights.append((W, b))
     W = torch.tensor([[2 * alpha, -4 * alpha, k0, k[K - 1], 1.0]], dtype=torch.float64)
     weights.append((W, torch.tensor([s0 - c0], dtype=torch.float64)))
     return spec.flatten(weights)
+
+
+def _v2_spline_units(W: torch.Tensor, b: torch.Tensor, l: int, K: int, a, k, k0: float, c: float,
+                     order) -> None:
+    """Units 2, 3, 4 of hidden layer l of construction v2 (see _wf_v2), written into W, b in place: the
+    carrier relu(x - a_0), the next knot of `order`, and the accumulator starting at c + k0 x."""
+    if l == 0:
+        W[2, 0], b[2] = 1.0, -a[0]
+        W[3, 0], b[3] = 1.0, -a[order[0]]
+        W[4, 0], b[4] = k0, c
+        return
+    W[4, 4], W[4, 3] = 1.0, k[order[l - 1]]
+    if l < K - 1:
+        W[2, 2] = 1.0
+        W[3, 2], b[3] = 1.0, -(a[order[l]] - a[0])
+    else:
+        W[4, 2] = k[0]
 
 
 def _wf_v2() -> torch.Tensor:
@@ -279,29 +300,18 @@ def _wf_v2() -> torch.Tensor:
     part = part + sum(k[j] * np.maximum(xs - a[j], 0.0) for j in (order[-1], 0))  # C_5
     c = max(0.0, -min(low, part.min()))
     alpha = WF_SAW_AMPLITUDE
-    weights = []
-    for l in range(K):
-        W = torch.zeros(N, 1 if l == 0 else N, dtype=torch.float64)
-        b = torch.zeros(N, dtype=torch.float64)
+    weights = _zero_hidden_layers(K, N)
+    for l, (W, b) in enumerate(weights):
         if l == 0:
             W[0, 0] = W[1, 0] = 1.0
             b[1] = -0.5
-            W[2, 0], b[2] = 1.0, -a[0]
-            W[3, 0], b[3] = 1.0, -a[order[0]]
-            W[4, 0], b[4] = k0, c
         else:
             # t = 2 u0 - 4 u1 (layer 1) or 1 - u0 - u1 (after): relu(2 t - 1), relu(1 - 2 t)
             tw, tb = ((2.0, -4.0), 0.0) if l == 1 else ((-1.0, -1.0), 1.0)
             for unit, sgn in ((0, 1.0), (1, -1.0)):
                 W[unit, 0], W[unit, 1] = 2.0 * sgn * tw[0], 2.0 * sgn * tw[1]
                 b[unit] = sgn * (2.0 * tb - 1.0)
-            W[4, 4], W[4, 3] = 1.0, k[order[l - 1]]
-            if l < K - 1:
-                W[2, 2] = 1.0
-                W[3, 2], b[3] = 1.0, -(a[order[l]] - a[0])
-            else:
-                W[4, 2] = k[0]
-        weights.append((W, b))
+        _v2_spline_units(W, b, l, K, a, k, k0, c, order)
     W = torch.tensor([[-alpha, -alpha, 0.0, 0.0, 1.0]], dtype=torch.float64)
     weights.append((W, torch.tensor([alpha + s0 - c], dtype=torch.float64)))
     return spec.flatten(weights)
