@@ -241,8 +241,9 @@ def landscape_losses(landscape, origin: torch.Tensor, coeffs: torch.Tensor, dirs
     buffers = dict(model.named_buffers())
     parts = []
     with torch.no_grad(), cache.installed():
-        for i in range(0, coeffs.shape[0], block if landscape.per_point else landscape.chunk or block):
-            c = coeffs[i:i + block] if landscape.per_point else coeffs[i:i + (landscape.chunk or block)]
+        step = block if landscape.per_point else landscape.chunk or block
+        for i in range(0, coeffs.shape[0], step):
+            c = coeffs[i:i + step]
             thetas = torch.addmm(origin.expand(c.shape[0], -1), c, dirs).to(dt)
             if landscape.per_point:
                 for theta, ci in zip(thetas, c.tolist(), strict=True):
