@@ -8,7 +8,9 @@ digits-64-100-100-10 (D = 17,610, the 1,438 digits images, 100 steps) and mnist-
 
   lscape                  lscape.probes.lines.interpolate on Landscape.from_module: the first layer's
                           products with both ends once (lscape._affine), then one fused sum per point and
-                          the rest of the net (points one by one: see PER_POINT_WORK)
+                          the rest of the net (points one by one: see PER_POINT_WORK), the 10-class head
+                          and the cross-entropy in lscape._fastops' forms (MKL and torch's log_softmax are
+                          slow on 10-wide rows)
   plain model(X) loop     vector_to_parameters of each point into a model copy, then CE(model(X), Y)
   loss-landscapes         loss_landscapes.linear_interpolation(start, end, Loss(...), steps=200): one
                           forward pass per point (its alphas are 1/200, 2/200, ..., 1; lscape is given
@@ -18,8 +20,9 @@ Group `probe-hessian-top5`: the 5 largest Hessian eigenvalues at the trained wei
 ReLU network (D = 55,210; a dense Hessian, 12 GB in float32, is out of the question here):
 
   lscape lanczos          lscape.probes.spectrum.hessian_eigs(k=5): Lanczos on Hessian-vector products
-                          (full reorthogonalisation, float64 recurrences, stops at Ritz residual
-                          100 eps |H|)
+                          (probes.mlp_hvp's written-out R-operator on this MLP; full reorthogonalisation,
+                          float64 recurrences; stops when each eigenvalue's error bound min(r, r^2 / gap)
+                          is below float32's eps |H|)
   PyHessian               pyhessian.hessian(...).eigenvalues(top_n=5): power iteration with deflation at its
                           defaults (maxIter=100, tol=1e-3)
   PyHessian tol 1e-6      the same at matched accuracy (tol=1e-6, maxIter=1000)

@@ -3,6 +3,8 @@ from numpy.linalg.eigvalsh, trace, density), the dense probes.hessian on small M
 al.'s classes on hand-made spectra, and a named error for every bad input."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -118,6 +120,29 @@ def test_lanczos_stops_early_when_converged_and_iters_bounds_the_work(monkeypatc
     capped = hessian_eigs(L, torch.zeros(200, dtype=F64), 3, iters=4)
     assert sum(products) == 4
     assert np.abs(capped.numpy() - [100, 90, 80]).max() > 1e-8  # 4 steps cannot resolve it
+
+
+def test_eigenvalues_alone_converge_on_their_error_bound_before_the_residuals(monkeypatch):
+    # a float32 module landscape: eigenvalues-only stops when min(r, r^2 / gap) <= eps |H|, sooner than the
+    # residual test the eigenvectors need, and still agrees with the dense float64 Hessian to float32 accuracy
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 10))
+    gen = torch.Generator().manual_seed(2)
+    X, Y = torch.randn(200, 6, generator=gen), torch.randint(0, 10, (200,), generator=gen)
+    L = Landscape.from_module(model, nn.functional.cross_entropy, (X, Y))
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    L64 = Landscape.from_module(copy.deepcopy(model).double(), nn.functional.cross_entropy, (X.double(), Y))
+    want = np.linalg.eigvalsh(hessian(L64, theta.double()[None])[0].numpy())[::-1][:5]
+    products = []
+    call = spectrum._HVP.__call__
+    monkeypatch.setattr(spectrum._HVP, "__call__", lambda self, V: products.append(V.shape[0]) or call(self, V))
+    vals = hessian_eigs(L, theta, 5).numpy()
+    n_vals = sum(products)
+    products.clear()
+    vals_v, _ = hessian_eigs(L, theta, 5, return_vectors=True)
+    assert n_vals < sum(products)
+    np.testing.assert_allclose(vals, want, rtol=2e-5, atol=1e-6 * want[0])
+    np.testing.assert_allclose(vals_v.numpy(), want, rtol=2e-5, atol=1e-6 * want[0])
 
 
 @pytest.mark.parametrize("which", ["LA", "SA"])

@@ -7,7 +7,7 @@ import lscape
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from lscape import SparseSignProjection
 
@@ -22,6 +22,7 @@ settings.load_profile("lscape")
 @given(D=st.integers(-3, 3000), d=st.integers(-3, 60), seed=st.integers(-2, 2**64),
        density=st.one_of(st.none(), st.floats(-0.5, 1.5), st.just(float("nan")), st.just(float("inf"))),
        storage=st.sampled_from(["indices", "implicit", "dense"]))
+@example(D=1, d=1, seed=0, density=9.238232145423484e-275, storage="indices")  # its gap scale overflowed float32
 def test_construction_is_correct_or_named(D, d, seed, density, storage):
     """Valid input constructs; invalid input (and only invalid input) is refused, by a named error."""
     valid = (1 <= D and 1 <= d <= D and 0 <= seed < 2**64 and storage in ("indices", "implicit")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._fastops import narrow_linears
 from ._flat import FlatLayout
 
 __all__ = ["input_layers", "AffineCache", "landscape_losses", "MAX_CACHED"]
@@ -240,7 +241,7 @@ def landscape_losses(landscape, origin: torch.Tensor, coeffs: torch.Tensor, dirs
     block = max(1, BLOCK_ELEMS // landscape.dim)
     buffers = dict(model.named_buffers())
     parts = []
-    with torch.no_grad(), cache.installed():
+    with torch.no_grad(), cache.installed(), narrow_linears(model, skip=cache.mods.values()):
         step = block if landscape.per_point else landscape.chunk or block
         for i in range(0, coeffs.shape[0], step):
             c = coeffs[i:i + step]

@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p_rep = sub.add_parser("reproduce", help="run a paper's experiment (results.npz, summary.json, figures)")
     p_rep.add_argument("name", choices=sorted(EXPERIMENTS))
     p_rep.add_argument("--scale", choices=SCALES, default="default",
-                       help="smoke: seconds; default: minutes on a laptop CPU; paper: the paper's sizes (GPU)")
+                       help="smoke: seconds; default: minutes on a laptop CPU; paper: the paper's sizes (GPU); "
+                            "paper-capped (bosman): the paper's sizes with fewer MNIST walks")
     p_rep.add_argument("--out", required=True, help="output folder")
     p_rep.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p_rep.add_argument("--data-dir", default=None,

@@ -60,6 +60,7 @@ class Config:
     macro_fraction: float = 0.1  # macro walks: 10% of 2r
     macro_steps: int = 100  # the paper: 100
     max_walkers: int | None = 64  # walks per cell: min(D, max_walkers); None: D (the paper)
+    digits_max_walkers: int | None = None  # when set, the cap for the digits / MNIST cells (XOR keeps max_walkers)
     batch_size: int = 100  # digits / MNIST: the loss is on this many (fixed, random) training patterns
     eval_patterns: int | None = None  # digits end-point accuracies on at most this many train / test patterns
     # XOR: Hessians per cell (half end points, half random sampled points); the paper: every sampled point.
@@ -81,6 +82,13 @@ SCALES: dict[str, Config] = {
     # (MNIST from --data-dir).  Far beyond a CPU: MNIST width 100, depth 3 alone has D = 99,710 walkers.
     "paper": Config("paper", dataset="mnist", digits_widths=(10, 20, 100), digits_depths=(1, 2, 3),
                     micro_steps=1000, max_walkers=None, eval_patterns=10_000, hessian_points=1000),
+    # what 2 cores can do of it in about 1.5 hours: the paper's networks, steps, ranges and MNIST batches, and
+    # D walks per XOR cell, but 64 walks per MNIST cell (D walks of the width-100 depth-3 net, 99,710 x 1000
+    # steps at ~8 ms a walker-step, would take ~9 days a cell) and 256 Hessians per XOR cell (~0.2 s each at
+    # D = 921)
+    "paper-capped": Config("paper-capped", dataset="mnist", digits_widths=(10, 20, 100), digits_depths=(1, 2, 3),
+                           micro_steps=1000, max_walkers=None, digits_max_walkers=64, eval_patterns=10_000,
+                           hessian_points=256),
 }
 
 
@@ -222,7 +230,8 @@ def run_cell(cfg: Config, probs: dict[str, dict[str, Any]], i: int, cell) -> dic
     land = Landscape.from_module(model, p["loss"], p["data"], chunk=chunk)
     acc_land = Landscape.from_module(model, p["acc"], p["data"], chunk=256)
     D = land.dim
-    W = D if cfg.max_walkers is None else min(D, cfg.max_walkers)
+    cap = cfg.digits_max_walkers if prob == "digits" and cfg.digits_max_walkers is not None else cfg.max_walkers
+    W = D if cap is None else min(D, cap)
     steps = cfg.micro_steps if micro else cfg.macro_steps
     bound = (cfg.micro_fraction if micro else cfg.macro_fraction) * 2 * r
     n_hess = cfg.hessian_points if prob == "xor" else 0

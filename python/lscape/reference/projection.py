@@ -58,7 +58,8 @@ def make_spec(D: int, d: int, seed: int, density: float) -> ProjSpec:
         cinv = -0.0
     else:
         # log1p keeps tiny densities exact; computed once here so every backend uses the same float32.
-        cinv = float(np.float32(math.log(2.0) / math.log1p(-density)))
+        # A density below ~1e-39 makes the ratio overflow float32: -FLT_MAX gives the same (empty) P.
+        cinv = float(np.float32(max(math.log(2.0) / math.log1p(-density), -float(np.finfo(np.float32).max))))
     S = segment_rows(density)
     return ProjSpec(D, d, int(seed), float(density), cinv, S, -(-D // S))
 
