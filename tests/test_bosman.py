@@ -85,3 +85,19 @@ def test_paper_scale_runs_on_mnist_files(tmp_path):
     with np.load(out / "results.npz") as r:
         assert np.all(r["digits_cell_dim"] == 784 * 10 + 10 + 10 * 10 + 10)  # 784-10-10 on MNIST
         assert np.all(np.isfinite(r["digits_loss"]))
+
+
+def test_paper_capped_caps_only_the_mnist_walks(tmp_path):
+    """'paper-capped': the paper's D walks per XOR cell, digits_max_walkers per MNIST cell."""
+    cfg = bosman.config("paper-capped")
+    assert cfg.max_walkers is None and cfg.digits_max_walkers == 64 and cfg.dataset == "mnist"
+    assert (cfg.digits_widths, cfg.digits_depths, cfg.micro_steps) == ((10, 20, 100), (1, 2, 3), 1000)
+    mnist = write_mnist(tmp_path / "mnist", n_train=120, n_test=40)
+    summary = bosman.run("paper-capped", tmp_path / "run", progress=False, data_dir=str(mnist),
+                         xor_widths=(2,), xor_depths=(1,), digits_widths=(10,), digits_depths=(1,), micro_steps=3,
+                         macro_steps=2, digits_max_walkers=3, batch_size=50, eval_patterns=50, hessian_points=4,
+                         figures=False)
+    with np.load(tmp_path / "run" / "results.npz") as r:
+        assert np.all(r["xor_cell_walkers"] == r["xor_cell_dim"])  # uncapped: D = 9 walks
+        assert np.all(r["digits_cell_walkers"] == 3)
+    assert all(c["walkers"] == (9 if k.startswith("xor") else 3) for k, c in summary["cells"].items())

@@ -53,6 +53,8 @@ def test_fast_loss_wraps_only_plain_cross_entropy_and_falls_back_per_call():
     assert ce(z, probs) == F.cross_entropy(z, probs)
     z3, y3 = torch.randn(4, 3, 5, dtype=F64), torch.randint(0, 3, (4, 5))  # (N, C, d) logits
     assert ce(z3, y3) == F.cross_entropy(z3, y3)
+    zb, yb = torch.randn(6, 3).bfloat16(), torch.randint(0, 3, (6,))  # low precision: torch's own kernel
+    assert ce(zb, yb) == F.cross_entropy(zb, yb)
 
 
 # ---- narrow linear layers -----------------------------------------------------------------------------
