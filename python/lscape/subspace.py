@@ -278,7 +278,9 @@ class Subspace(nn.Module):
         r = self.P(self.theta)
         if self.constraint is not None:  # its next before_step needs P theta: this one, if theta stays
             self.constraint.remember_image(r)
-        return r if self.a is None else self.a + r
+            return r
+        # in place: a fresh D-vector costs a pass and page faults (P's backward saves nothing)
+        return r if self.a is None else r.add_(self.a)
 
     def radius(self) -> float:
         """|r| now."""
