@@ -3,6 +3,7 @@ with loss, accuracy and custom metrics on train and test data in the same forwar
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from ._affine import AffineCache, input_layers
+from ._fastops import fast_loss
 from ._flat import FlatLayout
 from .directions import Directions, random_directions
 from .executor import get_executor
@@ -183,6 +185,9 @@ def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
     dirs = torch.as_tensor(sh.directions, dtype=torch.float64)
     model.eval()
     affine = _affine_caches(model, layout, center.to(p0.dtype), dirs.to(p0.dtype), sh)
+    # the faster cross-entropy, here on the worker's copy (Ray pickles sh).  Not narrow_linears: the
+    # outputs also feed argmax and the user's metrics, which a column-major head slows down (argmax 4x)
+    sh = dataclasses.replace(sh, loss_fn=fast_loss(sh.loss_fn))
     ys = [None] if sh.y is None else list(sh.y)
     out = {}
     for j, b in enumerate(ys):

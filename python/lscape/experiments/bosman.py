@@ -1,12 +1,12 @@
 """Bosman, Engelbrecht & Helbig (2019), "Loss surface modality of feed-forward neural network architectures".
 
-    lscape reproduce bosman --scale smoke|default|paper --out DIR [--resume] [--data-dir MNIST_DIR]
+    lscape reproduce bosman --scale smoke|default|paper-capped|paper --out DIR [--resume] [--data-dir MNIST_DIR]
 
 Progressive gradient walks (lscape.probes.progressive_walk) over the loss surfaces of feed-forward networks
 of several widths and depths, on two problems:
 1. XOR: 2 inputs, `depth` hidden layers of `width` ELU units, one sigmoid output, binary cross-entropy
    (log-likelihood) on the four patterns; float64.  The paper's widths are 2 (minimal), 4 and 20.
-2. digits (embedded, 64 inputs; MNIST from --data-dir at paper scale): ELU hidden layers, softmax output,
+2. digits (embedded, 64 inputs; MNIST at the paper scales, via lscape.data.mnist): ELU hidden layers, softmax output,
    cross-entropy on a fixed random batch of `batch_size` training patterns; float32.  The paper's widths
    are 10 (minimal), 20 and 100.
 Every architecture is walked in four settings: two initialisation ranges [-r, r] (starts uniform in it;
