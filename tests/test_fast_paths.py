@@ -55,6 +55,11 @@ def test_fast_loss_wraps_only_plain_cross_entropy_and_falls_back_per_call():
     assert ce(z3, y3) == F.cross_entropy(z3, y3)
     zb, yb = torch.randn(6, 3).bfloat16(), torch.randint(0, 3, (6,))  # low precision: torch's own kernel
     assert ce(zb, yb) == F.cross_entropy(zb, yb)
+    # checked targets are remembered, but an edit in place is seen: an ignored target goes to torch again
+    yy = torch.tensor([0, 1, 2, 1, 1, 0])
+    assert ce(z, yy) == cross_entropy_rows(z, yy)
+    yy[2] = -100
+    assert ce(z, yy) == F.cross_entropy(z, yy) != cross_entropy_rows(z, yy.clamp_min(0))
 
 
 # ---- narrow linear layers -----------------------------------------------------------------------------

@@ -84,13 +84,19 @@ class _Captured(Exception):
     """Raised by the capturing hooks once every layer's input is in hand: the rest need not run."""
 
 
-def _combine(parts: list, coeffs) -> torch.Tensor:
-    """parts[0] (or None for a zero centre) + sum_k coeffs[k] parts[k + 1]; coeffs floats or a tensor."""
+def _combine(parts: list, coeffs, out: torch.Tensor | None = None) -> torch.Tensor:
+    """parts[0] (or None for a zero centre) + sum_k coeffs[k] parts[k + 1]; coeffs floats or a tensor.
+    With floats, written into `out` when given (a buffer reused point after point: a fresh activation-sized
+    tensor per point costs page faults)."""
     base, rest = parts[0], parts[1:]
     if isinstance(coeffs, torch.Tensor):  # inside vmap: coeffs is batched
         acc = sum(coeffs[k] * p for k, p in enumerate(rest))
         return acc if base is None else acc + base
-    out = rest[0] * coeffs[0] if base is None else base.add(rest[0], alpha=coeffs[0])
+    if base is None:
+        out = torch.mul(rest[0], coeffs[0], out=out) if out is not None else rest[0] * coeffs[0]
+    else:
+        out = torch.add(base, rest[0], alpha=coeffs[0], out=out) if out is not None else base.add(rest[0],
+                                                                                                  alpha=coeffs[0])
     for c, p in zip(coeffs[1:], rest[1:], strict=True):
         out.add_(p, alpha=c)
     return out
@@ -108,6 +114,7 @@ class AffineCache:
         self.model = model
         self.mods = {n: model.get_submodule(n) for n in names}
         self._now: dict[str, torch.Tensor] = {}  # what each layer returns while installed
+        self._bufs: dict[tuple[int, str], torch.Tensor] = {}  # (batch, layer): its output, rewritten per point
         self._installed = False
         vecs = [layout.split(v) for v in (center, *dirs)]
         size = 0
@@ -159,9 +166,14 @@ class AffineCache:
         parameters for torch.func.functional_call, or None to run the model with the parameters it holds
         (which must be the same point)."""
         with self.installed():
-            for X, Y, n, parts in self.batches:
+            for b, (X, Y, n, parts) in enumerate(self.batches):
                 for name, p in parts.items():
-                    self._now[name] = _combine(p, coeffs)
+                    buf = None
+                    if not isinstance(coeffs, torch.Tensor):
+                        if (b, name) not in self._bufs:
+                            self._bufs[b, name] = torch.empty_like(p[1])
+                        buf = self._bufs[b, name]
+                    self._now[name] = _combine(p, coeffs, buf)
                 if params is None:
                     out = self.model(X)
                 else:
@@ -232,6 +244,10 @@ def landscape_losses(landscape, origin: torch.Tensor, coeffs: torch.Tensor, dirs
     loss_fn, total = landscape.loss_fn, cache.samples
 
     def mean_loss(outputs) -> torch.Tensor:
+        if len(cache.batches) == 1:  # one batch: its loss is the mean (two tensor ops fewer per point)
+            out, Y, _ = next(outputs)
+            outputs.close()
+            return loss_fn(out, Y)
         s = 0.0
         for out, Y, n in outputs:
             s = s + loss_fn(out, Y) * n

@@ -56,8 +56,17 @@ def fast_loss(loss_fn: Loss) -> Loss:
     if not _plain_ce(loss_fn):
         return loss_fn
 
+    # targets already checked: a landscape sees the same batches at every point.  Each entry holds its
+    # tensor, so no other tensor can take its address while the entry lives; _version catches edits.
+    seen: dict = {}
+
     def ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return cross_entropy_rows(z, y) if _covered(z, y) else loss_fn(z, y)
+        key = (y.data_ptr(), y._version, tuple(y.shape), y.dtype, z.dim(), z.shape[0], z.dtype)
+        hit = seen.get(key)
+        ok = _covered(z, y) if hit is None else hit[0]
+        if hit is None and len(seen) < 64:
+            seen[key] = (ok, y)
+        return cross_entropy_rows(z, y) if ok else loss_fn(z, y)
 
     ce.__name__ = ce.__qualname__ = "cross_entropy"
     ce.original = loss_fn  # type: ignore[attr-defined]
