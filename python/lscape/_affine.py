@@ -92,11 +92,8 @@ def _combine(parts: list, coeffs, out: torch.Tensor | None = None) -> torch.Tens
     if isinstance(coeffs, torch.Tensor):  # inside vmap: coeffs is batched
         acc = sum(coeffs[k] * p for k, p in enumerate(rest))
         return acc if base is None else acc + base
-    if base is None:
-        out = torch.mul(rest[0], coeffs[0], out=out) if out is not None else rest[0] * coeffs[0]
-    else:
-        out = torch.add(base, rest[0], alpha=coeffs[0], out=out) if out is not None else base.add(rest[0],
-                                                                                                  alpha=coeffs[0])
+    kw = {} if out is None else {"out": out}
+    out = torch.mul(rest[0], coeffs[0], **kw) if base is None else torch.add(base, rest[0], alpha=coeffs[0], **kw)
     for c, p in zip(coeffs[1:], rest[1:], strict=True):
         out.add_(p, alpha=c)
     return out

@@ -105,10 +105,8 @@ class MLPHessian:
 
     def __init__(self, layers, layout_offsets: list[tuple[tuple[int, int], tuple[int, int] | None]],
                  theta: torch.Tensor, batches) -> None:
-        self.layers, self.offsets, self.dim = layers, layout_offsets, theta.shape[0]
-        self.Ws = [theta[a:b].view_as(lin.weight) for (lin, _), ((a, b), _) in zip(layers, layout_offsets,
-                                                                                   strict=True)]
-        self.bs = [None if ob is None else theta[ob[0]:ob[1]] for _, ob in layout_offsets]
+        self.layers, self.offsets = layers, layout_offsets
+        self.Ws, self.bs = self._views(theta)
         data = list(batches)
         total = sum(X.shape[0] for X, _ in data)
         self.batches = [_Batch(layers, self.Ws, self.bs, X, Y, total) for X, Y in data]
@@ -128,7 +126,7 @@ class MLPHessian:
         layers = _structure(model)
         if layers is None:
             return None
-        offsets = landscape_offsets(model, layers)
+        offsets = _offsets(model, layers)
         if offsets is None:
             return None
         n_out = layers[-1][0].out_features
@@ -139,6 +137,11 @@ class MLPHessian:
                 if not _covered(X.new_empty(X.shape[0], n_out), Y) or int(Y.max()) >= n_out:
                     return None
             return cls(layers, offsets, theta.detach(), landscape.data)
+
+    def _views(self, v: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Each linear's weight (out, in) and bias (out,) (None without one) as views of a flat (D,) vector."""
+        Ws = [v[a:b].view_as(lin.weight) for (lin, _), ((a, b), _) in zip(self.layers, self.offsets, strict=True)]
+        return Ws, [None if ob is None else v[ob[0]:ob[1]] for _, ob in self.offsets]
 
     def _buffers(self, bt: _Batch) -> dict[str, list[torch.Tensor]]:
         # fresh (N, width) tensors on every product cost more than the products' elementwise work
@@ -154,10 +157,8 @@ class MLPHessian:
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """H v for one vector v (D,) in the landscape's dtype."""
         out = torch.zeros_like(v)
-        Vs = [v[a:b].view_as(W) for ((a, b), _), W in zip(self.offsets, self.Ws, strict=True)]
-        cs = [None if ob is None else v[ob[0]:ob[1]] for _, ob in self.offsets]
-        hW = [out[a:b].view_as(W) for ((a, b), _), W in zip(self.offsets, self.Ws, strict=True)]
-        hb = [None if ob is None else out[ob[0]:ob[1]] for _, ob in self.offsets]
+        Vs, cs = self._views(v)
+        hW, hb = self._views(out)
         n = len(self.layers)
         with torch.no_grad():
             for bt in self.batches:
@@ -192,7 +193,7 @@ class MLPHessian:
         return out
 
 
-def landscape_offsets(model: nn.Module, layers) -> list[tuple[tuple[int, int], tuple[int, int] | None]] | None:
+def _offsets(model: nn.Module, layers) -> list[tuple[tuple[int, int], tuple[int, int] | None]] | None:
     """Each linear's (weight, bias) slice of the flat vector, or None when the model's parameters are
     not exactly those weights and biases in order."""
     from .._flat import FlatLayout
