@@ -95,6 +95,10 @@ LS_HD int32_t pack_index(uint32_t row, uint32_t neg) { return static_cast<int32_
 //   slice_ptr (int64, n_slices + 1 entries): offsets of the slices in `cols`, in entries.
 // C and sigma do not depend on the instruction set, so every ISA build reads the same buffers.  (The CPU
 // kernels run a slice's 16 lanes as 16 scalar chains: AVX-512 / AVX2 gathers were no faster on Zen 4.)
+// Tried and not kept: the columns cut into 2-3 bands, each window's rows sorted by their counts per band
+// and stored band after band, so that P theta (B = 1) reads one band's part of the signed vector from L1.
+// It took P theta (B = 1) from ~1.75 to ~1.45 ms at the paper's size, but B = 8 (short loops per band,
+// the 4-32x larger sort windows that keep padding low) got 1.25-1.6x slower and P^T g 1.2x slower.
 constexpr int64_t kSellC = 16;
 constexpr int64_t kSellSigma = 1024;   // a power of two, a multiple of kSellC, <= 65536
 constexpr int64_t kSellNarrowMaxD = 32767;
