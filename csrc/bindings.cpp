@@ -76,6 +76,25 @@ struct Cpu {
     return nullptr;
   }
 
+  static const char* bands_plan(const Spec& s, int64_t nb, int64_t window, const uint16_t* perm,
+                                const int64_t* slice_ptr, const void* cols, uint16_t* bperm, int32_t* widths, int nt) {
+    lscape::proj::sell_bands_plan_cpu(s, nb, window, perm, slice_ptr, cols, bperm, widths, nt);
+    return nullptr;
+  }
+  static const char* bands_fill(const Spec& s, int64_t nb, int64_t window, const uint16_t* perm,
+                                const int64_t* slice_ptr, const void* cols, const uint16_t* bperm,
+                                const int64_t* band_ptr, void* bcols, int nt) {
+    lscape::proj::sell_bands_fill_cpu(s, nb, window, perm, slice_ptr, cols, bperm, band_ptr, bcols, nt);
+    return nullptr;
+  }
+  template <typename T>
+  static const char* matvec_bands(const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm,
+                                  const int64_t* band_ptr, const void* bcols, const T* scales, const T* x, T* out,
+                                  int nt) {
+    lscape::proj::matvec_bands_cpu<T>(s, nb, window, bperm, band_ptr, bcols, scales, x, out, nt);
+    return nullptr;
+  }
+
   static const char* loss_grad(const lscape::mlp::Spec& s, int64_t M, const float* params, int64_t P,
                                const float* x, const float* y, float* loss, float* grad, int nt) {
     lscape::mlp::loss_grad_cpu(s, M, params, P, x, y, loss, grad, nt);

@@ -173,3 +173,139 @@ def test_empty_matrix():
     assert P.nnz == 0 and P._buffers["cols"].numel() == 0
     assert torch.equal(P.matvec(torch.ones(2, 3)), torch.zeros(2, 37))
     assert torch.equal(P.rmatvec(torch.ones(37)), torch.zeros(3))
+
+
+# ---- the column-band copy that P theta runs on at B = 1 (projection.h) ---------------------------------
+# (nb, window) forced on small shapes: one band, more bands than columns, windows smaller than sigma and
+# a window holding every row.
+BAND_CASES = [(1, 16), (2, 32), (3, 1024), (5, 64), (2, 8192), (4, 65536)]
+BAND_SHAPES = [s for s in SHAPES if s[0] * s[1] <= 2 * 10**9]
+
+
+def with_bands(P, nb, window):
+    """P with its band copy built as (nb, window), padding whatever it is."""
+    P._bands_cache[:] = [ops.build_bands(P.spec, P._buffers, nb=nb, window=window, max_padding=None)]
+    return P._bands_cache[0]
+
+
+@pytest.mark.parametrize("nb,window", BAND_CASES)
+@pytest.mark.parametrize("D,d,density", BAND_SHAPES, ids=[f"D{D}-d{d}" for D, d, _ in BAND_SHAPES])
+def test_band_copy_is_the_reference_layout_of_the_same_matrix(D, d, density, nb, window):
+    P = SparseSignProjection(D, d, seed=11, density=density)
+    bands = with_bands(P, nb, window)
+    rows, cols, neg = ops.decode(P.spec, P._buffers)
+    want = ref.band_layout(D, d, rows.numpy(), cols.numpy(), neg.numpy(), nb, window)
+    for key in ("bperm", "band_ptr", "bcols"):
+        assert np.array_equal(getattr(bands, key).numpy(), want[key]), key
+    brows, bcols, bneg = ref.band_decode(D, d, nb, window, bands.bperm, bands.band_ptr, bands.bcols)
+    key = (rows * d + cols) * 2 + neg.long()
+    bkey = (brows * d + bcols) * 2 + bneg.long()
+    assert torch.equal(torch.sort(key).values, torch.sort(bkey).values)
+
+
+@pytest.mark.parametrize("nb,window", [(2, 32), (3, 1024)])
+@pytest.mark.parametrize("D,d,density", [(4099, 17, None), (3 * SIGMA + 5, 40, 0.01), (20_000, 300, 1e-4)])
+def test_band_copy_invariants(D, d, density, nb, window):
+    P = SparseSignProjection(D, d, seed=3, density=density)
+    bands = with_bands(P, nb, window)
+    bperm = bands.bperm.numpy().view(np.uint16).astype(np.int64)
+    n_slices = -(-D // C)
+    assert bperm.shape == (n_slices * C,) and bands.band_ptr.shape == (n_slices * nb + 1,)
+    slot_rows = (np.arange(D) & ~(window - 1)) + bperm[:D]
+    assert np.array_equal(np.sort(slot_rows), np.arange(D))  # every row once, in its own window
+    assert np.all(slot_rows // window == np.arange(D) // window)
+    rows, cols, neg = ops.decode(P.spec, P._buffers)
+    cnt = np.zeros((D, nb), dtype=np.int64)
+    np.add.at(cnt, (rows.numpy(), ref.band_of(cols.numpy(), nb, d)), 1)
+    cnt = cnt[slot_rows]
+    for w0 in range(0, D, window):  # sorted by band 0's count, then band 1's, ... (descending)
+        c = cnt[w0:w0 + window]
+        assert all(tuple(a) >= tuple(b) for a, b in zip(c[:-1], c[1:], strict=True))
+    # a block is as wide as its slice's longest row in its band, and holds only that band's columns
+    e = bands.bcols.numpy().view(np.uint16 if d <= 32767 else np.uint32).astype(np.int64)
+    assert np.count_nonzero(e == 2 * d) == e.size - P.nnz
+    brows, bcols, _ = ref.band_decode(D, d, nb, window, bands.bperm, bands.band_ptr, bands.bcols)
+    assert brows.numel() == P.nnz
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("nb,window", BAND_CASES)
+@pytest.mark.parametrize("D,d,density", BAND_SHAPES, ids=[f"D{D}-d{d}" for D, d, _ in BAND_SHAPES])
+def test_band_matvec_is_the_sell_matvec_bit_for_bit(D, d, density, nb, window, dtype):
+    # a row's bands come in increasing column order, so its sum is the SELL kernel's, bit for bit
+    P = SparseSignProjection(D, d, seed=5, density=density)
+    theta = torch.randn(d, generator=torch.Generator().manual_seed(D + d), dtype=dtype)
+    P._bands_cache[:] = [None]
+    sell = P.matvec(theta)
+    with_bands(P, nb, window)
+    got = P.matvec(theta)
+    assert torch.equal(got, sell)
+    want = reference_product(P, theta, False)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(1.0, float(want.abs().max())))
+    # autograd's forward (P(theta)) runs on it too; its gradient is P^T on the SELL layout
+    t = theta.clone().requires_grad_()
+    y = P(t)
+    assert torch.equal(y.detach(), sell)
+    g = torch.randn(D, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    y.backward(g)
+    torch.testing.assert_close(t.grad, P.rmatvec(g), rtol=0, atol=0)
+
+
+def test_band_matvec_does_not_depend_on_the_thread_count(monkeypatch):
+    P = SparseSignProjection(200_000, 9_000, seed=4)
+    assert P._bands() is not None and P._bands().nb == 2
+    theta = torch.randn(9_000, generator=torch.Generator().manual_seed(2))
+    out = {}
+    for n in ("1", "2", "3"):
+        monkeypatch.setenv("OMP_NUM_THREADS", n)
+        out[n] = P.matvec(theta)
+    assert torch.equal(out["2"], out["1"]) and torch.equal(out["3"], out["1"])
+
+
+def test_band_copy_defaults():
+    # at the paper's d = 9,000: two bands, built on the first B = 1 product, a few % padding, counted in nbytes
+    P = SparseSignProjection(65_681, 9_000, seed=0, density=1 / 656_810**0.5)
+    assert P._bands_cache == []
+    P.matvec(torch.randn(3, 9_000))  # B > 1 does not build it
+    assert P._bands_cache == []
+    before = P.nbytes
+    P.matvec(torch.randn(9_000))
+    bands = P._bands_cache[0]
+    assert bands.nb == 2 and bands.window == ops.BAND_WINDOW
+    assert bands.bcols.numel() / P.nnz < 1 + ops.BAND_MAX_PADDING
+    assert P.nbytes - before == sum(t.numel() * t.element_size() for t in bands.tensors)
+    assert P.nbytes / P.nnz < 5.0  # 2 + 2 per nonzero, 2 + 2 per row, 0.5 + 1 per row
+    # where the signed vector fits one band (d <= BAND_COLS) there is no copy
+    Q = SparseSignProjection(20_000, ops.BAND_COLS, seed=0)
+    Q.matvec(torch.randn(ops.BAND_COLS))
+    assert Q._bands_cache == [None]
+    # nor where the bands would pad too much (few nonzeros a row spread over many bands)
+    R = SparseSignProjection(40_000, 32_000, seed=0, density=2e-4)
+    assert ops.band_count(32_000) == 7
+    assert ops.build_bands(R.spec, R._buffers) is None
+    assert ops.build_bands(R.spec, R._buffers, max_padding=None) is not None
+    # the torch backend never builds one
+    with lscape.use_backend("torch"):
+        S = SparseSignProjection(65_681, 9_000, seed=0, density=1 / 656_810**0.5)
+        S.matvec(torch.randn(9_000))
+    assert S._bands_cache == [None] or S._bands_cache == []
+
+
+def test_band_copy_bad_arguments():
+    P = SparseSignProjection(4099, 17, seed=1)
+    with pytest.raises(ValueError, match=r"nb: got 0, expected an integer in \[1, 64\]"):
+        ops.build_bands(P.spec, P._buffers, nb=0)
+    with pytest.raises(ValueError, match="window: got 100, expected a power of two"):
+        ops.build_bands(P.spec, P._buffers, nb=2, window=100)
+    with pytest.raises(ValueError, match="no SELL layout"):
+        ops.build_bands(P.spec, {"col_counts": P.col_counts})
+    # the binding refuses them too, before any kernel runs
+    from lscape import _C
+    n_slices = -(-4099 // C)
+    bperm = torch.empty(n_slices * C, dtype=torch.int16)
+    widths = torch.empty(n_slices * 2, dtype=torch.int32)
+    b = P._buffers
+    with pytest.raises(ValueError, match="window must be a power of two"):
+        _C.proj_bands_plan(P.spec.as_tuple(), 2, 48, b["perm"].data_ptr(), b["slice_ptr"].data_ptr(),
+                           b["cols"].data_ptr(), bperm.data_ptr(), widths.data_ptr(), 1)

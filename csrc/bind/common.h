@@ -38,6 +38,13 @@ inline proj::Spec to_spec(const SpecTuple& t) {
   return s;
 }
 
+// The column-band copy's shape (projection.h): others would index out of bounds.
+inline void check_bands(int64_t nb, int64_t window, const char* op) {
+  if (nb < 1 || nb > 64) throw std::invalid_argument(std::string(op) + ": nb must be in [1, 64]");
+  if (window < proj::kSellC || window > 65536 || (window & (window - 1)) != 0)
+    throw std::invalid_argument(std::string(op) + ": window must be a power of two in [16, 65536]");
+}
+
 inline void check_batch(int64_t B) {
   if (B < 1) throw std::invalid_argument("batch size B must be >= 1");
 }

@@ -126,6 +126,54 @@ void bind_projection_sell(pybind11::module_& m) {
   };
   product("proj_matvec_sell", false);
   product("proj_rmatvec_sell", true);
+
+  // The column-band copy (projection.h): proj_bands_plan, proj_bands_fill, proj_matvec_bands (B = 1).
+  m.def("proj_bands_plan", [](const SpecTuple& st, int64_t nb, int64_t window, uintptr_t perm, uintptr_t slice_ptr,
+                              uintptr_t cols, uintptr_t bperm, uintptr_t widths, Tail tail) {
+    const proj::Spec s = to_spec(st);
+    check_bands(nb, window, "proj_bands_plan");
+    for (auto [a, arg] : {std::pair{perm, "perm"}, {slice_ptr, "slice_ptr"}, {bperm, "bperm"}, {widths, "widths"}})
+      need(a, arg, "proj_bands_plan");
+    check(B::bands_plan(s, nb, window, ptr<const uint16_t>(perm), ptr<const int64_t>(slice_ptr),
+                        ptr<const void>(cols), ptr<uint16_t>(bperm), ptr<int32_t>(widths), tail),
+          B::kModule, "proj_bands_plan");
+  }, "Row order (bperm) and block widths of the column-band copy", py::arg("spec"), py::arg("nb"),
+     py::arg("window"), py::arg("perm"), py::arg("slice_ptr"), py::arg("cols"), py::arg("bperm"), py::arg("widths"),
+     py::arg(B::kTail), nogil);
+
+  m.def("proj_bands_fill", [](const SpecTuple& st, int64_t nb, int64_t window, uintptr_t perm, uintptr_t slice_ptr,
+                              uintptr_t cols, uintptr_t bperm, uintptr_t band_ptr, uintptr_t bcols, Tail tail) {
+    const proj::Spec s = to_spec(st);
+    check_bands(nb, window, "proj_bands_fill");
+    for (auto [a, arg] : {std::pair{perm, "perm"}, {slice_ptr, "slice_ptr"}, {bperm, "bperm"},
+                          {band_ptr, "band_ptr"}})
+      need(a, arg, "proj_bands_fill");
+    check(B::bands_fill(s, nb, window, ptr<const uint16_t>(perm), ptr<const int64_t>(slice_ptr),
+                        ptr<const void>(cols), ptr<const uint16_t>(bperm), ptr<const int64_t>(band_ptr),
+                        ptr<void>(bcols), tail),
+          B::kModule, "proj_bands_fill");
+  }, "Entries of the column-band copy", py::arg("spec"), py::arg("nb"), py::arg("window"), py::arg("perm"),
+     py::arg("slice_ptr"), py::arg("cols"), py::arg("bperm"), py::arg("band_ptr"), py::arg("bcols"),
+     py::arg(B::kTail), nogil);
+
+  m.def("proj_matvec_bands", [](const SpecTuple& st, int64_t nb, int64_t window, uintptr_t bperm, uintptr_t band_ptr,
+                                uintptr_t bcols, uintptr_t scales, uintptr_t x, uintptr_t out, bool f64, Tail tail) {
+    const proj::Spec s = to_spec(st);
+    check_bands(nb, window, "proj_matvec_bands");
+    for (auto [a, arg] : {std::pair{bperm, "bperm"}, {band_ptr, "band_ptr"}, {scales, "scales"}, {x, "x"},
+                          {out, "out"}})
+      need(a, arg, "proj_matvec_bands");
+    const char* err = nullptr;
+    by_dtype(f64, [&](auto t) {
+      using T = decltype(t);
+      err = B::template matvec_bands<T>(s, nb, window, ptr<const uint16_t>(bperm), ptr<const int64_t>(band_ptr),
+                                        ptr<const void>(bcols), ptr<const T>(scales), ptr<const T>(x), ptr<T>(out),
+                                        tail);
+    });
+    check(err, B::kModule, "proj_matvec_bands");
+  }, "P theta for one vector on the column-band copy", py::arg("spec"), py::arg("nb"), py::arg("window"),
+     py::arg("bperm"), py::arg("band_ptr"), py::arg("bcols"), py::arg("scales"), py::arg("x"), py::arg("out"),
+     py::arg("f64"), py::arg(B::kTail), nogil);
 }
 
 }  // namespace bind

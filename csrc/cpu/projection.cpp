@@ -55,6 +55,12 @@ void rmatvec_sell_cpu(const Spec& s, const uint16_t* perm, const int64_t* slice_
   LSCAPE_ISA_DISPATCH(rmatvec_sell_cpu<T>, s, perm, slice_ptr, cols, scales, g, out, B, nthreads);
 }
 
+template <typename T>
+void matvec_bands_cpu(const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm, const int64_t* band_ptr,
+                      const void* bcols, const T* scales, const T* x, T* out, int nthreads) {
+  LSCAPE_ISA_DISPATCH(matvec_bands_cpu<T>, s, nb, window, bperm, band_ptr, bcols, scales, x, out, nthreads);
+}
+
 LSCAPE_PROJ_CPU_INSTANTIATE(float)
 LSCAPE_PROJ_CPU_INSTANTIATE(double)
 LSCAPE_PROJ_SELL_INSTANTIATE(float)

@@ -50,7 +50,99 @@ void fill(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr, con
   }
 }
 
+// f(entry) for each entry of slot p's row in the SELL layout, in increasing column order (a row's
+// padding, column d, follows its entries).
+template <typename E, class F>
+inline void for_slot(const Spec& s, const int64_t* slice_ptr, const E* cols, int64_t p, F&& f) {
+  const int64_t sl = p / kSellC, w = (slice_ptr[sl + 1] - slice_ptr[sl]) / kSellC;
+  const E* e = cols + slice_ptr[sl] + p % kSellC;
+  for (int64_t k = 0; k < w; ++k) {
+    const uint32_t x = e[k * kSellC];
+    if (sell_col(x) == static_cast<uint32_t>(s.d)) break;
+    f(x);
+  }
+}
+
+template <typename E>
+void bands_plan(const Spec& s, int64_t nb, int64_t W, const uint16_t* perm, const int64_t* slice_ptr, const E* cols,
+                uint16_t* bperm, int32_t* widths, int nthreads) {
+  const int64_t n_slices = sell_slices(s.D), spw = W / kSellC, n_windows = (n_slices + spw - 1) / spw;
+  std::vector<int32_t> cnt(static_cast<size_t>(s.D * nb), 0);  // row r's count in band b at r * nb + b
+#pragma omp parallel num_threads(nthreads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < s.D; ++p) {
+      int32_t* c = cnt.data() + sell_row(perm, p) * nb;
+      for_slot(s, slice_ptr, cols, p, [&](uint32_t x) { ++c[sell_band(sell_col(x), nb, s.d)]; });
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t w = 0; w < n_windows; ++w) {
+      const int64_t r0 = w * W, nr = std::min(W, s.D - r0), s0 = w * spw, ns = std::min(spw, n_slices - s0);
+      const int32_t* cw = cnt.data() + r0 * nb;
+      uint16_t* pw = bperm + r0;
+      for (int64_t q = 0; q < nr; ++q) pw[q] = static_cast<uint16_t>(q);
+      std::sort(pw, pw + nr, [&](uint16_t a, uint16_t b) {
+        for (int64_t j = 0; j < nb; ++j)
+          if (cw[a * nb + j] != cw[b * nb + j]) return cw[a * nb + j] > cw[b * nb + j];
+        return a < b;
+      });
+      for (int64_t q = nr; q < ns * kSellC; ++q) pw[q] = 0;  // padding slots (the last slice only)
+      for (int64_t b = 0; b < nb; ++b)
+        for (int64_t sl = 0; sl < ns; ++sl) {
+          int32_t m = 0;
+          for (int64_t q = sl * kSellC; q < std::min((sl + 1) * kSellC, nr); ++q) m = std::max(m, cw[pw[q] * nb + b]);
+          widths[s0 * nb + b * ns + sl] = m;
+        }
+    }
+  }
+}
+
+template <typename E>
+void bands_fill(const Spec& s, int64_t nb, int64_t W, const uint16_t* perm, const int64_t* slice_ptr, const E* cols,
+                const uint16_t* bperm, const int64_t* band_ptr, E* bcols, int nthreads) {
+  const int64_t n_slices = sell_slices(s.D), spw = W / kSellC;
+  const E pad = sell_pack<E>(static_cast<uint32_t>(s.d), 0);
+  std::vector<int32_t> slot(static_cast<size_t>(s.D));  // every row's slot in the band copy
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<int64_t> next(static_cast<size_t>(nb));  // entries of the row written so far, per band
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < s.D; ++q) slot[(q & ~(W - 1)) + bperm[q]] = static_cast<int32_t>(q);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < band_ptr[n_slices * nb]; ++i) bcols[i] = pad;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < s.D; ++p) {  // rows are disjoint: no two threads write one block entry
+      const int64_t q = slot[sell_row(perm, p)], s0 = q / W * spw, ns = std::min(spw, n_slices - s0);
+      const int64_t* at = band_ptr + s0 * nb + (q / kSellC - s0);
+      std::fill(next.begin(), next.end(), 0);
+      for_slot(s, slice_ptr, cols, p, [&](uint32_t x) {
+        const int64_t b = sell_band(sell_col(x), nb, s.d);
+        bcols[at[b * ns] + next[b]++ * kSellC + q % kSellC] = static_cast<E>(x);
+      });
+    }
+  }
+}
+
 }  // namespace
+
+void sell_bands_plan_cpu(const Spec& s, int64_t nb, int64_t window, const uint16_t* perm, const int64_t* slice_ptr,
+                         const void* cols, uint16_t* bperm, int32_t* widths, int nthreads) {
+  if (sell_narrow(s.d))
+    bands_plan(s, nb, window, perm, slice_ptr, static_cast<const uint16_t*>(cols), bperm, widths, nthreads);
+  else
+    bands_plan(s, nb, window, perm, slice_ptr, static_cast<const uint32_t*>(cols), bperm, widths, nthreads);
+}
+
+void sell_bands_fill_cpu(const Spec& s, int64_t nb, int64_t window, const uint16_t* perm, const int64_t* slice_ptr,
+                         const void* cols, const uint16_t* bperm, const int64_t* band_ptr, void* bcols,
+                         int nthreads) {
+  if (sell_narrow(s.d))
+    bands_fill(s, nb, window, perm, slice_ptr, static_cast<const uint16_t*>(cols), bperm, band_ptr,
+               static_cast<uint16_t*>(bcols), nthreads);
+  else
+    bands_fill(s, nb, window, perm, slice_ptr, static_cast<const uint32_t*>(cols), bperm, band_ptr,
+               static_cast<uint32_t*>(bcols), nthreads);
+}
 
 void sell_plan_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr, const int32_t* indices,
                    uint16_t* perm, int32_t* widths, int nthreads) {

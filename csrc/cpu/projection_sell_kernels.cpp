@@ -5,6 +5,8 @@
 //   (v = scales * theta, 72 KB at d = 9,000: L1/L2), sums each row in increasing column order (the order
 //   of the other kernels, so results agree bit for bit), and writes its rows straight to their places
 //   in `out` (perm): no permutation pass.
+// P theta, B = 1, on the column-band copy (projection.h): threads own windows of W rows and sweep their
+//   slices band by band, so the part of xs2 in use is 1/nb of it; rows' running sums wait in a buffer.
 // P^T g: threads own contiguous slice ranges, stream them, and add each entry's g into a private
 //   accumulator indexed by the entry itself (+ and - sums of each column apart, 2 (d + 1) numbers; with
 //   B > 1 a (d + 1) x B block per thread), which stays in L1/L2 while g and the entries stream past; the
@@ -219,6 +221,52 @@ void matvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* col
   }
 }
 
+// ---- P theta, B = 1, on the column-band copy (projection.h): windows [w0, w1) of W rows.  acc (W) holds
+// a window's running sums (slot order) between bands; each block runs as matvec1's slices do.
+template <typename T, typename E>
+LSCAPE_SCALAR_LOOP void matvec1_bands(const Spec& s, int64_t nb, int64_t W, const uint16_t* __restrict bperm,
+                                      const int64_t* __restrict bp, const E* __restrict cols,
+                                      const T* __restrict xs2, T* __restrict out, T* __restrict acc, int64_t w0,
+                                      int64_t w1) {
+  const int64_t n_slices = sell_slices(s.D), spw = W / C;
+  for (int64_t w = w0; w < w1; ++w) {
+    const int64_t s0 = w * spw, ns = std::min(spw, n_slices - s0), r0 = w * W, nr = std::min(W, s.D - r0);
+    std::fill(acc, acc + ns * C, T(0));
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t* pb = bp + s0 * nb + b * ns;
+      for (int64_t sl = 0; sl < ns; ++sl) {
+        const int64_t wd = (pb[sl + 1] - pb[sl]) / C;
+        if (wd == 0) continue;
+        const E* e = cols + pb[sl];
+        T* as = acc + sl * C;
+        T a[C];
+        for (int64_t l = 0; l < C; ++l) a[l] = as[l];
+        for (int64_t k = 0; k < wd; ++k) {
+          prefetch_ahead(e, k);
+          for_lanes(e + k * C, [&](int l, uint32_t x) { a[l] += xs2[x]; });
+        }
+        for (int64_t l = 0; l < C; ++l) as[l] = a[l];
+      }
+    }
+    const uint16_t* pw = bperm + r0;
+    for (int64_t q = 0; q < nr; ++q) out[r0 + pw[q]] = acc[q];
+  }
+}
+
+template <typename T, typename E>
+void matvec_bands(const Spec& s, int64_t nb, int64_t W, const uint16_t* bperm, const int64_t* bp, const E* cols,
+                  const T* scales, const T* x, T* out, int nthreads) {
+  const std::vector<T> xsv = signed_x(s, x, scales);
+  const int64_t spw = W / C, n_windows = (sell_slices(s.D) + spw - 1) / spw;
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<T> acc(static_cast<size_t>(W));
+    int64_t lo, hi;
+    my_range(n_windows, lo, hi);
+    matvec1_bands(s, nb, W, bperm, bp, cols, xsv.data(), out, acc.data(), lo, hi);
+  }
+}
+
 // ---- P^T g ----------------------------------------------------------------------------------------
 // P^T g, B = 1, slices [lo, hi): acc2[entry(k, l)] += g[row of lane l], acc2 holding the sums of the
 // +g and of the -g entries of every column apart (2 (d + 1) numbers): no sign work per entry.  One
@@ -341,6 +389,15 @@ void rmatvec_sell_cpu(const Spec& s, const uint16_t* perm, const int64_t* slice_
     rmatvec(s, perm, slice_ptr, static_cast<const uint16_t*>(cols), scales, g, out, B, nthreads);
   else
     rmatvec(s, perm, slice_ptr, static_cast<const uint32_t*>(cols), scales, g, out, B, nthreads);
+}
+
+template <typename T>
+void matvec_bands_cpu(const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm, const int64_t* band_ptr,
+                      const void* bcols, const T* scales, const T* theta, T* out, int nthreads) {
+  if (sell_narrow(s.d))
+    matvec_bands(s, nb, window, bperm, band_ptr, static_cast<const uint16_t*>(bcols), scales, theta, out, nthreads);
+  else
+    matvec_bands(s, nb, window, bperm, band_ptr, static_cast<const uint32_t*>(bcols), scales, theta, out, nthreads);
 }
 
 LSCAPE_PROJ_SELL_INSTANTIATE(float)

@@ -39,11 +39,12 @@ class Op:
 
 # Every op, declared once.  The CUDA NEB kernel is float32 only; the MLP kernels are float32 everywhere.
 OPS: dict[str, Op] = {
-    # (proj_sell_* and proj_*_sell: the CPU's layout of the stored kind, in lscape._C only)
-    "proj_build": Op(("proj_count", "proj_fill", "proj_sell_plan", "proj_sell_fill"),
+    # (proj_sell_*, proj_*_sell and proj_*bands*: the CPU's layouts of the stored kind, in lscape._C only)
+    "proj_build": Op(("proj_count", "proj_fill", "proj_sell_plan", "proj_sell_fill", "proj_bands_plan",
+                      "proj_bands_fill"),
                      {"cpu": frozenset({None}), "cuda": frozenset({None})}),
     "proj_product": Op(("proj_matvec_indices", "proj_rmatvec_indices", "proj_matvec_implicit",
-                        "proj_rmatvec_implicit", "proj_matvec_sell", "proj_rmatvec_sell"),
+                        "proj_rmatvec_implicit", "proj_matvec_sell", "proj_rmatvec_sell", "proj_matvec_bands"),
                        {"cpu": frozenset({_F32, _F64}), "cuda": frozenset({_F32, _F64})}),
     "mlp": Op(("mlp_loss_grad", "mlp_train"), {"cpu": frozenset({_F32}), "cuda": frozenset({_F32})}),
     "neb_step": Op(("neb_work_size", "neb_step"), {"cpu": frozenset({_F32, _F64}), "cuda": frozenset({_F32})}),

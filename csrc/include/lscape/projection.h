@@ -95,10 +95,6 @@ LS_HD int32_t pack_index(uint32_t row, uint32_t neg) { return static_cast<int32_
 //   slice_ptr (int64, n_slices + 1 entries): offsets of the slices in `cols`, in entries.
 // C and sigma do not depend on the instruction set, so every ISA build reads the same buffers.  (The CPU
 // kernels run a slice's 16 lanes as 16 scalar chains: AVX-512 / AVX2 gathers were no faster on Zen 4.)
-// Tried and not kept: the columns cut into 2-3 bands, each window's rows sorted by their counts per band
-// and stored band after band, so that P theta (B = 1) reads one band's part of the signed vector from L1.
-// It took P theta (B = 1) from ~1.75 to ~1.45 ms at the paper's size, but B = 8 (short loops per band,
-// the 4-32x larger sort windows that keep padding low) got 1.25-1.6x slower and P^T g 1.2x slower.
 constexpr int64_t kSellC = 16;
 constexpr int64_t kSellSigma = 1024;   // a power of two, a multiple of kSellC, <= 65536
 constexpr int64_t kSellNarrowMaxD = 32767;
@@ -112,6 +108,24 @@ LS_HD uint32_t sell_col(uint32_t e) { return e >> 1; }
 LS_HD uint32_t sell_neg(uint32_t e) { return e & 1u; }
 template <typename E>
 LS_HD E sell_pack(uint32_t col, uint32_t neg) { return static_cast<E>(col << 1 | neg); }
+
+// ---- the column-band copy, for P theta at B = 1 on the CPU (built on first use, projection.py) ------
+// P theta (B = 1) reads the signed vector at random: above d ~ 2,000 (16 KB) it no longer fits L1 next to
+// the entry stream, and its misses, not the arithmetic, set the time (at the paper's d = 9,000, 72 KB).
+// The band copy holds the same entries once more, laid out so that the product reads one band of
+// columns at a time:
+//   columns are cut into nb bands, column j in band sell_band(j, nb, d) = j nb / d (increasing with j);
+//   rows are taken in windows of W rows (W a power of two, a multiple of C, <= 65536) and, inside each,
+//   sorted by their counts per band: band 0's descending, then band 1's, ..., then row (so slices of C
+//   rows have like counts in every band and padding stays low); slot p of window w = p / W holds row
+//   w W + bperm[p], as sell_row does for sigma windows;
+//   a window's slices are stored band after band: block (w, b, s) (slice s of the ns_w slices of window
+//   w, band b) starts at band_ptr[w spw nb + b ns_w + s] (spw = W / C) and holds that slice's entries in
+//   band b, column-major over the C lanes exactly as a SELL slice does (same entry format and padding).
+// The product keeps each row's running sum between bands, and the bands come in increasing column order,
+// so a row is still summed in increasing column order: results are bit-identical to the SELL kernel's.
+// (Made the layout of every product, this was tried and not kept: B > 1 and P^T g got 1.2-1.6x slower.)
+LS_HD int64_t sell_band(uint32_t col, int64_t nb, int64_t d) { return static_cast<int64_t>(col) * nb / d; }
 
 // ---- CPU kernels ---------------------------------------------------------------------------------
 #include "lscape/projection_cpu_api.inc"

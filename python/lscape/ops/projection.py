@@ -18,18 +18,47 @@ from ._common import call, ptr
 KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
+# The column-band copy (csrc/include/lscape/projection.h) that P theta at B = 1 runs on, by default:
+BAND_COLS = 4608  # columns per band at most: a band's part of the float32 signed vector is <= 36 KB
+BAND_WINDOW = 8192  # rows sorted together by their counts per band
+BAND_MAX_PADDING = 0.10  # a copy padded more than this (many bands, few nonzeros a row) is not kept
+
+
+@dataclass(frozen=True)
+class Bands:
+    """The column-band copy of the CPU's SELL layout: nb bands of columns, rows in windows of `window`;
+    bperm (n_slices * 16,) int16, band_ptr (n_slices * nb + 1,) int64, bcols (band_ptr[-1],) int16/int32."""
+
+    nb: int
+    window: int
+    bperm: torch.Tensor
+    band_ptr: torch.Tensor
+    bcols: torch.Tensor
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.bperm, self.band_ptr, self.bcols
+
+
+def _no_bands() -> Bands | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Operands:
     """What a product with P needs, in one dtype.
 
     buffers: P's held buffers (`build`'s dict); scales: (d,) column scales in the product's dtype;
-    coo: builds (rows, cols, values) for the torch reference on demand (cached by its owner)."""
+    coo: builds (rows, cols, values) for the torch reference on demand (cached by its owner);
+    bands: the column-band copy for P theta at B = 1 on the CPU kernels, or None (built and cached by its
+    owner on first use)."""
 
     spec: ref.ProjSpec
     storage: str
     buffers: dict[str, torch.Tensor]
     scales: torch.Tensor
     coo: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    bands: Callable[[], Bands | None] = _no_bands
 
 
 def build(spec: ref.ProjSpec, storage: str, device: torch.device) -> dict[str, torch.Tensor]:
@@ -89,6 +118,41 @@ def _sell(k, spec: ref.ProjSpec, seg_start: torch.Tensor, chunk_ptr: torch.Tenso
     return {"perm": perm, "slice_ptr": slice_ptr, "cols": cols}
 
 
+def band_count(d: int) -> int:
+    """Bands of at most BAND_COLS columns that cover d columns."""
+    return -(-d // BAND_COLS)
+
+
+def build_bands(spec: ref.ProjSpec, buffers: dict[str, torch.Tensor], *, nb: int | None = None,
+                window: int = BAND_WINDOW, max_padding: float | None = BAND_MAX_PADDING) -> Bands | None:
+    """The column-band copy of the CPU's SELL buffers, by the C++ kernels; None where it would not pay:
+    one band (nb = band_count(d) by default), padding above max_padding, or no CPU kernels."""
+    if "cols" not in buffers:
+        raise ValueError("build_bands: the buffers hold no SELL layout (storage='indices' on the CPU)")
+    nb = band_count(spec.d) if nb is None else nb
+    if not 1 <= nb <= 64:
+        raise ValueError(f"nb: got {nb}, expected an integer in [1, 64]")
+    if not (ref.SELL_C <= window <= 65536 and window & (window - 1) == 0):
+        raise ValueError(f"window: got {window}, expected a power of two in [{ref.SELL_C}, 65536]")
+    k = _backend.kernel("proj_build", torch.device("cpu"))
+    if k is None or (nb == 1 and max_padding is not None):
+        return None
+    b = buffers
+    held = (ptr(b["perm"]), ptr(b["slice_ptr"]), ptr(b["cols"]))
+    n_slices = -(-spec.D // ref.SELL_C)
+    bperm = torch.empty(n_slices * ref.SELL_C, dtype=torch.int16)
+    widths = torch.empty(n_slices * nb, dtype=torch.int32)
+    call(k, "proj_bands_plan", spec.as_tuple(), nb, window, *held, ptr(bperm), ptr(widths))
+    band_ptr = torch.zeros(n_slices * nb + 1, dtype=torch.int64)
+    torch.cumsum(widths.to(torch.int64) * ref.SELL_C, dim=0, out=band_ptr[1:])
+    entries, nnz = int(band_ptr[-1]), int(b["col_counts"].sum())
+    if max_padding is not None and entries > (1 + max_padding) * nnz:
+        return None
+    bcols = torch.empty(entries, dtype=b["cols"].dtype)
+    call(k, "proj_bands_fill", spec.as_tuple(), nb, window, *held, ptr(bperm), ptr(band_ptr), ptr(bcols))
+    return Bands(nb, window, bperm, band_ptr, bcols)
+
+
 def decode(spec: ref.ProjSpec, buffers: dict[str, torch.Tensor]):
     """(rows, cols, neg) of every nonzero of the "indices" storage, either layout."""
     if "cols" in buffers:
@@ -130,6 +194,10 @@ def product(P: Operands, x: torch.Tensor, transpose: bool) -> torch.Tensor:
 
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
     b = P.buffers
+    if B == 1 and not transpose and "cols" in b and (bands := P.bands()) is not None:
+        call(k, "proj_matvec_bands", spec.as_tuple(), bands.nb, bands.window, *(ptr(t) for t in bands.tensors),
+             ptr(P.scales), ptr(x), ptr(out), x.dtype == torch.float64)
+        return out
     if P.storage == "implicit":
         layout, held = "implicit", ()
     elif "cols" in b:

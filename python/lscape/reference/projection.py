@@ -211,6 +211,78 @@ def sell_decode(D: int, d: int, perm: torch.Tensor, slice_ptr: torch.Tensor, col
     return rows, col[keep], (e[keep] & 1).bool()
 
 
+# ---- the column-band copy of the SELL layout, for P theta at B = 1 (csrc/include/lscape/projection.h) --
+def band_of(cols: np.ndarray, nb: int, d: int) -> np.ndarray:
+    """The band of every column: col * nb // d (bands of about d / nb consecutive columns)."""
+    return np.asarray(cols, dtype=np.int64) * nb // d
+
+
+def _band_blocks(D: int, nb: int, window: int) -> np.ndarray:
+    """(n_slices, nb): the storage position of block (slice, band): window by window, then band, then slice."""
+    n_slices = -(-D // SELL_C)
+    spw = window // SELL_C
+    sl = np.arange(n_slices, dtype=np.int64)
+    s0 = sl // spw * spw
+    ns = np.minimum(spw, n_slices - s0)
+    return s0[:, None] * nb + np.arange(nb, dtype=np.int64)[None, :] * ns[:, None] + (sl - s0)[:, None]
+
+
+def band_layout(D: int, d: int, rows: np.ndarray, cols: np.ndarray, neg: np.ndarray, nb: int, window: int):
+    """The column-band copy of the matrix with nonzeros (rows, cols, neg), exactly as the C++ kernels
+    (sell_bands_plan/sell_bands_fill) lay it out.  Returns a dict of numpy arrays: bperm (n_slices * C,)
+    int16 holding uint16 bits, band_ptr (n_slices * nb + 1,) int64, bcols as sell_layout's cols."""
+    C, W = SELL_C, window
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    neg = np.asarray(neg).astype(np.int64)
+    band = band_of(cols, nb, d)
+    cnt = np.bincount(rows * nb + band, minlength=D * nb).reshape(D, nb)
+    n_slices = -(-D // C)
+    r = np.arange(D, dtype=np.int64)
+    # by window; then band 0's count descending, band 1's, ...; then row
+    order = np.lexsort((r, *[-cnt[:, b] for b in range(nb - 1, -1, -1)], r // W))
+    bperm = np.zeros(n_slices * C, dtype=np.uint16)
+    bperm[:D] = order - (r & ~(W - 1))
+    slot_cnt = np.zeros((n_slices * C, nb), dtype=np.int64)
+    slot_cnt[:D] = cnt[order]
+    widths = slot_cnt.reshape(n_slices, C, nb).max(axis=1)  # (n_slices, nb)
+    blocks = _band_blocks(D, nb, W)
+    stored = np.zeros(n_slices * nb, dtype=np.int64)
+    stored[blocks.ravel()] = widths.ravel() * C
+    band_ptr = np.zeros(n_slices * nb + 1, dtype=np.int64)
+    np.cumsum(stored, out=band_ptr[1:])
+    slot_of = np.empty(D, dtype=np.int64)
+    slot_of[order] = r
+    o = np.lexsort((cols, rows))  # each row's entries in increasing column order: bands in order too
+    rows, cols, neg, band = rows[o], cols[o], neg[o], band[o]
+    key = rows * nb + band
+    first = np.r_[0, np.flatnonzero(np.diff(key)) + 1] if key.size else np.zeros(0, dtype=np.int64)
+    k = np.arange(key.size, dtype=np.int64) - np.repeat(first, np.diff(np.r_[first, key.size]))
+    p = slot_of[rows]
+    at = band_ptr[blocks[p // C, band]] + k * C + p % C
+    narrow = sell_narrow(d)
+    etype = np.uint16 if narrow else np.uint32
+    out = np.full(int(band_ptr[-1]), 2 * d, dtype=etype)
+    out[at] = (cols.astype(etype) << etype(1)) | neg.astype(etype)
+    return {"bperm": bperm.view(np.int16), "band_ptr": band_ptr, "bcols": out.view(np.int16 if narrow else np.int32)}
+
+
+def band_decode(D: int, d: int, nb: int, window: int, bperm: torch.Tensor, band_ptr: torch.Tensor,
+                bcols: torch.Tensor):
+    """(rows, cols, neg) of every stored nonzero of the column-band copy (storage order), padding left out."""
+    blocks = torch.from_numpy(_band_blocks(D, nb, window))
+    slice_of_block = torch.empty(blocks.numel(), dtype=torch.int64)
+    slice_of_block[blocks.ravel()] = torch.arange(blocks.shape[0]).repeat_interleave(nb)
+    size = band_ptr[1:] - band_ptr[:-1]
+    blk = torch.repeat_interleave(torch.arange(size.numel()), size)
+    slot = slice_of_block[blk] * SELL_C + (torch.arange(bcols.numel()) - band_ptr[blk]) % SELL_C
+    e = bcols.to(torch.int64) & (0xFFFF if sell_narrow(d) else 0xFFFFFFFF)
+    col = e >> 1
+    keep = col < d
+    slot = slot[keep]
+    rows = (slot & ~(window - 1)) + (bperm.to(torch.int64) & 0xFFFF)[slot]
+    return rows, col[keep], (e[keep] & 1).bool()
+
+
 def coo_values(cols: torch.Tensor, neg: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """The value of every nonzero: +-scales[col]."""
     v = scales[cols]
