@@ -88,10 +88,11 @@ struct Cpu {
     return nullptr;
   }
   template <typename T>
-  static const char* matvec_bands(const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm,
-                                  const int64_t* band_ptr, const void* bcols, const T* scales, const T* x, T* out,
-                                  int nt) {
-    lscape::proj::matvec_bands_cpu<T>(s, nb, window, bperm, band_ptr, bcols, scales, x, out, nt);
+  static const char* product_bands(bool transpose, const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm,
+                                   const uint16_t* bwidth, const int64_t* bstart, const void* bcols, const T* scales,
+                                   const T* x, T* out, int nt) {
+    (transpose ? lscape::proj::rmatvec_bands_cpu<T> : lscape::proj::matvec_bands_cpu<T>)(
+        s, nb, window, bperm, bwidth, bstart, bcols, scales, x, out, nt);
     return nullptr;
   }
 

@@ -175,7 +175,7 @@ def test_empty_matrix():
     assert torch.equal(P.rmatvec(torch.ones(37)), torch.zeros(3))
 
 
-# ---- the column-band copy that P theta runs on at B = 1 (projection.h) ---------------------------------
+# ---- the column-band copy that one-vector products run on (projection.h) ---------------------------------
 # (nb, window) forced on small shapes: one band, more bands than columns, windows smaller than sigma and
 # a window holding every row.
 BAND_CASES = [(1, 16), (2, 32), (3, 1024), (5, 64), (2, 8192), (4, 65536)]
@@ -195,9 +195,9 @@ def test_band_copy_is_the_reference_layout_of_the_same_matrix(D, d, density, nb,
     bands = with_bands(P, nb, window)
     rows, cols, neg = ops.decode(P.spec, P._buffers)
     want = ref.band_layout(D, d, rows.numpy(), cols.numpy(), neg.numpy(), nb, window)
-    for key in ("bperm", "band_ptr", "bcols"):
+    for key in ("bperm", "bwidth", "bstart", "bcols"):
         assert np.array_equal(getattr(bands, key).numpy(), want[key]), key
-    brows, bcols, bneg = ref.band_decode(D, d, nb, window, bands.bperm, bands.band_ptr, bands.bcols)
+    brows, bcols, bneg = ref.band_decode(D, d, nb, window, bands.bperm, bands.bwidth, bands.bcols)
     key = (rows * d + cols) * 2 + neg.long()
     bkey = (brows * d + bcols) * 2 + bneg.long()
     assert torch.equal(torch.sort(key).values, torch.sort(bkey).values)
@@ -210,7 +210,10 @@ def test_band_copy_invariants(D, d, density, nb, window):
     bands = with_bands(P, nb, window)
     bperm = bands.bperm.numpy().view(np.uint16).astype(np.int64)
     n_slices = -(-D // C)
-    assert bperm.shape == (n_slices * C,) and bands.band_ptr.shape == (n_slices * nb + 1,)
+    n_windows = -(-n_slices // (window // C))
+    assert bperm.shape == (n_slices * C,) and bands.bwidth.shape == (n_slices * nb,)
+    assert bands.bstart.shape == (n_windows * nb + 1,) and int(bands.bstart[-1]) == bands.bcols.numel()
+    assert int((bands.bwidth.long() & 0xFFFF).sum()) * C == bands.bcols.numel()
     slot_rows = (np.arange(D) & ~(window - 1)) + bperm[:D]
     assert np.array_equal(np.sort(slot_rows), np.arange(D))  # every row once, in its own window
     assert np.all(slot_rows // window == np.arange(D) // window)
@@ -224,43 +227,59 @@ def test_band_copy_invariants(D, d, density, nb, window):
     # a block is as wide as its slice's longest row in its band, and holds only that band's columns
     e = bands.bcols.numpy().view(np.uint16 if d <= 32767 else np.uint32).astype(np.int64)
     assert np.count_nonzero(e == 2 * d) == e.size - P.nnz
-    brows, bcols, _ = ref.band_decode(D, d, nb, window, bands.bperm, bands.band_ptr, bands.bcols)
+    brows, _, _ = ref.band_decode(D, d, nb, window, bands.bperm, bands.bwidth, bands.bcols)
     assert brows.numel() == P.nnz
+    # each block holds its own band's columns only
+    band_of_block = np.empty(n_slices * nb, dtype=np.int64)
+    band_of_block[ref._band_blocks(D, nb, window)] = np.arange(nb)[None, :]
+    block = np.repeat(np.arange(n_slices * nb), (bands.bwidth.numpy().view(np.uint16).astype(np.int64) * C))
+    real = e >> 1 < d
+    assert np.array_equal(ref.band_of(e[real] >> 1, nb, d), band_of_block[block[real]])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("nb,window", BAND_CASES)
 @pytest.mark.parametrize("D,d,density", BAND_SHAPES, ids=[f"D{D}-d{d}" for D, d, _ in BAND_SHAPES])
-def test_band_matvec_is_the_sell_matvec_bit_for_bit(D, d, density, nb, window, dtype):
+def test_band_products_match_the_sell_products(D, d, density, nb, window, dtype):
     # a row's bands come in increasing column order, so its sum is the SELL kernel's, bit for bit
     P = SparseSignProjection(D, d, seed=5, density=density)
     theta = torch.randn(d, generator=torch.Generator().manual_seed(D + d), dtype=dtype)
     P._bands_cache[:] = [None]
     sell = P.matvec(theta)
-    with_bands(P, nb, window)
+    bands = with_bands(P, nb, window)
     got = P.matvec(theta)
     assert torch.equal(got, sell)
     want = reference_product(P, theta, False)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(1.0, float(want.abs().max())))
-    # autograd's forward (P(theta)) runs on it too; its gradient is P^T on the SELL layout
+    # P^T g of one vector runs on it too: the same sums in another order
+    g = torch.randn(D, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    got_t = P.rmatvec(g)
+    P._bands_cache[:] = [None]
+    sell_t = P.rmatvec(g)
+    P._bands_cache[:] = [bands]
+    for want_t in (sell_t, reference_product(P, g, True)):
+        torch.testing.assert_close(got_t, want_t, rtol=tol, atol=tol * max(1.0, float(want_t.abs().max())))
+    # and autograd: P(theta)'s forward and its gradient P^T
     t = theta.clone().requires_grad_()
     y = P(t)
     assert torch.equal(y.detach(), sell)
-    g = torch.randn(D, generator=torch.Generator().manual_seed(1), dtype=dtype)
     y.backward(g)
-    torch.testing.assert_close(t.grad, P.rmatvec(g), rtol=0, atol=0)
+    assert torch.equal(t.grad, got_t)
 
 
-def test_band_matvec_does_not_depend_on_the_thread_count(monkeypatch):
+def test_band_products_do_not_depend_on_the_thread_count(monkeypatch):
     P = SparseSignProjection(200_000, 9_000, seed=4)
     assert P._bands() is not None and P._bands().nb == 2
-    theta = torch.randn(9_000, generator=torch.Generator().manual_seed(2))
+    theta = torch.randn(9_000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    g = torch.randn(200_000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     out = {}
     for n in ("1", "2", "3"):
         monkeypatch.setenv("OMP_NUM_THREADS", n)
-        out[n] = P.matvec(theta)
-    assert torch.equal(out["2"], out["1"]) and torch.equal(out["3"], out["1"])
+        out[n] = (P.matvec(theta), P.rmatvec(g))
+    for n in ("2", "3"):
+        assert torch.equal(out[n][0], out["1"][0])  # a row is summed by one thread
+        torch.testing.assert_close(out[n][1], out["1"][1], rtol=1e-12, atol=1e-12)
 
 
 def test_band_copy_defaults():
@@ -268,14 +287,15 @@ def test_band_copy_defaults():
     P = SparseSignProjection(65_681, 9_000, seed=0, density=1 / 656_810**0.5)
     assert P._bands_cache == []
     P.matvec(torch.randn(3, 9_000))  # B > 1 does not build it
+    P.rmatvec(torch.randn(3, 65_681))
     assert P._bands_cache == []
     before = P.nbytes
-    P.matvec(torch.randn(9_000))
+    P.rmatvec(torch.randn(65_681))  # the first one-vector product does
     bands = P._bands_cache[0]
     assert bands.nb == 2 and bands.window == ops.BAND_WINDOW
     assert bands.bcols.numel() / P.nnz < 1 + ops.BAND_MAX_PADDING
     assert P.nbytes - before == sum(t.numel() * t.element_size() for t in bands.tensors)
-    assert P.nbytes / P.nnz < 5.0  # 2 + 2 per nonzero, 2 + 2 per row, 0.5 + 1 per row
+    assert P.nbytes / P.nnz < 4.75  # 2 + 2 per nonzero, 2 + 2 per row, 0.5 + 0.25 per row
     # where the signed vector fits one band (d <= BAND_COLS) there is no copy
     Q = SparseSignProjection(20_000, ops.BAND_COLS, seed=0)
     Q.matvec(torch.randn(ops.BAND_COLS))

@@ -75,7 +75,9 @@ void bind_projection(pybind11::module_& m) {
 }
 
 // The CPU's SELL-C-sigma layout of the stored kind (projection.h): proj_sell_plan, proj_sell_fill,
-// proj_{matvec,rmatvec}_sell.  B provides sell_plan, sell_fill and product_sell.
+// proj_{matvec,rmatvec}_sell, and its column-band copy: proj_bands_plan, proj_bands_fill,
+// proj_{matvec,rmatvec}_bands.  B provides sell_plan, sell_fill, product_sell, bands_plan, bands_fill and
+// product_bands.
 template <class B>
 void bind_projection_sell(pybind11::module_& m) {
   namespace py = pybind11;
@@ -127,7 +129,7 @@ void bind_projection_sell(pybind11::module_& m) {
   product("proj_matvec_sell", false);
   product("proj_rmatvec_sell", true);
 
-  // The column-band copy (projection.h): proj_bands_plan, proj_bands_fill, proj_matvec_bands (B = 1).
+  // The column-band copy (projection.h): proj_bands_plan, proj_bands_fill, proj_{matvec,rmatvec}_bands (B = 1).
   m.def("proj_bands_plan", [](const SpecTuple& st, int64_t nb, int64_t window, uintptr_t perm, uintptr_t slice_ptr,
                               uintptr_t cols, uintptr_t bperm, uintptr_t widths, Tail tail) {
     const proj::Spec s = to_spec(st);
@@ -156,24 +158,30 @@ void bind_projection_sell(pybind11::module_& m) {
      py::arg("slice_ptr"), py::arg("cols"), py::arg("bperm"), py::arg("band_ptr"), py::arg("bcols"),
      py::arg(B::kTail), nogil);
 
-  m.def("proj_matvec_bands", [](const SpecTuple& st, int64_t nb, int64_t window, uintptr_t bperm, uintptr_t band_ptr,
-                                uintptr_t bcols, uintptr_t scales, uintptr_t x, uintptr_t out, bool f64, Tail tail) {
-    const proj::Spec s = to_spec(st);
-    check_bands(nb, window, "proj_matvec_bands");
-    for (auto [a, arg] : {std::pair{bperm, "bperm"}, {band_ptr, "band_ptr"}, {scales, "scales"}, {x, "x"},
-                          {out, "out"}})
-      need(a, arg, "proj_matvec_bands");
-    const char* err = nullptr;
-    by_dtype(f64, [&](auto t) {
-      using T = decltype(t);
-      err = B::template matvec_bands<T>(s, nb, window, ptr<const uint16_t>(bperm), ptr<const int64_t>(band_ptr),
-                                        ptr<const void>(bcols), ptr<const T>(scales), ptr<const T>(x), ptr<T>(out),
-                                        tail);
-    });
-    check(err, B::kModule, "proj_matvec_bands");
-  }, "P theta for one vector on the column-band copy", py::arg("spec"), py::arg("nb"), py::arg("window"),
-     py::arg("bperm"), py::arg("band_ptr"), py::arg("bcols"), py::arg("scales"), py::arg("x"), py::arg("out"),
-     py::arg("f64"), py::arg(B::kTail), nogil);
+  auto bands = [&](const char* name, bool transpose) {
+    m.def(name, [transpose, name](const SpecTuple& st, int64_t nb, int64_t window, uintptr_t bperm,
+                                  uintptr_t bwidth, uintptr_t bstart, uintptr_t bcols, uintptr_t scales, uintptr_t x,
+                                  uintptr_t out, bool f64, Tail tail) {
+      const proj::Spec s = to_spec(st);
+      check_bands(nb, window, name);
+      for (auto [a, arg] : {std::pair{bperm, "bperm"}, {bwidth, "bwidth"}, {bstart, "bstart"}, {scales, "scales"},
+                            {x, "x"}, {out, "out"}})
+        need(a, arg, name);
+      const char* err = nullptr;
+      by_dtype(f64, [&](auto t) {
+        using T = decltype(t);
+        err = B::template product_bands<T>(transpose, s, nb, window, ptr<const uint16_t>(bperm),
+                                           ptr<const uint16_t>(bwidth), ptr<const int64_t>(bstart),
+                                           ptr<const void>(bcols), ptr<const T>(scales), ptr<const T>(x), ptr<T>(out),
+                                           tail);
+      });
+      check(err, B::kModule, name);
+    }, "One vector's product on the column-band copy", py::arg("spec"), py::arg("nb"), py::arg("window"),
+       py::arg("bperm"), py::arg("bwidth"), py::arg("bstart"), py::arg("bcols"), py::arg("scales"), py::arg("x"),
+       py::arg("out"), py::arg("f64"), py::arg(B::kTail), nogil);
+  };
+  bands("proj_matvec_bands", false);
+  bands("proj_rmatvec_bands", true);
 }
 
 }  // namespace bind

@@ -56,9 +56,15 @@ void rmatvec_sell_cpu(const Spec& s, const uint16_t* perm, const int64_t* slice_
 }
 
 template <typename T>
-void matvec_bands_cpu(const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm, const int64_t* band_ptr,
-                      const void* bcols, const T* scales, const T* x, T* out, int nthreads) {
-  LSCAPE_ISA_DISPATCH(matvec_bands_cpu<T>, s, nb, window, bperm, band_ptr, bcols, scales, x, out, nthreads);
+void matvec_bands_cpu(const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm, const uint16_t* bwidth,
+                      const int64_t* bstart, const void* bcols, const T* scales, const T* x, T* out, int nthreads) {
+  LSCAPE_ISA_DISPATCH(matvec_bands_cpu<T>, s, nb, window, bperm, bwidth, bstart, bcols, scales, x, out, nthreads);
+}
+
+template <typename T>
+void rmatvec_bands_cpu(const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm, const uint16_t* bwidth,
+                       const int64_t* bstart, const void* bcols, const T* scales, const T* g, T* out, int nthreads) {
+  LSCAPE_ISA_DISPATCH(rmatvec_bands_cpu<T>, s, nb, window, bperm, bwidth, bstart, bcols, scales, g, out, nthreads);
 }
 
 LSCAPE_PROJ_CPU_INSTANTIATE(float)

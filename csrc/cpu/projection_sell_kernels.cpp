@@ -5,8 +5,11 @@
 //   (v = scales * theta, 72 KB at d = 9,000: L1/L2), sums each row in increasing column order (the order
 //   of the other kernels, so results agree bit for bit), and writes its rows straight to their places
 //   in `out` (perm): no permutation pass.
-// P theta, B = 1, on the column-band copy (projection.h): threads own windows of W rows and sweep their
-//   slices band by band, so the part of xs2 in use is 1/nb of it; rows' running sums wait in a buffer.
+// P theta, B = 1, on the column-band copy (projection.h): threads own contiguous slice ranges and sweep
+//   each window's part band by band, so the part of xs2 in use is 1/nb of it; rows' running sums wait in
+//   a buffer between bands.
+// P^T g, B = 1, on the column-band copy: the same, band by band (each band adds into its part of the
+//   accumulator), each window's rows of g read once.
 // P^T g: threads own contiguous slice ranges, stream them, and add each entry's g into a private
 //   accumulator indexed by the entry itself (+ and - sums of each column apart, 2 (d + 1) numbers; with
 //   B > 1 a (d + 1) x B block per thread), which stays in L1/L2 while g and the entries stream past; the
@@ -221,49 +224,52 @@ void matvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* col
   }
 }
 
-// ---- P theta, B = 1, on the column-band copy (projection.h): windows [w0, w1) of W rows.  acc (W) holds
-// a window's running sums (slot order) between bands; each block runs as matvec1's slices do.
+// ---- P theta, B = 1, on the column-band copy (projection.h): slices [lo, hi), swept window by window and,
+// inside a window, band by band; acc holds the running sums of the range's rows (slot order) between
+// bands.  Each block runs as matvec1's slices do.
 template <typename T, typename E>
 LSCAPE_SCALAR_LOOP void matvec1_bands(const Spec& s, int64_t nb, int64_t W, const uint16_t* __restrict bperm,
-                                      const int64_t* __restrict bp, const E* __restrict cols,
-                                      const T* __restrict xs2, T* __restrict out, T* __restrict acc, int64_t w0,
-                                      int64_t w1) {
+                                      const uint16_t* __restrict bwidth, const int64_t* __restrict bstart,
+                                      const E* __restrict cols, const T* __restrict xs2, T* __restrict out,
+                                      T* __restrict acc, int64_t lo, int64_t hi) {
   const int64_t n_slices = sell_slices(s.D), spw = W / C;
-  for (int64_t w = w0; w < w1; ++w) {
-    const int64_t s0 = w * spw, ns = std::min(spw, n_slices - s0), r0 = w * W, nr = std::min(W, s.D - r0);
-    std::fill(acc, acc + ns * C, T(0));
+  for (int64_t w = lo / spw; w * spw < hi; ++w) {
+    const int64_t s0 = w * spw, ns = std::min(spw, n_slices - s0);
+    const int64_t a = std::max(lo, s0) - s0, c = std::min(hi, s0 + ns) - s0;  // this range's slices of w
+    std::fill(acc, acc + (c - a) * C, T(0));
     for (int64_t b = 0; b < nb; ++b) {
-      const int64_t* pb = bp + s0 * nb + b * ns;
-      for (int64_t sl = 0; sl < ns; ++sl) {
-        const int64_t wd = (pb[sl + 1] - pb[sl]) / C;
-        if (wd == 0) continue;
-        const E* e = cols + pb[sl];
-        T* as = acc + sl * C;
-        T a[C];
-        for (int64_t l = 0; l < C; ++l) a[l] = as[l];
+      const uint16_t* wb = bwidth + s0 * nb + b * ns;
+      int64_t at = bstart[w * nb + b];
+      for (int64_t sl = 0; sl < a; ++sl) at += wb[sl] * C;
+      for (int64_t sl = a; sl < c; ++sl) {
+        const int64_t wd = wb[sl];
+        const E* e = cols + at;
+        at += wd * C;
+        T* as = acc + (sl - a) * C;
+        T v[C];
+        for (int64_t l = 0; l < C; ++l) v[l] = as[l];
         for (int64_t k = 0; k < wd; ++k) {
           prefetch_ahead(e, k);
-          for_lanes(e + k * C, [&](int l, uint32_t x) { a[l] += xs2[x]; });
+          for_lanes(e + k * C, [&](int l, uint32_t x) { v[l] += xs2[x]; });
         }
-        for (int64_t l = 0; l < C; ++l) as[l] = a[l];
+        for (int64_t l = 0; l < C; ++l) as[l] = v[l];
       }
     }
-    const uint16_t* pw = bperm + r0;
-    for (int64_t q = 0; q < nr; ++q) out[r0 + pw[q]] = acc[q];
+    const int64_t r0 = w * W, q1 = std::min(c * C, s.D - r0);
+    for (int64_t q = a * C; q < q1; ++q) out[r0 + bperm[r0 + q]] = acc[q - a * C];
   }
 }
 
 template <typename T, typename E>
-void matvec_bands(const Spec& s, int64_t nb, int64_t W, const uint16_t* bperm, const int64_t* bp, const E* cols,
-                  const T* scales, const T* x, T* out, int nthreads) {
+void matvec_bands(const Spec& s, int64_t nb, int64_t W, const uint16_t* bperm, const uint16_t* bwidth,
+                  const int64_t* bstart, const E* cols, const T* scales, const T* x, T* out, int nthreads) {
   const std::vector<T> xsv = signed_x(s, x, scales);
-  const int64_t spw = W / C, n_windows = (sell_slices(s.D) + spw - 1) / spw;
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<T> acc(static_cast<size_t>(W));
     int64_t lo, hi;
-    my_range(n_windows, lo, hi);
-    matvec1_bands(s, nb, W, bperm, bp, cols, xsv.data(), out, acc.data(), lo, hi);
+    my_range(sell_slices(s.D), lo, hi);
+    std::vector<T> acc(static_cast<size_t>(std::min(W / C, hi - lo) * C));
+    matvec1_bands(s, nb, W, bperm, bwidth, bstart, cols, xsv.data(), out, acc.data(), lo, hi);
   }
 }
 
@@ -333,29 +339,21 @@ int rmatvec_team(const Spec& s, int64_t entries, int64_t n_acc, int nthreads) {
   return static_cast<int>(std::max<int64_t>(team, 1));
 }
 
-template <typename T, typename E>
-void rmatvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* cols, const T* scales, const T* g,
-             T* out, int64_t B, int nthreads) {
-  const int64_t Bp = padded_batch<T>(B), n_slices = sell_slices(s.D);
-  // B = 1: acc2 (2 (d + 1)) by entry; B > 1: (d + 1, Bp) by column, signs applied per block
-  const int64_t n_acc = B == 1 ? 2 * (s.d + 1) : (s.d + 1) * Bp;
-  const int team = rmatvec_team<T>(s, sp[n_slices], n_acc, nthreads);
+// The team's private accumulators around work(acc, lo, hi) (slices [lo, hi) into acc, by entry (B = 1:
+// 2 (d + 1), +g and -g sums apart) or by column (B > 1: (d + 1) x Bp)), then their sum in thread order
+// times the column scales into out (B, d).  `entries`: how many the work streams (sizes the team).
+template <typename T, class Work>
+void rmatvec_run(const Spec& s, int64_t entries, int64_t B, const T* scales, T* out, int nthreads, Work&& work) {
+  const int64_t Bp = padded_batch<T>(B), n_acc = B == 1 ? 2 * (s.d + 1) : (s.d + 1) * Bp;
+  const int team = rmatvec_team<T>(s, entries, n_acc, nthreads);
   std::vector<T> accs(static_cast<size_t>(team * n_acc));
 #pragma omp parallel num_threads(team)
   {
     T* acc = accs.data() + thread_id() * n_acc;
     std::fill(acc, acc + n_acc, T(0));
     int64_t lo, hi;
-    my_range(n_slices, lo, hi);
-    if (B == 1) rmatvec1(s, perm, sp, cols, g, acc, lo, hi);
-    if (B > 1) {
-      if (Bp == kV<T>)
-        rmatvec_batch<T, E, 1>(s, perm, sp, cols, g, acc, B, Bp, lo, hi);
-      else if (Bp == 2 * kV<T>)
-        rmatvec_batch<T, E, 2>(s, perm, sp, cols, g, acc, B, Bp, lo, hi);
-      else
-        rmatvec_batch<T, E, 0>(s, perm, sp, cols, g, acc, B, Bp, lo, hi);
-    }
+    my_range(sell_slices(s.D), lo, hi);
+    work(acc, lo, hi);
 #pragma omp barrier
     int64_t j0, j1;
     my_range(s.d, j0, j1);
@@ -369,6 +367,66 @@ void rmatvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* co
         out[b * s.d + j] = scales[j] * sum;
       }
   }
+}
+
+template <typename T, typename E>
+void rmatvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* cols, const T* scales, const T* g,
+             T* out, int64_t B, int nthreads) {
+  const int64_t Bp = padded_batch<T>(B);
+  rmatvec_run(s, sp[sell_slices(s.D)], B, scales, out, nthreads, [&](T* acc, int64_t lo, int64_t hi) {
+    if (B == 1)
+      rmatvec1(s, perm, sp, cols, g, acc, lo, hi);
+    else if (Bp == kV<T>)
+      rmatvec_batch<T, E, 1>(s, perm, sp, cols, g, acc, B, Bp, lo, hi);
+    else if (Bp == 2 * kV<T>)
+      rmatvec_batch<T, E, 2>(s, perm, sp, cols, g, acc, B, Bp, lo, hi);
+    else
+      rmatvec_batch<T, E, 0>(s, perm, sp, cols, g, acc, B, Bp, lo, hi);
+  });
+}
+
+// P^T g, B = 1, on the column-band copy: slices [lo, hi) window by window and band by band, as
+// matvec1_bands walks them; a window's rows of g are read once into gw (slot order), and each band's
+// blocks add into its part of acc2 (so that part, not all of it, is in use at a time).
+template <typename T, typename E>
+LSCAPE_SCALAR_LOOP void rmatvec1_bands(const Spec& s, int64_t nb, int64_t W, const uint16_t* __restrict bperm,
+                                       const uint16_t* __restrict bwidth, const int64_t* __restrict bstart,
+                                       const E* __restrict cols, const T* __restrict g, T* __restrict acc2,
+                                       T* __restrict gw, int64_t lo, int64_t hi) {
+  const int64_t n_slices = sell_slices(s.D), spw = W / C;
+  for (int64_t w = lo / spw; w * spw < hi; ++w) {
+    const int64_t s0 = w * spw, ns = std::min(spw, n_slices - s0);
+    const int64_t a = std::max(lo, s0) - s0, c = std::min(hi, s0 + ns) - s0;
+    const int64_t r0 = w * W, q1 = std::min(c * C, s.D - r0);
+    for (int64_t q = a * C; q < q1; ++q) gw[q - a * C] = g[r0 + bperm[r0 + q]];
+    for (int64_t q = std::max(q1, a * C); q < c * C; ++q) gw[q - a * C] = T(0);  // padding slots
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint16_t* wb = bwidth + s0 * nb + b * ns;
+      int64_t at = bstart[w * nb + b];
+      for (int64_t sl = 0; sl < a; ++sl) at += wb[sl] * C;
+      for (int64_t sl = a; sl < c; ++sl) {
+        const int64_t wd = wb[sl];
+        const E* e = cols + at;
+        at += wd * C;
+        T gv[C];
+        for (int64_t l = 0; l < C; ++l) gv[l] = gw[(sl - a) * C + l];
+        for (int64_t k = 0; k < wd; ++k) {
+          prefetch_ahead(e, k);
+          for_lanes(e + k * C, [&](int l, uint32_t x) { acc2[x] += gv[l]; });
+        }
+      }
+    }
+  }
+}
+
+template <typename T, typename E>
+void rmatvec_bands(const Spec& s, int64_t nb, int64_t W, const uint16_t* bperm, const uint16_t* bwidth,
+                   const int64_t* bstart, const E* cols, const T* scales, const T* g, T* out, int nthreads) {
+  const int64_t n_windows = (sell_slices(s.D) + W / C - 1) / (W / C);
+  rmatvec_run(s, bstart[n_windows * nb], 1, scales, out, nthreads, [&](T* acc2, int64_t lo, int64_t hi) {
+    std::vector<T> gw(static_cast<size_t>(std::min(W / C, hi - lo) * C));
+    rmatvec1_bands(s, nb, W, bperm, bwidth, bstart, cols, g, acc2, gw.data(), lo, hi);
+  });
 }
 
 }  // namespace
@@ -392,12 +450,26 @@ void rmatvec_sell_cpu(const Spec& s, const uint16_t* perm, const int64_t* slice_
 }
 
 template <typename T>
-void matvec_bands_cpu(const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm, const int64_t* band_ptr,
-                      const void* bcols, const T* scales, const T* theta, T* out, int nthreads) {
+void matvec_bands_cpu(const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm, const uint16_t* bwidth,
+                      const int64_t* bstart, const void* bcols, const T* scales, const T* theta, T* out,
+                      int nthreads) {
   if (sell_narrow(s.d))
-    matvec_bands(s, nb, window, bperm, band_ptr, static_cast<const uint16_t*>(bcols), scales, theta, out, nthreads);
+    matvec_bands(s, nb, window, bperm, bwidth, bstart, static_cast<const uint16_t*>(bcols), scales, theta, out,
+                 nthreads);
   else
-    matvec_bands(s, nb, window, bperm, band_ptr, static_cast<const uint32_t*>(bcols), scales, theta, out, nthreads);
+    matvec_bands(s, nb, window, bperm, bwidth, bstart, static_cast<const uint32_t*>(bcols), scales, theta, out,
+                 nthreads);
+}
+
+template <typename T>
+void rmatvec_bands_cpu(const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm, const uint16_t* bwidth,
+                       const int64_t* bstart, const void* bcols, const T* scales, const T* g, T* out, int nthreads) {
+  if (sell_narrow(s.d))
+    rmatvec_bands(s, nb, window, bperm, bwidth, bstart, static_cast<const uint16_t*>(bcols), scales, g, out,
+                  nthreads);
+  else
+    rmatvec_bands(s, nb, window, bperm, bwidth, bstart, static_cast<const uint32_t*>(bcols), scales, g, out,
+                  nthreads);
 }
 
 LSCAPE_PROJ_SELL_INSTANTIATE(float)

@@ -18,26 +18,29 @@ from ._common import call, ptr
 KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
-# The column-band copy (csrc/include/lscape/projection.h) that P theta at B = 1 runs on, by default:
+# The column-band copy (csrc/include/lscape/projection.h) that one-vector products run on, by default:
 BAND_COLS = 4608  # columns per band at most: a band's part of the float32 signed vector is <= 36 KB
-BAND_WINDOW = 8192  # rows sorted together by their counts per band
+BAND_WINDOW = 32768  # rows sorted together by their counts per band (0.9% padding at the paper's size)
 BAND_MAX_PADDING = 0.10  # a copy padded more than this (many bands, few nonzeros a row) is not kept
+BAND_MAX_WIDTH = 65535  # bwidth is uint16: a copy with a wider block is not made
 
 
 @dataclass(frozen=True)
 class Bands:
     """The column-band copy of the CPU's SELL layout: nb bands of columns, rows in windows of `window`;
-    bperm (n_slices * 16,) int16, band_ptr (n_slices * nb + 1,) int64, bcols (band_ptr[-1],) int16/int32."""
+    bperm (n_slices * 16,) int16, bwidth (n_slices * nb,) int16 holding uint16 bits, bstart
+    (n_windows * nb + 1,) int64, bcols int16/int32 (as the SELL cols)."""
 
     nb: int
     window: int
     bperm: torch.Tensor
-    band_ptr: torch.Tensor
+    bwidth: torch.Tensor
+    bstart: torch.Tensor
     bcols: torch.Tensor
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return self.bperm, self.band_ptr, self.bcols
+        return self.bperm, self.bwidth, self.bstart, self.bcols
 
 
 def _no_bands() -> Bands | None:
@@ -50,8 +53,8 @@ class Operands:
 
     buffers: P's held buffers (`build`'s dict); scales: (d,) column scales in the product's dtype;
     coo: builds (rows, cols, values) for the torch reference on demand (cached by its owner);
-    bands: the column-band copy for P theta at B = 1 on the CPU kernels, or None (built and cached by its
-    owner on first use)."""
+    bands: the column-band copy that one-vector products run on with the CPU kernels, or None (built and
+    cached by its owner on first use)."""
 
     spec: ref.ProjSpec
     storage: str
@@ -143,14 +146,18 @@ def build_bands(spec: ref.ProjSpec, buffers: dict[str, torch.Tensor], *, nb: int
     bperm = torch.empty(n_slices * ref.SELL_C, dtype=torch.int16)
     widths = torch.empty(n_slices * nb, dtype=torch.int32)
     call(k, "proj_bands_plan", spec.as_tuple(), nb, window, *held, ptr(bperm), ptr(widths))
-    band_ptr = torch.zeros(n_slices * nb + 1, dtype=torch.int64)
+    band_ptr = torch.zeros(n_slices * nb + 1, dtype=torch.int64)  # every block's offset, while filling
     torch.cumsum(widths.to(torch.int64) * ref.SELL_C, dim=0, out=band_ptr[1:])
     entries, nnz = int(band_ptr[-1]), int(b["col_counts"].sum())
     if max_padding is not None and entries > (1 + max_padding) * nnz:
         return None
+    if n_slices and int(widths.max()) > BAND_MAX_WIDTH:
+        return None
     bcols = torch.empty(entries, dtype=b["cols"].dtype)
     call(k, "proj_bands_fill", spec.as_tuple(), nb, window, *held, ptr(bperm), ptr(band_ptr), ptr(bcols))
-    return Bands(nb, window, bperm, band_ptr, bcols)
+    bwidth = widths.to(torch.int32).numpy().astype(np.uint16).view(np.int16)
+    return Bands(nb, window, bperm, torch.from_numpy(bwidth), band_ptr[ref.band_group_starts(spec.D, nb, window)],
+                 bcols)
 
 
 def decode(spec: ref.ProjSpec, buffers: dict[str, torch.Tensor]):
@@ -194,9 +201,10 @@ def product(P: Operands, x: torch.Tensor, transpose: bool) -> torch.Tensor:
 
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
     b = P.buffers
-    if B == 1 and not transpose and "cols" in b and (bands := P.bands()) is not None:
-        call(k, "proj_matvec_bands", spec.as_tuple(), bands.nb, bands.window, *(ptr(t) for t in bands.tensors),
-             ptr(P.scales), ptr(x), ptr(out), x.dtype == torch.float64)
+    if B == 1 and "cols" in b and (bands := P.bands()) is not None:
+        name = "proj_rmatvec_bands" if transpose else "proj_matvec_bands"
+        call(k, name, spec.as_tuple(), bands.nb, bands.window, *(ptr(t) for t in bands.tensors), ptr(P.scales),
+             ptr(x), ptr(out), x.dtype == torch.float64)
         return out
     if P.storage == "implicit":
         layout, held = "implicit", ()

@@ -227,10 +227,23 @@ def _band_blocks(D: int, nb: int, window: int) -> np.ndarray:
     return s0[:, None] * nb + np.arange(nb, dtype=np.int64)[None, :] * ns[:, None] + (sl - s0)[:, None]
 
 
+def band_group_starts(D: int, nb: int, window: int) -> np.ndarray:
+    """(n_windows * nb + 1,): the storage position of every (window, band) group's first block, then the
+    block count (so band_ptr[band_group_starts(...)] is bstart)."""
+    n_slices = -(-D // SELL_C)
+    spw = window // SELL_C
+    n_windows = -(-n_slices // spw)
+    s0 = np.arange(n_windows, dtype=np.int64) * spw
+    ns = np.minimum(spw, n_slices - s0)
+    first = (s0 * nb)[:, None] + np.arange(nb, dtype=np.int64)[None, :] * ns[:, None]
+    return np.append(first.ravel(), n_slices * nb)
+
+
 def band_layout(D: int, d: int, rows: np.ndarray, cols: np.ndarray, neg: np.ndarray, nb: int, window: int):
     """The column-band copy of the matrix with nonzeros (rows, cols, neg), exactly as the C++ kernels
-    (sell_bands_plan/sell_bands_fill) lay it out.  Returns a dict of numpy arrays: bperm (n_slices * C,)
-    int16 holding uint16 bits, band_ptr (n_slices * nb + 1,) int64, bcols as sell_layout's cols."""
+    (sell_bands_plan/sell_bands_fill) and lscape.ops.projection.build_bands lay it out.  Returns a dict of
+    numpy arrays: bperm (n_slices * C,) and bwidth (n_slices * nb,) int16 holding uint16 bits, bstart
+    (n_windows * nb + 1,) int64, bcols as sell_layout's cols."""
     C, W = SELL_C, window
     rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
     neg = np.asarray(neg).astype(np.int64)
@@ -263,12 +276,16 @@ def band_layout(D: int, d: int, rows: np.ndarray, cols: np.ndarray, neg: np.ndar
     etype = np.uint16 if narrow else np.uint32
     out = np.full(int(band_ptr[-1]), 2 * d, dtype=etype)
     out[at] = (cols.astype(etype) << etype(1)) | neg.astype(etype)
-    return {"bperm": bperm.view(np.int16), "band_ptr": band_ptr, "bcols": out.view(np.int16 if narrow else np.int32)}
+    bwidth = stored // C
+    return {"bperm": bperm.view(np.int16), "bwidth": bwidth.astype(np.uint16).view(np.int16),
+            "bstart": band_ptr[band_group_starts(D, nb, W)], "bcols": out.view(np.int16 if narrow else np.int32)}
 
 
-def band_decode(D: int, d: int, nb: int, window: int, bperm: torch.Tensor, band_ptr: torch.Tensor,
+def band_decode(D: int, d: int, nb: int, window: int, bperm: torch.Tensor, bwidth: torch.Tensor,
                 bcols: torch.Tensor):
     """(rows, cols, neg) of every stored nonzero of the column-band copy (storage order), padding left out."""
+    band_ptr = torch.zeros(bwidth.numel() + 1, dtype=torch.int64)
+    torch.cumsum((bwidth.to(torch.int64) & 0xFFFF) * SELL_C, dim=0, out=band_ptr[1:])
     blocks = torch.from_numpy(_band_blocks(D, nb, window))
     slice_of_block = torch.empty(blocks.numel(), dtype=torch.int64)
     slice_of_block[blocks.ravel()] = torch.arange(blocks.shape[0]).repeat_interleave(nb)
