@@ -40,8 +40,8 @@ class SparseSignProjection:
             first product of one vector adds a second copy of the entries cut into bands of at most
             4,608 columns (when d > 4,608 and it pads by 10% or less): one-vector products then use one
             band of the d-sized vector at a time (P theta 1.25-1.4x faster at the paper's size, P^T g
-            1.1-1.15x), for about 2.2 more bytes per nonzero.  On a CUDA device: one int32 per nonzero (row and sign) plus 4 bytes per
-            chunk-column segment.
+            1.1-1.15x), for about 2.2 more bytes per nonzero.  On a CUDA device: one int32 per nonzero
+            (row and sign) plus 4 bytes per chunk-column segment.
             "implicit" holds O(d) numbers and regenerates the nonzeros on every product.
         device: where the buffers live and products run (default CPU).
 
