@@ -386,7 +386,9 @@ void rmatvec(const Spec& s, const uint16_t* perm, const int64_t* sp, const E* co
 }
 
 // P^T g, B = 1, on the column-band copy: slices [lo, hi) window by window and band by band, as
-// matvec1_bands walks them; a window's rows of g are read once into gw (slot order), and each band's
+// matvec1_bands walks them (the walk is written out in both: one helper taking the per-window and per-block
+// work as lambdas measured 10-20% slower for both products with GCC, restrict qualifiers and
+// always_inline notwithstanding); a window's rows of g are read once into gw (slot order), and each band's
 // blocks add into its part of acc2 (so that part, not all of it, is in use at a time).
 template <typename T, typename E>
 LSCAPE_SCALAR_LOOP void rmatvec1_bands(const Spec& s, int64_t nb, int64_t W, const uint16_t* __restrict bperm,

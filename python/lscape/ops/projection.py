@@ -155,7 +155,7 @@ def build_bands(spec: ref.ProjSpec, buffers: dict[str, torch.Tensor], *, nb: int
         return None
     bcols = torch.empty(entries, dtype=b["cols"].dtype)
     call(k, "proj_bands_fill", spec.as_tuple(), nb, window, *held, ptr(bperm), ptr(band_ptr), ptr(bcols))
-    bwidth = widths.to(torch.int32).numpy().astype(np.uint16).view(np.int16)
+    bwidth = widths.numpy().astype(np.uint16).view(np.int16)
     return Bands(nb, window, bperm, torch.from_numpy(bwidth), band_ptr[ref.band_group_starts(spec.D, nb, window)],
                  bcols)
 

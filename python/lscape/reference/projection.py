@@ -211,7 +211,7 @@ def sell_decode(D: int, d: int, perm: torch.Tensor, slice_ptr: torch.Tensor, col
     return rows, col[keep], (e[keep] & 1).bool()
 
 
-# ---- the column-band copy of the SELL layout, for P theta at B = 1 (csrc/include/lscape/projection.h) --
+# ---- the column-band copy of the SELL layout, for one-vector products (csrc/include/lscape/projection.h)
 def band_of(cols: np.ndarray, nb: int, d: int) -> np.ndarray:
     """The band of every column: col * nb // d (bands of about d / nb consecutive columns)."""
     return np.asarray(cols, dtype=np.int64) * nb // d
@@ -230,13 +230,8 @@ def _band_blocks(D: int, nb: int, window: int) -> np.ndarray:
 def band_group_starts(D: int, nb: int, window: int) -> np.ndarray:
     """(n_windows * nb + 1,): the storage position of every (window, band) group's first block, then the
     block count (so band_ptr[band_group_starts(...)] is bstart)."""
-    n_slices = -(-D // SELL_C)
-    spw = window // SELL_C
-    n_windows = -(-n_slices // spw)
-    s0 = np.arange(n_windows, dtype=np.int64) * spw
-    ns = np.minimum(spw, n_slices - s0)
-    first = (s0 * nb)[:, None] + np.arange(nb, dtype=np.int64)[None, :] * ns[:, None]
-    return np.append(first.ravel(), n_slices * nb)
+    blocks = _band_blocks(D, nb, window)
+    return np.append(blocks[::window // SELL_C].ravel(), blocks.size)  # a window's first slice, every band
 
 
 def band_layout(D: int, d: int, rows: np.ndarray, cols: np.ndarray, neg: np.ndarray, nb: int, window: int):
