@@ -2,7 +2,6 @@
 that is not the identity, and a named error for a bad width."""
 import pytest
 import torch
-
 from lscape.models import resnet20
 
 
