@@ -120,12 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument("--chunk", type=int, default=None,
                        help="chunk size of experiments whose chunks can be resized (gamst-walker: models per "
                             "ensemble chunk)")
-    p_plot = sub.add_parser("plot", help="redraw a saved surface (.h5 or .npz) as PNGs")
+    p_plot = sub.add_parser("plot", help="redraw a saved surface (.h5 or .npz) as PNGs, or as interactive pages")
     p_plot.add_argument("file", help="a surface file written by lscape.Surface.save")
     p_plot.add_argument("--out", default=None, help="output folder (default: next to FILE, <stem>_plots)")
     p_plot.add_argument("--quantity", action="append", default=None,
                         help="a quantity to draw (repeatable; default: all in the file)")
     p_plot.add_argument("--log", action="store_true", help="log10 colour scale (non-positive cells masked)")
+    p_plot.add_argument("--html", action="store_true",
+                        help="write one self-contained interactive page per quantity (<quantity>.html, plotly) "
+                             "instead of the PNGs")
     ns, extra = parser.parse_known_args(argv)
     if extra and ns.cmd != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(ns: argparse.Namespace) -> int:
-    """`lscape plot FILE`: load a saved surface and write plot_all's PNGs."""
+    """`lscape plot FILE`: load a saved surface and write plot_all's PNGs (or, with --html, interactive pages)."""
     from pathlib import Path
 
     import lscape
@@ -156,8 +159,32 @@ def _plot(ns: argparse.Namespace) -> int:
         return 2
     surface = lscape.Surface.load(path)  # looked up here: the surface module may be absent from old installs
     out = Path(ns.out) if ns.out is not None else path.with_name(path.stem + "_plots")
+    if ns.html:
+        return _plot_html(surface, out, ns.quantity, ns.log)
     for p in plot.plot_all(surface, out, quantities=ns.quantity, scale="log" if ns.log else "linear"):
         print(p)
+    return 0
+
+
+def _plot_html(surface, out, quantities: list[str] | None, log: bool) -> int:
+    """`lscape plot FILE --html`: one page per quantity (default all), checked before any is written."""
+    from . import plot
+
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        print("lscape plot: --html needs plotly: pip install 'lscape[plot]' (or pip install plotly)", file=sys.stderr)
+        return 2
+    names = sorted(surface.values) if quantities is None else list(quantities)
+    unknown = [n for n in names if n not in surface.values]
+    if unknown:
+        print(f"lscape plot: --quantity: got {unknown}, expected some of {sorted(surface.values)}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        page = out / f"{n}{'_log' if log else ''}.html"
+        plot.interactive(surface, n, log=log, path=page)
+        print(page)
     return 0
 
 

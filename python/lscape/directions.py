@@ -2,6 +2,7 @@
 models, and the PCA plane of a training trajectory.  Every vector is flat in FlatLayout order."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from ._flat import FlatLayout
+from .checkpoints import load_checkpoint, load_checkpoints
 
 __all__ = ["Directions", "random_directions", "plane_through", "pca_directions"]
 
@@ -19,21 +21,15 @@ IGNORES = ("biasbn", None)
 @dataclass
 class Directions:
     """vectors (k, D) float64, k in {1, 2}; center (D,) or None (then the model's parameters);
-    trajectory (T, 2) or None; info: provenance (kind, seed, norm, ignore, explained variance...)."""
+    trajectory (T, 2) or None: a training run's checkpoints on the plane, in order (PCA);
+    points (n, 2) or None: models the plane was built through (plane_through's three);
+    info: provenance (kind, seed, norm, ignore, explained variance, checkpoint files...).
+    lscape.surface frames an int grid around the trajectory and the points."""
     vectors: np.ndarray
     info: dict = field(default_factory=dict)
     center: np.ndarray | None = None
     trajectory: np.ndarray | None = None
-
-
-def _flat64(layout: FlatLayout, model_or_vec) -> np.ndarray:
-    if isinstance(model_or_vec, nn.Module):
-        return layout.flatten(model_or_vec).double().cpu().numpy()
-    v = np.asarray(torch.as_tensor(model_or_vec).detach().cpu().double().numpy()).reshape(-1)
-    if v.shape[0] != layout.dim:
-        raise ValueError(f"theta: got a vector of length {v.shape[0]}, expected {layout.dim} (the model's "
-                         "parameter count)")
-    return v
+    points: np.ndarray | None = None
 
 
 def _bn_names(model: nn.Module) -> set[str]:
@@ -83,12 +79,11 @@ def random_directions(model: nn.Module, k: int = 2, *, norm: str | None = "filte
 
 
 def plane_through(theta0, theta1, theta2, *, model: nn.Module, orthonormal: bool = False) -> Directions:
-    """The plane through three points (modules or flat vectors): center theta0, directions theta1 - theta0
-    and theta2 - theta0, so the three sit at (0, 0), (1, 0), (0, 1).  orthonormal=True (Garipov's
-    plane.py): u = (theta1-theta0)/|.|, v = the part of theta2-theta0 orthogonal to u, normalised; the
-    three points then sit at the coordinates stored in `trajectory`."""
-    layout = FlatLayout.of(model)
-    t0, t1, t2 = (_flat64(layout, t) for t in (theta0, theta1, theta2))
+    """The plane through three checkpoints (each a module, a flat vector, a state_dict or a checkpoint file:
+    see lscape.checkpoints): center theta0, directions theta1 - theta0 and theta2 - theta0, so the three
+    sit at (0, 0), (1, 0), (0, 1).  orthonormal=True (Garipov's plane.py): u = (theta1-theta0)/|.|, v = the
+    part of theta2-theta0 orthogonal to u, normalised.  `points` (3, 2) holds the three's coordinates."""
+    t0, t1, t2 = (load_checkpoint(t, model, name=f"theta{i}") for i, t in enumerate((theta0, theta1, theta2)))
     u, v = t1 - t0, t2 - t0
     if orthonormal:
         u = u / np.linalg.norm(u)
@@ -97,22 +92,27 @@ def plane_through(theta0, theta1, theta2, *, model: nn.Module, orthonormal: bool
     vec = np.stack([u, v])
     pts = np.stack([t0, t1, t2]) - t0
     coords = np.linalg.lstsq(vec.T, pts.T, rcond=None)[0].T
-    return Directions(vec, {"kind": "plane", "orthonormal": bool(orthonormal)}, center=t0, trajectory=coords)
+    return Directions(vec, {"kind": "plane", "orthonormal": bool(orthonormal)}, center=t0, points=coords)
 
 
-def pca_directions(checkpoints, *, model: nn.Module) -> Directions:
-    """Top-2 principal directions of theta_t - theta_final over a trajectory of checkpoints (modules or
-    flat vectors, the last one final), the final point as center, and the trajectory projected onto
-    the plane (T, 2).  info['explained_variance_ratio'] holds the two ratios (Li et al. 2018, sec. 7)."""
-    layout = FlatLayout.of(model)
-    thetas = np.stack([_flat64(layout, c) for c in checkpoints])
+def pca_directions(checkpoints, *, model: nn.Module, sort_key: Callable[[str], object] | None = None) -> Directions:
+    """Top-2 principal directions of theta_t - theta_final over a training run's checkpoints, the final
+    point as center, and the trajectory projected onto the plane (T, 2) (Li et al. 2018, sec. 7).
+
+    checkpoints: a folder or glob pattern of checkpoint files (natural order, epoch_2 before epoch_10, or
+      sorted by sort_key(path)), or a list of modules, flat vectors, state_dicts or file paths in training
+      order; the last one is the final point.  State_dicts are matched to `model` by parameter name,
+      buffers ignored (lscape.checkpoints).
+    info['explained_variance_ratio'] holds the two ratios, info['checkpoints'] where each point came from."""
+    thetas, labels = load_checkpoints(checkpoints, model, sort_key=sort_key)
     if thetas.shape[0] < 3:
-        raise ValueError(f"checkpoints: got {thetas.shape[0]}, expected at least 3")
+        raise ValueError(f"checkpoints: got {thetas.shape[0]} ({', '.join(labels)}), expected at least 3 for a "
+                         "PCA plane (two directions of the differences to the final point)")
     final = thetas[-1]
     M = thetas[:-1] - final
     _, s, vt = np.linalg.svd(M, full_matrices=False)
     ratio = (s ** 2 / (s ** 2).sum())[:2]
     vec = vt[:2]
     traj = (thetas - final) @ vec.T
-    info = {"kind": "pca", "explained_variance_ratio": [float(r) for r in ratio]}
+    info = {"kind": "pca", "explained_variance_ratio": [float(r) for r in ratio], "checkpoints": labels}
     return Directions(vec, info, center=final, trajectory=traj)

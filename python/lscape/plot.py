@@ -2,12 +2,16 @@
 
 Every function returns the matplotlib Figure it drew on; pass `ax=` to draw into an existing Axes (then the
 Figure is `ax.figure`).  Surfaces are any object with the attributes of `lscape.Surface`: x (nx,), y (ny,) or
-None, values {name: (nx,) | (nx, ny)} with NaN in cells not computed yet, done, ndim, trajectory (T, 2) or None.
+None, values {name: (nx,) | (nx, ny)} with NaN in cells not computed yet, done, ndim, trajectory (T, 2) or None,
+points (n, 2) or None (contour, filled_contour, heat map and trajectory draw the last two).
 value[i, j] is at (x[i], y[j]), so 2-D arrays are transposed for matplotlib, which wants z[row=y, col=x].
 
 scale="log" draws log10 of the quantity: cells that are not positive are masked like the uncomputed (NaN)
 ones, and a quantity with no positive value at all is a ValueError.  1-D curves, spectra and NEB profiles
 use a log y axis instead (matplotlib masks non-positive values there).
+
+`interactive` writes one self-contained HTML page (plotly, also in the `plot` extra): the 3-D surface to rotate
+and zoom and its contour, with the trajectory and points, and values on hover.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["contour", "filled_contour", "heatmap", "surface3d", "curve", "trajectory", "spectral_density",
-           "neb_profile", "plot_all"]
+           "neb_profile", "plot_all", "interactive"]
 
 _SCALES = ("linear", "log")
 
@@ -97,9 +101,38 @@ def _masked_note(ax, z: np.ma.MaskedArray) -> None:
                 transform=ax.transAxes, fontsize=7, color="0.3")
 
 
+def _path(path) -> np.ndarray:
+    path = np.asarray(path, dtype=np.float64)
+    if path.ndim != 2 or path.shape[1] != 2 or len(path) < 1:
+        raise ValueError(f"path: got shape {path.shape}, expected (T, 2) with T >= 1")
+    return path
+
+
+def _draw_marks(ax, path: np.ndarray | None, points: np.ndarray | None) -> None:
+    """A trajectory from a circle (start) to a star (end), and labelled points θ0, θ1, ..., with a legend."""
+    if path is not None:
+        path = _path(path)
+        ax.plot(path[:, 0], path[:, 1], "-", color="crimson", lw=1.5, label="trajectory")
+        ax.plot(path[0, 0], path[0, 1], "o", color="crimson", ms=6, label="start")
+        ax.plot(path[-1, 0], path[-1, 1], "*", color="crimson", ms=12, label="end")
+    if points is not None:
+        points = _path(points)
+        ax.plot(points[:, 0], points[:, 1], "D", color="crimson", mec="white", ms=7, label="models")
+        for k, (a, b) in enumerate(points):
+            ax.annotate(f"θ{k}", (a, b), xytext=(4, 4), textcoords="offset points", fontsize=8, color="crimson")
+    if path is not None or points is not None:
+        ax.legend(loc="best", fontsize=8)
+
+
+def _surface_marks(ax, surface: Any, marks: bool) -> None:
+    if marks:
+        _draw_marks(ax, getattr(surface, "trajectory", None), getattr(surface, "points", None))
+
+
 def contour(surface: Any, quantity: str = "train_loss", *, ax=None, scale: str = "linear", levels: int = 20,
-            filled: bool = False):
-    """Contour lines (or filled contours) of a quantity of a 2-D surface, with a colour bar.  Returns the Figure."""
+            filled: bool = False, marks: bool = True):
+    """Contour lines (or filled contours) of a quantity of a 2-D surface, with a colour bar, and the surface's
+    trajectory and points when it has them (marks=False leaves them out).  Returns the Figure."""
     X, Y, Z, label = _plane(surface, quantity, scale, "a contour plot")
     fig, ax = _axes(ax)
     draw = ax.contourf if filled else ax.contour
@@ -109,23 +142,26 @@ def contour(surface: Any, quantity: str = "train_loss", *, ax=None, scale: str =
     fig.colorbar(cs, ax=ax, label=label)
     _label_plane(ax, ("filled contour of " if filled else "contour of ") + quantity)
     _masked_note(ax, Z)
+    _surface_marks(ax, surface, marks)
     return fig
 
 
 def filled_contour(surface: Any, quantity: str = "train_loss", *, ax=None, scale: str = "linear",
-                   levels: int = 20):
-    """Filled contours of a quantity of a 2-D surface.  Returns the Figure."""
-    return contour(surface, quantity, ax=ax, scale=scale, levels=levels, filled=True)
+                   levels: int = 20, marks: bool = True):
+    """Filled contours of a quantity of a 2-D surface (with its trajectory and points).  Returns the Figure."""
+    return contour(surface, quantity, ax=ax, scale=scale, levels=levels, filled=True, marks=marks)
 
 
-def heatmap(surface: Any, quantity: str = "train_loss", *, ax=None, scale: str = "linear"):
-    """A heat map (one cell per grid point, masked cells blank) of a 2-D surface.  Returns the Figure."""
+def heatmap(surface: Any, quantity: str = "train_loss", *, ax=None, scale: str = "linear", marks: bool = True):
+    """A heat map (one cell per grid point, masked cells blank) of a 2-D surface (with its trajectory and
+    points).  Returns the Figure."""
     X, Y, Z, label = _plane(surface, quantity, scale, "a heat map")
     fig, ax = _axes(ax)
     mesh = ax.pcolormesh(X, Y, Z, shading="nearest", cmap="viridis")
     fig.colorbar(mesh, ax=ax, label=label)
     _label_plane(ax, "heat map of " + quantity)
     _masked_note(ax, Z)
+    _surface_marks(ax, surface, marks)
     return fig
 
 
@@ -182,21 +218,16 @@ def curve(surface: Any, quantities: list[str] | None = None, *, ax=None, scale: 
 def trajectory(surface: Any, quantity: str = "train_loss", *, ax=None, scale: str = "linear", levels: int = 20,
                path: np.ndarray | None = None):
     """A path (default surface.trajectory, (T, 2) coordinates on the plane) over contours of a quantity, from
-    a circle (start) to a star (end).  Returns the Figure."""
+    a circle (start) to a star (end), with the surface's points.  Returns the Figure."""
     _require_2d(surface, "a trajectory plot")
     path = getattr(surface, "trajectory", None) if path is None else path
     if path is None:
         raise ValueError("surface.trajectory: got None, expected a (T, 2) path (PCA directions of a trajectory "
                          "record one) or pass path=")
-    path = np.asarray(path, dtype=np.float64)
-    if path.ndim != 2 or path.shape[1] != 2 or len(path) < 1:
-        raise ValueError(f"path: got shape {path.shape}, expected (T, 2) with T >= 1")
-    fig = contour(surface, quantity, ax=ax, scale=scale, levels=levels)
+    path = _path(path)
+    fig = contour(surface, quantity, ax=ax, scale=scale, levels=levels, marks=False)
     ax = fig.axes[0] if ax is None else ax
-    ax.plot(path[:, 0], path[:, 1], "-", color="crimson", lw=1.5, label="trajectory")
-    ax.plot(path[0, 0], path[0, 1], "o", color="crimson", ms=6, label="start")
-    ax.plot(path[-1, 0], path[-1, 1], "*", color="crimson", ms=12, label="end")
-    ax.legend(loc="best", fontsize=8)
+    _draw_marks(ax, path, getattr(surface, "points", None))
     ax.set_title(f"trajectory over {quantity}")
     return fig
 
@@ -290,3 +321,19 @@ def plot_all(surface: Any, out_dir: str | Path, *, quantities: list[str] | None 
         losses = [n for n in names if not _is_accuracy(n)] or names
         paths.append(_save(trajectory(surface, losses[0], scale=scale), out / f"{losses[0]}_trajectory{suffix}.png"))
     return paths
+
+
+def interactive(surface: Any, quantity: str = "train_loss", *, log: bool = False,
+                path: str | Path | None = None) -> str:
+    """One self-contained HTML page of a surface (plotly.js embedded: it opens offline and fetches nothing), and
+    written to `path` when given.  A 2-D surface: the 3-D surface (rotate, zoom) beside its contour on one colour
+    scale, with the trajectory (lifted onto the 3-D surface by bilinear interpolation) and the points; a 1-D
+    surface: the curve.  Hovering shows α, β and the value.  log=True draws log10 of the quantity, with the cells
+    that are not positive masked as in the PNGs.  Needs plotly (pip install 'lscape[plot]').  Returns the HTML."""
+    from ._interactive import page
+
+    html = page(surface, quantity, log=log)
+    if path is not None:
+        Path(path).write_text(html, encoding="utf-8")
+    return html
+

@@ -28,7 +28,9 @@ __all__ = ["Surface", "surface"]
 class Surface:
     """x (nx,), y (ny,) or None; values {name: (nx,) or (nx, ny)} with value[i, j] at (x[i], y[j]), NaN
     where not computed; done: bool, same shape; directions (k, D); center (D,); info: provenance;
-    trajectory (T, 2) or None."""
+    trajectory (T, 2) or None: a training run on the plane (PCA directions); points (n, 2) or None: the
+    models the plane passes through (plane_through).  In a notebook it displays as lscape.plot.interactive's
+    3-D surface and contour (with plotly installed)."""
     x: np.ndarray
     y: np.ndarray | None
     values: dict[str, np.ndarray]
@@ -37,6 +39,7 @@ class Surface:
     center: np.ndarray
     info: dict = field(default_factory=dict)
     trajectory: np.ndarray | None = None
+    points: np.ndarray | None = None
 
     @property
     def ndim(self) -> int:
@@ -48,7 +51,7 @@ class Surface:
     def save(self, path: str) -> None:
         """.h5 (Goldstein's names, -1 where not computed) or .npz; atomic."""
         write_surface(path, self.x, self.y, self.values, self.done, self.directions, self.center,
-                      self.info, self.trajectory)
+                      self.info, self.trajectory, points=self.points)
 
     @classmethod
     def load(cls, path: str) -> Surface:
@@ -60,28 +63,49 @@ class Surface:
             raise ValueError("to_vtp: expected a 2-D surface")
         write_vtp(path, self.x, self.y, self.values[name], log=log, zmax=zmax)
 
+    def _repr_html_(self) -> str | None:
+        """Jupyter's rich display: the interactive page of the first loss (None, so the text repr is shown,
+        without plotly or before any cell is computed)."""
+        from ._interactive import fragment
+        return fragment(self)
+
 
 # ---- arguments ----------------------------------------------------------------------------------------
-def _axis(name: str, a) -> np.ndarray:
+def _axis(name: str, a, span: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
     if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
         if a < 2:
             raise ValueError(f"{name}: got {a} points, expected at least 2")
-        return np.linspace(-1.0, 1.0, int(a))
-    arr = np.asarray(a, dtype=np.float64)
+        return np.linspace(span[0], span[1], int(a))
+    arr = np.array(a, dtype=np.float64)  # a copy: x and y never share the caller's array or each other
     if arr.ndim != 1 or arr.shape[0] < 2 or not np.all(np.isfinite(arr)):
         raise ValueError(f"{name}: got {a!r}, expected an int >= 2 or a 1-D array of >= 2 finite coordinates")
     return arr
 
 
-def _grid(grid, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+# an int grid around a trajectory or points extends past their extent by this fraction of it on each side
+FRAME_MARGIN = 0.25
+
+
+def _frame(marks: np.ndarray) -> list[tuple[float, float]]:
+    """(lo, hi) per axis covering the marks (m, 2) and the centre (0, 0), with FRAME_MARGIN on each side;
+    an axis along which they do not spread gets the other axis's span."""
+    pts = np.vstack([marks, np.zeros((1, 2))])
+    lo, hi = pts.min(0), pts.max(0)
+    span = hi - lo
+    span = np.where(span > 0, span, span.max() if span.max() > 0 else 1.0)
+    return [(float(a - FRAME_MARGIN * s), float(b + FRAME_MARGIN * s)) for a, b, s in zip(lo, hi, span, strict=True)]
+
+
+def _grid(grid, k: int, marks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The grid's axes; an int (or an int of a pair) spans [-1, 1], or the frame of `marks` (m, 2) when the
+    directions carry a trajectory or points.  Coordinates given as arrays are kept as they are."""
     if k == 1:
         return _axis("grid", grid), None
+    frame = [(-1.0, 1.0)] * 2 if marks is None or len(marks) == 0 else _frame(marks)
     pair = isinstance(grid, tuple) and len(grid) == 2 or \
         isinstance(grid, list) and len(grid) == 2 and not np.isscalar(grid[0])
-    if pair:
-        return _axis("grid[0]", grid[0]), _axis("grid[1]", grid[1])
-    ax = _axis("grid", grid)
-    return ax, ax.copy()
+    parts = grid if pair else (grid, grid)
+    return tuple(_axis(f"grid[{i}]" if pair else "grid", g, frame[i]) for i, g in enumerate(parts))
 
 
 def _directions(directions, model: nn.Module, D: int) -> Directions:
@@ -224,7 +248,9 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
       (k, D) array/tensor or list of k (D,) vectors (k = 1: 1-D surface, k = 2: 2-D), or 'filter' /
       'layer' for two seeded random directions.  D = number of entries of model.parameters().
     grid: an int n (n points in [-1, 1] on each axis), a pair of ints, a 1-D array for both axes, or a pair
-      of arrays.  center: (D,) or None (the model's parameters, or the Directions' own centre).
+      of arrays.  When the directions carry a trajectory or points (pca_directions, plane_through), an int
+      grid spans them and the centre instead, with a margin of a quarter of their extent on each side.
+      center: (D,) or None (the model's parameters, or the Directions' own centre).
     data / test_data: (inputs, targets) or a re-iterable of such batches (DataLoader), streamed batch by
       batch, weighted by batch size; max_batches caps the batches per pass.
     metrics: {name: fn(outputs, targets) -> scalar}, computed in the same forward passes as the loss;
@@ -253,10 +279,11 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     center = np.asarray(torch.as_tensor(center).detach().cpu().double().numpy()).reshape(-1)
     if center.shape[0] != layout.dim:
         raise ValueError(f"center: got length {center.shape[0]}, expected {layout.dim}")
-    x, y = _grid(grid, dirs.vectors.shape[0])
+    marks = [m for m in (dirs.trajectory, dirs.points) if m is not None]
+    x, y = _grid(grid, dirs.vectors.shape[0], np.vstack(marks) if marks else None)
     shape = x.shape if y is None else (x.shape[0], y.shape[0])
     s = _resume(file, x, y, center, dirs.vectors) or Surface(
-        x, y, {}, np.zeros(shape, bool), dirs.vectors, center, dict(dirs.info, bn=bn), dirs.trajectory)
+        x, y, {}, np.zeros(shape, bool), dirs.vectors, center, dict(dirs.info, bn=bn), dirs.trajectory, dirs.points)
     train = _batches("data", data, max_batches)
     model = copy.deepcopy(model)
     layers = input_layers(model, layout, next(iter(train))[0]) if affine and bn == "eval" else ()

@@ -21,7 +21,8 @@ def _h5py():
     return h5py
 
 
-def write_surface(path: str, x, y, values: dict, done, directions, center, info: dict, trajectory) -> None:
+def write_surface(path: str, x, y, values: dict, done, directions, center, info: dict, trajectory,
+                  points=None) -> None:
     """Atomic write: values are stored with -1 where `done` is False (Goldstein's convention)."""
     path = os.fspath(path)
     tmp = path + ".tmp"
@@ -32,6 +33,8 @@ def write_surface(path: str, x, y, values: dict, done, directions, center, info:
         arrays["ycoordinates"] = np.asarray(y)
     if trajectory is not None:
         arrays["trajectory"] = np.asarray(trajectory)
+    if points is not None:
+        arrays["points"] = np.asarray(points)
     meta = json.dumps({"info": info, "metrics": list(values)})
     if path.endswith(".npz"):
         with open(tmp, "wb") as f:
@@ -68,7 +71,8 @@ def read_surface(path: str) -> dict:
     done = arrays["done"].astype(bool) if "done" in arrays else next(iter(values.values())) != -1
     values = {k: np.where(done, v, np.nan) for k, v in values.items()}
     return {"x": x, "y": y, "values": values, "done": done, "directions": arrays.get("directions"),
-            "center": arrays.get("center"), "info": meta["info"], "trajectory": arrays.get("trajectory")}
+            "center": arrays.get("center"), "info": meta["info"], "trajectory": arrays.get("trajectory"),
+            "points": arrays.get("points")}
 
 
 def write_vtp(path: str, x, y, z, *, log: bool = False, zmax: float | None = None) -> None:

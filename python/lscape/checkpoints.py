@@ -1,0 +1,164 @@
+"""Checkpoints as flat parameter vectors of a model, for the directions of a loss surface.
+
+A checkpoint is any of: an nn.Module; a flat vector (D,); a state_dict, also nested as {"state_dict": ...}
+or {"model": ...} (the training loop's other entries, such as the optimizer's, are left alone) and with
+DataParallel's "module." prefix; or the path of a file written by torch.save, loaded with
+torch.load(weights_only=True).  A sequence of checkpoints may also be a folder or a glob pattern of such
+files, in natural order (epoch_2 before epoch_10) or sorted by a key the user gives.
+
+State_dicts are matched to `model` by parameter name: buffers (BatchNorm's running statistics) are
+ignored, and a missing or extra key or a shape that differs raises CheckpointMismatchError listing them.
+
+    flat = load_checkpoint("ckpt/epoch_3.pt", model)           # (D,) float64, FlatLayout order
+    thetas, names = load_checkpoints("ckpt/", model)            # (T, D), and where each came from
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._flat import FlatLayout
+
+__all__ = ["CheckpointMismatchError", "load_checkpoint", "load_checkpoints", "checkpoint_files"]
+
+# file names a folder of checkpoints is read for (torch.save has no fixed suffix; these are the usual ones)
+SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin")
+# the entries a training loop nests the model's state_dict under
+NESTED = ("state_dict", "model_state_dict", "model")
+# prefixes that wrappers add to every name: DataParallel / DistributedDataParallel, torch.compile
+PREFIXES = ("module.", "_orig_mod.")
+_SHOWN = 8  # names listed per kind of mismatch; the rest are counted
+
+
+class CheckpointMismatchError(ValueError):
+    """A state_dict whose parameter names or shapes differ from the model's."""
+
+
+def natural_key(path: str) -> list:
+    """Sort key that orders the digit runs of a name as numbers: epoch_2 < epoch_10."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", os.fspath(path))]
+
+
+def checkpoint_files(source: str | os.PathLike, sort_key: Callable[[str], object] | None = None) -> list[str]:
+    """The checkpoint files of a folder (names ending in .pt, .pth, .ckpt, .tar, .bin) or a glob pattern,
+    sorted by sort_key(path) (default: natural order).  Raises FileNotFoundError when there are none."""
+    src = os.fspath(source)
+    if os.path.isdir(src):
+        files = [os.path.join(src, f) for f in os.listdir(src) if f.endswith(SUFFIXES) and not f.startswith(".")]
+        where = f"folder {src!r} (files ending in {', '.join(SUFFIXES)})"
+    else:
+        files = glob.glob(src)
+        where = f"glob {src!r}"
+    files = [f for f in files if os.path.isfile(f)]
+    if not files:
+        raise FileNotFoundError(f"checkpoints: got {where}, which holds no checkpoint file")
+    return sorted(files, key=natural_key if sort_key is None else sort_key)
+
+
+def _is_pattern(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _read(path: str):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... depending on what it found
+        raise ValueError(f"checkpoint {path!r}: torch.load(weights_only=True) could not read it ({e}); expected "
+                         "a file written by torch.save(model.state_dict()) or a dict holding one") from e
+
+
+def _unwrap(sd: Mapping) -> Mapping:
+    """The state_dict inside training-loop dicts such as {"epoch": 3, "model": {...}, "optimizer": {...}}."""
+    while not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        inner = next((sd[k] for k in NESTED if isinstance(sd.get(k), Mapping)), None)
+        if inner is None:
+            raise ValueError(f"checkpoint: got a dict with keys {sorted(map(str, sd))[:_SHOWN]}, expected a "
+                             f"state_dict (names -> tensors) or a dict holding one under {NESTED}")
+        sd = inner
+    return sd
+
+
+def _strip(name: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for p in PREFIXES:
+            if name.startswith(p):
+                name, stripped = name[len(p):], True
+    return name
+
+
+def _listed(kind: str, names: list[str]) -> str:
+    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+    return f"{kind} ({len(names)}): {', '.join(names[:_SHOWN])}{more}"
+
+
+def _from_state_dict(sd: Mapping, layout: FlatLayout, buffers: set[str], where: str) -> np.ndarray:
+    sd = {_strip(str(k)): v for k, v in _unwrap(sd).items()}
+    sd = {k: v for k, v in sd.items() if k not in buffers}
+    shapes = dict(zip(layout.names, layout.shapes, strict=True))
+    missing = [n for n in layout.names if n not in sd]
+    extra = sorted(k for k in sd if k not in shapes)
+    wrong = [f"{n} {tuple(sd[n].shape)} (model {tuple(s)})" for n, s in shapes.items()
+             if n in sd and sd[n].shape != s]
+    if missing or extra or wrong:
+        parts = [_listed(k, v) for k, v in (("missing", missing), ("extra", extra), ("shape differs", wrong)) if v]
+        raise CheckpointMismatchError(f"{where}: does not match model's parameters; " + "; ".join(parts))
+    return torch.cat([sd[n].detach().reshape(-1).to("cpu", torch.float64) for n in layout.names]).numpy()
+
+
+def _flat(item, layout: FlatLayout, model: nn.Module, where: str) -> np.ndarray:
+    if isinstance(item, (str, os.PathLike)):
+        path = os.fspath(item)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{where}: got {path!r}, expected an existing checkpoint file")
+        return _flat(_read(path), layout, model, f"{where} ({path!r})")
+    if isinstance(item, nn.Module):
+        return _from_state_dict(dict(item.named_parameters()), layout, set(), where)
+    if isinstance(item, Mapping):
+        return _from_state_dict(item, layout, {n for n, _ in model.named_buffers()}, where)
+    if isinstance(item, (torch.Tensor, np.ndarray, list, tuple)):
+        v = torch.as_tensor(item).detach().to("cpu", torch.float64).reshape(-1).numpy()
+        if v.shape[0] != layout.dim:
+            raise ValueError(f"{where}: got a vector of length {v.shape[0]}, expected {layout.dim} (the model's "
+                             "parameter count)")
+        return v
+    raise TypeError(f"{where}: got {type(item).__name__}, expected a module, a flat vector, a state_dict or the "
+                    "path of a checkpoint file")
+
+
+def load_checkpoint(item, model: nn.Module, *, name: str = "checkpoint") -> np.ndarray:
+    """One checkpoint (module, vector, state_dict or file) -> (D,) float64 in FlatLayout order of model.
+    `name` is the argument named in errors."""
+    return _flat(item, FlatLayout.of(model), model, name)
+
+
+def load_checkpoints(source, model: nn.Module, *, sort_key: Callable[[str], object] | None = None,
+                     name: str = "checkpoints") -> tuple[np.ndarray, list[str]]:
+    """A folder, a glob pattern, or an iterable of checkpoints -> ((T, D) float64, T labels: the file paths,
+    or '<name>[i]' for checkpoints given as objects).  sort_key orders a folder's or glob's files
+    (default: natural order); an iterable keeps its own order."""
+    layout = FlatLayout.of(model)
+    if isinstance(source, (str, os.PathLike)):
+        src = os.fspath(source)
+        if not (os.path.isdir(src) or _is_pattern(src)):
+            raise ValueError(f"{name}: got {src!r}, expected a folder or a glob pattern of checkpoint files (or a "
+                             "list of checkpoints)")
+        items: list = checkpoint_files(src, sort_key)
+        labels = list(items)
+    elif isinstance(source, (nn.Module, Mapping, torch.Tensor, np.ndarray)) or not isinstance(source, Iterable):
+        raise TypeError(f"{name}: got {type(source).__name__}, expected a folder, a glob pattern or a list of "
+                        "checkpoints (modules, flat vectors, state_dicts or file paths)")
+    else:
+        items = list(source)
+        labels = [os.fspath(c) if isinstance(c, (str, os.PathLike)) else f"{name}[{i}]" for i, c in enumerate(items)]
+    if not items:
+        raise ValueError(f"{name}: got none, expected at least one checkpoint")
+    thetas = np.stack([_flat(c, layout, model, f"{name}[{i}]") for i, c in enumerate(items)])
+    return thetas, labels
