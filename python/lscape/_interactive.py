@@ -112,8 +112,10 @@ def figure(surface: Any, quantity: str = "train_loss", *, log: bool = False):
             fig.add_trace(go.Scatter(x=pts[-1:, 0], y=pts[-1:, 1], mode="markers", name="end", hoverinfo="skip",
                                      marker={"size": 13, "color": _MARK, "symbol": "star"}), 1, 2)
     fig.update_layout(title=title, height=_HEIGHT, template="plotly_white", margin={"l": 10, "r": 10, "t": 80, "b": 40},
-                      scene={"xaxis_title": "α", "yaxis_title": "β", "zaxis_title": label},
-                      legend={"x": 0.0, "y": 1.0})
+                      # the camera a little farther than plotly's default, so the rims stay in view
+                      scene={"xaxis_title": "α", "yaxis_title": "β", "zaxis_title": label,
+                             "camera": {"eye": {"x": 1.6, "y": 1.6, "z": 1.25}}},
+                      legend={"orientation": "h", "x": 0.0, "y": -0.02})
     fig.update_xaxes(title_text="α (direction 1)", row=1, col=2)
     fig.update_yaxes(title_text="β (direction 2)", row=1, col=2)
     return fig

@@ -99,18 +99,28 @@ def _listed(kind: str, names: list[str]) -> str:
     return f"{kind} ({len(names)}): {', '.join(names[:_SHOWN])}{more}"
 
 
-def _from_state_dict(sd: Mapping, layout: FlatLayout, buffers: set[str], where: str) -> np.ndarray:
+def _from_state_dict(sd: Mapping, layout: FlatLayout, ignored: set[str], where: str) -> np.ndarray:
+    """The model's parameters out of a state_dict, by name (wrapper prefixes stripped on both sides); names
+    in `ignored` (buffers, second names of tied parameters) are skipped."""
     sd = {_strip(str(k)): v for k, v in _unwrap(sd).items()}
-    sd = {k: v for k, v in sd.items() if k not in buffers}
-    shapes = dict(zip(layout.names, layout.shapes, strict=True))
-    missing = [n for n in layout.names if n not in sd]
-    extra = sorted(k for k in sd if k not in shapes)
-    wrong = [f"{n} {tuple(sd[n].shape)} (model {tuple(s)})" for n, s in shapes.items()
-             if n in sd and sd[n].shape != s]
+    sd = {k: v for k, v in sd.items() if k not in ignored}
+    keys = [_strip(n) for n in layout.names]
+    missing = [k for k in keys if k not in sd]
+    extra = sorted(k for k in sd if k not in set(keys))
+    wrong = [f"{k} {tuple(sd[k].shape)} (model {tuple(s)})" for k, s in zip(keys, layout.shapes, strict=True)
+             if k in sd and sd[k].shape != s]
     if missing or extra or wrong:
         parts = [_listed(k, v) for k, v in (("missing", missing), ("extra", extra), ("shape differs", wrong)) if v]
         raise CheckpointMismatchError(f"{where}: does not match model's parameters; " + "; ".join(parts))
-    return torch.cat([sd[n].detach().reshape(-1).to("cpu", torch.float64) for n in layout.names]).numpy()
+    return torch.cat([sd[k].detach().reshape(-1).to("cpu", torch.float64) for k in keys]).numpy()
+
+
+def _ignored(model: nn.Module, layout: FlatLayout) -> set[str]:
+    """The state_dict names that are not parameters of the flat layout: buffers (BatchNorm's running
+    statistics), and the second names of parameters shared between modules (tied weights)."""
+    names = {n for n, _ in model.named_buffers(remove_duplicate=False)}
+    names |= {n for n, _ in model.named_parameters(remove_duplicate=False)} - set(layout.names)
+    return {_strip(n) for n in names}
 
 
 def _flat(item, layout: FlatLayout, model: nn.Module, where: str) -> np.ndarray:
@@ -122,7 +132,7 @@ def _flat(item, layout: FlatLayout, model: nn.Module, where: str) -> np.ndarray:
     if isinstance(item, nn.Module):
         return _from_state_dict(dict(item.named_parameters()), layout, set(), where)
     if isinstance(item, Mapping):
-        return _from_state_dict(item, layout, {n for n, _ in model.named_buffers()}, where)
+        return _from_state_dict(item, layout, _ignored(model, layout), where)
     if isinstance(item, (torch.Tensor, np.ndarray, list, tuple)):
         v = torch.as_tensor(item).detach().to("cpu", torch.float64).reshape(-1).numpy()
         if v.shape[0] != layout.dim:
