@@ -8,15 +8,18 @@ SwiftShader, Chromium's CPU renderer, so a machine without a GPU draws plotly's 
     shot.errors     # console errors, uncaught exceptions, failed loads: [str]
     shot.requests   # URLs the page asked for beyond its own file: [str]
     shot.scene      # (x, y, width, height) of the first WebGL canvas, or None
+    shot.area       # (x, y, width, height) of the first 2-D plot area, or None
 """
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,8 +40,10 @@ RENDERED = """new Promise(done => { const t0 = Date.now(); (function poll() {
   const drawn = document.querySelector('.gl-container canvas') || document.querySelector('.js-plotly-plot .main-svg');
   if (drawn || Date.now() - t0 > WAIT) requestAnimationFrame(() => requestAnimationFrame(() => done(!!drawn)));
   else setTimeout(poll, 50); })(); })"""
-SCENE = """(() => { const c = document.querySelector('.gl-container canvas');
-  if (!c) return null; const r = c.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })()"""
+# the boxes of the first WebGL canvas (a 3-D scene) and of the first 2-D plot area (its drag layer)
+AREAS = """(() => { const box = s => { const e = document.querySelector(s); if (!e) return null;
+  const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; };
+  return [box('.gl-container canvas'), box('.draglayer .nsewdrag')]; })()"""
 
 
 def chromium() -> str | None:
@@ -52,6 +57,7 @@ class Shot:
     drawn: bool
     seconds: float
     scene: tuple[float, float, float, float] | None
+    area: tuple[float, float, float, float] | None
     errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
 
@@ -111,6 +117,15 @@ def _report(events: list[dict]) -> tuple[list[str], list[str]]:
     return errors, requests
 
 
+def _high(fds: tuple[int, int]) -> tuple[int, int]:
+    """The pipe's ends moved to descriptors >= 10, so that moving them to 3 and 4 in the child never overwrites
+    one before it is read (os.pipe() may return 3 or 4, as under pytest's capture)."""
+    out = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds)
+    for fd in fds:
+        os.close(fd)
+    return out
+
+
 def open_page(page: str | os.PathLike, png: str | os.PathLike, *, width: int = 1100, height: int = 620,
               timeout: float = 60.0, wait: float = 10.0) -> Shot:
     """Load a local HTML file, wait (at most `wait` seconds after the load event) for plotly to draw, and save a
@@ -119,13 +134,17 @@ def open_page(page: str | os.PathLike, png: str | os.PathLike, *, width: int = 1
     if exe is None:
         raise FileNotFoundError(f"no Chromium on PATH (looked for {', '.join(NAMES)})")
     t0 = time.monotonic()
-    to_chrome, from_chrome = os.pipe(), os.pipe()
+    to_chrome, from_chrome = _high(os.pipe()), _high(os.pipe())
     with tempfile.TemporaryDirectory(prefix="lscape-chromium-") as profile:
-        # Chromium reads commands on fd 3 and writes on fd 4; the shell puts the pipe ends there
-        cmd = ["/bin/sh", "-c", f'exec "$0" "$@" 3<&{to_chrome[0]} 4>&{from_chrome[1]}', exe, *FLAGS,
-               f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"]
+        # Chromium reads commands on fd 3 and writes on fd 4: a Python trampoline puts the pipe ends there
+        # (dash's redirections take one-digit descriptors only, and ours are >= 10)
+        hop = (f"import os, sys; os.dup2({to_chrome[0]}, 3); os.dup2({from_chrome[1]}, 4); "
+               "os.execv(sys.argv[1], sys.argv[1:])")
+        cmd = [sys.executable, "-c", hop, exe, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
+               "about:blank"]
+        log = open(os.path.join(profile, "stderr.txt"), "w+b")  # closed in finally
         proc = subprocess.Popen(cmd, pass_fds=(to_chrome[0], from_chrome[1]), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=log)
         os.close(to_chrome[0])
         os.close(from_chrome[1])
         try:
@@ -141,8 +160,8 @@ def open_page(page: str | os.PathLike, png: str | os.PathLike, *, width: int = 1
             drawn = cdp.call("Runtime.evaluate", {"expression": RENDERED.replace("WAIT", str(int(wait * 1000))),
                                                   "awaitPromise": True,
                                                   "returnByValue": True}, session=sid)["result"]["value"]
-            scene = cdp.call("Runtime.evaluate", {"expression": SCENE, "returnByValue": True},
-                             session=sid)["result"].get("value")
+            scene, area = cdp.call("Runtime.evaluate", {"expression": AREAS, "returnByValue": True},
+                                   session=sid)["result"]["value"]
             data = cdp.call("Page.captureScreenshot", {"format": "png"}, session=sid)["data"]
             Path(png).write_bytes(base64.b64decode(data))
             errors, requests = _report(cdp.events)
@@ -150,7 +169,12 @@ def open_page(page: str | os.PathLike, png: str | os.PathLike, *, width: int = 1
                 cdp.call("Browser.close")
             except (EOFError, TimeoutError, RuntimeError):
                 pass
+        except (EOFError, TimeoutError) as e:  # say why: Chromium's own last words
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"Chromium ({exe}) failed: {e}; its stderr ends:\n{tail}") from e
         finally:
+            log.close()
             for fd in (to_chrome[1], from_chrome[0]):
                 os.close(fd)
             try:
@@ -158,4 +182,5 @@ def open_page(page: str | os.PathLike, png: str | os.PathLike, *, width: int = 1
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    return Shot(Path(png), bool(drawn), time.monotonic() - t0, tuple(scene) if scene else None, errors, requests)
+    return Shot(Path(png), bool(drawn), time.monotonic() - t0, tuple(scene) if scene else None,
+                tuple(area) if area else None, errors, requests)
