@@ -12,7 +12,7 @@ pytest.importorskip("plotly", reason="lscape.plot.interactive needs plotly (the 
 
 from browser import chromium, open_page  # noqa: E402
 from lscape import Surface, plot  # noqa: E402
-from lscape._interactive import figure  # noqa: E402
+from lscape._interactive import _LIFT, figure  # noqa: E402
 from lscape.cli import main  # noqa: E402
 
 
@@ -57,11 +57,13 @@ def test_the_figure_holds_surface_contour_marks_and_hover():
     assert "train_loss=%{customdata" in surf.hovertemplate and "α=%{x" in cont.hovertemplate
     (line3d,) = t["scatter3d"]
     np.testing.assert_allclose(np.c_[line3d.x, line3d.y], s.trajectory)
-    # the trajectory lies on the surface: at the grid's nodes, exactly the values
+    # the trajectory lies on the surface, lifted by a fixed share of its range: at the grid's nodes, the values
     at_nodes = [k for k, (a, b) in enumerate(s.trajectory) if np.isclose(a, s.x).any() and np.isclose(b, s.y).any()]
+    z = s.values["train_loss"]
+    lift = _LIFT * (z.max() - z.min())
     for k in at_nodes:
         i, j = np.argmin(abs(s.x - s.trajectory[k, 0])), np.argmin(abs(s.y - s.trajectory[k, 1]))
-        assert line3d.z[k] == pytest.approx(s.values["train_loss"][i, j])
+        assert line3d.z[k] == pytest.approx(z[i, j] + lift)
     assert at_nodes == [0, 8] and np.isfinite(line3d.z).all()
     assert list(line3d.text) == [f"epoch_{k}.pt" for k in range(9)]
     assert [tr.name for tr in t["scatter"]] == ["trajectory", "end"]

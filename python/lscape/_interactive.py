@@ -16,6 +16,7 @@ from .plot import _scaled, _values
 
 _HEIGHT = 540  # px; the width follows the window (responsive)
 _MARK = "crimson"
+_LIFT = 0.02  # of the colour range: how far above the 3-D surface its trajectory and points are drawn
 _COLORS = "Viridis"  # as the PNGs
 _KINDS = {"pca": "PCA plane of a training run", "plane": "plane through three models", "random": "random directions",
           "given": "given directions"}
@@ -95,7 +96,8 @@ def figure(surface: Any, quantity: str = "train_loss", *, log: bool = False):
                              ncontours=25, line_width=0.5, colorbar={"title": {"text": label}},
                              hovertemplate=_hover(quantity, log)), 1, 2)
     for name, pts, labels in _marks(surface):
-        on_surface = _bilinear(x, y, z, pts)
+        # drawn a little above the surface, so that the surface does not swallow the line where they meet
+        on_surface = _bilinear(x, y, z, pts) + _LIFT * (hi - lo)
         line = name == "trajectory"
         mode = "lines+markers" if line else "markers+text"
         marker = {"size": 4 if line else 7, "color": _MARK, "symbol": "circle" if line else "diamond"}
