@@ -1,7 +1,7 @@
 """lscape: fast, exact tools for the geometry of neural-network loss landscapes."""
 from __future__ import annotations
 
-from . import data, probes
+from . import checkpoints, data, probes
 from ._backend import BackendInfo, backends, use_backend
 from .ensemble import TrainResult, TrainState, mlp_loss, mlp_loss_grad, train_ensemble
 from .landscape import Landscape
@@ -34,6 +34,7 @@ __all__ = [
     "TrainResult",
     "TrainState",
     "backends",
+    "checkpoints",
     "data",
     "fit_random_walk",
     "mlp_loss",
