@@ -35,10 +35,12 @@ FLAGS = (
     "--disable-component-update", "--disable-sync", "--mute-audio", "--remote-debugging-pipe",
 )
 LOCAL = ("file:", "data:", "blob:", "about:")
-# resolves once plotly has drawn (a WebGL canvas, or any plotly figure) or after WAIT ms, two frames later
+# resolves once plotly has drawn (its SVG, and the WebGL canvas of each 3-D scene it lays out) or after WAIT ms,
+# two frames later
 RENDERED = """new Promise(done => { const t0 = Date.now(); (function poll() {
-  const drawn = document.querySelector('.gl-container canvas') || document.querySelector('.js-plotly-plot .main-svg');
-  if (drawn || Date.now() - t0 > WAIT) requestAnimationFrame(() => requestAnimationFrame(() => done(!!drawn)));
+  const q = s => document.querySelectorAll(s).length;
+  const drawn = q('.js-plotly-plot .main-svg') > 0 && q('.gl-container canvas') >= q('.gl-container');
+  if (drawn || Date.now() - t0 > WAIT) requestAnimationFrame(() => requestAnimationFrame(() => done(drawn)));
   else setTimeout(poll, 50); })(); })"""
 # the boxes of the first WebGL canvas (a 3-D scene) and of the first 2-D plot area (its drag layer)
 AREAS = """(() => { const box = s => { const e = document.querySelector(s); if (!e) return null;

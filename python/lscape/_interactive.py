@@ -134,14 +134,17 @@ def page(surface: Any, quantity: str = "train_loss", *, log: bool = False) -> st
 
 
 def fragment(surface: Any) -> str | None:
-    """A notebook cell's HTML of the surface's first loss (plotly.js embedded), or None without plotly or
-    with nothing computed yet, so that the notebook shows the text repr instead."""
+    """A notebook cell's HTML of the surface's train_loss (else its first loss; plotly.js embedded), or None
+    without plotly or with nothing computed yet, so that the notebook shows the text repr instead."""
     names = sorted(surface.values)
     losses = [n for n in names if "loss" in n] or names
-    if not losses or not np.isfinite(np.asarray(surface.values[losses[0]], dtype=np.float64)).any():
+    if not losses:
+        return None
+    quantity = "train_loss" if "train_loss" in names else losses[0]
+    if not np.isfinite(np.asarray(surface.values[quantity], dtype=np.float64)).any():
         return None
     try:
-        fig = figure(surface, "train_loss" if "train_loss" in names else losses[0])
+        fig = figure(surface, quantity)
     except ImportError:
         return None
     return fig.to_html(include_plotlyjs=True, full_html=False, config=_CONFIG)

@@ -336,4 +336,3 @@ def interactive(surface: Any, quantity: str = "train_loss", *, log: bool = False
     if path is not None:
         Path(path).write_text(html, encoding="utf-8")
     return html
-
