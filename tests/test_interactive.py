@@ -154,6 +154,7 @@ def coloured(png, box) -> tuple[float, int]:
 
 def test_the_page_draws_in_headless_chromium_offline(browser, tmp_path):
     s = surface_2d()
+    s.done[-4:, -3:] = False        # a run cut off before its last cells: holes in the surface, not errors
     s.save(tmp_path / "s.npz")
     assert main(["plot", str(tmp_path / "s.npz"), "--html", "--out", str(tmp_path), "--quantity",
                  "train_loss"]) == 0
