@@ -5,8 +5,8 @@ operands of P as an `Operands`; this module only chooses the backend and moves p
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
