@@ -20,12 +20,15 @@ skips the runs already there, so a killed study resumes losing only the runs in 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import math
 import numbers
 import os
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,43 +241,82 @@ def _make_optimizer(sh: _Study, params) -> torch.optim.Optimizer:
     return cls(params, lr=sh.lr, **sh.optimizer_kwargs)
 
 
-def _train(d: int | None, seed: int, sh: _Study) -> dict[str, Any]:
-    """One run: d None trains the full space, else a `kind` subspace of dimension d.  P is seeded by
-    (seed, d), the minibatch order by (seed, epoch): the run depends on nothing else."""
+@dataclass
+class _Run:
+    """One run being trained: the model, what the optimizer steps (the model itself in the full space, a
+    Subspace otherwise), the optimizer, and the names of the kernels the L2 term covers."""
+    model: nn.Module
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    kernels: list[str]
+    subspace: bool
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The parameters the forward pass uses: the model's own, or views of r = theta0 + P theta."""
+        return self.net.params_dict() if self.subspace else dict(self.model.named_parameters())
+
+    def trained(self) -> nn.Module:
+        """The model holding the trained parameters (r written back into it for a subspace run)."""
+        return self.net.load_into_model() if self.subspace else self.model
+
+
+def _setup(d: int | None, seed: int, sh: _Study) -> _Run:
+    """A run at its start: theta0 (the module's copy, or the factory's draw for `seed`), and for d not
+    None a `kind` subspace of dimension d with P seeded by (seed, d) and theta = 0."""
     model = _fresh_model(sh.model, seed)
-    if d is None:
-        net: nn.Module = model
-    else:
+    net: nn.Module = model
+    if d is not None:
         D = sum(p.numel() for p in model.parameters())
         net = Subspace(model, d, kind=sh.kind, seed=_mix(seed, d), storage=_storage(sh.storage, D, d))
     opt = _make_optimizer(sh, net.parameters())
     if d is not None:
         net.constrain(opt)  # hypersphere: hold |r| = r0; hyperplane: nothing
-    names = [n for n, p in model.named_parameters() if p.ndim >= 2]  # the kernels (Keras' kernel_regularizer)
+    kernels = [n for n, p in model.named_parameters() if p.ndim >= 2]  # Keras' kernel_regularizer covers these
     model.train()
-    history = np.full(sh.epochs, np.nan)
-    train_loss = math.nan
-    for epoch in range(sh.epochs):
-        total, count = 0.0, 0
-        for X, Y in _epoch_batches(sh.train, sh.batch_size, seed, epoch):
-            opt.zero_grad(set_to_none=True)
-            if d is None:
-                out = model(X)
-                params = dict(model.named_parameters())
-            else:
-                params = net.params_dict()
-                out = torch.func.functional_call(model, params, (X,), strict=False)
+    return _Run(model, net, opt, kernels, d is not None)
+
+
+def _epoch(run: _Run, sh: _Study, seed: int, epoch: int) -> float:
+    """One pass over the training data; the mean training loss (loss_fn alone, without the L2 term).
+
+    Each step goes through opt.step(closure), so optimizers that re-evaluate the loss (LBFGS) work too;
+    Adam and SGD call the closure once, exactly as a plain backward-then-step loop would."""
+    total, count = 0.0, 0
+    for X, Y in _epoch_batches(sh.train, sh.batch_size, seed, epoch):
+        first: list[float] = []
+
+        def closure(X=X, Y=Y, first=first) -> torch.Tensor:
+            run.opt.zero_grad(set_to_none=True)
+            params = run.params()
+            out = torch.func.functional_call(run.model, params, (X,), strict=False) if run.subspace \
+                else run.model(X)
             loss = sh.loss_fn(out, Y)
-            total, count = total + float(loss.detach()) * X.shape[0], count + X.shape[0]
+            if not first:
+                first.append(float(loss.detach()))
             if sh.l2:
-                loss = loss + sh.l2 * sum(params[n].square().sum() for n in names)
+                loss = loss + sh.l2 * sum(params[n].square().sum() for n in run.kernels)
             loss.backward()
-            opt.step()
-        train_loss = total / max(count, 1)
-        if sh.history and epoch < sh.epochs - 1:
-            history[epoch] = _score(net.load_into_model() if d is not None else model, sh)[0]
-    final = net.load_into_model() if d is not None else model
-    score, test_loss = _score(final, sh)
+            return loss
+
+        run.opt.step(closure)
+        total, count = total + first[0] * X.shape[0], count + X.shape[0]
+    return total / max(count, 1)
+
+
+def _train(d: int | None, seed: int, sh: _Study) -> dict[str, Any]:
+    """One run: d None trains the full space, else a `kind` subspace of dimension d.  P is seeded by
+    (seed, d), the minibatch order by (seed, epoch) and torch's global generator (dropout, a DataLoader's
+    shuffle) by (seed, d): the run depends on nothing else, so it is the same on any worker."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_mix(seed, d or 0, 3))
+        run = _setup(d, seed, sh)
+        history = np.full(sh.epochs, np.nan)
+        train_loss = math.nan
+        for epoch in range(sh.epochs):
+            train_loss = _epoch(run, sh, seed, epoch)
+            if sh.history and epoch < sh.epochs - 1:
+                history[epoch] = _score(run.trained(), sh)[0]
+        score, test_loss = _score(run.trained(), sh)
     history[-1] = score if sh.history else np.nan
     return {"score": score, "loss": test_loss, "train_loss": train_loss, "history": history}
 
@@ -291,7 +333,11 @@ class _Runs:
     def __init__(self, file, fingerprint: dict, epochs: int) -> None:
         self.file, self.fingerprint, self.epochs = file, fingerprint, epochs
         self.done: dict[tuple[int, int], dict[str, Any]] = {}
-        arrays = None if file is None else load_npz(file)
+        try:
+            arrays = None if file is None else load_npz(file)
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"file: {os.fspath(file)!r} is not a readable .npz file ({exc}), expected an "
+                             "intrinsic-dimension study's file to resume, or a new path") from None
         if arrays is None:
             return
         meta = json.loads(str(arrays.get("meta", "{}")))
@@ -352,8 +398,12 @@ def _data_arg(name: str, data):
     """data as given (a pair of tensors or a re-iterable of batches), after checking its first batch."""
     if data is None:
         raise TypeError(f"{name}: got None, expected (inputs, targets) tensors or a re-iterable of batches")
-    batches = _Batches(data, name, None)  # the type checks; raises ValueError on empty data
-    X, _ = next(iter(batches))
+    batches = _Batches(data, name, None)  # the type checks; a batch of no rows is a ValueError there
+    try:
+        X, _ = next(iter(batches))
+    except StopIteration:
+        raise ValueError(f"{name}: got {type(data).__name__} with no batches (empty data), expected at least "
+                         "one (inputs, targets) batch") from None
     return data, X
 
 
@@ -491,11 +541,43 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
                    "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": _name(optimizer),
                    "optimizer_kwargs": json.loads(json.dumps(opt_kwargs, default=repr)), "l2": l2, "kind": kind,
                    "storage": storage, "history": history}
-    runs = _Runs(file, fingerprint, epochs)  # a file of another study is refused here, before any training
     sh = _Study(model, loss_fn, metric, data, test, epochs, batch_size, lr, optimizer, opt_kwargs, l2, kind,
                 storage, history)
+    search = _Search(search_start, search_factor, search_rtol, search_atol)
+    with _study_lock(file):  # THE call site of issue 28's run-folder lock (see _study_lock)
+        runs = _Runs(file, fingerprint, epochs)  # a file of another study is refused here, before any training
+        res = _run_study(runs, sh, ex, dims, seed_list, base, threshold, D, search, on_run, progress)
+        res.info = {**fingerprint, "baseline": baseline if isinstance(baseline, str) else base,
+                    "search": dataclasses.asdict(search) if dims is None else None}
+        if file is not None:
+            runs.save(res)
+    return res
+
+
+@dataclass(frozen=True)
+class _Search:
+    """dims=None: a geometric sweep from `start` (x `factor`), then bisection until the bracket is within
+    `rtol` (relative to its upper end) or `atol` apart."""
+    start: int
+    factor: float
+    rtol: float
+    atol: int
+
+
+def _study_lock(file) -> contextlib.AbstractContextManager:
+    """The lock a study holds on its `file` while it runs, so two processes never write one study.
+
+    ISSUE 28 HOOK: the run-folder lock (lscape/_runlock.py) belongs here, e.g. `return
+    _runlock.lock(file)` when file is not None.  Until it lands this takes no lock; this function is the
+    only place intrinsic_dimension would take one."""
+    return contextlib.nullcontext()
+
+
+def _run_study(runs: _Runs, sh: _Study, ex, dims: list[int] | None, seed_list: list[int], base: float | None,
+               threshold: float, D: int, search: _Search, on_run, progress: bool) -> IntrinsicDimension:
+    """Train every run the study needs that `runs` does not hold yet (the baseline first, then the given
+    dims or the search's), and gather the result (its info is filled in by the caller)."""
     order: list[int] = []
-    searched = dims is None
 
     def stage(pairs: list[tuple[int, int]], label: str) -> None:
         """Train the (d, seed) pairs not yet in the table (d = 0: the full space), one chunk each."""
@@ -526,7 +608,7 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
     baseline_value = mean(0) if base is None else base
     target = threshold * baseline_value
     if dims is None:
-        lo, hi, d = 0, None, min(search_start, D)
+        lo, hi, d = 0, None, min(search.start, D)
         while hi is None:  # the geometric sweep: up to the first d that reaches the target
             run_dims([d])
             if mean(d) >= target:
@@ -534,8 +616,8 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
             elif d == D:
                 break
             else:
-                lo, d = d, min(D, max(d + 1, int(round(d * search_factor))))
-        while hi is not None and hi - lo > max(search_atol, search_rtol * hi) and hi - lo > 1:  # bisection
+                lo, d = d, min(D, max(d + 1, int(round(d * search.factor))))
+        while hi is not None and hi - lo > max(search.atol, search.rtol * hi) and hi - lo > 1:  # bisection
             mid = (lo + hi) // 2
             run_dims([mid])
             lo, hi = (lo, mid) if mean(mid) >= target else (mid, hi)
@@ -544,17 +626,11 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
     def table(name: str) -> np.ndarray:
         return np.array([[runs.done[(d, s)][name] for s in seed_list] for d in dims], np.float64)
 
-    res = IntrinsicDimension(
+    return IntrinsicDimension(
         dims=np.array(dims, np.int64), scores=table("score"), losses=table("loss"),
-        train_losses=table("train_loss"), history=table("history").reshape(len(dims), len(seed_list), epochs),
+        train_losses=table("train_loss"), history=table("history").reshape(len(dims), len(seed_list), sh.epochs),
         baseline=float(baseline_value),
         baseline_scores=np.array([runs.done[(0, s)]["score"] for s in seed_list] if base is None else [], np.float64),
         threshold=threshold, D=D, seeds=np.array(seed_list, np.int64),
         runs=len(dims) * len(seed_list) + len(base_pairs),
-        order=np.array(order, np.int64),
-        info={**fingerprint, "baseline": baseline if isinstance(baseline, str) else base,
-              "search": {"start": search_start, "factor": search_factor, "rtol": search_rtol,
-                         "atol": search_atol} if searched else None})
-    if file is not None:
-        runs.save(res)
-    return res
+        order=np.array(order, np.int64))
