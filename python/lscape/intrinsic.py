@@ -108,6 +108,14 @@ class IntrinsicDimension:
         """(seeds,): the interpolated crossing of each seed's own score curve (NaN where it never reaches)."""
         return np.array([_crossing(self.dims, self.scores[:, s], self.target) for s in range(self.scores.shape[1])])
 
+    def summary(self) -> str:
+        """One line: d_int, its interpolation, the per-seed crossings, the target and the runs taken."""
+        d = "none of the swept d" if self.d_int is None else f"{self.d_int:,}"
+        seeds = ", ".join("-" if math.isnan(c) else f"{c:,.0f}" for c in self.per_seed)
+        return (f"d_int = {d} of D = {self.D:,} (interpolated {self.d_int_interpolated:,.1f}; per seed {seeds}): "
+                f"the first swept d whose mean score over {self.scores.shape[1]} seed(s) reaches "
+                f"{self.threshold:g} x baseline {self.baseline:.4g} = {self.target:.4g}; {self.runs} training runs")
+
     _ARRAYS = ("dims", "scores", "losses", "train_losses", "history", "baseline_scores", "seeds", "order")
 
     def _payload(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -398,12 +406,8 @@ def _data_arg(name: str, data):
     """data as given (a pair of tensors or a re-iterable of batches), after checking its first batch."""
     if data is None:
         raise TypeError(f"{name}: got None, expected (inputs, targets) tensors or a re-iterable of batches")
-    batches = _Batches(data, name, None)  # the type checks; a batch of no rows is a ValueError there
-    try:
-        X, _ = next(iter(batches))
-    except StopIteration:
-        raise ValueError(f"{name}: got {type(data).__name__} with no batches (empty data), expected at least "
-                         "one (inputs, targets) batch") from None
+    batches = _Batches(data, name, None)  # the type checks; no batch, or one of no rows, is a ValueError there
+    X, _ = next(iter(batches))
     return data, X
 
 
