@@ -496,16 +496,25 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
     threshold in (0, 1]; baseline: "measured" (the full space trained with the same budget, the d = D
       point, one run per seed) or a number (Li et al. use 1.0 on MNIST: 0.9 is then absolute accuracy).
     seeds: a count (seeds 0..n-1) or a list.  metric: "acc" (argmax accuracy) or fn(outputs, targets) ->
-      float, higher is better, batch-size-weighted.  optimizer: "adam", "sgd" (lr, plus optimizer_kwargs
-      such as betas=(0.9, 0.99)) or a callable(params) -> torch.optim.Optimizer.
+      float, higher is better, batch-size-weighted.  optimizer: "adam", "sgd" (with lr, plus
+      optimizer_kwargs, default none: torch's defaults) or a callable(params) -> torch.optim.Optimizer (lr
+      then unused); every step is optimizer.step(closure), so torch.optim.LBFGS works too.
+    The official code's setup (uber-research/intrinsic-dimension, train.py): the defaults optimizer="adam",
+      lr=1e-3, batch_size=128, plus optimizer_kwargs={"betas": (0.9, 0.99)} and l2=1e-4, with a model
+      factory giving he_normal kernels and zero biases.  P's nonzero columns always have unit norm over all
+      D rows and theta starts at zero (lscape.SparseSignProjection, lscape.Subspace), as there.
     kind: "hyperplane" (r = theta0 + P theta, theta from 0) or "hypersphere" (|r| = |theta0| held).
     storage: P's storage, "indices", "implicit", or "auto" (stored while its nonzeros take under
-      STORED_P_BYTES, implicit above).  executor: "local", "ray" or an lscape.executor.Executor; each
+      STORED_P_BYTES = 1 GiB, implicit, O(d) memory, above); never a dense D x d matrix.
+    executor: "local", "ray" or an lscape.executor.Executor; each
       (d, seed) run is one chunk.  file: an .npz path written after every run; an existing file of the same
       study is resumed (its runs are not redone); a file of another study is refused.  history: also score
       after every epoch (one more pass over the scored data per epoch), in result.history.
+    search_start (10), search_factor (2.0), search_rtol (0.05), search_atol (10): the search (dims=None).
     on_run(d, seed, result): called on the driver after each run is saved (d = 0: the full space).
-    Returns an IntrinsicDimension."""
+    Every bad argument is a named error before any training.
+    Returns an IntrinsicDimension: dims (n,), scores / losses (n, seeds), baseline, d_int,
+    d_int_interpolated, per_seed, runs (the training runs taken, baseline included), summary()."""
     probe = _model_arg(model)
     D = sum(p.numel() for p in probe.parameters())
     if not callable(loss_fn):
