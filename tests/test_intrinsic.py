@@ -72,6 +72,21 @@ def test_li_et_al_toy_has_intrinsic_dimension_exactly_10(seed, one_torch_thread)
     assert found.runs == 5 and "5 training runs" in found.summary()
 
 
+def test_tiny_products_run_on_one_thread(monkeypatch):
+    """A study of a small model makes thousands of tiny P products (the toy: D = 1,000, d <= 40), where an
+    OpenMP team costs more than the work: those run on one thread, larger ones on all of them."""
+    from lscape.ops import projection as ops
+
+    threads = []
+    real = ops.call
+    monkeypatch.setattr(ops, "call", lambda k, fn, *a: (threads.append(k.tail) if "matvec" in fn else None)
+                        or real(k, fn, *a))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    lscape.SparseSignProjection(1000, 10, seed=0).matvec(torch.ones(10))
+    lscape.SparseSignProjection(200_000, 500, seed=0).matvec(torch.ones(500))
+    assert threads == [1, 2]
+
+
 # ---- a small real model, for the file, the executors and the argument checks -----------------------------
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
@@ -184,6 +199,25 @@ def test_storage_auto_stores_p_while_it_fits_and_goes_implicit_above(monkeypatch
     implicit = small_study(dims=[16], seeds=1, baseline=1.0)
     assert made == ["indices", "implicit"]
     np.testing.assert_allclose(implicit.losses, stored.losses, rtol=1e-3)
+
+
+def test_a_hypersphere_study_holds_its_radius(monkeypatch, one_torch_thread):
+    """kind="hypersphere": the SphereConstraint's hooks see each step's gradient (computed before step()),
+    and every run ends on |r| = |theta0|."""
+    radii = []
+    real = intrinsic._score
+
+    def spy(model, sh):
+        r = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        radii.append(float(r.norm()))
+        return real(model, sh)
+
+    monkeypatch.setattr(intrinsic, "_score", spy)
+    res = small_study(dims=[16, 64], seeds=1, kind="hypersphere")
+    assert res.scores.shape == (2, 1) and np.all(np.isfinite(res.losses))
+    theta0 = intrinsic._fresh_model(mlp, 0)
+    want = float(torch.cat([p.detach().reshape(-1) for p in theta0.parameters()]).norm())
+    assert radii[1:] == pytest.approx([want, want], rel=1e-4)  # radii[0]: the full-space baseline
 
 
 # ---- resumable after SIGKILL, and Ray equal to local --------------------------------------------------------

@@ -287,8 +287,8 @@ def _setup(d: int | None, seed: int, sh: _Study) -> _Run:
 def _epoch(run: _Run, sh: _Study, seed: int, epoch: int) -> float:
     """One pass over the training data; the mean training loss (loss_fn alone, without the L2 term).
 
-    Each step goes through opt.step(closure), so optimizers that re-evaluate the loss (LBFGS) work too;
-    Adam and SGD call the closure once, exactly as a plain backward-then-step loop would."""
+    torch.optim.LBFGS, which re-evaluates the loss, steps with the closure; every other optimizer sees the
+    gradient computed before its step() (so a hypersphere's SphereConstraint hooks act on it)."""
     total, count = 0.0, 0
     for X, Y in _epoch_batches(sh.train, sh.batch_size, seed, epoch):
         first: list[float] = []
@@ -306,7 +306,11 @@ def _epoch(run: _Run, sh: _Study, seed: int, epoch: int) -> float:
             loss.backward()
             return loss
 
-        run.opt.step(closure)
+        if isinstance(run.opt, torch.optim.LBFGS):  # re-evaluates the loss within its step
+            run.opt.step(closure)
+        else:  # the gradient first: a hypersphere's step pre-hook projects it before the optimizer reads it
+            closure()
+            run.opt.step()
         total, count = total + first[0] * X.shape[0], count + X.shape[0]
     return total / max(count, 1)
 
@@ -498,7 +502,7 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
     seeds: a count (seeds 0..n-1) or a list.  metric: "acc" (argmax accuracy) or fn(outputs, targets) ->
       float, higher is better, batch-size-weighted.  optimizer: "adam", "sgd" (with lr, plus
       optimizer_kwargs, default none: torch's defaults) or a callable(params) -> torch.optim.Optimizer (lr
-      then unused); every step is optimizer.step(closure), so torch.optim.LBFGS works too.
+      then unused); torch.optim.LBFGS steps with a closure, so it works too.
     The official code's setup (uber-research/intrinsic-dimension, train.py): the defaults optimizer="adam",
       lr=1e-3, batch_size=128, plus optimizer_kwargs={"betas": (0.9, 0.99)} and l2=1e-4, with a model
       factory giving he_normal kernels and zero biases.  P's nonzero columns always have unit norm over all
