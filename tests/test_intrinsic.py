@@ -134,6 +134,21 @@ def test_result_fields_save_load_and_the_file_resumes_without_retraining(tmp_pat
         lscape.IntrinsicDimension.load(tmp_path / "foreign.npz")
 
 
+def test_a_shuffling_dataloader_study_resumes_and_is_reproducible(tmp_path, one_torch_thread):
+    """A DataLoader with shuffle=True: its order comes from torch's generator, seeded per (seed, epoch), so
+    the same study gives the same numbers and its file is recognised as the same study."""
+    (X, Y), test = digits()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=32, shuffle=True)
+    args = dict(test_data=test, dims=[8], seeds=1, epochs=1, lr=3e-2, baseline=1.0)
+    a = lscape.intrinsic_dimension(mlp, F.cross_entropy, loader, file=tmp_path / "dl.npz", **args)
+    torch.manual_seed(123)  # the caller's generator state does not matter
+    b = lscape.intrinsic_dimension(mlp, F.cross_entropy, loader, **args)
+    assert_same(a, b)
+    c = lscape.intrinsic_dimension(mlp, F.cross_entropy, loader, file=tmp_path / "dl.npz", **args,
+                                   on_run=lambda *r: pytest.fail("a finished run was trained again"))
+    assert_same(a, c)
+
+
 def test_bad_arguments_are_named_before_any_training(tmp_path, monkeypatch):
     monkeypatch.setattr(intrinsic, "_train", lambda *a: pytest.fail("trained before the arguments were checked"))
     train, test = digits(32, 16)

@@ -52,6 +52,9 @@ STORAGES = ("auto", "indices", "implicit")
 # storage="auto" stores P (about 5 bytes per nonzero: the SELL-C-sigma entries and the column-band copy)
 # while that stays under this many bytes, and regenerates it (implicit, O(d) memory) above
 STORED_P_BYTES = 1 << 30
+# scored (inputs, targets) tensors go through the model this many rows at a time: a whole test set at once
+# can take gigabytes of activations (a CNN on CIFAR-10's 10,000 test images)
+EVAL_BATCH = 1000
 _FORMAT = "lscape.intrinsic_dimension/1"
 
 
@@ -224,12 +227,22 @@ def _epoch_batches(data, batch_size: int, seed: int, epoch: int) -> Iterable:
             yield from data
 
 
+def _eval_batches(data) -> Iterable:
+    """The scored data in order: tensors in slices of EVAL_BATCH rows, batches as they come."""
+    if _is_pair(data):
+        X, Y = data
+        for i in range(0, X.shape[0], EVAL_BATCH):
+            yield X[i:i + EVAL_BATCH], Y[i:i + EVAL_BATCH]
+    else:
+        yield from _Batches(data, "test_data", None)
+
+
 def _score(model: nn.Module, sh: _Study) -> tuple[float, float]:
     """(metric, loss_fn) on the scored data, batch-size-weighted means, in eval mode."""
     model.eval()
     tot = loss = score = 0.0
     with torch.no_grad():
-        for X, Y in _Batches(sh.test, "test_data", None):
+        for X, Y in _eval_batches(sh.test):
             out = model(X)
             n = X.shape[0]
             tot += n
@@ -464,7 +477,9 @@ def _data_digest(data) -> str:
     would cost a pass)."""
     if _is_pair(data):
         return _digest(*data)
-    X, Y = next(iter(_Batches(data, "data", None)))
+    with torch.random.fork_rng(devices=[]):  # a shuffling DataLoader draws its order from torch's generator
+        torch.manual_seed(0)
+        X, Y = next(iter(_Batches(data, "data", None)))
     return f"{type(data).__name__}:{_digest(X, Y)}"
 
 
