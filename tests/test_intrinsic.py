@@ -87,6 +87,21 @@ def test_tiny_products_run_on_one_thread(monkeypatch):
     assert threads == [1, 2]
 
 
+def test_the_default_search_sweeps_geometrically_then_bisects_to_5_percent_or_10(monkeypatch):
+    """A step at d = 733 (runs faked: the score is 1 from d = 733 on): sweep 10, 20, ..., 640, 1280, then
+    bisection until the bracket is within max(10, 5% of its upper end)."""
+    D = 5000
+    monkeypatch.setattr(intrinsic, "_train", lambda d, seed, sh: {
+        "score": float(d is None or d >= 733), "loss": 0.0, "train_loss": 0.0, "history": np.full(1, np.nan)})
+    model = nn.Linear(D - 1, 1)  # D parameters
+    res = lscape.intrinsic_dimension(model, F.mse_loss, (torch.zeros(2, D - 1), torch.zeros(2, 1)), metric=groups_hit)
+    # (720, 760) is 40 apart, more than 5% of 760 = 38: one more bisection
+    assert res.order.tolist() == [10, 20, 40, 80, 160, 320, 640, 1280, 960, 800, 720, 760, 740]
+    lo, hi = 720, res.d_int
+    assert hi == 740 and hi - lo <= max(10, 0.05 * hi) and res.runs == 14  # 13 d values + the baseline
+    assert res.d_int_interpolated == pytest.approx(720 + 20 * 0.9)  # the line through (720, 0) and (740, 1)
+
+
 # ---- a small real model, for the file, the executors and the argument checks -----------------------------
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
