@@ -231,6 +231,13 @@ def test_storage_auto_stores_p_while_it_fits_and_goes_implicit_above(monkeypatch
     np.testing.assert_allclose(implicit.losses, stored.losses, rtol=1e-3)
 
 
+def test_history_scores_every_epoch(one_torch_thread):
+    res = small_study(dims=[16], seeds=1, epochs=3, baseline=1.0, history=True)
+    assert res.history.shape == (1, 1, 3) and np.all(np.isfinite(res.history))
+    assert res.history[0, 0, -1] == res.scores[0, 0]  # the last epoch's entry is the score itself
+    assert np.all(np.isnan(small_study(dims=[16], seeds=1, epochs=2, baseline=1.0).history))
+
+
 def test_a_hypersphere_study_holds_its_radius(monkeypatch, one_torch_thread):
     """kind="hypersphere": the SphereConstraint's hooks see each step's gradient (computed before step()),
     and every run ends on |r| = |theta0|."""
