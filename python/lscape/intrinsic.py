@@ -50,7 +50,9 @@ METRICS = ("acc",)
 KINDS = ("hyperplane", "hypersphere")
 STORAGES = ("auto", "indices", "implicit")
 # storage="auto" stores P (about 5 bytes per nonzero: the SELL-C-sigma entries and the column-band copy)
-# while that stays under this many bytes, and regenerates it (implicit, O(d) memory) above
+# while that stays under this many bytes, and regenerates it (implicit, O(d) memory) above.  A fixed budget,
+# not the free memory of the moment: the choice must be the same on every worker (the two storages' P^T g
+# may round differently), or Ray and local runs would not agree bit for bit
 STORED_P_BYTES = 1 << 30
 # scored (inputs, targets) tensors go through the model this many rows at a time: a whole test set at once
 # can take gigabytes of activations (a CNN on CIFAR-10's 10,000 test images)
