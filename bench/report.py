@@ -45,8 +45,10 @@ TARGET_NEB_KERNEL = 5.0  # the fused neb_step at least this many times the torch
 # Targets (probes, CPU): lscape at least this many times the peer (issue 6)
 TARGET_PROBES = 10.0  # the walk against one torch walker at a time
 TARGET_SUBSPACE = 1.5  # a hyperplane (indices) training step at most this many times the full-space step
+# Targets (issue 25): one MNIST FC epoch of an intrinsic-dimension run, hyperplane of d against the full space
+TARGET_INTRINSIC = {"hyperplane d=750": 1.3, "hyperplane d=10,000": 1.6}
 SUITES = ["test_projection.py", "test_mlp.py", "test_neb.py", "test_probes_lines.py", "test_probes_walks.py",
-          "test_subspace.py", "test_surface.py"]
+          "test_subspace.py", "test_surface.py", "test_intrinsic.py"]
 
 GROUP_TITLES = {
     "build": "generate P (D = 656,810, d = 9,000)",
@@ -64,7 +66,7 @@ CONTENDER_ORDER = ["lscape indices", "lscape implicit", "torch CSR", "scipy.spar
                    "lscape cuda", "torch.func vmap", "lscape torch ref",
                    "ASE NEB+FIRE", "ASE, trivial calculator", "lscape", "loss-landscapes", "lscape lanczos",
                    "plain model(X) loop", "PyHessian", "PyHessian tol 1e-6", "torch nn.Sequential, 1 walker",
-                   "full space"]
+                   "full space", *TARGET_INTRINSIC]
 MLP_GROUPS = [f"mlp-{o}-M{m}" for o in ("sgd", "adadelta", "adam") for m in (1024, 16384)]
 GROUP_ORDER += MLP_GROUPS + [f"cuda-mlp-{o}-M{m}" for o in ("sgd", "adadelta", "adam") for m in (16384, 320000)]
 
@@ -78,13 +80,16 @@ PROBE_TIMED = {f"probe-interp-200-{net}": ("lscape", {"loss-landscapes": least, 
 PROBE_TIMED.update({
     "probe-hessian-top5": ("lscape lanczos", {"PyHessian": 3.0, "PyHessian tol 1e-6": 6.0}),
     "surface-41x41": ("lscape", {"loss-landscapes": 1 / 1.2})})
-GROUP_ORDER += list(PROBE_TIMED) + ["probe-walk-5x5", "subspace-step-B128"]
-TIMED_BASE = {**{g: v[0] for g, v in PROBE_TIMED.items()}, "subspace-step-B128": "full space"}
+GROUP_ORDER += list(PROBE_TIMED) + ["probe-walk-5x5", "subspace-step-B128", "intrinsic-epoch-mnist"]
+TIMED_BASE = {**{g: v[0] for g, v in PROBE_TIMED.items()}, "subspace-step-B128": "full space",
+              "intrinsic-epoch-mnist": "full space"}
 GROUP_TITLES.update({**{f"probe-interp-200-{n}": f"loss at 200 alphas on the init -> solution line, {n} net"
                         for n in INTERP_NETS},
                      "surface-41x41": "41 x 41 loss surface of a Conv-BN-ReLU-Linear net on the digits",
                      "probe-hessian-top5": "top-5 Hessian eigenvalues, digits FC net",
-                     "subspace-step-B128": "one Adam step, 3072-200-200-10 net (D = 656,810), d = 9,000, batch 128"})
+                     "subspace-step-B128": "one Adam step, 3072-200-200-10 net (D = 656,810), d = 9,000, batch 128",
+                     "intrinsic-epoch-mnist": "intrinsic_dimension's training loop, MNIST 784-200-200-10 (D = "
+                                              "199,210), 50 steps of batch 128 (a partial epoch), Adam + L2"})
 
 
 def _is_mlp(group: str) -> bool:
@@ -429,6 +434,30 @@ def t_subspace(groups, extras):
              [f"{r:.2f}x"])]
 
 
+def t_intrinsic(groups, extras):
+    """A whole epoch (the timed partial epoch scaled to its steps, plus building P once) of a hyperplane run
+    against the full space's, the way intrinsic_dimension trains them."""
+    g = groups.get("intrinsic-epoch-mnist", {})
+    base = g.get("full space")
+    out = []
+    for who, limit in TARGET_INTRINSIC.items():
+        text = f"MNIST FC epoch in a {who} <= {limit:g}x the full-space epoch (intrinsic_dimension's loop)"
+        if base is None or who not in g:
+            out.append((None, text, ["not measured in this run"]))
+            continue
+
+        def epoch(b):
+            e = b["extra_info"]
+            return b["stats"]["median"] * e["epoch_steps"] / e["steps"] + e.get("build_s", 0.0)
+
+        r = epoch(g[who]) / epoch(base)
+        step = g[who]["stats"]["median"] / base["stats"]["median"]
+        out.append((r <= limit, text, [f"{r:.2f}x a whole epoch ({epoch(g[who]):.2f} s against {epoch(base):.2f} s; "
+                                       f"P built once in {g[who]['extra_info'].get('build_s', 0) * 1e3:.0f} ms); "
+                                       f"{step:.2f}x per step"]))
+    return out
+
+
 def _subprocess_missing(result: dict | None, text: str, flag: str):
     """The row of a subprocess target that did not run (skipped by flag) or failed; None when it ran."""
     if result is None:
@@ -465,7 +494,8 @@ def t_executor(groups, extras):
                                 f"Ray's one-time start {ex['ray_startup_s']:.1f} s"])]
 
 
-TARGETS = [t_vs_torch, t_bytes, t_implicit, t_mlp, t_neb, t_probes, t_subspace, t_large, t_executor]
+TARGETS = [t_vs_torch, t_bytes, t_implicit, t_mlp, t_neb, t_probes, t_subspace, t_intrinsic, t_large,
+           t_executor]
 
 
 def targets(groups: dict, extras: dict) -> tuple[list[str], bool]:

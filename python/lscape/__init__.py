@@ -4,6 +4,7 @@ from __future__ import annotations
 from . import checkpoints, data, probes
 from ._backend import BackendInfo, backends, use_backend
 from .ensemble import TrainResult, TrainState, mlp_loss, mlp_loss_grad, train_ensemble
+from .intrinsic import IntrinsicDimension, intrinsic_dimension
 from .landscape import Landscape
 from .neb import NEBConfig, NEBResult, neb
 from .projection import SparseSignProjection
@@ -20,6 +21,7 @@ except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
     __version__ = "0+unknown"
 __all__ = [
     "BackendInfo",
+    "IntrinsicDimension",
     "Landscape",
     "NEBConfig",
     "NEBResult",
@@ -37,6 +39,7 @@ __all__ = [
     "checkpoints",
     "data",
     "fit_random_walk",
+    "intrinsic_dimension",
     "mlp_loss",
     "mlp_loss_grad",
     "neb",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["contour", "filled_contour", "heatmap", "surface3d", "curve", "trajectory", "spectral_density",
-           "neb_profile", "plot_all", "interactive"]
+           "neb_profile", "intrinsic_dimension", "plot_all", "interactive"]
 
 _SCALES = ("linear", "log")
 
@@ -290,6 +290,33 @@ def neb_profile(result: Any, *, ax=None, scale: str = "linear", bands: list[int]
     ax.set_title("NEB energy profile (★ highest image)")
     if len(E) <= 10:
         ax.legend(fontsize=8)
+    return fig
+
+
+def intrinsic_dimension(result: Any, *, ax=None):
+    """Score against d (log axis) of an lscape.IntrinsicDimension: each seed's runs as points, their mean
+    as a line, the baseline (dashed) and threshold x baseline (dotted) as horizontal lines, and d_int
+    (Li et al.'s reading) and its interpolation as vertical lines."""
+    for name in ("dims", "scores", "baseline", "target", "d_int", "d_int_interpolated"):
+        if not hasattr(result, name):
+            raise TypeError(f"result: got {type(result).__name__}, expected an lscape.IntrinsicDimension "
+                            f"(it has no {name!r})")
+    fig, ax = _axes(ax)
+    dims, scores = np.asarray(result.dims, dtype=np.float64), np.asarray(result.scores, dtype=np.float64)
+    for s in range(scores.shape[1]):
+        ax.plot(dims, scores[:, s], "o", ms=3, alpha=0.4, color="C0", label="seeds" if s == 0 else None)
+    ax.plot(dims, scores.mean(axis=1), "-", color="C0", label="mean over seeds")
+    ax.axhline(result.baseline, ls="--", color="0.3", lw=1, label=f"baseline {result.baseline:.3g}")
+    ax.axhline(result.target, ls=":", color="C3", lw=1, label=f"{result.threshold:g} x baseline")
+    if result.d_int is not None:
+        ax.axvline(result.d_int, color="C3", lw=1, label=f"d_int = {result.d_int:,}")
+        ax.axvline(result.d_int_interpolated, color="C3", lw=1, ls="--",
+                   label=f"interpolated {result.d_int_interpolated:,.0f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("subspace dimension d")
+    ax.set_ylabel("score")
+    ax.set_title(f"intrinsic dimension (D = {result.D:,})" if hasattr(result, "D") else "intrinsic dimension")
+    ax.legend(fontsize="small")
     return fig
 
 

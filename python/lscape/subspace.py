@@ -275,12 +275,15 @@ class Subspace(nn.Module):
         """r (D,), differentiable with respect to theta."""
         if self.kind == "sphere":
             return self.theta
-        r = self.P(self.theta)
-        if self.constraint is not None:  # its next before_step needs P theta: this one, if theta stays
-            self.constraint.remember_image(r)
+        if self.constraint is not None or self.a is None:
+            r = self.P(self.theta)
+            if self.constraint is not None:  # its next before_step needs P theta: this one, if theta stays
+                self.constraint.remember_image(r)
             return r
-        # in place: a fresh D-vector costs a pass and page faults (P's backward saves nothing)
-        return r if self.a is None else r.add_(self.a)
+        # in place: a fresh D-vector costs a pass and page faults (P's backward saves nothing).  On P's
+        # (1, D) output itself, not on the (D,) view of it: an in-place op on a view makes autograd record
+        # CopySlices, whose backward copies the D-vector gradient three times (measured: 4 copies a step)
+        return self.P(self.theta.unsqueeze(0)).add_(self.a).view(-1)
 
     def radius(self) -> float:
         """|r| now."""

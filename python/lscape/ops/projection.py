@@ -5,6 +5,7 @@ operands of P as an `Operands`; this module only chooses the backend and moves p
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,10 @@ BAND_COLS = 4608  # columns per band at most: a band's part of the float32 signe
 BAND_WINDOW = 32768  # rows sorted together by their counts per band (0.9% padding at the paper's size)
 BAND_MAX_PADDING = 0.10  # a copy padded more than this (many bands, few nonzeros a row) is not kept
 BAND_MAX_WIDTH = 65535  # bwidth is uint16: a copy with a wider block is not made
+# Products touching fewer nonzeros than this run on one CPU thread: an OpenMP team costs more than the
+# work (measured: D = 1,000, d = 10 took 6-9 ms a product on 2 threads of a loaded 2-core machine, 0.05 ms
+# on one; the partner thread was descheduled while the team waited for it)
+SERIAL_WORK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,8 @@ def product(P: Operands, x: torch.Tensor, transpose: bool) -> torch.Tensor:
     k = _backend.kernel("proj_product", x.device, x.dtype)
     if B == 0:
         return x.new_zeros(out_shape)
+    if k is not None and k.backend == "cpu" and B * spec.D * spec.d * spec.density < SERIAL_WORK:
+        k = dataclasses.replace(k, tail=1)
     if k is None:
         if P.storage == "implicit":
             return ref.implicit_product(spec, P.scales, x, transpose)
