@@ -15,10 +15,11 @@ from torch import nn
 from ._affine import AffineCache, input_layers
 from ._fastops import fast_loss
 from ._flat import FlatLayout
+from ._runlock import locks_file
 from .directions import Directions, random_directions
 from .executor import get_executor
 from .landscape import BN_MODES, _Batches
-from .surface_io import read_surface, write_surface, write_vtp
+from .surface_io import DamagedSurfaceFile, read_surface, write_surface, write_vtp
 
 __all__ = ["Surface", "surface"]
 
@@ -199,25 +200,31 @@ def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
     return out
 
 
-def _resume(file, x, y, center, dirs) -> Surface | None:
-    """The surface already in `file` when its grid, centre and directions match ours, else an error."""
-    if file is None or not os.path.exists(file):
+def _resume(file, x, y, center, dirs, overwrite: bool) -> Surface | None:
+    """The surface already in `file` when its grid, centre and directions match ours, else an error
+    (None: no file, or overwrite)."""
+    if file is None or overwrite or not os.path.exists(file):
         return None
-    old = Surface.load(file)
+    try:
+        old = Surface.load(file)
+    except DamagedSurfaceFile as exc:
+        raise DamagedSurfaceFile(f"{exc}; pass overwrite=True to compute the surface afresh into it, or a new "
+                                 "path") from None
     same = old.x.shape == x.shape and np.allclose(old.x, x) and (old.y is None) == (y is None) and \
         (y is None or old.y.shape == y.shape and np.allclose(old.y, y))
     same = same and old.center is not None and np.allclose(old.center, center) and \
         old.directions is not None and old.directions.shape == dirs.shape and np.allclose(old.directions, dirs)
     if not same:
         raise ValueError(f"file: {file!r} holds a different surface (grid, centre or directions), expected "
-                         "the same one to resume, or a new path")
+                         "the same one to resume, a new path, or overwrite=True")
     return old
 
 
+@locks_file("file")  # one writer per surface file: a second live process is refused
 def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, center=None,
             metrics: dict[str, Callable] | None = None, test_data=None, bn: str = "eval", file: str | None = None,
             executor=None, max_batches: int | None = None, progress: bool = False,
-            affine: bool = True) -> Surface:
+            affine: bool = True, overwrite: bool = False) -> Surface:
     """The loss surface of `model` at center + x u (+ y v) on a grid.
 
     directions: a Directions (lscape.directions.random_directions / plane_through / pca_directions), a
@@ -232,7 +239,10 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     bn: 'eval' uses the running statistics as they are; 'recompute' re-estimates them at every point
       with one pass over `data` (torch.optim.swa_utils.update_bn): one extra pass per point.
     file: a .h5/.npz path written after every row; an existing file of the same surface is resumed
-      (only the cells not yet computed are evaluated).  executor: rows are chunks of
+      (only the cells not yet computed are evaluated); a damaged file (torn, truncated, failing its checksum)
+      or one of another surface is refused by name, and replaced only with overwrite=True.  While a call
+      writes `file`, a second process asking for it is refused (lscape._runlock: FILE.lock beside it).
+      executor: rows are chunks of
       lscape.executor.get_executor(executor).map_chunks.
     affine: with bn='eval', the layers that read the input (an nn.Linear / nn.Conv whose input does not
       depend on the parameters, such as the first layer of an MLP or CNN) get their products X W0, X U,
@@ -255,7 +265,7 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
         raise ValueError(f"center: got length {center.shape[0]}, expected {layout.dim}")
     x, y = _grid(grid, dirs.vectors.shape[0])
     shape = x.shape if y is None else (x.shape[0], y.shape[0])
-    s = _resume(file, x, y, center, dirs.vectors) or Surface(
+    s = _resume(file, x, y, center, dirs.vectors, overwrite) or Surface(
         x, y, {}, np.zeros(shape, bool), dirs.vectors, center, dict(dirs.info, bn=bn), dirs.trajectory)
     train = _batches("data", data, max_batches)
     model = copy.deepcopy(model)

@@ -1,14 +1,24 @@
 """Surface files: HDF5 with Goldstein's dataset names (xcoordinates, ycoordinates, train_loss, ...;
 -1 in cells not computed yet) or .npz when h5py is absent; every write goes to a temporary file that
-replaces the old one, so a killed run leaves a valid file.  Plus a .vtp export for ParaView."""
+replaces the old one, so a killed run leaves a valid file.  lscape's files carry the SHA-256 of their
+arrays (in the metadata), so a torn or corrupted file is refused by name (DamagedSurfaceFile), never read
+as a surface.  Plus a .vtp export for ParaView."""
 from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
-__all__ = ["write_surface", "read_surface", "write_vtp"]
+from .experiments.io import arrays_digest
+
+__all__ = ["DamagedSurfaceFile", "write_surface", "read_surface", "write_vtp"]
+
+
+class DamagedSurfaceFile(ValueError):
+    """A surface file that cannot be read or fails its checksum."""
 
 _META = ("directions", "center", "trajectory")
 
@@ -32,10 +42,12 @@ def write_surface(path: str, x, y, values: dict, done, directions, center, info:
         arrays["ycoordinates"] = np.asarray(y)
     if trajectory is not None:
         arrays["trajectory"] = np.asarray(trajectory)
-    meta = json.dumps({"info": info, "metrics": list(values)})
+    meta = json.dumps({"info": info, "metrics": list(values), "sha256": arrays_digest(arrays)})
     if path.endswith(".npz"):
         with open(tmp, "wb") as f:
             np.savez(f, meta=np.array(meta), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
     else:
         h5py = _h5py()
         if h5py is None:
@@ -44,14 +56,40 @@ def write_surface(path: str, x, y, values: dict, done, directions, center, info:
             for k, a in arrays.items():
                 f.create_dataset(k, data=a)
             f.attrs["lscape"] = meta
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # on disk before it replaces the old file
+        finally:
+            os.close(fd)
     os.replace(tmp, path)
 
 
 def read_surface(path: str) -> dict:
-    """-> dict of the arguments of write_surface (values with NaN where not done)."""
+    """-> dict of the arguments of write_surface (values with NaN where not done); DamagedSurfaceFile
+    when the file cannot be read or its arrays fail the checksum written with them."""
     path = os.fspath(path)
+    try:
+        arrays, meta = _read_arrays(path)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise DamagedSurfaceFile(f"file: {path!r} is damaged (unreadable: {type(exc).__name__}: {exc})") from None
+    if "sha256" in meta and meta["sha256"] != arrays_digest(arrays):
+        raise DamagedSurfaceFile(f"file: {path!r} is damaged (its arrays fail the checksum written with them)")
+    names = meta["metrics"] or [k for k in arrays if k.startswith(("train_", "test_"))]
+    x = arrays["xcoordinates"]
+    y = arrays.get("ycoordinates")
+    values = {k: np.asarray(arrays[k], dtype=np.float64) for k in names}
+    done = arrays["done"].astype(bool) if "done" in arrays else next(iter(values.values())) != -1
+    values = {k: np.where(done, v, np.nan) for k, v in values.items()}
+    return {"x": x, "y": y, "values": values, "done": done, "directions": arrays.get("directions"),
+            "center": arrays.get("center"), "info": meta["info"], "trajectory": arrays.get("trajectory")}
+
+
+def _read_arrays(path: str) -> tuple[dict, dict]:
+    """Every array of a surface file, and its lscape metadata."""
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # fh is closed even on a bad file
             arrays = {k: f[k] for k in f.files}
         meta = json.loads(str(arrays.pop("meta")))
     else:
@@ -61,14 +99,7 @@ def read_surface(path: str) -> dict:
         with h5py.File(path, "r") as f:
             arrays = {k: f[k][()] for k in f.keys()}
             meta = json.loads(f.attrs["lscape"]) if "lscape" in f.attrs else {"info": {}, "metrics": None}
-    names = meta["metrics"] or [k for k in arrays if k.startswith(("train_", "test_"))]
-    x = arrays["xcoordinates"]
-    y = arrays.get("ycoordinates")
-    values = {k: np.asarray(arrays[k], dtype=np.float64) for k in names}
-    done = arrays["done"].astype(bool) if "done" in arrays else next(iter(values.values())) != -1
-    values = {k: np.where(done, v, np.nan) for k, v in values.items()}
-    return {"x": x, "y": y, "values": values, "done": done, "directions": arrays.get("directions"),
-            "center": arrays.get("center"), "info": meta["info"], "trajectory": arrays.get("trajectory")}
+    return arrays, meta
 
 
 def write_vtp(path: str, x, y, z, *, log: bool = False, zmax: float | None = None) -> None:
