@@ -127,7 +127,7 @@ def _job(out: Path, calls: list, executor=None, n: int = 6) -> list[dict[str, np
 
 def _assert_same(a: list[dict], b: list[dict]) -> None:
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert sorted(x) == sorted(y)
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])

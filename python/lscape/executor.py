@@ -152,11 +152,13 @@ class RayExecutor(Executor):
             return
         task = ray.remote(num_cpus=self.num_cpus, max_retries=self.max_retries,
                           retry_exceptions=list(RETRYABLE))(_run_task)
-        fn_ref, shared_ref = ray.put(fn), ray.put(shared)  # once, not once per task
-        pending = {task.remote(fn_ref, i, shared_ref, self.num_cpus): i for i in chunks}
         bar = progress_bar(len(chunks), label, progress)
         finished: list[int] = []
+        pending: dict = {}
         try:
+            # inside the try: a full object store or a lost cluster fails the puts too
+            fn_ref, shared_ref = ray.put(fn), ray.put(shared)  # once, not once per task
+            pending = {task.remote(fn_ref, i, shared_ref, self.num_cpus): i for i in chunks}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 i = pending[done[0]]
@@ -172,7 +174,7 @@ class RayExecutor(Executor):
         except (ray.exceptions.RayError, ConnectionError) as exc:  # the cluster's fault, not the chunk's
             if isinstance(exc, ray.exceptions.RayTaskError):
                 raise
-            lost = sorted(pending.values())
+            lost = sorted(set(chunks) - set(finished))
             raise ExecutorLost(f"ray: the cluster lost the job ({type(exc).__name__}: {_first_line(exc)}); "
                                f"{len(finished)} of {len(chunks)} chunks finished, {len(lost)} lost "
                                f"(chunks {_ranges(lost)})", finished=finished, pending=lost) from exc
