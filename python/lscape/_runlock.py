@@ -4,6 +4,13 @@
         ...
     with hold_file(path, "file"):         # lscape.surface(file=...), a study's file=
 
+A function that writes a result file takes its lock in one line, as lscape.surface does:
+
+    @locks_file("file")                   # e.g. intrinsic_dimension(..., file=None): held while it runs
+    def intrinsic_dimension(..., file=None): ...
+
+(or `with hold_file(file, "file"):` around the part that writes it).
+
 The lock is an exclusive, non-blocking `flock` on a file (OUT/.lscape.lock, or FILE.lock next to a
 result file), so a second live process is refused at once with a RunLocked error that names the argument
 and the owner.  The kernel drops a flock when its process dies, however it dies; a lock file still
