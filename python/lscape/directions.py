@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _checks
 from ._flat import FlatLayout
 
 __all__ = ["Directions", "random_directions", "plane_through", "pca_directions"]
@@ -26,14 +27,16 @@ class Directions:
     trajectory: np.ndarray | None = None
 
 
-def _flat64(layout: FlatLayout, model_or_vec) -> np.ndarray:
+def _flat64(layout: FlatLayout, model_or_vec, name: str = "theta") -> np.ndarray:
+    """A module's parameters, or a flat vector of the model's length, as float64 (D,); errors name `name`."""
     if isinstance(model_or_vec, nn.Module):
         return layout.flatten(model_or_vec).double().cpu().numpy()
-    v = np.asarray(torch.as_tensor(model_or_vec).detach().cpu().double().numpy()).reshape(-1)
-    if v.shape[0] != layout.dim:
-        raise ValueError(f"theta: got a vector of length {v.shape[0]}, expected {layout.dim} (the model's "
-                         "parameter count)")
-    return v
+    t = _checks.as_tensor(name, model_or_vec)
+    expected = f"a module or a finite floating vector of length {layout.dim} (the model's parameter count)"
+    if t.ndim != 1 or t.shape[0] != layout.dim or not t.is_floating_point():
+        raise ValueError(f"{name}: got {_checks.describe(t)}, expected {expected}")
+    _checks.finite(name, t, expected)
+    return t.cpu().double().numpy()
 
 
 def _bn_names(model: nn.Module) -> set[str]:
@@ -88,7 +91,7 @@ def plane_through(theta0, theta1, theta2, *, model: nn.Module, orthonormal: bool
     plane.py): u = (theta1-theta0)/|.|, v = the part of theta2-theta0 orthogonal to u, normalised; the
     three points then sit at the coordinates stored in `trajectory`."""
     layout = FlatLayout.of(model)
-    t0, t1, t2 = (_flat64(layout, t) for t in (theta0, theta1, theta2))
+    t0, t1, t2 = (_flat64(layout, t, n) for t, n in ((theta0, "theta0"), (theta1, "theta1"), (theta2, "theta2")))
     u, v = t1 - t0, t2 - t0
     if orthonormal:
         u = u / np.linalg.norm(u)
@@ -105,7 +108,10 @@ def pca_directions(checkpoints, *, model: nn.Module) -> Directions:
     flat vectors, the last one final), the final point as center, and the trajectory projected onto
     the plane (T, 2).  info['explained_variance_ratio'] holds the two ratios (Li et al. 2018, sec. 7)."""
     layout = FlatLayout.of(model)
-    thetas = np.stack([_flat64(layout, c) for c in checkpoints])
+    if isinstance(checkpoints, (str, bytes)) or not hasattr(checkpoints, "__len__") or len(checkpoints) < 3:
+        raise TypeError(f"checkpoints: got {_checks.describe(checkpoints)}, expected a sequence of at least 3 "
+                        "modules or flat vectors (or a (T, D) tensor)")
+    thetas = np.stack([_flat64(layout, c, f"checkpoints[{i}]") for i, c in enumerate(checkpoints)])
     if thetas.shape[0] < 3:
         raise ValueError(f"checkpoints: got {thetas.shape[0]}, expected at least 3")
     final = thetas[-1]

@@ -56,7 +56,7 @@ class Landscape:
     # ---- evaluation -----------------------------------------------------------------------------------
     def check_points(self, thetas, name: str = "thetas") -> torch.Tensor:
         """thetas as a (B, D) tensor of this landscape's dtype and device ((D,) is refused: say (1, D))."""
-        t = torch.as_tensor(thetas) if not isinstance(thetas, torch.Tensor) else thetas
+        t = _checks.as_tensor(name, thetas)
         if t.ndim != 2 or t.shape[1] != self.dim or not t.is_floating_point():
             raise ValueError(f"{name}: got {_checks.describe(t)}, expected a floating tensor of shape "
                              f"(B, {self.dim})")

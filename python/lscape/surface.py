@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _checks
 from ._affine import AffineCache, input_layers
 from ._fastops import fast_loss
 from ._flat import FlatLayout
@@ -68,7 +69,10 @@ def _axis(name: str, a) -> np.ndarray:
         if a < 2:
             raise ValueError(f"{name}: got {a} points, expected at least 2")
         return np.linspace(-1.0, 1.0, int(a))
-    arr = np.asarray(a, dtype=np.float64)
+    try:
+        arr = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: got {a!r}, expected an int >= 2 or a 1-D array of >= 2 finite coordinates") from None
     if arr.ndim != 1 or arr.shape[0] < 2 or not np.all(np.isfinite(arr)):
         raise ValueError(f"{name}: got {a!r}, expected an int >= 2 or a 1-D array of >= 2 finite coordinates")
     return arr
@@ -86,6 +90,8 @@ def _grid(grid, k: int) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _directions(directions, model: nn.Module, D: int) -> Directions:
+    if directions is None:
+        raise TypeError("directions: got None, expected 'filter', 'layer', 'random', a Directions or a (k, D) array")
     if isinstance(directions, str):
         if directions not in ("filter", "layer", "random"):
             raise ValueError(f"directions: got {directions!r}, expected 'filter', 'layer', 'random', a "
@@ -94,13 +100,32 @@ def _directions(directions, model: nn.Module, D: int) -> Directions:
     if not isinstance(directions, Directions):
         if isinstance(directions, (list, tuple)):
             directions = [torch.as_tensor(d).detach().cpu().double().reshape(-1).numpy() for d in directions]
-        vec = np.atleast_2d(np.asarray(torch.as_tensor(np.asarray(directions)).double().numpy()))
+        vec = np.atleast_2d(_checks.as_tensor("directions", directions).double().cpu().numpy())
         directions = Directions(vec, {"kind": "given"})
     if directions.vectors.ndim != 2 or directions.vectors.shape[0] not in (1, 2) or \
             directions.vectors.shape[1] != D:
         raise ValueError(f"directions: got shape {directions.vectors.shape}, expected (1, {D}) or (2, {D}) "
                          "(the model's parameter count)")
     return directions
+
+
+def _check_batch(name: str, model: nn.Module, loss_fn: Callable, batches) -> None:
+    """A named error, before any work, when the model or loss_fn cannot take the first batch of `name`
+    (inputs of the wrong shape or dtype, targets the loss does not accept)."""
+    if batches is None:
+        return
+    X, Y = next(iter(batches))
+    was_training = model.training
+    model.eval()  # a BatchNorm in training mode would move its running statistics
+    try:
+        with torch.no_grad():
+            loss_fn(model(X), Y)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"{name}: got a batch of inputs {_checks.describe(X)} and targets {_checks.describe(Y)} "
+                         f"that the model and loss_fn cannot evaluate ({exc}); expected batches of the shape "
+                         "the model takes") from None
+    finally:
+        model.train(was_training)
 
 
 def _batches(name: str, data, max_batches: int | None):
@@ -250,6 +275,10 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     Returns a Surface with values train_loss, train_acc, test_loss, test_acc, train_<name>, ..."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: got {type(model).__name__}, expected a torch.nn.Module")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn: got {_checks.describe(loss_fn)}, expected a callable loss_fn(outputs, targets)")
+    if data is None:
+        raise TypeError("data: got None, expected (inputs, targets) or a re-iterable of such batches")
     if bn not in BN_MODES:
         raise ValueError(f"bn: got {bn!r}, expected one of {BN_MODES}")
     metrics = dict(metrics or {})
@@ -260,17 +289,18 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     dirs = _directions(directions, model, layout.dim)
     if center is None:
         center = dirs.center if dirs.center is not None else layout.flatten(model).double().cpu().numpy()
-    center = np.asarray(torch.as_tensor(center).detach().cpu().double().numpy()).reshape(-1)
-    if center.shape[0] != layout.dim:
-        raise ValueError(f"center: got length {center.shape[0]}, expected {layout.dim}")
+    center = _checks.vector_arg("center", center, layout.dim).cpu().numpy()
     x, y = _grid(grid, dirs.vectors.shape[0])
     shape = x.shape if y is None else (x.shape[0], y.shape[0])
     s = _resume(file, x, y, center, dirs.vectors, overwrite) or Surface(
         x, y, {}, np.zeros(shape, bool), dirs.vectors, center, dict(dirs.info, bn=bn), dirs.trajectory)
     train = _batches("data", data, max_batches)
     model = copy.deepcopy(model)
+    test = _batches("test_data", test_data, max_batches)
+    for name, batches in (("data", train), ("test_data", test)):
+        _check_batch(name, model, loss_fn, batches)
     layers = input_layers(model, layout, next(iter(train))[0]) if affine and bn == "eval" else ()
-    sh = _Shared(model, loss_fn, metrics, train, _batches("test_data", test_data, max_batches), layers, bn,
+    sh = _Shared(model, loss_fn, metrics, train, test, layers, bn,
                  center, dirs.vectors, x, y, ~s.done)
     rows = [i for i in range(x.shape[0]) if sh.todo[i].any()]
 
