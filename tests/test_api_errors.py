@@ -18,13 +18,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import lscape
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-import lscape
 from lscape import experiments
+from torch import nn
 
 MODULES = ("probes", "directions", "plot", "data", "executor")
 
@@ -102,7 +101,8 @@ class Call:
     tensors: dict[str, int | None] = dataclasses.field(default_factory=dict)
     batches: tuple[str, ...] = ()
     checked: tuple[str, ...] = ()
-    none_ok: tuple[str, ...] = ()  # required arguments for which None is a valid value
+    none_ok: tuple[str, ...] = ()  # arguments for which None is a valid value
+    int_ok: tuple[str, ...] = ()  # tensor arguments whose integer form is a valid value (times, coordinates)
 
 
 CALLS: dict[str, Call] = {
@@ -110,12 +110,13 @@ CALLS: dict[str, Call] = {
     "lscape.NEBConfig": Call(lambda: {}, checked=("k", "method", "fmax")),
     "lscape.RadiusRecorder": Call(lambda: {"model": _model()}, checked=("every",)),
     "lscape.SparseSignProjection": Call(lambda: {"D": 50, "d": 5}),
-    "lscape.SphereConstraint": Call(lambda: {"theta": torch.ones(5) * 0.2, "r0": 1.0}, tensors={"theta": 5}),
+    "lscape.SphereConstraint": Call(lambda: {"theta": torch.ones(5) * 0.2, "r0": 1.0,
+                                             "P": lscape.SparseSignProjection(50, 5)}, tensors={"theta": 5}),
     "lscape.Subspace": Call(lambda: {"model": _model(), "d": 4}, checked=("kind",), none_ok=("d",)),
     "lscape.TinyMLP": Call(lambda: {}, checked=("depth", "width")),
     "lscape.backends": Call(lambda: {}),
     "lscape.fit_random_walk": Call(lambda: {"t": np.arange(1.0, 30.0), "r": np.sqrt(np.arange(1.0, 30.0))},
-                                   tensors={"t": 29, "r": 29}),
+                                   tensors={"t": 29, "r": 29}, int_ok=("t", "r")),
     "lscape.mlp_loss": Call(lambda: {"spec": _spec(), "params": _spec().init(2), "x": _mlp_xy()[0],
                                      "y": _mlp_xy()[1]}, tensors={"params": None, "x": 8, "y": 8}),
     "lscape.mlp_loss_grad": Call(lambda: {"spec": _spec(), "params": _spec().init(2), "x": _mlp_xy()[0],
@@ -135,7 +136,7 @@ CALLS: dict[str, Call] = {
     "lscape.probes.basin_volume": Call(lambda: {"landscape": _landscape(), "theta": _theta(), "threshold": 1.0,
                                                 "n_rays": 4}, tensors={"theta": 3}),
     "lscape.probes.classify_stationary": Call(lambda: {"eigs": torch.tensor([[1.0, 2.0]])},
-                                              tensors={"eigs": None}),
+                                              tensors={"eigs": None}, int_ok=("eigs",)),
     "lscape.probes.hessian": Call(lambda: {"landscape": _landscape(), "thetas": _theta()[None]},
                                   tensors={"thetas": None}),
     "lscape.probes.hessian_eigs": Call(lambda: {"landscape": _landscape(), "theta": _theta(), "k": 2},
@@ -146,7 +147,7 @@ CALLS: dict[str, Call] = {
                               tensors={"theta": 3, "vs": None}),
     "lscape.probes.interpolate": Call(lambda: {"landscape": _landscape(), "theta0": _theta(), "theta1": -_theta(),
                                                "alphas": torch.linspace(0, 1, 5)},
-                                      tensors={"theta0": 3, "theta1": 3, "alphas": None}),
+                                      tensors={"theta0": 3, "theta1": 3, "alphas": None}, int_ok=("alphas",)),
     "lscape.probes.plane": Call(lambda: {"landscape": _landscape(), "center": _theta(),
                                          "u": torch.tensor([1.0, 0, 0]), "v": torch.tensor([0, 1.0, 0]),
                                          "grid": 3}, tensors={"center": 3, "u": 3, "v": 3}),
@@ -159,7 +160,8 @@ CALLS: dict[str, Call] = {
     "lscape.probes.spectral_density": Call(lambda: {"landscape": _landscape(), "theta": _theta(), "n_vectors": 2,
                                                     "steps": 3, "grid": 20}, tensors={"theta": 3}),
     "lscape.directions.Directions": Call(lambda: {"vectors": np.eye(2, 5)}),
-    "lscape.directions.random_directions": Call(lambda: {"model": _model()}, checked=("k", "norm")),
+    "lscape.directions.random_directions": Call(lambda: {"model": _model()}, checked=("k", "norm"),
+                                                 none_ok=("norm",)),
     "lscape.directions.plane_through": Call(
         lambda: {"theta0": torch.zeros(26), "theta1": torch.ones(26), "theta2": torch.arange(26.0),
                  "model": _model()}, tensors={"theta0": 26, "theta1": 26, "theta2": 26}),
@@ -172,7 +174,7 @@ CALLS: dict[str, Call] = {
     "lscape.plot.curve": Call(lambda: {"surface": _curve()}, checked=("scale",)),
     "lscape.plot.trajectory": Call(lambda: {"surface": _surface(), "path": np.zeros((3, 2))}, checked=("quantity", "scale")),
     "lscape.plot.spectral_density": Call(lambda: {"grid": np.linspace(0, 1, 10), "density": np.ones(10)},
-                                         tensors={"grid": 10, "density": 10}),
+                                         tensors={"grid": 10, "density": 10}, int_ok=("grid", "density")),
     "lscape.plot.neb_profile": Call(lambda: {"result": _neb_result()}, checked=("scale",)),
     "lscape.plot.plot_all": Call(lambda: {"surface": _surface(), "out_dir": "unused"}, checked=("scale",)),
     "lscape.data.cifar10": Call(lambda: {"data_dir": "unused"}),
@@ -211,8 +213,10 @@ def _bad_values(name: str, call: Call, params: dict[str, inspect.Parameter]) -> 
         if p not in call.none_ok:
             bad.append((p, "None", None))
     for p, n in call.tensors.items():
-        bad += [(p, "an empty tensor", torch.empty(0)), (p, "an integer tensor", torch.ones(n or 3, dtype=torch.long)),
-                (p, "a NaN tensor", torch.full((n or 3,), float("nan")) if n else torch.full((2, 3), float("nan")))]
+        bad += [(p, "an empty tensor", torch.empty(0)),
+                (p, "a NaN tensor", torch.full((n,), float("nan")) if n else torch.full((2, 3), float("nan")))]
+        if p not in call.int_ok:
+            bad.append((p, "an integer tensor", torch.ones(n or 3, dtype=torch.long)))
         if n:
             bad.append((p, "a wrong-length tensor", torch.ones(n + 1)))
     for p in call.batches:

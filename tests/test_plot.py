@@ -93,9 +93,9 @@ def test_curve_twin_axes(tmp_path):
 
 def test_named_errors():
     s2, s1 = surface_2d(), surface_1d()
-    with pytest.raises(KeyError, match="quantity: got 'val_loss'.*train_loss"):
+    with pytest.raises(ValueError, match="quantity: got 'val_loss'.*train_loss"):
         plot.contour(s2, "val_loss")
-    with pytest.raises(KeyError, match="quantity"):
+    with pytest.raises(ValueError, match="quantity"):
         plot.curve(s1, ["nope"])
     for fn in (plot.contour, plot.filled_contour, plot.heatmap, plot.surface3d, plot.trajectory):
         with pytest.raises(ValueError, match="surface: got a 1-D surface, expected a 2-D one"):
@@ -107,7 +107,7 @@ def test_named_errors():
     s2.trajectory = None
     with pytest.raises(ValueError, match="surface.trajectory: got None"):
         plot.trajectory(s2)
-    with pytest.raises(KeyError, match="quantity"):
+    with pytest.raises(ValueError, match="quantity"):
         plot.plot_all(s2, "unused", quantities=["train_loss", "bad"])
 
 

@@ -26,6 +26,14 @@ class Directions:
     center: np.ndarray | None = None
     trajectory: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        t = _checks.as_tensor("vectors", self.vectors)
+        expected = "a finite floating (k, D) array of k = 1 or 2 directions"
+        if t.ndim != 2 or t.shape[0] not in (1, 2) or t.shape[1] == 0 or not t.is_floating_point():
+            raise ValueError(f"vectors: got {_checks.describe(t)}, expected {expected}")
+        _checks.finite("vectors", t, expected)
+        self.vectors = t.double().cpu().numpy()
+
 
 def _flat64(layout: FlatLayout, model_or_vec, name: str = "theta") -> np.ndarray:
     """A module's parameters, or a flat vector of the model's length, as float64 (D,); errors name `name`."""

@@ -41,6 +41,8 @@ class Landscape:
         form: Hessian-vector products backpropagate through its graph, which is leaner than a vmapped
         one (default: torch_loss of a batch of one)."""
         self.dim = _checks.int_arg("dim", dim, low=1)
+        if not callable(torch_loss):
+            raise TypeError(f"torch_loss: got {_checks.describe(torch_loss)}, expected a callable (B, D) -> (B,)")
         self._torch_loss = torch_loss
         self._point_loss = point_loss
         self._loss = loss

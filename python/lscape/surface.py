@@ -100,7 +100,14 @@ def _directions(directions, model: nn.Module, D: int) -> Directions:
     if not isinstance(directions, Directions):
         if isinstance(directions, (list, tuple)):
             directions = [torch.as_tensor(d).detach().cpu().double().reshape(-1).numpy() for d in directions]
-        vec = np.atleast_2d(_checks.as_tensor("directions", directions).double().cpu().numpy())
+        t = _checks.as_tensor("directions", directions)
+        expected = f"a finite floating (k, {D}) array, k = 1 or 2 (D: the model's parameter count)"
+        if t.ndim not in (1, 2) or not t.is_floating_point() or t.numel() == 0:
+            raise ValueError(f"directions: got {_checks.describe(t)}, expected {expected}")
+        _checks.finite("directions", t, expected)
+        vec = np.atleast_2d(t.double().cpu().numpy())
+        if vec.shape[0] not in (1, 2) or vec.shape[1] != D:
+            raise ValueError(f"directions: got shape {vec.shape}, expected {expected}")
         directions = Directions(vec, {"kind": "given"})
     if directions.vectors.ndim != 2 or directions.vectors.shape[0] not in (1, 2) or \
             directions.vectors.shape[1] != D:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import sys
 import time
 import types
@@ -103,6 +104,8 @@ def start(cfg, out, *, resume: bool, progress: bool, stop_after_chunks: int | No
     not after), the executor (a bad name or an unreachable cluster fails before any work), then the run
     folder: its lock (a second live run into it is refused; released by finish(), or when this process
     ends), and its config (refusing a foreign one on resume)."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out: got {type(out).__name__} {out!r}, expected a folder path (str or os.PathLike)")
     plt = require_matplotlib() if figures else None
     ex = get_executor(executor)
     try:

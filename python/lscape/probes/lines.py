@@ -152,10 +152,10 @@ def project_trajectory(thetas, theta_i, theta_f) -> tuple[torch.Tensor, torch.Te
     coord[t] = <theta_t - theta_i, d> / |d|^2  (0 at theta_i, 1 at theta_f) and
     residual[t] = |theta_t - theta_i - coord[t] d|  (the norm of the part off the line).
     Returns (coord (T,), residual (T,)), float64, computed in float64."""
-    ti = _checks.vector_arg("theta_i", theta_i, None)
+    T = _checks.as_tensor("thetas", thetas)
+    ti = _checks.vector_arg("theta_i", theta_i, T.shape[1] if T.ndim == 2 else None)
     D = ti.shape[0]
     tf = _checks.vector_arg("theta_f", theta_f, D, ti.device)
-    T = _checks.as_tensor("thetas", thetas)
     if T.ndim != 2 or T.shape[1] != D or not T.is_floating_point():
         raise ValueError(f"thetas: got {_checks.describe(T)}, expected a floating tensor of shape (T, {D}) "
                          "(D from theta_i)")
