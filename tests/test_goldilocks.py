@@ -35,7 +35,7 @@ def test_hypersphere_cells_stay_on_their_sphere():
 def test_interrupted_sweep_resumes_to_the_same_results(smoke_run, tmp_path):
     ref_out, _ = smoke_run
     out = tmp_path / "run"
-    with pytest.raises(common.RunInterrupted):
+    with pytest.raises(common.RunInterrupted, match=r"stopped after 5 chunk\(s\)"):
         gl.run("smoke", out, progress=False, figures=False, stop_after_chunks=5)
     done = sorted(p.name for p in (out / "checkpoints").glob("cell_*.npz"))
     assert len(done) == 5

@@ -1,8 +1,9 @@
 """Surface files: HDF5 with Goldstein's dataset names (xcoordinates, ycoordinates, train_loss, ...;
 -1 in cells not computed yet) or .npz when h5py is absent; every write goes to a temporary file that
-replaces the old one, so a killed run leaves a valid file.  lscape's files carry the SHA-256 of their
-arrays (in the metadata), so a torn or corrupted file is refused by name (DamagedSurfaceFile), never read
-as a surface.  Plus a .vtp export for ParaView."""
+replaces the old one, so a killed run leaves a valid file.  lscape's files carry checksums (.npz: the
+SHA-256 of the arrays in the metadata; .h5: HDF5's Fletcher-32 filter on every dataset, which in-place
+edits by HDF5 tools keep right), so a torn or corrupted file is refused by name (DamagedSurfaceFile),
+never read as a surface.  Plus a .vtp export for ParaView."""
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def write_surface(path: str, x, y, values: dict, done, directions, center, info:
         arrays["ycoordinates"] = np.asarray(y)
     if trajectory is not None:
         arrays["trajectory"] = np.asarray(trajectory)
-    meta = json.dumps({"info": info, "metrics": list(values), "sha256": arrays_digest(arrays)})
+    meta = {"info": info, "metrics": list(values)}
     if path.endswith(".npz"):
+        meta = json.dumps({**meta, "sha256": arrays_digest(arrays)})
         with open(tmp, "wb") as f:
             np.savez(f, meta=np.array(meta), **arrays)
             f.flush()
@@ -54,8 +56,9 @@ def write_surface(path: str, x, y, values: dict, done, directions, center, info:
             raise ImportError("saving .h5 needs h5py (pip install lscape[surface]); or save to a .npz path")
         with h5py.File(tmp, "w") as f:
             for k, a in arrays.items():
-                f.create_dataset(k, data=a)
-            f.attrs["lscape"] = meta
+                # HDF5's own per-chunk checksum: verified on every read, kept right by in-place edits (h5py)
+                f.create_dataset(k, data=a, fletcher32=a.size > 0 and a.ndim > 0)
+            f.attrs["lscape"] = json.dumps(meta)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)  # on disk before it replaces the old file
