@@ -33,7 +33,7 @@ def test_local_runs_every_chunk_in_order_and_names_bad_arguments():
         get_executor("local", ray_address="auto")
 
 
-def test_ray_missing_or_unreachable_is_a_named_error_before_any_work(monkeypatch, capsys, tmp_path):
+def test_ray_missing_and_misplaced_ray_options_are_named_errors_before_any_work(monkeypatch, capsys, tmp_path):
     import builtins
 
     real_import = builtins.__import__
