@@ -296,3 +296,45 @@ def test_a_damaged_surface_file_is_refused_by_name_and_replaced_only_when_asked(
     for k in ref.values:
         np.testing.assert_array_equal(again.values[k], ref.values[k])
     np.testing.assert_array_equal(lscape.Surface.load(path).values["train_loss"], ref.values["train_loss"])
+
+
+def test_a_full_disk_or_a_lost_cluster_stops_a_surface_by_name_and_the_same_call_continues(tmp_path, monkeypatch):
+    """surface(file=...): the write of its third row fails (ENOSPC), then the executor loses the job after
+    one row; each stops with a named error, the file keeps the rows before, and the same call completes
+    it to the values of an uninterrupted run."""
+    import lscape
+    from lscape import executor as ex_mod
+
+    surface_mod = sys.modules["lscape.surface"]  # (lscape.surface is the function)
+    ref = _small_surface(tmp_path / "ref.npz")
+    path = tmp_path / "s.npz"
+    real_write, writes = surface_mod.write_surface, []
+
+    def failing_write(*a, **k):
+        writes.append(1)
+        if len(writes) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(*a, **k)
+
+    monkeypatch.setattr(surface_mod, "write_surface", failing_write)
+    with pytest.raises(OSError, match=rf"file: could not write {path} \(No space left on device\); its earlier "
+                                      "rows are intact"):
+        _small_surface(path)
+    monkeypatch.setattr(surface_mod, "write_surface", real_write)
+    assert lscape.Surface.load(path).done.sum(1).tolist() == [3, 3, 0]  # two rows of three cells
+
+    class LosesTheJob(LocalExecutor):
+        def map_chunks(self, fn, chunks, *, shared=None, on_result, label="", progress=False):
+            chunks = list(chunks)
+            on_result(chunks[0], fn(chunks[0], shared))
+            raise ex_mod.ExecutorLost("ray: the cluster lost the job (NodeDiedError: node died); 1 of 2 chunks "
+                                      "finished", finished=chunks[:1], pending=chunks[1:])
+
+    path.unlink()
+    with pytest.raises(ex_mod.ExecutorLost, match=rf"NodeDiedError.*the finished rows are in {path}: call again "
+                                                  "with the same file= to continue"):
+        _small_surface(path, executor=LosesTheJob())
+    assert lscape.Surface.load(path).done.sum(1).tolist() == [3, 0, 0]
+    again = _small_surface(path)
+    for k in ref.values:
+        np.testing.assert_array_equal(again.values[k], ref.values[k])

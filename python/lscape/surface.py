@@ -18,7 +18,7 @@ from ._fastops import fast_loss
 from ._flat import FlatLayout
 from ._runlock import locks_file
 from .directions import Directions, random_directions
-from .executor import get_executor
+from .executor import ExecutorLost, get_executor
 from .landscape import BN_MODES, _Batches
 from .surface_io import DamagedSurfaceFile, read_surface, write_surface, write_vtp
 
@@ -318,8 +318,17 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
                 s.values.setdefault(k, np.full(shape, np.nan))[idx] = v
             s.done[idx] = True
         if file is not None:
-            s.save(file)
+            try:
+                s.save(file)
+            except OSError as exc:  # a full disk, a read-only folder: the file keeps the rows saved before
+                msg = (f"file: could not write {file} ({exc.strerror or exc}); its earlier rows are intact: free "
+                       "space or fix the folder, then call again with the same file= to continue")
+                raise (type(exc)(exc.errno, msg) if exc.errno else OSError(msg)) from exc
 
-    get_executor(executor).map_chunks(_eval_row, rows, shared=sh, on_result=on_result, label="surface",
-                                      progress=progress)
+    try:
+        get_executor(executor).map_chunks(_eval_row, rows, shared=sh, on_result=on_result, label="surface",
+                                          progress=progress)
+    except ExecutorLost as exc:
+        where = f"; the finished rows are in {file}: call again with the same file= to continue" if file else ""
+        raise ExecutorLost(f"{exc}{where}", finished=exc.finished, pending=exc.pending) from exc
     return s
