@@ -292,3 +292,22 @@ def test_a_killed_raylet_stops_the_run_within_a_minute_and_a_local_resume_equals
 
     for a, b in zip(job(tmp_path / "run"), job(tmp_path / "ref"), strict=True):
         np.testing.assert_array_equal(a["v"], b["v"])
+
+
+def test_a_run_stopped_by_a_lost_cluster_resumes_on_a_fresh_ray_to_the_local_results(ray_executor, tmp_path):
+    """The other way forward: the stopped run resumed on a (new) Ray equals a local run bit for bit."""
+    from lscape.executor import RayExecutor
+    from lscape.experiments import io as run_io
+
+    lost = object.__new__(RayExecutor)
+    lost.num_cpus, lost.max_retries, lost._ray = 1, 0, _FakeRay(_cluster_faults()["node lost"], fail_at=2)
+    names = [f"chunk_{i}" for i in range(5)]
+
+    def job(out, executor):
+        rd = run_io.RunDir(out, {"job": "t"}, resume=True)
+        return run_io.checkpointed_chunks(rd, names, _square, executor, run_io.ChunkBudget(None), shared=3)
+
+    with pytest.raises(run_io.RunStopped, match=r"2 of 5 chunks finished"):
+        job(tmp_path / "run", lost)
+    for a, b in zip(job(tmp_path / "run", ray_executor), job(tmp_path / "ref", LocalExecutor()), strict=True):
+        np.testing.assert_array_equal(a["v"], b["v"])
