@@ -22,7 +22,7 @@ import lscape
 import numpy as np
 import pytest
 import torch
-from lscape import experiments
+from lscape import _backend, experiments
 from torch import nn
 
 MODULES = ("probes", "directions", "plot", "data", "executor")
@@ -298,6 +298,11 @@ def test_malformed_input_is_refused_by_the_arguments_name(qual, arg, value, tmp_
     monkeypatch.chdir(tmp_path)
     kwargs = CALLS[qual].kwargs()
     kwargs[arg] = value
+
+    def no_kernel(op, *a, **k):  # every compiled kernel is reached through lscape._backend.kernel
+        raise AssertionError(f"{qual}({arg}=...): the {op} kernel was reached before the checks")
+
+    monkeypatch.setattr(_backend, "kernel", no_kernel)
     # the argument's name, as a word of its own (so "theta" is not found inside "theta_i")
     with pytest.raises((TypeError, ValueError), match=rf"(?<![\w-]){re.escape(arg)}\b") as info:
         _call_checked(qual, kwargs)
