@@ -196,8 +196,11 @@ def _reproduce(ns: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     except RunStopped as exc:
-        print(f"\nlscape reproduce: {exc}.\nContinue with {again} (add --executor ray for a fresh Ray; "
-              "local and Ray give the same results)", file=sys.stderr)
+        from .executor import ExecutorLost
+
+        where = (" (locally, or add --executor ray once the cluster is back: both give the same results)"
+                 if isinstance(exc.__cause__, ExecutorLost) else "")
+        print(f"\nlscape reproduce: {exc}.\nContinue with {again}{where}", file=sys.stderr)
         return 75  # EX_TEMPFAIL: the machine failed, not the input; the run can continue
     except (ImportError, OSError, ValueError, ConnectionError) as exc:
         msg = str(exc)
