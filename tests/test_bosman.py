@@ -58,7 +58,7 @@ def test_smoke_end_to_end(smoke_run):
 def test_interrupted_run_resumes_to_the_same_results(smoke_run, tmp_path):
     ref_out, _ = smoke_run
     out = tmp_path / "run"
-    with pytest.raises(common.RunInterrupted):
+    with pytest.raises(common.RunInterrupted, match=r"stopped after 3 chunk\(s\)"):
         bosman.run("smoke", out, progress=False, figures=False, stop_after_chunks=3)
     assert len(list((out / "checkpoints").glob("*.npz"))) == 3
     bosman.run("smoke", out, resume=True, progress=False, figures=False)

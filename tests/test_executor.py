@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def test_local_runs_every_chunk_in_order_and_names_bad_arguments():
         get_executor("local", ray_address="auto")
 
 
-def test_ray_missing_or_unreachable_is_a_named_error_before_any_work(monkeypatch, capsys, tmp_path):
+def test_ray_missing_and_misplaced_ray_options_are_named_errors_before_any_work(monkeypatch, capsys, tmp_path):
     import builtins
 
     real_import = builtins.__import__
@@ -57,10 +58,10 @@ def test_ray_missing_or_unreachable_is_a_named_error_before_any_work(monkeypatch
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the unreachable-address check is timed for Linux")
 def test_ray_unreachable_address_is_a_named_error():
-    ray = pytest.importorskip("ray", reason="needs Ray (pip install '.[ray]')")
-    if ray.is_initialized():
-        pytest.skip("a Ray is already running in this process (the session fixture's)")
+    pytest.importorskip("ray", reason="needs Ray (pip install '.[ray]')")
     from lscape.executor import RayExecutor
+
+    # whether or not a Ray is already up in this process (the session fixture's), the address is checked
 
     with pytest.raises(ConnectionError, match="ray_address: got .127.0.0.1:1., but nothing answers.*ray start --head"):
         RayExecutor("127.0.0.1:1")
@@ -159,3 +160,154 @@ def test_a_surface_on_ray_equals_local(ray_executor, tmp_path):
     assert b.done.all() and sorted(a.values) == sorted(b.values)
     for k in a.values:
         np.testing.assert_array_equal(a.values[k], b.values[k], err_msg=k)
+
+
+# ---- cluster faults: the run stops with the finished chunks named, and resumes ---------------------------
+class _FakeRay:
+    """Ray's API as RayExecutor.map_chunks uses it, running the chunks in this process, with Ray's own
+    exception raised when chunk `fail_at` is fetched (or by ray.put when fail_at is "put")."""
+
+    def __init__(self, exc: BaseException, fail_at):
+        import ray
+
+        self.exceptions, self.exc, self.fail_at = ray.exceptions, exc, fail_at
+
+    def remote(self, **_):
+        return lambda fn: types.SimpleNamespace(remote=lambda f, i, shared, n: (f, i, shared))
+
+    def put(self, value):
+        if self.fail_at == "put":
+            raise self.exc
+        return value
+
+    def wait(self, refs, num_returns):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        f, i, shared = ref
+        if i == self.fail_at:
+            raise self.exc
+        return f(i, shared)
+
+    def cancel(self, ref, force):
+        raise self.exceptions.RaySystemError("the cluster is gone")  # a dead cluster cannot cancel either
+
+
+def _cluster_faults():
+    ray = pytest.importorskip("ray", reason="Ray's exception types come from Ray (pip install '.[ray]')")
+    e = ray.exceptions
+    return {"node lost": e.NodeDiedError("node 10.0.0.7 died"), "raylet died": e.LocalRayletDiedError(),
+            "head lost": e.RaySystemError("GCS unreachable"), "object store full": e.ObjectStoreFullError("full"),
+            "out of memory": e.OutOfMemoryError("OOM killer"), "worker retries spent": e.WorkerCrashedError(),
+            "driver disconnected": ConnectionError("driver lost its connection to the cluster")}
+
+
+@pytest.mark.parametrize("fault", ["node lost", "raylet died", "head lost", "object store full", "out of memory",
+                                   "worker retries spent", "driver disconnected"])
+def test_a_cluster_fault_stops_the_run_naming_its_finished_chunks_and_a_local_resume_equals_local(fault, tmp_path,
+                                                                                                   capsys, monkeypatch):
+    from lscape import cli
+    from lscape.executor import ExecutorLost, RayExecutor
+    from lscape.experiments import io as run_io
+
+    exc = _cluster_faults()[fault]
+    ex = object.__new__(RayExecutor)
+    ex.num_cpus, ex.max_retries, ex._ray = 1, 0, _FakeRay(exc, fail_at=3)
+    names = [f"chunk_{i}" for i in range(6)]
+
+    def job(out, executor):
+        rd = run_io.RunDir(out, {"job": "t"}, resume=True)
+        return run_io.checkpointed_chunks(rd, names, _square, executor, run_io.ChunkBudget(None), shared=7)
+
+    ref = job(tmp_path / "ref", LocalExecutor())
+    with pytest.raises(run_io.RunStopped, match=rf"ray: the cluster lost the job \({type(exc).__name__}: .*\); "
+                       r"3 of 6 chunks finished, 3 lost \(chunks 3-5\); .*\(chunk_0, chunk_1, chunk_2\) and are "
+                       "kept; resume the run") as info:
+        job(tmp_path / "run", ex)
+    assert isinstance(info.value.__cause__, ExecutorLost) and info.value.__cause__.finished == [0, 1, 2]
+    assert info.value.finished == 3 and info.value.total == 6
+    for a, b in zip(job(tmp_path / "run", LocalExecutor()), ref, strict=True):
+        np.testing.assert_array_equal(a["v"], b["v"])
+    ex._ray = _FakeRay(exc, fail_at="put")  # before any chunk: nothing finished, nothing lost on disk
+    with pytest.raises(ExecutorLost, match=r"0 of 2 chunks finished, 2 lost \(chunks 0-1\)"):
+        ex.map_chunks(_square, [0, 1], shared=0, on_result=lambda i, r: None)
+    # the command line ends such a run with the command that continues it
+    capsys.readouterr()
+    ex._ray = _FakeRay(exc, fail_at=3)
+    monkeypatch.setattr(experiments.get("bosman"), "run", lambda **kw: job(Path(kw["out"]), ex))
+    rc = cli.main(["reproduce", "bosman", "--scale", "smoke", "--out", str(tmp_path / "cli")])
+    err = capsys.readouterr().err
+    assert rc == 75 and "3 of 6 chunks finished" in err and "(chunk_0, chunk_1, chunk_2)" in err
+    assert f"`lscape reproduce bosman --scale smoke --out {tmp_path / 'cli'} --resume`" in err
+
+
+_RAYLET_KILLER = """
+import os, signal, sys, time
+import numpy as np, ray
+from lscape.executor import RayExecutor
+from lscape.experiments import io as run_io
+
+def chunk(i, shared):
+    if i == 3:
+        os.kill(os.getppid(), signal.SIGKILL)  # a Ray worker's parent is its node's raylet
+        time.sleep(120)
+    return {"v": np.arange(50.0) * (i + 1)}
+
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+rd = run_io.RunDir(sys.argv[1], {"job": "raylet"}, resume=True)
+t0 = time.monotonic()
+try:
+    run_io.checkpointed_chunks(rd, [f"c{i}" for i in range(6)], chunk, RayExecutor(num_cpus=1, max_retries=1),
+                               run_io.ChunkBudget(None))
+except run_io.RunStopped as exc:
+    print(f"STOPPED after {time.monotonic() - t0:.0f} s: {exc}", flush=True)
+    os._exit(75)
+print("NOT STOPPED", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="kills a raylet by pid: Linux process semantics")
+def test_a_killed_raylet_stops_the_run_within_a_minute_and_a_local_resume_equals_local(tmp_path):
+    """A real local Ray (in a subprocess, so the session's Ray lives on) whose raylet is killed mid-run."""
+    pytest.importorskip("ray", reason="needs Ray (pip install '.[ray]')")
+    from lscape.experiments import io as run_io
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _RAYLET_KILLER, str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 75, (proc.stdout, proc.stderr[-3000:])
+    assert "LocalRayletDiedError" in proc.stdout and "(c0, c1, c2) and are kept" in proc.stdout, proc.stdout
+    stopped_after = float(proc.stdout.split("STOPPED after ")[1].split(" s")[0])
+    assert stopped_after < 60, (stopped_after, time.monotonic() - t0)
+
+    def chunk(i, shared):
+        return {"v": np.arange(50.0) * (i + 1)}
+
+    def job(out):
+        rd = run_io.RunDir(out, {"job": "raylet"}, resume=True)
+        return run_io.checkpointed_chunks(rd, [f"c{i}" for i in range(6)], chunk, LocalExecutor(),
+                                          run_io.ChunkBudget(None))
+
+    for a, b in zip(job(tmp_path / "run"), job(tmp_path / "ref"), strict=True):
+        np.testing.assert_array_equal(a["v"], b["v"])
+
+
+def test_a_run_stopped_by_a_lost_cluster_resumes_on_a_fresh_ray_to_the_local_results(ray_executor, tmp_path):
+    """The other way forward: the stopped run resumed on a (new) Ray equals a local run bit for bit."""
+    from lscape.executor import RayExecutor
+    from lscape.experiments import io as run_io
+
+    lost = object.__new__(RayExecutor)
+    lost.num_cpus, lost.max_retries, lost._ray = 1, 0, _FakeRay(_cluster_faults()["node lost"], fail_at=2)
+    names = [f"chunk_{i}" for i in range(5)]
+
+    def job(out, executor):
+        rd = run_io.RunDir(out, {"job": "t"}, resume=True)
+        return run_io.checkpointed_chunks(rd, names, _square, executor, run_io.ChunkBudget(None), shared=3)
+
+    with pytest.raises(run_io.RunStopped, match=r"2 of 5 chunks finished"):
+        job(tmp_path / "run", lost)
+    for a, b in zip(job(tmp_path / "run", ray_executor), job(tmp_path / "ref", LocalExecutor()), strict=True):
+        np.testing.assert_array_equal(a["v"], b["v"])

@@ -65,15 +65,15 @@ def test_interrupted_run_resumes_to_the_same_results(smoke_run, tmp_path):
     interruption leaves exactly the finished chunks on disk; each resume computes only the missing ones."""
     ref_out, _ = smoke_run
     out = tmp_path / "run"
-    with pytest.raises(common.RunInterrupted):
+    with pytest.raises(common.RunInterrupted, match=r"stopped after 1 chunk\(s\)"):
         gw.run("smoke", out, progress=False, figures=False, stop_after_chunks=1, **FAST)
     assert _chunk_files(out) == ["main_sgd_0"] and not (out / "results.npz").exists()
-    with pytest.raises(common.RunInterrupted):
+    with pytest.raises(common.RunInterrupted, match=r"stopped after 5 chunk\(s\)"):
         gw.run("smoke", out, resume=True, progress=False, figures=False, stop_after_chunks=5, **FAST)
     assert _chunk_files(out) == ["basin_adadelta_0", "basin_sgd_0", "main_adadelta_0", "main_adadelta_1",
                                  "main_sgd_0", "main_sgd_1"]
     stamps = {f: (out / "checkpoints" / f"{f}.npz").stat().st_mtime_ns for f in _chunk_files(out)}
-    with pytest.raises(common.RunInterrupted):
+    with pytest.raises(common.RunInterrupted, match=r"stopped after 2 chunk\(s\)"):
         gw.run("smoke", out, resume=True, progress=False, figures=False, stop_after_chunks=2, **FAST)
     assert set(_chunk_files(out)) == set(stamps) | {"hessians_0", "neb_0"}
     assert all((out / "checkpoints" / f"{f}.npz").stat().st_mtime_ns == t for f, t in stamps.items())
@@ -87,7 +87,7 @@ def test_interrupted_run_resumes_to_the_same_results(smoke_run, tmp_path):
 
 def test_run_dir_guards(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(common.RunInterrupted):
+    with pytest.raises(common.RunInterrupted, match=r"stopped after 1 chunk\(s\)"):
         gw.run("smoke", out, progress=False, figures=False, stop_after_chunks=1, **FAST)
     with pytest.raises(FileExistsError, match="--resume"):
         gw.run("smoke", out, progress=False, figures=False, **FAST)
@@ -113,8 +113,9 @@ def test_cli_reproduce(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(gw, "run", lambda **kw: calls.update(kw) or {"figures": []})
     assert cli.main(["reproduce", "gamst-walker", "--scale", "smoke", "--out", str(tmp_path), "--resume"]) == 0
     assert calls["scale"] == "smoke" and calls["resume"] is True and str(calls["out"]) == str(tmp_path)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="2"):  # argparse: an unknown experiment is a usage error
         cli.main(["reproduce", "nope", "--out", str(tmp_path)])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 # ---- statistics helpers -----------------------------------------------------------------------------------

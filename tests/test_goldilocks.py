@@ -25,6 +25,21 @@ def test_smoke_writes_everything(smoke_run):
         assert np.all((r["hyperplane_acc"] >= 0) & (r["hyperplane_acc"] <= 1))
 
 
+def test_smoke_shows_the_goldilocks_effect_in_the_full_space(smoke_run):
+    """What the smoke sweep robustly shows (one epoch on the digits, four radii from r_X / 1000 to 1000 r_X):
+    training from within 100x of r_X beats both extremes; a start 1000x outside r_X stays at chance and on
+    its sphere (the radius barely moves), while a start 1000x inside drifts out to the order of r_X."""
+    out, _ = smoke_run
+    with np.load(out / "results.npz") as r:
+        acc, r_x = r["full_acc"][0], float(r["r_x"])
+        assert r["r0"][1] < r_x < r["r0"][2]  # the two middle radii bracket r_X
+        assert max(acc[1], acc[2]) > max(acc[0], acc[3]) + 0.05, acc
+        assert acc[3] <= 0.15, acc  # ten classes: chance is 0.1
+        small, large = r["full_r_0"], r["full_r_3"]
+        assert 0.1 * r_x < small[-1] < 10 * r_x and small[-1] > 100 * small[0]
+        assert abs(large[-1] / large[0] - 1) < 0.01
+
+
 def test_hypersphere_cells_stay_on_their_sphere():
     cfg = gl.config("smoke")
     data = gl.datasets.digits()
@@ -35,7 +50,7 @@ def test_hypersphere_cells_stay_on_their_sphere():
 def test_interrupted_sweep_resumes_to_the_same_results(smoke_run, tmp_path):
     ref_out, _ = smoke_run
     out = tmp_path / "run"
-    with pytest.raises(common.RunInterrupted):
+    with pytest.raises(common.RunInterrupted, match=r"stopped after 5 chunk\(s\)"):
         gl.run("smoke", out, progress=False, figures=False, stop_after_chunks=5)
     done = sorted(p.name for p in (out / "checkpoints").glob("cell_*.npz"))
     assert len(done) == 5

@@ -33,9 +33,9 @@ def test_smoke_writes_everything(smoke_run):
 def test_interrupted_run_resumes_to_the_same_results(smoke_run, tmp_path):
     ref_out, _ = smoke_run
     out = tmp_path / "run"
-    with pytest.raises(common.RunInterrupted):
+    with pytest.raises(common.RunInterrupted, match=r"stopped after 1 chunk\(s\)"):
         gf.run("smoke", out, progress=False, figures=False, stop_after_chunks=1)
-    with pytest.raises(common.RunInterrupted):
+    with pytest.raises(common.RunInterrupted, match=r"stopped after 4 chunk\(s\)"):
         gf.run("smoke", out, resume=True, progress=False, figures=False, stop_after_chunks=4)
     gf.run("smoke", out, resume=True, progress=False, figures=False)
     with np.load(ref_out / "results.npz") as a, np.load(out / "results.npz") as b:

@@ -263,14 +263,18 @@ def test_bad_arguments_are_refused():
         C.mlp_train(K, N, opt, M, P, params.data_ptr(), s0.data_ptr(), s1.data_ptr(), div.data_ptr(),
                     x.data_ptr(), y.data_ptr(), 0, steps, record_every, 0, 1)
 
-    for kw in (dict(K=0), dict(K=9), dict(N=0), dict(N=17), dict(M=-1), dict(P=0)):
-        with pytest.raises(ValueError):
+    # each refusal names the argument the kernel got wrong and the range it expects
+    for kw, msg in ((dict(K=0), r"K must be in \[1, 8\]"), (dict(K=9), r"K must be in \[1, 8\]"),
+                    (dict(N=0), r"N must be in \[1, 16\]"), (dict(N=17), r"N must be in \[1, 16\]"),
+                    (dict(M=-1), "M must be >= 0"), (dict(P=0), "P must be >= 1")):
+        with pytest.raises(ValueError, match=msg):
             lg(**kw)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=msg):
             tr(**kw)
     bad_opt = (3,) + ref.OptConfig(ref.ADAM).as_tuple()[1:]
-    for kw in (dict(steps=-1), dict(record_every=0), dict(opt=bad_opt)):
-        with pytest.raises(ValueError):
+    for kw, msg in ((dict(steps=-1), "steps must be >= 0"), (dict(record_every=0), "record_every must be >= 1"),
+                    (dict(opt=bad_opt), r"optimizer kind must be 0 \(sgd\), 1 \(adadelta\) or 2 \(adam\)")):
+        with pytest.raises(ValueError, match=msg):
             tr(**kw)
     before = params.clone()
     tr()

@@ -44,8 +44,39 @@ def _png(fig, tmp_path, name):
 
 @pytest.mark.parametrize("fn", [plot.contour, plot.filled_contour, plot.heatmap, plot.surface3d, plot.trajectory])
 @pytest.mark.parametrize("scale", ["linear", "log"])
-def test_2d_plots_write_png(fn, scale, tmp_path):
-    fig = fn(surface_2d(), "train_loss", scale=scale)
+def test_2d_plots_draw_the_values_on_labelled_axes(fn, scale, tmp_path):
+    """Read back what was drawn: the values (their range, or the array itself), the colour-bar label and
+    scale, the axis labels and limits, the note on masked cells, the trajectory's path."""
+    s = surface_2d()
+    fig = fn(s, "train_loss", scale=scale)
+    ax, cbar = fig.axes[0], fig.axes[1]
+    v = s.values["train_loss"]
+    z = np.log10(v) if scale == "log" else v
+    zc = z[s.done]
+    label = "log10 train_loss" if scale == "log" else "train_loss"
+    assert cbar.get_ylabel() == label and "train_loss" in ax.get_title()
+    drawn = ax.collections[0]
+    if fn is plot.surface3d:
+        assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_zlabel()) == ("α", "β", label)
+        lo, hi = ax.get_zlim()
+        assert lo <= zc.min() and hi >= zc.max() and hi - lo <= 1.2 * (zc.max() - zc.min())
+    else:
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("α (direction 1)", "β (direction 2)")
+        assert ax.get_xlim() == pytest.approx((s.x[0], s.x[-1]), abs=0.06)
+        assert ax.get_ylim() == pytest.approx((s.y[0], s.y[-1]), abs=0.07)
+        notes = [t.get_text() for t in ax.texts if "masked" in t.get_text()]
+        assert notes == [f"{(~s.done).sum()} of {s.done.size} cells masked (not computed or not drawable)"]
+        if fn is plot.heatmap:
+            np.testing.assert_allclose(drawn.get_array().filled(np.nan), np.where(s.done, z, np.nan).T)
+        else:  # contour levels span the computed values, and no more than one step beyond them
+            levels = drawn.levels
+            step = levels[1] - levels[0]
+            assert levels[0] <= zc.min() + step and levels[-1] >= zc.max() - step
+            assert levels[0] >= zc.min() - step and levels[-1] <= zc.max() + step
+    if fn is plot.trajectory:
+        path, start, end = ax.lines
+        np.testing.assert_allclose(np.c_[path.get_xdata(), path.get_ydata()], s.trajectory)
+        assert (start.get_xdata()[0], end.get_xdata()[0]) == (s.trajectory[0, 0], s.trajectory[-1, 0])
     _png(fig, tmp_path, f"{fn.__name__}_{scale}")
 
 
@@ -93,9 +124,9 @@ def test_curve_twin_axes(tmp_path):
 
 def test_named_errors():
     s2, s1 = surface_2d(), surface_1d()
-    with pytest.raises(KeyError, match="quantity: got 'val_loss'.*train_loss"):
+    with pytest.raises(ValueError, match="quantity: got 'val_loss'.*train_loss"):
         plot.contour(s2, "val_loss")
-    with pytest.raises(KeyError, match="quantity"):
+    with pytest.raises(ValueError, match="quantity"):
         plot.curve(s1, ["nope"])
     for fn in (plot.contour, plot.filled_contour, plot.heatmap, plot.surface3d, plot.trajectory):
         with pytest.raises(ValueError, match="surface: got a 1-D surface, expected a 2-D one"):
@@ -107,7 +138,7 @@ def test_named_errors():
     s2.trajectory = None
     with pytest.raises(ValueError, match="surface.trajectory: got None"):
         plot.trajectory(s2)
-    with pytest.raises(KeyError, match="quantity"):
+    with pytest.raises(ValueError, match="quantity"):
         plot.plot_all(s2, "unused", quantities=["train_loss", "bad"])
 
 
@@ -122,7 +153,11 @@ def test_spectral_density_from_probe(tmp_path):
     land = lscape.Landscape.from_function(lambda th: 0.5 * th @ A @ th, dim=12)
     out = spectral_density(land, torch.zeros(12, dtype=torch.float64), n_vectors=4, grid=200)
     fig = plot.spectral_density(out)
-    assert fig.axes[0].get_yscale() == "log"
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and (ax.get_xlabel(), ax.get_ylabel()) == ("eigenvalue λ", "density")
+    (line,) = ax.lines
+    np.testing.assert_allclose(line.get_xdata(), out[0].numpy())
+    np.testing.assert_allclose(line.get_ydata(), out[1].numpy())
     _png(fig, tmp_path, "spectrum")
     _png(plot.spectral_density(*out, scale="linear"), tmp_path, "spectrum_lin")
     with pytest.raises(ValueError, match="grid, density"):
@@ -153,10 +188,21 @@ def test_neb_profile(tmp_path):
 
 @pytest.mark.parametrize("make, n", [(surface_2d, 4 * 4 + 1), (surface_1d, 1)])
 def test_plot_all(make, n, tmp_path):
-    paths = plot.plot_all(make(), tmp_path / "out")
+    from matplotlib.image import imread
+
+    s = make()
+    paths = plot.plot_all(s, tmp_path / "out")
     assert len(paths) == n and len(set(paths)) == n
-    for p in paths:
-        assert p.exists() and p.stat().st_size > 1000
+    if s.ndim == 2:
+        kinds = ("contour", "filled_contour", "heatmap", "surface3d")
+        # the trajectory is drawn over the first loss in name order
+        want = {f"{q}_{k}.png" for q in s.values for k in kinds} | {"test_loss_trajectory.png"}
+    else:
+        want = {"curve.png"}
+    assert {p.name for p in paths} == want
+    for p in paths:  # each decodes to an image with something drawn on it (not one flat colour)
+        img = imread(p)
+        assert img.ndim == 3 and img.shape[0] > 100 and img[..., :3].std() > 0.05, p.name
 
 
 def test_cli_plot_round_trip(tmp_path):

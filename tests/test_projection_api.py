@@ -83,8 +83,11 @@ def test_nbytes_per_nonzero():
     assert Pi.nbytes <= 16 * 2000 + 64
 
 
-def test_to_device_roundtrip(P):
-    assert P.to("cpu") is P
+def test_to_the_device_it_is_on_returns_itself_and_a_bad_device_is_named(P):
+    """(A round trip to a GPU and back is in test_projection_cuda.py.)"""
+    assert P.to("cpu") is P and P.to(None) is P and P.to(torch.device("cpu")) is P
+    with pytest.raises(ValueError, match="device: got 'nope', expected a torch device"):
+        P.to("nope")
 
 
 def test_repr(P):

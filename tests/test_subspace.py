@@ -61,7 +61,7 @@ def test_hyperplane_starts_at_model_init_and_matches_model():
     assert sub.radius() == pytest.approx(float(flat(model).norm()))
 
 
-def test_hyperplane_r0_gives_gaussian_offset_of_norm_r0():
+def test_hyperplane_r0_gives_a_seeded_non_radial_offset_of_norm_r0():
     sub = Subspace(tiny(), 9, r0=3.5, seed=2)
     assert sub.radius() == pytest.approx(3.5, rel=1e-12)
     assert not torch.allclose(sub.a, flat(sub.model) * 3.5 / flat(sub.model).norm())

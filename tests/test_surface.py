@@ -1,5 +1,4 @@
 """lscape.surface against a plain vector_to_parameters + model(X) loop."""
-import os
 
 import lscape
 import numpy as np
@@ -121,7 +120,7 @@ def test_resume_computes_only_missing_cells(tmp_path):
     f = str(tmp_path / "s.h5")
     # affine=False: every forward pass is then one point (the affine path adds a capture pass per row)
     full = lscape.surface(model, nn.functional.cross_entropy, (X, Y), directions=d, grid=3, file=f, affine=False)
-    assert _Counting.total == 9
+    assert _Counting.total == 1 + 9  # 1: the argument check's forward pass on the first batch
     import h5py
     with h5py.File(f, "r+") as h:
         assert h["xcoordinates"].shape == (3,) and h["ycoordinates"].shape == (3,)
@@ -133,7 +132,7 @@ def test_resume_computes_only_missing_cells(tmp_path):
         h["train_loss"][...] = tl
     _Counting.total = 0
     again = lscape.surface(model, nn.functional.cross_entropy, (X, Y), directions=d, grid=3, file=f, affine=False)
-    assert _Counting.total == 2
+    assert _Counting.total == 1 + 2
     np.testing.assert_allclose(again["train_loss"], full["train_loss"])
     loaded = lscape.Surface.load(f)
     assert loaded.done.all() and loaded.info["kind"] == "random"
@@ -146,8 +145,39 @@ def test_npz_roundtrip_marks_missing_as_nan(tmp_path):
     s.save(f)
     t = lscape.Surface.load(f)
     assert np.isnan(t["train_loss"][:, 1]).all() and (t["train_loss"][:, 0] == 1).all()
+
+
+def test_to_vtp_writes_the_grid_the_capped_log_values_and_one_quad_per_cell(tmp_path):
+    """Read the .vtp back as XML: point count, coordinates, log(min(z, zmax) + 0.1), quads and offsets."""
+    import xml.etree.ElementTree as ET
+
+    x, y = np.linspace(-1, 1, 4), np.linspace(0, 2, 3)  # nx != ny catches a transposition
+    z = np.add.outer(x ** 2, y) + 0.5
+    z[3, 2] = 50.0  # above zmax: capped
+    s = lscape.Surface(x, y, {"train_loss": z}, np.ones(z.shape, bool), np.zeros((2, 5)), np.zeros(5), {})
     s.to_vtp(str(tmp_path / "s.vtp"), log=True, zmax=10)
-    assert os.path.getsize(tmp_path / "s.vtp") > 0
+    root = ET.parse(tmp_path / "s.vtp").getroot()
+    assert root.get("type") == "PolyData"
+    piece = root.find("PolyData/Piece")
+    assert (int(piece.get("NumberOfPoints")), int(piece.get("NumberOfPolys"))) == (4 * 3, 3 * 2)
+
+    def array(path, name=None):
+        (el,) = [e for e in piece.findall(path) if name is None or e.get("Name") == name]
+        return np.array(el.text.split(), dtype=float)
+
+    pts = array("Points/DataArray").reshape(-1, 3)
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    want_z = np.log(np.minimum(z, 10.0) + 0.1)
+    np.testing.assert_allclose(pts, np.c_[X.ravel(), Y.ravel(), want_z.ravel()], rtol=1e-7)
+    np.testing.assert_allclose(array("PointData/DataArray", "loss"), want_z.ravel(), rtol=1e-7)
+    quads = array("Polys/DataArray", "connectivity").astype(int).reshape(-1, 4)
+    np.testing.assert_array_equal(array("Polys/DataArray", "offsets"), 4 * np.arange(1, 7))
+    for q in quads:  # each quad's corners are one grid cell: two x values, two y values, 4 distinct points
+        corners = pts[q, :2]
+        assert len({tuple(c) for c in corners}) == 4
+        assert len(set(corners[:, 0])) == 2 and len(set(corners[:, 1])) == 2
+    cells = {(round(min(pts[q, 0]), 6), round(min(pts[q, 1]), 6)) for q in quads}  # (written with 8 digits)
+    assert len(quads) == 6 and cells == {(round(a, 6), round(b, 6)) for a in x[:-1] for b in y[:-1]}
 
 
 def test_bad_inputs_are_named():

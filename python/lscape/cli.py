@@ -194,7 +194,7 @@ def _reproduce(ns: argparse.Namespace) -> int:
 
     from . import experiments
     from .executor import get_executor
-    from .experiments.common import RunInterrupted
+    from .experiments.common import RunInterrupted, RunStopped
 
     name, scale, out = ns.name, ns.scale, ns.out
     module = experiments.get(name)
@@ -214,15 +214,25 @@ def _reproduce(ns: argparse.Namespace) -> int:
     if ns.executor != "ray" and (ns.ray_address is not None or ns.num_cpus is not None):
         print("lscape reproduce: --ray-address and --num-cpus go with --executor ray", file=sys.stderr)
         return 2
+    again = f"`lscape reproduce {name} --scale {scale} --out {out} --resume`"
     try:
         executor = get_executor(ns.executor, ray_address=ns.ray_address, num_cpus=ns.num_cpus)
         summary = module.run(scale=scale, out=out, resume=ns.resume, progress=True, executor=executor, **kwargs)
     except (KeyboardInterrupt, RunInterrupted):
-        print(f"\nlscape reproduce: interrupted; the checkpoints in {out} are kept, continue with "
-              f"`lscape reproduce {name} --scale {scale} --out {out} --resume`", file=sys.stderr)
+        print(f"\nlscape reproduce: interrupted; the checkpoints in {out} are kept, continue with {again}",
+              file=sys.stderr)
         return 130
-    except (ImportError, FileExistsError, FileNotFoundError, ValueError, ConnectionError) as exc:
-        print(f"lscape reproduce: {exc}", file=sys.stderr)
+    except RunStopped as exc:
+        from .executor import ExecutorLost
+
+        where = (" (locally, or add --executor ray once the cluster is back: both give the same results)"
+                 if isinstance(exc.__cause__, ExecutorLost) else "")
+        print(f"\nlscape reproduce: {exc}.\nContinue with {again}{where}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: the machine failed, not the input; the run can continue
+    except (ImportError, OSError, ValueError, ConnectionError) as exc:
+        msg = str(exc)
+        msg = f"--{msg}" if msg.startswith(("out:", "out ")) else msg  # run()'s argument `out` is --out here
+        print(f"lscape reproduce: {msg}", file=sys.stderr)
         return 2
     print(f"{name} ({scale}): results in {out}: results.npz, summary.json, {', '.join(summary['figures'])}")
     return 0

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _checks
 from ._flat import FlatLayout
 from .checkpoints import load_checkpoint, load_checkpoints
 
@@ -30,6 +31,15 @@ class Directions:
     center: np.ndarray | None = None
     trajectory: np.ndarray | None = None
     points: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        t = _checks.as_tensor("vectors", self.vectors)
+        expected = "a finite floating (k, D) array of k = 1 or 2 directions"
+        if t.ndim != 2 or t.shape[0] not in (1, 2) or t.shape[1] == 0 or not t.is_floating_point():
+            raise ValueError(f"vectors: got {_checks.describe(t)}, expected {expected}")
+        _checks.finite("vectors", t, expected)
+        self.vectors = t.double().cpu().numpy()
+
 
 
 def _bn_names(model: nn.Module) -> set[str]:

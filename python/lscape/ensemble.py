@@ -83,9 +83,10 @@ def _data_arg(x, y, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x, y as 1-D tensors of equal length >= 1, moved to params' dtype and device."""
     out = []
     for name, v in (("x", x), ("y", y)):
-        t = torch.as_tensor(v) if not isinstance(v, torch.Tensor) else v
-        if t.ndim != 1 or t.shape[0] == 0 or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
-            raise ValueError(f"{name}: got {_checks.describe(t)}, expected a non-empty 1-D real tensor (P,)")
+        t = _checks.as_tensor(name, v)
+        if t.ndim != 1 or t.shape[0] == 0 or not t.is_floating_point():
+            raise ValueError(f"{name}: got {_checks.describe(t)}, expected a non-empty 1-D floating tensor (P,)")
+        _checks.finite(name, t, "finite values")
         out.append(t.to(dtype=like.dtype, device=like.device).contiguous())
     if out[0].shape != out[1].shape:
         raise ValueError(f"x, y: got lengths {out[0].shape[0]} and {out[1].shape[0]}, expected equal lengths")

@@ -22,10 +22,14 @@ bit-identical to local ones.  A different --num-cpus gives results equal to a lo
 OMP_NUM_THREADS set to it.  A task whose worker dies (a killed process, a lost
 node) is retried up to `max_retries` times; a task that raises is not retried unless its exception is
 one a retry can cure (OSError, ConnectionError, TimeoutError, MemoryError): a bad input fails the run at
-once with its own error.
+once with its own error.  When the cluster itself fails (the node or head is lost, its raylet dies, the
+object store runs out of memory, the driver loses its connection), the map stops with an ExecutorLost that
+names the chunks finished so far: they were handed to on_result, so a resumed run (on a fresh Ray, or
+locally) computes only the others.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -33,7 +37,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "get_executor"]
+__all__ = ["EXECUTORS", "Executor", "ExecutorLost", "LocalExecutor", "RayExecutor", "get_executor"]
 
 EXECUTORS = ("local", "ray")
 # Exceptions a retry can cure: the machine, not the input (a ValueError from bad input is never retried).
@@ -41,6 +45,15 @@ RETRYABLE = (OSError, ConnectionError, TimeoutError, MemoryError)
 
 ChunkFn = Callable[[int, Any], Any]
 OnResult = Callable[[int, Any], None]
+
+
+class ExecutorLost(RuntimeError):
+    """The executor lost the job (a node, the raylet, the object store, the driver's connection): finished
+    holds the chunks whose results reached on_result, pending the others."""
+
+    def __init__(self, message: str, *, finished: list[int], pending: list[int]) -> None:
+        super().__init__(message)
+        self.finished, self.pending = finished, pending
 
 
 class Executor:
@@ -117,9 +130,9 @@ class RayExecutor(Executor):
 
     def _connect(self) -> None:
         ray = self._ray
+        _check_reachable(self.address)  # also when a Ray is already up: a bad address is named either way
         if ray.is_initialized():
             return
-        _check_reachable(self.address)
         try:
             ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
                      include_dashboard=False)
@@ -139,25 +152,55 @@ class RayExecutor(Executor):
             return
         task = ray.remote(num_cpus=self.num_cpus, max_retries=self.max_retries,
                           retry_exceptions=list(RETRYABLE))(_run_task)
-        fn_ref, shared_ref = ray.put(fn), ray.put(shared)  # once, not once per task
-        pending = {task.remote(fn_ref, i, shared_ref, self.num_cpus): i for i in chunks}
         bar = progress_bar(len(chunks), label, progress)
+        finished: list[int] = []
+        pending: dict = {}
         try:
+            # inside the try: a full object store or a lost cluster fails the puts too
+            fn_ref, shared_ref = ray.put(fn), ray.put(shared)  # once, not once per task
+            pending = {task.remote(fn_ref, i, shared_ref, self.num_cpus): i for i in chunks}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
-                i = pending.pop(done[0])
+                i = pending[done[0]]
                 try:
                     result = ray.get(done[0])
                 except ray.exceptions.RayTaskError as exc:
                     raise exc.as_instanceof_cause() from None  # the chunk's own error, e.g. a ValueError
+                del pending[done[0]]
                 on_result(i, result)
+                finished.append(i)
                 if bar is not None:
                     bar.update(1)
+        except (ray.exceptions.RayError, ConnectionError) as exc:  # the cluster's fault, not the chunk's
+            if isinstance(exc, ray.exceptions.RayTaskError):
+                raise
+            lost = sorted(set(chunks) - set(finished))
+            raise ExecutorLost(f"ray: the cluster lost the job ({type(exc).__name__}: {_first_line(exc)}); "
+                               f"{len(finished)} of {len(chunks)} chunks finished, {len(lost)} lost "
+                               f"(chunks {_ranges(lost)})", finished=finished, pending=lost) from exc
         finally:
             for ref in pending:  # an error or an interruption: stop what is still queued
-                ray.cancel(ref, force=True)
+                with contextlib.suppress(Exception):  # a dead cluster cannot cancel: nothing is left to stop
+                    ray.cancel(ref, force=True)
             if bar is not None:
                 bar.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "no message"
+
+
+def _ranges(idx: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    parts, start = [], None
+    for k, i in enumerate(idx):
+        if start is None:
+            start = i
+        if k + 1 == len(idx) or idx[k + 1] != i + 1:
+            parts.append(str(start) if start == i else f"{start}-{i}")
+            start = None
+    return ", ".join(parts)
 
 
 def _check_reachable(address: str | None, timeout: float = 3.0) -> None:

@@ -41,6 +41,8 @@ class Landscape:
         form: Hessian-vector products backpropagate through its graph, which is leaner than a vmapped
         one (default: torch_loss of a batch of one)."""
         self.dim = _checks.int_arg("dim", dim, low=1)
+        if not callable(torch_loss):
+            raise TypeError(f"torch_loss: got {_checks.describe(torch_loss)}, expected a callable (B, D) -> (B,)")
         self._torch_loss = torch_loss
         self._point_loss = point_loss
         self._loss = loss
@@ -56,7 +58,7 @@ class Landscape:
     # ---- evaluation -----------------------------------------------------------------------------------
     def check_points(self, thetas, name: str = "thetas") -> torch.Tensor:
         """thetas as a (B, D) tensor of this landscape's dtype and device ((D,) is refused: say (1, D))."""
-        t = torch.as_tensor(thetas) if not isinstance(thetas, torch.Tensor) else thetas
+        t = _checks.as_tensor(name, thetas)
         if t.ndim != 2 or t.shape[1] != self.dim or not t.is_floating_point():
             raise ValueError(f"{name}: got {_checks.describe(t)}, expected a floating tensor of shape "
                              f"(B, {self.dim})")

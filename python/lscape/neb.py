@@ -144,7 +144,7 @@ def _insert(images: torch.Tensor, energies: torch.Tensor, count: int) -> torch.T
 
 
 def _points(landscape: Landscape, value, name: str) -> torch.Tensor:
-    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    t = _checks.as_tensor(name, value)
     if t.ndim not in (1, 2) or t.shape[-1] != landscape.dim or not t.is_floating_point():
         raise ValueError(f"{name}: got {_checks.describe(t)}, expected a floating tensor of shape "
                          f"({landscape.dim},) or (B, {landscape.dim}) (the landscape's dim)")
@@ -159,7 +159,7 @@ def _initial_images(landscape: Landscape, x0: torch.Tensor, x1: torch.Tensor, n:
         _checks.choice_arg("init", init, ("linear",))
         w = torch.linspace(0.0, 1.0, n, dtype=torch.float64, device=x0.device)[None, :, None]
         return (x0.double()[:, None] + w * (x1 - x0).double()[:, None]).to(x0.dtype)
-    t = init if isinstance(init, torch.Tensor) else torch.as_tensor(np.asarray(init))
+    t = _checks.as_tensor("init", init)
     if t.ndim == 2:
         t = t[None].expand(B, -1, -1)
     if t.shape != (B, n, D) or not t.is_floating_point():

@@ -16,6 +16,7 @@ and zoom and its contour, with the trajectory and points, and values on hover.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,24 @@ def _check_scale(scale: str) -> str:
     return scale
 
 
+def _surface_arg(surface: Any) -> Any:
+    """surface, when it looks like a lscape.Surface (x, y, values, ndim); a TypeError naming it else."""
+    if not all(hasattr(surface, a) for a in ("x", "y", "values", "ndim")):
+        raise TypeError(f"surface: got {type(surface).__name__} {surface!r:.60}, expected a lscape.Surface "
+                        "(lscape.surface(...) or lscape.Surface.load(path))")
+    return surface
+
+
 def _values(surface: Any, quantity: str) -> np.ndarray:
-    """The named quantity as float64, or a KeyError naming `quantity` and the ones the surface holds."""
+    """The named quantity as float64, or a ValueError naming `quantity` and the ones the surface holds."""
+    _surface_arg(surface)
     if not isinstance(quantity, str) or quantity not in surface.values:
-        raise KeyError(f"quantity: got {quantity!r}, expected one of {sorted(surface.values)}")
+        raise ValueError(f"quantity: got {quantity!r}, expected one of {sorted(surface.values)}")
     return np.asarray(surface.values[quantity], dtype=np.float64)
 
 
 def _require_2d(surface: Any, what: str) -> None:
+    _surface_arg(surface)
     if surface.ndim != 2 or surface.y is None:
         raise ValueError(f"surface: got a {surface.ndim}-D surface, expected a 2-D one for {what} "
                          "(use lscape.plot.curve for 1-D surfaces)")
@@ -189,7 +200,7 @@ def curve(surface: Any, quantities: list[str] | None = None, *, ax=None, scale: 
     are gaps.  quantities: default all of the surface's.  scale="log" makes the left axis logarithmic.
     Returns the Figure."""
     _check_scale(scale)
-    if surface.ndim != 1:
+    if _surface_arg(surface).ndim != 1:
         raise ValueError(f"surface: got a {surface.ndim}-D surface, expected a 1-D one for a curve "
                          "(use lscape.plot.contour for 2-D surfaces)")
     names = sorted(surface.values) if quantities is None else list(quantities)
@@ -232,11 +243,16 @@ def trajectory(surface: Any, quantity: str = "train_loss", *, ax=None, scale: st
     return fig
 
 
-def _np(a) -> np.ndarray:
-    """A tensor or array as float64 numpy (no torch import needed here)."""
+def _np(name: str, a) -> np.ndarray:
+    """A tensor or array as float64 numpy (no torch import needed here); a TypeError naming `name` else."""
     if hasattr(a, "detach"):
         a = a.detach().cpu().numpy()
-    return np.asarray(a, dtype=np.float64)
+    try:
+        if a is None or isinstance(a, (str, bytes)):
+            raise TypeError
+        return np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: got {type(a).__name__} {a!r:.60}, expected an array of numbers") from None
 
 
 def spectral_density(grid, density=None, *, ax=None, scale: str = "log"):
@@ -245,10 +261,16 @@ def spectral_density(grid, density=None, *, ax=None, scale: str = "log"):
     Returns the Figure."""
     _check_scale(scale)
     if density is None:
+        if not (isinstance(grid, tuple) and len(grid) == 2):
+            raise TypeError(f"density: got None with grid {type(grid).__name__}, expected the (G,) density, or "
+                            "grid as the (grid, density) tuple of lscape.probes.spectral_density")
         grid, density = grid
-    g, d = _np(grid), _np(density)
-    if g.ndim != 1 or g.shape != d.shape:
+    g, d = _np("grid", grid), _np("density", density)
+    if g.ndim != 1 or g.shape != d.shape or g.size == 0:
         raise ValueError(f"grid, density: got shapes {g.shape} and {d.shape}, expected two equal (G,) arrays")
+    for name, a in (("grid", g), ("density", d)):
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name}: got non-finite values, expected finite numbers")
     fig, ax = _axes(ax)
     ax.plot(g, d, color="C0")
     if scale == "log":
@@ -267,8 +289,11 @@ def neb_profile(result: Any, *, ax=None, scale: str = "linear", bands: list[int]
     (B, n)); each band's highest image (the saddle estimate) is marked.  bands: which to draw, default all.
     Returns the Figure."""
     _check_scale(scale)
-    E = _np(result.energies)
-    images = _np(result.images)
+    if not (hasattr(result, "energies") and hasattr(result, "images")):
+        raise TypeError(f"result: got {type(result).__name__} {result!r:.60}, expected an lscape.NEBResult "
+                        "(images (B, n, D), energies (B, n))")
+    E = _np("result.energies", result.energies)
+    images = _np("result.images", result.images)
     if E.ndim == 1:
         E, images = E[None], images[None]
     if images.ndim != 3 or images.shape[:2] != E.shape:
@@ -331,6 +356,9 @@ def plot_all(surface: Any, out_dir: str | Path, *, quantities: list[str] | None 
     a 1-D surface gets one curve; a 2-D one gets contour, filled contour, heat map and 3-D surface of every
     quantity (default all), and the trajectory over the first loss if the surface has one."""
     _check_scale(scale)
+    _surface_arg(surface)
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"out_dir: got {type(out_dir).__name__} {out_dir!r}, expected a folder path")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = sorted(surface.values) if quantities is None else list(quantities)

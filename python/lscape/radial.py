@@ -125,8 +125,7 @@ def fit_random_walk(t, r, r0: float | None = None, *, t_min: float = 0.0) -> Ran
     t, r: 1-d sequences of equal length (t increasing is not required).  r0: the initial radius
     (default r at the smallest t).  t_min: use only points with t >= t_min (the log-log fit also drops
     t <= 0).  See RandomWalkFit for what is returned."""
-    t = np.asarray(t, dtype=np.float64)
-    r = np.asarray(r, dtype=np.float64)
+    t, r = _checks.as_tensor("t", t).double().cpu().numpy(), _checks.as_tensor("r", r).double().cpu().numpy()
     if t.ndim != 1 or r.shape != t.shape:
         raise ValueError(f"t, r: got shapes {t.shape} and {r.shape}, expected two 1-d arrays of equal length")
     if not (np.all(np.isfinite(t)) and np.all(np.isfinite(r))) or np.any(r < 0):

@@ -74,11 +74,14 @@ class SphereConstraint:
     def __init__(self, theta: torch.Tensor, r0: float, P: SparseSignProjection | None = None) -> None:
         if not isinstance(theta, torch.Tensor) or theta.ndim != 1:
             raise TypeError(f"theta: got {_checks.describe(theta)}, expected a 1-d tensor (a parameter)")
+        if theta.numel() == 0 or not theta.is_floating_point():
+            raise ValueError(f"theta: got {_checks.describe(theta)}, expected a non-empty floating 1-d tensor")
+        _checks.finite("theta", theta.detach(), "a finite parameter")
         self.theta = theta
         self.r0 = _checks.float_arg("r0", r0, low=0.0, high=math.inf, low_open=True)
         if P is not None and P.d != theta.numel():
-            raise ValueError(f"P: got a {P.D} x {P.d} projection, expected d = {theta.numel()} columns "
-                             f"to match theta")
+            raise ValueError(f"theta: got length {theta.numel()}, expected P.d = {P.d} (P is a {P.D} x {P.d} "
+                             "projection)")
         self.P = P
         self._old: tuple[torch.Tensor, torch.Tensor] | None = None  # (theta, its normal) before the step
         self._image: tuple[tuple[int, int, int], torch.Tensor] | None = None  # see remember_image

@@ -12,13 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _checks
 from ._affine import AffineCache, input_layers
 from ._fastops import fast_loss
 from ._flat import FlatLayout
+from ._runlock import locks_file
 from .directions import Directions, random_directions
-from .executor import get_executor
+from .executor import ExecutorLost, get_executor
 from .landscape import BN_MODES, _Batches
-from .surface_io import read_surface, write_surface, write_vtp
+from .surface_io import DamagedSurfaceFile, read_surface, write_surface, write_vtp
 
 __all__ = ["Surface", "surface"]
 
@@ -76,7 +78,10 @@ def _axis(name: str, a, span: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
         if a < 2:
             raise ValueError(f"{name}: got {a} points, expected at least 2")
         return np.linspace(span[0], span[1], int(a))
-    arr = np.array(a, dtype=np.float64)  # a copy: x and y never share the caller's array or each other
+    try:
+        arr = np.array(a, dtype=np.float64)  # a copy: x and y never share the caller's array or each other
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: got {a!r}, expected an int >= 2 or a 1-D array of >= 2 finite coordinates") from None
     if arr.ndim != 1 or arr.shape[0] < 2 or not np.all(np.isfinite(arr)):
         raise ValueError(f"{name}: got {a!r}, expected an int >= 2 or a 1-D array of >= 2 finite coordinates")
     return arr
@@ -109,6 +114,8 @@ def _grid(grid, k: int, marks: np.ndarray | None = None) -> tuple[np.ndarray, np
 
 
 def _directions(directions, model: nn.Module, D: int) -> Directions:
+    if directions is None:
+        raise TypeError("directions: got None, expected 'filter', 'layer', 'random', a Directions or a (k, D) array")
     if isinstance(directions, str):
         if directions not in ("filter", "layer", "random"):
             raise ValueError(f"directions: got {directions!r}, expected 'filter', 'layer', 'random', a "
@@ -117,13 +124,39 @@ def _directions(directions, model: nn.Module, D: int) -> Directions:
     if not isinstance(directions, Directions):
         if isinstance(directions, (list, tuple)):
             directions = [torch.as_tensor(d).detach().cpu().double().reshape(-1).numpy() for d in directions]
-        vec = np.atleast_2d(np.asarray(torch.as_tensor(np.asarray(directions)).double().numpy()))
+        t = _checks.as_tensor("directions", directions)
+        expected = f"a finite floating (k, {D}) array, k = 1 or 2 (D: the model's parameter count)"
+        if t.ndim not in (1, 2) or not t.is_floating_point() or t.numel() == 0:
+            raise ValueError(f"directions: got {_checks.describe(t)}, expected {expected}")
+        _checks.finite("directions", t, expected)
+        vec = np.atleast_2d(t.double().cpu().numpy())
+        if vec.shape[0] not in (1, 2) or vec.shape[1] != D:
+            raise ValueError(f"directions: got shape {vec.shape}, expected {expected}")
         directions = Directions(vec, {"kind": "given"})
     if directions.vectors.ndim != 2 or directions.vectors.shape[0] not in (1, 2) or \
             directions.vectors.shape[1] != D:
         raise ValueError(f"directions: got shape {directions.vectors.shape}, expected (1, {D}) or (2, {D}) "
                          "(the model's parameter count)")
     return directions
+
+
+def _check_batch(name: str, model: nn.Module, loss_fn: Callable, batches) -> None:
+    """A named error, before any work, when the model or loss_fn cannot take the first batch of `name`
+    (inputs of the wrong shape or dtype, targets the loss does not accept)."""
+    if batches is None:
+        return
+    X, Y = next(iter(batches))
+    was_training = model.training
+    model.eval()  # a BatchNorm in training mode would move its running statistics
+    try:
+        with torch.no_grad():
+            loss_fn(model(X), Y)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"{name}: got a batch of inputs {_checks.describe(X)} and targets {_checks.describe(Y)} "
+                         f"that the model and loss_fn cannot evaluate ({exc}); expected batches of the shape "
+                         "the model takes") from None
+    finally:
+        model.train(was_training)
 
 
 def _batches(name: str, data, max_batches: int | None):
@@ -223,25 +256,31 @@ def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
     return out
 
 
-def _resume(file, x, y, center, dirs) -> Surface | None:
-    """The surface already in `file` when its grid, centre and directions match ours, else an error."""
-    if file is None or not os.path.exists(file):
+def _resume(file, x, y, center, dirs, overwrite: bool) -> Surface | None:
+    """The surface already in `file` when its grid, centre and directions match ours, else an error
+    (None: no file, or overwrite)."""
+    if file is None or overwrite or not os.path.exists(file):
         return None
-    old = Surface.load(file)
+    try:
+        old = Surface.load(file)
+    except DamagedSurfaceFile as exc:
+        raise DamagedSurfaceFile(f"{exc}; pass overwrite=True to compute the surface afresh into it, or a new "
+                                 "path") from None
     same = old.x.shape == x.shape and np.allclose(old.x, x) and (old.y is None) == (y is None) and \
         (y is None or old.y.shape == y.shape and np.allclose(old.y, y))
     same = same and old.center is not None and np.allclose(old.center, center) and \
         old.directions is not None and old.directions.shape == dirs.shape and np.allclose(old.directions, dirs)
     if not same:
         raise ValueError(f"file: {file!r} holds a different surface (grid, centre or directions), expected "
-                         "the same one to resume, or a new path")
+                         "the same one to resume, a new path, or overwrite=True")
     return old
 
 
+@locks_file("file")  # one writer per surface file: a second live process is refused
 def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, center=None,
             metrics: dict[str, Callable] | None = None, test_data=None, bn: str = "eval", file: str | None = None,
             executor=None, max_batches: int | None = None, progress: bool = False,
-            affine: bool = True) -> Surface:
+            affine: bool = True, overwrite: bool = False) -> Surface:
     """The loss surface of `model` at center + x u (+ y v) on a grid.
 
     directions: a Directions (lscape.directions.random_directions / plane_through / pca_directions), a
@@ -258,7 +297,10 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     bn: 'eval' uses the running statistics as they are; 'recompute' re-estimates them at every point
       with one pass over `data` (torch.optim.swa_utils.update_bn): one extra pass per point.
     file: a .h5/.npz path written after every row; an existing file of the same surface is resumed
-      (only the cells not yet computed are evaluated).  executor: rows are chunks of
+      (only the cells not yet computed are evaluated); a damaged file (torn, truncated, failing its checksum)
+      or one of another surface is refused by name, and replaced only with overwrite=True.  While a call
+      writes `file`, a second process asking for it is refused (lscape._runlock: FILE.lock beside it).
+      executor: rows are chunks of
       lscape.executor.get_executor(executor).map_chunks.
     affine: with bn='eval', the layers that read the input (an nn.Linear / nn.Conv whose input does not
       depend on the parameters, such as the first layer of an MLP or CNN) get their products X W0, X U,
@@ -266,6 +308,10 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     Returns a Surface with values train_loss, train_acc, test_loss, test_acc, train_<name>, ..."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: got {type(model).__name__}, expected a torch.nn.Module")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn: got {_checks.describe(loss_fn)}, expected a callable loss_fn(outputs, targets)")
+    if data is None:
+        raise TypeError("data: got None, expected (inputs, targets) or a re-iterable of such batches")
     if bn not in BN_MODES:
         raise ValueError(f"bn: got {bn!r}, expected one of {BN_MODES}")
     metrics = dict(metrics or {})
@@ -276,18 +322,19 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     dirs = _directions(directions, model, layout.dim)
     if center is None:
         center = dirs.center if dirs.center is not None else layout.flatten(model).double().cpu().numpy()
-    center = np.asarray(torch.as_tensor(center).detach().cpu().double().numpy()).reshape(-1)
-    if center.shape[0] != layout.dim:
-        raise ValueError(f"center: got length {center.shape[0]}, expected {layout.dim}")
+    center = _checks.vector_arg("center", center, layout.dim).cpu().numpy()
     marks = [m for m in (dirs.trajectory, dirs.points) if m is not None]
     x, y = _grid(grid, dirs.vectors.shape[0], np.vstack(marks) if marks else None)
     shape = x.shape if y is None else (x.shape[0], y.shape[0])
-    s = _resume(file, x, y, center, dirs.vectors) or Surface(
+    s = _resume(file, x, y, center, dirs.vectors, overwrite) or Surface(
         x, y, {}, np.zeros(shape, bool), dirs.vectors, center, dict(dirs.info, bn=bn), dirs.trajectory, dirs.points)
     train = _batches("data", data, max_batches)
     model = copy.deepcopy(model)
+    test = _batches("test_data", test_data, max_batches)
+    for name, batches in (("data", train), ("test_data", test)):
+        _check_batch(name, model, loss_fn, batches)
     layers = input_layers(model, layout, next(iter(train))[0]) if affine and bn == "eval" else ()
-    sh = _Shared(model, loss_fn, metrics, train, _batches("test_data", test_data, max_batches), layers, bn,
+    sh = _Shared(model, loss_fn, metrics, train, test, layers, bn,
                  center, dirs.vectors, x, y, ~s.done)
     rows = [i for i in range(x.shape[0]) if sh.todo[i].any()]
 
@@ -298,8 +345,17 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
                 s.values.setdefault(k, np.full(shape, np.nan))[idx] = v
             s.done[idx] = True
         if file is not None:
-            s.save(file)
+            try:
+                s.save(file)
+            except OSError as exc:  # a full disk, a read-only folder: the file keeps the rows saved before
+                msg = (f"file: could not write {file} ({exc.strerror or exc}); its earlier rows are intact: free "
+                       "space or fix the folder, then call again with the same file= to continue")
+                raise (type(exc)(exc.errno, msg) if exc.errno else OSError(msg)) from exc
 
-    get_executor(executor).map_chunks(_eval_row, rows, shared=sh, on_result=on_result, label="surface",
-                                      progress=progress)
+    try:
+        get_executor(executor).map_chunks(_eval_row, rows, shared=sh, on_result=on_result, label="surface",
+                                          progress=progress)
+    except ExecutorLost as exc:
+        where = f"; the finished rows are in {file}: call again with the same file= to continue" if file else ""
+        raise ExecutorLost(f"{exc}{where}", finished=exc.finished, pending=exc.pending) from exc
     return s

@@ -25,6 +25,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .. import _checks
+
 __all__ = ["Split", "cifar10", "digits", "fashion_mnist", "load", "mnist", "two_moons", "xor"]
 
 _HERE = Path(__file__).resolve().parent
@@ -65,9 +67,16 @@ class Split(NamedTuple):
         return int(max(self.y_train.max(), self.y_test.max())) + 1
 
 
+def _split_args(test_fraction, seed) -> tuple[float, int]:
+    """test_fraction in (0, 1) and seed >= 0, checked."""
+    f = _checks.float_arg("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True)
+    if f == 1.0:
+        raise ValueError(f"test_fraction: got {f!r}, expected a number in (0, 1)")
+    return f, _checks.int_arg("seed", seed, low=0)
+
+
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> Split:
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction: got {test_fraction!r}, expected a number in (0, 1)")
+    test_fraction, seed = _split_args(test_fraction, seed)
     order = np.random.default_rng(seed).permutation(len(y))
     n_test = int(round(test_fraction * len(y)))
     te, tr = order[:n_test], order[n_test:]
@@ -78,6 +87,7 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> Spl
 def digits(*, test_fraction: float = 0.2, seed: int = 0) -> Split:
     """The 1,797 8x8 handwritten digits embedded in lscape (UCI optdigits as scikit-learn bundles it;
     see data/README.md), pixels / 16, split at random (seeded) into train and test."""
+    _split_args(test_fraction, seed)  # before the file is read
     raw = np.loadtxt(gzip.open(_HERE / "digits.csv.gz", "rt"), delimiter=",", dtype=np.float64)
     return _split(raw[:, :-1] / 16.0, raw[:, -1].astype(np.int64), test_fraction, seed)
 
@@ -220,6 +230,9 @@ def load(name: str, data_dir=None) -> Split:
 def two_moons(n: int = 200, *, noise: float = 0.1, test_fraction: float = 0.5, seed: int = 0) -> Split:
     """Two interleaving half circles in 2D (scikit-learn's make_moons construction), n points, Gaussian
     noise of sd `noise`; labels 0 and 1."""
+    n = _checks.int_arg("n", n, low=2)
+    noise = _checks.float_arg("noise", noise, low=0.0, high=math.inf)
+    seed = _checks.int_arg("seed", seed, low=0)
     rng = np.random.default_rng(seed)
     a = n // 2
     t0, t1 = np.linspace(0, np.pi, a), np.linspace(0, np.pi, n - a)

@@ -16,7 +16,7 @@ EXPERIMENTS = {"bosman": "bosman", "gamst-walker": "gamst_walker", "goodfellow":
 def get(name: str):
     """The module of experiment `name` (it has SCALES, Config and run(...))."""
     if name not in EXPERIMENTS:
-        raise ValueError(f"experiment: got {name!r}, expected one of {', '.join(map(repr, EXPERIMENTS))}")
+        raise ValueError(f"name: got {name!r}, expected one of the experiments {', '.join(map(repr, EXPERIMENTS))}")
     return importlib.import_module(f"{__name__}.{EXPERIMENTS[name]}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import sys
 import time
 import types
@@ -22,11 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from .. import _runlock
 from ..executor import Executor, get_executor
 from .io import (
     ChunkBudget,
+    DamagedCheckpointWarning,
     RunDir,
     RunInterrupted,
+    RunStopped,
     atomic_savez,
     atomic_write_json,
     checkpointed_chunks,
@@ -35,7 +39,8 @@ from .io import (
 )
 from .training import resolve_device, torch_threads
 
-__all__ = ["SCALES", "ChunkBudget", "Context", "RunDir", "RunInterrupted", "atomic_savez", "config_of",
+__all__ = ["SCALES", "ChunkBudget", "Context", "DamagedCheckpointWarning", "RunDir", "RunInterrupted",
+           "RunStopped", "atomic_savez", "config_of",
            "module_functions", "config_dict", "finish_run", "load_npz", "replot", "require_matplotlib",
            "resolve_device", "save_figures", "start", "torch_threads"]
 
@@ -87,18 +92,30 @@ class Context:
 
     def finish(self, module: types.ModuleType, res: Mapping[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         """results.npz, the session's seconds, the figures (when matplotlib was asked for) and summary.json."""
-        return finish_run(self.rd, res, summary, self.t0, module.PLOTS if self.plt is not None else None,
-                          self.cfg, self.plt)
+        summary = finish_run(self.rd, res, summary, self.t0, module.PLOTS if self.plt is not None else None,
+                             self.cfg, self.plt)
+        _runlock.folder_lock(self.rd.path).release_held()
+        return summary
 
 
 def start(cfg, out, *, resume: bool, progress: bool, stop_after_chunks: int | None, figures: bool,
           executor: str | Executor | None) -> Context:
     """The preamble of every run(): matplotlib first when figures are wanted (fail before hours of work,
     not after), the executor (a bad name or an unreachable cluster fails before any work), then the run
-    folder (refusing a foreign config on resume)."""
+    folder: its lock (a second live run into it is refused; released by finish(), or when this process
+    ends), and its config (refusing a foreign one on resume)."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out: got {type(out).__name__} {out!r}, expected a folder path (str or os.PathLike)")
     plt = require_matplotlib() if figures else None
     ex = get_executor(executor)
-    rd = RunDir(out, config_dict(cfg), resume=resume)
+    try:
+        _runlock.folder_lock(out, "out").acquire()
+        rd = RunDir(out, config_dict(cfg), resume=resume)
+    except (FileExistsError, ValueError):
+        raise
+    except OSError as exc:  # read-only, no permission, a file in the way, a full disk
+        raise type(exc)(f"out: cannot write the run folder {out} ({exc.strerror or exc}); choose a "
+                        "writable folder") from exc
     return Context(rd, cfg, ex, ChunkBudget(stop_after_chunks), progress, plt, time.perf_counter())
 
 

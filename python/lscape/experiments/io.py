@@ -2,7 +2,11 @@
 
 A run folder holds
     config.json        the resolved config (a resumed run must have the same one)
-    checkpoints/*.npz  one file per finished chunk or stage, written atomically (temp file, fsync, replace)
+    checkpoints/*.npz  one file per finished chunk or stage, written atomically (temp file, fsync, replace),
+                       with the SHA-256 of its arrays inside: a torn, truncated or corrupted file (a filesystem
+                       without atomic rename, a bad sector, a copy cut short) is detected on resume, moved
+                       aside as *.npz.damaged with a DamagedCheckpointWarning, and its chunk recomputed
+    .lscape.lock       the owner's pid, host and start time while a run holds the folder (lscape._runlock)
     results.npz        every number the figures are drawn from
     summary.json       the headline numbers
     *.png              the figures
@@ -10,20 +14,51 @@ A run folder holds
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import warnings
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..executor import Executor
+from ..executor import Executor, ExecutorLost
 
 
 class RunInterrupted(RuntimeError):
     """Raised by a run told to stop early (stop_after_chunks): its checkpoints are on disk, resume it."""
+
+
+class RunStopped(RuntimeError):
+    """A run stopped by a fault of the machine, not of its input (the cluster lost its tasks, the disk is
+    full or read-only): every finished chunk is on disk, intact; resume the run to continue.
+    out: the run folder; finished / total: the chunks of the stage on disk / in all."""
+
+    def __init__(self, message: str, *, out: Path, finished: int, total: int) -> None:
+        super().__init__(message)
+        self.out, self.finished, self.total = out, finished, total
+
+
+class DamagedCheckpointWarning(UserWarning):
+    """A checkpoint file failed its checksum or could not be read: it is not loaded, and is recomputed."""
+
+
+CHECKSUM_KEY = "__sha256__"  # inside every checkpoint: the digest of the other arrays
+
+
+def arrays_digest(arrays: Mapping[str, Any]) -> str:
+    """SHA-256 of named arrays: names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -63,7 +98,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
     path = Path(path)
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as z:
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # our handle: closed even on a bad file
         return {k: z[k] for k in z.files}
 
 
@@ -98,10 +133,33 @@ class RunDir:
         return self.path / name
 
     def load(self, stage: str) -> dict[str, np.ndarray] | None:
-        return load_npz(self.ckpt / f"{stage}.npz")
+        """The arrays of checkpoint `stage`; None when it is missing or damaged (a damaged file is moved
+        aside to <stage>.npz.damaged with a DamagedCheckpointWarning naming it, so its chunk is recomputed)."""
+        path = self.ckpt / f"{stage}.npz"
+        try:
+            arrays = load_npz(path)
+        except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as exc:
+            return self._damaged(path, f"unreadable: {type(exc).__name__}: {exc}")
+        if arrays is None:
+            return None
+        stored = arrays.pop(CHECKSUM_KEY, None)
+        if stored is None:
+            return self._damaged(path, "no checksum inside")
+        if str(stored) != arrays_digest(arrays):
+            return self._damaged(path, "checksum mismatch")
+        return arrays
+
+    def _damaged(self, path: Path, why: str) -> None:
+        aside = path.with_name(path.name + ".damaged")
+        os.replace(path, aside)
+        warnings.warn(f"checkpoint {path} is damaged ({why}); it is not loaded, its chunk is recomputed "
+                      f"(the file is kept as {aside.name})", DamagedCheckpointWarning, stacklevel=3)
+        return None
 
     def save(self, stage: str, arrays: Mapping[str, Any]) -> None:
-        atomic_savez(self.ckpt / f"{stage}.npz", arrays)
+        """Checkpoint `stage` atomically, with the checksum of its arrays inside."""
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        atomic_savez(self.ckpt / f"{stage}.npz", {**arrays, CHECKSUM_KEY: np.array(arrays_digest(arrays))})
 
 
 class ChunkBudget:
@@ -127,11 +185,27 @@ def checkpointed_chunks(rd: RunDir, names: Sequence[str], fn: Callable[[int, Any
     todo = [i for i, n in enumerate(names) if rd.load(n) is None]
 
     def save(i: int, result: Mapping[str, Any]) -> None:
-        rd.save(names[i], result)
+        try:
+            rd.save(names[i], result)
+        except OSError as exc:  # a full disk, a read-only or vanished folder: earlier files stay intact
+            raise _stopped(rd, names, f"out: could not write checkpoint {rd.ckpt / names[i]}.npz "
+                                      f"({exc.strerror or exc})") from exc
         budget.tick()
 
-    executor.map_chunks(fn, todo, shared=shared, on_result=save, label=label, progress=progress)
+    try:
+        executor.map_chunks(fn, todo, shared=shared, on_result=save, label=label, progress=progress)
+    except ExecutorLost as exc:
+        raise _stopped(rd, names, str(exc)) from exc
     return [rd.load(n) for n in names]
+
+
+def _stopped(rd: RunDir, names: Sequence[str], why: str) -> RunStopped:
+    """A RunStopped naming the fault and this stage's finished chunks."""
+    done = [n for n in names if (rd.ckpt / f"{n}.npz").exists()]
+    shown = ", ".join(done[:8]) + (", ..." if len(done) > 8 else "")
+    return RunStopped(f"{why}; {len(done)} of {len(names)} chunks of this stage are finished in {rd.ckpt}"
+                      f"{f' ({shown})' if done else ''} and are kept; resume the run to continue",
+                      out=rd.path, finished=len(done), total=len(names))
 
 
 def config_dict(cfg) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def _basin_args(landscape, theta, threshold, n_rays, r_max, tol, seed, n_scan):
     if not isinstance(landscape, Landscape):
         raise TypeError(f"landscape: got {_checks.describe(landscape)}, expected a lscape.Landscape")
     D = landscape.dim
-    t = torch.as_tensor(theta) if not isinstance(theta, torch.Tensor) else theta
+    t = _checks.as_tensor("theta", theta)
     if tuple(t.shape) not in ((D,), (1, D)) or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
         raise ValueError(f"theta: got {_checks.describe(theta)}, expected one finite floating point of shape "
                          f"({D},) or (1, {D})")

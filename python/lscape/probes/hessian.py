@@ -18,6 +18,7 @@ def hessian(landscape: Landscape, thetas: torch.Tensor, *, chunk: int | None = N
         raise TypeError(f"landscape: got {_checks.describe(landscape)}, expected a lscape.Landscape")
     t = landscape.check_points(thetas)
     D = landscape.dim
+    _checks.finite("thetas", t, f"finite points of shape (B, {D})")  # a Hessian at NaN is NaN: say so at once
     if chunk is None:
         chunk = max(1, _MAX_ELEMS // (D * D))
     chunk = _checks.int_arg("chunk", chunk, low=1)

@@ -154,7 +154,10 @@ def project_trajectory(thetas, theta_i, theta_f) -> tuple[torch.Tensor, torch.Te
     Returns (coord (T,), residual (T,)), float64, computed in float64."""
     ti = _checks.vector_arg("theta_i", theta_i, None)
     D = ti.shape[0]
-    tf = _checks.vector_arg("theta_f", theta_f, D, ti.device)
+    tf = _checks.vector_arg("theta_f", theta_f, None, ti.device)
+    if tf.shape[0] != D:  # either may be the wrong one: name both
+        raise ValueError(f"theta_f: got {_checks.describe(tf)}, expected a vector of shape ({D},), the length of "
+                         "theta_i (theta_i and theta_f are two points of one length D)")
     T = _checks.as_tensor("thetas", thetas)
     if T.ndim != 2 or T.shape[1] != D or not T.is_floating_point():
         raise ValueError(f"thetas: got {_checks.describe(T)}, expected a floating tensor of shape (T, {D}) "

@@ -34,6 +34,20 @@ class NEBConfig:
     a_start: float = 0.1
     f_a: float = 0.99
 
+    def __post_init__(self) -> None:
+        """Every field checked by name (a NEBConfig built by hand is refused before any kernel runs)."""
+        from .._checks import choice_arg, float_arg, int_arg
+
+        inf = float("inf")
+        choice_arg("method", self.method, METHODS)
+        float_arg("k", self.k, low=0.0, high=inf)
+        float_arg("fmax", self.fmax, low=0.0, high=inf)
+        for name in ("maxstep", "lr", "dt", "dt_max", "f_inc", "f_dec", "a_start", "f_a"):
+            float_arg(name, getattr(self, name), low=0.0, high=inf, low_open=True)
+        int_arg("n_min", self.n_min, low=0)
+        if not isinstance(self.climb, (bool, int)):
+            raise TypeError(f"climb: got {type(self.climb).__name__} {self.climb!r}, expected a bool")
+
     def as_tuple(self) -> tuple:
         """(k, climb, method, fmax_tol, maxstep, lr, dt_max, n_min, f_inc, f_dec, a_start, f_a) for the
         kernels (neb.h Config)."""

@@ -65,7 +65,8 @@ def make_spec(D: int, d: int, seed: int, density: float) -> ProjSpec:
 
 
 def _gaps(h: np.ndarray, spec: ProjSpec) -> np.ndarray:
-    t = rng.log2_approx(rng.uniform24(h)) * np.float32(spec.cinv)
+    with np.errstate(over="ignore"):  # cinv = -FLT_MAX (a subnormal density): inf, cut to S just below
+        t = rng.log2_approx(rng.uniform24(h)) * np.float32(spec.cinv)
     # min(t, S) truncates to S exactly (a float32 integer), as draw_gap in projection.h
     return np.minimum(t, np.float32(spec.seg_rows)).astype(np.int64)
 
