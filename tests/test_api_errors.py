@@ -25,15 +25,16 @@ import torch
 from lscape import _backend, experiments
 from torch import nn
 
-MODULES = ("probes", "directions", "plot", "data", "executor")
+MODULES = ("probes", "directions", "plot", "data", "executor", "checkpoints")
 
 # Result and record types: lscape builds them and hands them back (a user never calls their constructor).
 RECORDS = {"lscape.BackendInfo", "lscape.NEBResult", "lscape.TrainResult", "lscape.TrainState",
            "lscape.RandomWalkFit", "lscape.OffSphereError", "lscape.Surface", "lscape.probes.BasinResult",
            "lscape.probes.WalkResult", "lscape.data.Split", "lscape.executor.ExecutorLost",
-           "lscape.executor.Executor", "lscape.executor.LocalExecutor"}
+           "lscape.executor.Executor", "lscape.executor.LocalExecutor", "lscape.IntrinsicDimension",
+           "lscape.checkpoints.CheckpointMismatchError", "lscape.checkpoints.CheckpointNotFound"}
 # Public names that are not callables to check (modules, constants, the version).
-NOT_CALLABLE = {"lscape.data", "lscape.probes", "lscape.__version__", "lscape.executor.EXECUTORS"}
+NOT_CALLABLE = {"lscape.data", "lscape.probes", "lscape.checkpoints", "lscape.__version__", "lscape.executor.EXECUTORS"}
 
 
 def public_names() -> dict[str, Any]:
@@ -90,6 +91,18 @@ def _mlp_xy():
 def _neb_result():
     return lscape.neb(_landscape(), torch.tensor([1.0, 0.0, 0.0]), torch.tensor([-1.0, 0.0, 0.0]), n_images=5,
                       steps=2)
+
+
+def _checkpoint_folder() -> str:
+    """A folder holding one checkpoint (the test runs in its tmp_path)."""
+    import os
+    os.makedirs("ckpt", exist_ok=True)
+    torch.save(_model().state_dict(), "ckpt/step_1.pt")
+    return "ckpt"
+
+
+def _intrinsic():
+    return lscape.intrinsic_dimension(_model(), nn.functional.cross_entropy, _batch(), dims=[2], batch_size=8)
 
 
 @dataclasses.dataclass
@@ -189,6 +202,17 @@ CALLS: dict[str, Call] = {
     "lscape.executor.RayExecutor": Call(lambda: {}, checked=("num_cpus",), none_ok=("num_cpus",)),
     "lscape.executor.get_executor": Call(lambda: {}, checked=("executor",), none_ok=("executor",)),
     "lscape.experiments.run": Call(lambda: {"name": "bosman"}),
+    "lscape.intrinsic_dimension": Call(lambda: {"model": _model(), "loss_fn": nn.functional.cross_entropy,
+                                                "data": _batch(), "dims": [2], "batch_size": 8},
+                                       batches=("data",), checked=("dims", "threshold", "metric", "optimizer"),
+                                       none_ok=("dims",)),
+    "lscape.plot.intrinsic_dimension": Call(lambda: {"result": _intrinsic()}),
+    "lscape.plot.interactive": Call(lambda: {"surface": _surface()}, checked=("quantity",)),
+    "lscape.checkpoints.load_checkpoint": Call(lambda: {"checkpoint": torch.zeros(26), "model": _model()},
+                                               tensors={"checkpoint": 26}),
+    "lscape.checkpoints.load_checkpoints": Call(lambda: {"checkpoints": torch.randn(3, 26), "model": _model()},
+                                                tensors={"checkpoints": None}),
+    "lscape.checkpoints.checkpoint_files": Call(lambda: {"checkpoints": _checkpoint_folder()}),
 }
 for _exp in experiments.EXPERIMENTS:
     CALLS[f"lscape.experiments.{_exp}.run"] = Call(lambda: {}, checked=("scale", "out"))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from lscape import intrinsic
+from lscape._runlock import RunLocked, StaleLockWarning, hold_file
 from lscape.experiments.io import load_npz
 from torch import nn
 from torch.nn import functional as F
@@ -288,9 +289,21 @@ def test_a_study_killed_mid_run_resumes_to_the_same_result(tmp_path, one_torch_t
     kept_runs = set(zip(kept["run_d"].tolist(), kept["run_seed"].tolist(), strict=True))
     assert 3 <= len(kept_runs) < 8 and "result" not in str(kept["meta"])
     retrained = []
-    resumed = small_study(f, on_run=lambda d, s, r: retrained.append((d, s)))
+    with pytest.warns(StaleLockWarning, match="killed.npz"):  # the killed study's lock is taken over
+        resumed = small_study(f, on_run=lambda d, s, r: retrained.append((d, s)))
     assert not kept_runs & set(retrained) and len(kept_runs) + len(retrained) == 8
     assert_same(resumed, small_study())  # equal to an uninterrupted study, bit for bit
+
+
+def test_a_study_file_held_by_a_live_run_is_refused(tmp_path):
+    f = tmp_path / "held.npz"
+    with hold_file(f, "file"), pytest.MonkeyPatch.context() as mp:
+        import lscape._runlock as runlock
+
+        mp.setattr(runlock, "_HELD", {})  # as if another live process held it (this pid is alive)
+        with pytest.raises(RunLocked, match=r"file .*held\.npz"):
+            small_study(f)
+    assert not f.exists()
 
 
 def test_a_study_on_ray_equals_local(ray_executor, tmp_path):

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import vector_arg
 from ._flat import FlatLayout
 
-__all__ = ["CheckpointMismatchError", "load_checkpoint", "load_checkpoints", "checkpoint_files"]
+__all__ = ["CheckpointMismatchError", "CheckpointNotFound", "load_checkpoint", "load_checkpoints", "checkpoint_files"]
 
 # file names a folder of checkpoints is read for (torch.save has no fixed suffix; these are the usual ones)
 SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin")
@@ -34,6 +35,10 @@ NESTED = ("state_dict", "model_state_dict", "model")
 # prefixes that wrappers add to every name: DataParallel / DistributedDataParallel, torch.compile
 PREFIXES = ("module.", "_orig_mod.")
 _SHOWN = 8  # names listed per kind of mismatch; the rest are counted
+
+
+class CheckpointNotFound(FileNotFoundError, ValueError):
+    """A checkpoint path that names no file: a FileNotFoundError, and a ValueError like every bad argument."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -45,10 +50,12 @@ def natural_key(path: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", os.fspath(path))]
 
 
-def checkpoint_files(source: str | os.PathLike, sort_key: Callable[[str], object] | None = None) -> list[str]:
+def checkpoint_files(checkpoints: str | os.PathLike, sort_key: Callable[[str], object] | None = None) -> list[str]:
     """The checkpoint files of a folder (names ending in .pt, .pth, .ckpt, .tar, .bin) or a glob pattern,
     sorted by sort_key(path) (default: natural order).  Raises FileNotFoundError when there are none."""
-    src = os.fspath(source)
+    if not isinstance(checkpoints, (str, os.PathLike)):
+        raise TypeError(f"checkpoints: got {type(checkpoints).__name__}, expected a folder or a glob pattern")
+    src = os.fspath(checkpoints)
     if os.path.isdir(src):
         files = [os.path.join(src, f) for f in os.listdir(src) if f.endswith(SUFFIXES) and not f.startswith(".")]
         where = f"folder {src!r} (files ending in {', '.join(SUFFIXES)})"
@@ -57,7 +64,7 @@ def checkpoint_files(source: str | os.PathLike, sort_key: Callable[[str], object
         where = f"glob {src!r}"
     files = [f for f in files if os.path.isfile(f)]
     if not files:
-        raise FileNotFoundError(f"checkpoints: got {where}, which holds no checkpoint file")
+        raise CheckpointNotFound(f"checkpoints: got {where}, which holds no checkpoint file; expected at least one")
     return sorted(files, key=natural_key if sort_key is None else sort_key)
 
 
@@ -127,46 +134,45 @@ def _flat(item, layout: FlatLayout, model: nn.Module, where: str) -> np.ndarray:
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{where}: got {path!r}, expected an existing checkpoint file")
+            raise CheckpointNotFound(f"{where}: got {path!r}, expected an existing checkpoint file")
         return _flat(_read(path), layout, model, f"{where} ({path!r})")
     if isinstance(item, nn.Module):
         return _from_state_dict(dict(item.named_parameters()), layout, set(), where)
     if isinstance(item, Mapping):
         return _from_state_dict(item, layout, _ignored(model, layout), where)
     if isinstance(item, (torch.Tensor, np.ndarray, list, tuple)):
-        v = torch.as_tensor(item).detach().to("cpu", torch.float64).reshape(-1).numpy()
-        if v.shape[0] != layout.dim:
-            raise ValueError(f"{where}: got a vector of length {v.shape[0]}, expected {layout.dim} (the model's "
-                             "parameter count)")
-        return v
+        return vector_arg(where, item, layout.dim).numpy()
     raise TypeError(f"{where}: got {type(item).__name__}, expected a module, a flat vector, a state_dict or the "
                     "path of a checkpoint file")
 
 
-def load_checkpoint(item, model: nn.Module, *, name: str = "checkpoint") -> np.ndarray:
+def load_checkpoint(checkpoint, model: nn.Module, *, name: str = "checkpoint") -> np.ndarray:
     """One checkpoint (module, vector, state_dict or file) -> (D,) float64 in FlatLayout order of model.
     `name` is the argument named in errors."""
-    return _flat(item, FlatLayout.of(model), model, name)
+    return _flat(checkpoint, FlatLayout.of(model), model, name)
 
 
-def load_checkpoints(source, model: nn.Module, *, sort_key: Callable[[str], object] | None = None,
+def load_checkpoints(checkpoints, model: nn.Module, *, sort_key: Callable[[str], object] | None = None,
                      name: str = "checkpoints") -> tuple[np.ndarray, list[str]]:
     """A folder, a glob pattern, or an iterable of checkpoints -> ((T, D) float64, T labels: the file paths,
     or '<name>[i]' for checkpoints given as objects).  sort_key orders a folder's or glob's files
     (default: natural order); an iterable keeps its own order."""
     layout = FlatLayout.of(model)
-    if isinstance(source, (str, os.PathLike)):
-        src = os.fspath(source)
+    if isinstance(checkpoints, (str, os.PathLike)):
+        src = os.fspath(checkpoints)
         if not (os.path.isdir(src) or _is_pattern(src)):
             raise ValueError(f"{name}: got {src!r}, expected a folder or a glob pattern of checkpoint files (or a "
                              "list of checkpoints)")
         items: list = checkpoint_files(src, sort_key)
         labels = list(items)
-    elif isinstance(source, (nn.Module, Mapping, torch.Tensor, np.ndarray)) or not isinstance(source, Iterable):
-        raise TypeError(f"{name}: got {type(source).__name__}, expected a folder, a glob pattern or a list of "
-                        "checkpoints (modules, flat vectors, state_dicts or file paths)")
+    elif isinstance(checkpoints, (torch.Tensor, np.ndarray)) and checkpoints.ndim == 2:  # (T, D): a vector a row
+        items, labels = list(checkpoints), [f"{name}[{i}]" for i in range(len(checkpoints))]
+    elif isinstance(checkpoints, (nn.Module, Mapping, torch.Tensor, np.ndarray)) or \
+            not isinstance(checkpoints, Iterable):
+        raise TypeError(f"{name}: got {type(checkpoints).__name__}, expected a folder, a glob pattern, a (T, D) "
+                        "tensor or a list of checkpoints (modules, flat vectors, state_dicts or file paths)")
     else:
-        items = list(source)
+        items = list(checkpoints)
         labels = [os.fspath(c) if isinstance(c, (str, os.PathLike)) else f"{name}[{i}]" for i, c in enumerate(items)]
     if not items:
         raise ValueError(f"{name}: got none, expected at least one checkpoint")

@@ -38,10 +38,12 @@ import torch
 from torch import nn
 
 from . import _checks
+from ._runlock import hold_file
 from .executor import get_executor
 from .experiments.io import atomic_savez, load_npz
 from .landscape import _Batches
 from .subspace import Subspace
+from .surface import _check_batch
 
 __all__ = ["IntrinsicDimension", "intrinsic_dimension", "OPTIMIZERS", "METRICS"]
 
@@ -542,6 +544,9 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
         raise TypeError(f"loss_fn: got {_checks.describe(loss_fn)}, expected fn(outputs, targets) -> scalar")
     data, _ = _data_arg("data", data)
     test = data if test_data is None else _data_arg("test_data", test_data)[0]
+    for name, given in (("data", data), ("test_data", test_data)):
+        if given is not None:
+            _check_batch(name, probe, loss_fn, _Batches(given, name, None))
     dims = _dims_arg(dims, D)
     threshold = _checks.float_arg("threshold", threshold, low=0.0, high=1.0, low_open=True)
     base = _baseline_arg(baseline)
@@ -578,7 +583,8 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
     sh = _Study(model, loss_fn, metric, data, test, epochs, batch_size, lr, optimizer, opt_kwargs, l2, kind,
                 storage, history)
     search = _Search(search_start, search_factor, search_rtol, search_atol)
-    with _study_lock(file):  # THE call site of issue 28's run-folder lock (see _study_lock)
+    # one writer per study file: a second live process is refused, a dead one's lock taken over (_runlock)
+    with contextlib.nullcontext() if file is None else hold_file(file, "file"):
         runs = _Runs(file, fingerprint, epochs)  # a file of another study is refused here, before any training
         res = _run_study(runs, sh, ex, dims, seed_list, base, threshold, D, search, on_run, progress)
         res.info = {**fingerprint, "baseline": baseline if isinstance(baseline, str) else base,
@@ -596,15 +602,6 @@ class _Search:
     factor: float
     rtol: float
     atol: int
-
-
-def _study_lock(file) -> contextlib.AbstractContextManager:
-    """The lock a study holds on its `file` while it runs, so two processes never write one study.
-
-    ISSUE 28 HOOK: the run-folder lock (lscape/_runlock.py) belongs here, e.g. `return
-    _runlock.lock(file)` when file is not None.  Until it lands this takes no lock; this function is the
-    only place intrinsic_dimension would take one."""
-    return contextlib.nullcontext()
 
 
 def _run_study(runs: _Runs, sh: _Study, ex, dims: list[int] | None, seed_list: list[int], base: float | None,
