@@ -155,12 +155,15 @@ def test_bad_inputs_are_named(run, tmp_path):
     save_run(tmp_path / "two", states[:2])
     with pytest.raises(ValueError, match=r"checkpoints: got 2 \(.*epoch_0\.pt.*expected at least 3"):
         pca_directions(tmp_path / "two", model=model)
-    with pytest.raises(ValueError, match=r"checkpoints\[0\]: got a vector of length 5, expected"):
+    with pytest.raises(ValueError, match=r"checkpoints\[0\]: got tensor of shape \(5,\).*expected a finite floating "
+                                         r"vector of shape \(123,\)"):
         pca_directions([np.zeros(5)] * 3, model=model)
     with pytest.raises(TypeError, match=r"checkpoints\[1\]: got int, expected a module"):
         pca_directions([thetas[0], 7, thetas[2]], model=model)
+    rows = pca_directions(torch.as_tensor(np.stack(thetas)), model=model)  # a (T, D) tensor: one checkpoint a row
+    np.testing.assert_array_equal(rows.vectors, pca_directions(list(thetas), model=model).vectors)
     with pytest.raises(TypeError, match=r"checkpoints: got Tensor, expected a folder"):
-        pca_directions(torch.as_tensor(thetas), model=model)
+        pca_directions(torch.as_tensor(thetas[0]), model=model)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"checkpoints: got folder .*empty.* no checkpoint file"):
         pca_directions(tmp_path / "empty", model=model)
