@@ -28,6 +28,7 @@ import torch
 
 from .. import _checks
 from ..landscape import Landscape
+from . import _krylov
 from .hessian import hessian
 from .lines import _landscape_arg
 from .mlp_hvp import MLPHessian
@@ -36,6 +37,8 @@ __all__ = ["classify_stationary", "hessian_eigs", "hutchinson_trace", "hvp", "sp
 
 WHICH = ("LA", "SA", "LM")
 METHODS = ("lanczos", "dense")
+BASIS_DTYPES = (torch.float64, torch.float32)
+FLOAT32_BASIS_TOL = 1e-5  # the least eigenvector residual (relative to |H|) asked of a float32 Lanczos basis
 DENSE_MAX_DIM = 8192  # a float64 D x D Hessian of 512 MiB; beyond it use Lanczos
 _GROUP_ELEMS = 1 << 27  # float64 Lanczos-basis entries held at once by spectral_density (1 GiB)
 _F64 = torch.float64
@@ -43,27 +46,27 @@ _F64 = torch.float64
 
 # ---- Hessian-vector products ----------------------------------------------------------------------------
 class _HVP:
-    """H(theta) as an operator: (K, D) float64 -> (K, D) float64, the products in the landscape's dtype."""
+    """H(theta) as an operator: (K, D) float64 -> (K, D) float64, the products in the landscape's dtype.
+
+    Three constructions, by landscape: an MLP under cross-entropy (the R-operator written out,
+    probes.mlp_hvp); a module landscape over several batches (streamed: per product, each batch's
+    gradient graph is built, differentiated once per vector and dropped, so at most one batch's graph is
+    held); otherwise the gradient graph of landscape.point_loss, built once and differentiated once per
+    product (double backward: on a BatchNorm ResNet-20 at 128 images, 0.70 s a product against 1.21 s for
+    torch.func.jvp of grad, and vectors batched with is_grads_batched or vmap cost more per vector)."""
 
     def __init__(self, landscape: Landscape, theta: torch.Tensor, batch: int) -> None:
         self.dtype, self.device, self.batch = landscape.dtype, landscape.device, batch
         self._batched = True  # until is_grads_batched meets an op it cannot batch
         theta = theta.detach().to(dtype=self.dtype, device=self.device)
+        self.theta, self._stream, self.g = theta, None, None
         self._mlp = MLPHessian.of(landscape, theta)  # an MLP under cross-entropy: the R-operator written out
         if self._mlp is not None:
             return
-        with torch.enable_grad():
-            self.x = theta.clone().requires_grad_(True)
-            loss = landscape.point_loss(self.x)
-            if loss.shape != ():
-                raise ValueError(f"landscape: the loss of one point is {_checks.describe(loss)}, expected a "
-                                 "scalar")
-            if not loss.requires_grad:  # a constant loss: H = 0
-                self.g = None
-                return
-            (g,) = torch.autograd.grad(loss, self.x, create_graph=True)
-        # a loss linear in theta leaves a gradient with no graph: H = 0
-        self.g = g if g.requires_grad else None
+        self._stream = _batch_loss_terms(landscape)
+        if self._stream is not None:
+            return
+        self.x, self.g = _gradient_graph(landscape.point_loss, theta)
 
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
         out = torch.empty(V.shape, dtype=_F64, device=self.device)
@@ -71,24 +74,82 @@ class _HVP:
             for i, v in enumerate(V):
                 out[i] = self._mlp(v.to(dtype=self.dtype, device=self.device))
             return out
+        if self._stream is not None:
+            out.zero_()
+            for loss in self._stream():  # one batch's graph at a time
+                x, g = _gradient_graph(loss, self.theta)
+                if g is not None:
+                    for i in range(0, V.shape[0], self.batch):
+                        out[i:i + self.batch] += self._apply(
+                            x, g, V[i:i + self.batch].to(dtype=self.dtype, device=self.device))
+            return out
         if self.g is None:
             return out.zero_()
         for i in range(0, V.shape[0], self.batch):
-            out[i:i + self.batch] = self._apply(V[i:i + self.batch].to(dtype=self.dtype, device=self.device))
+            out[i:i + self.batch] = self._apply(self.x, self.g,
+                                                V[i:i + self.batch].to(dtype=self.dtype, device=self.device))
         return out
 
-    def _apply(self, V: torch.Tensor) -> torch.Tensor:
+    def _apply(self, x: torch.Tensor, g: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         if V.shape[0] > 1 and self._batched:
             try:
-                return self._grad(V, batched=True)
+                return _second_derivative(x, g, V, batched=True)
             except (RuntimeError, NotImplementedError):  # an op without a batching rule: one pass per vector
                 self._batched = False
-        return torch.stack([self._grad(v, batched=False) for v in V])
+        return torch.stack([_second_derivative(x, g, v, batched=False) for v in V])
 
-    def _grad(self, v: torch.Tensor, batched: bool) -> torch.Tensor:
-        (hv,) = torch.autograd.grad(self.g, self.x, v, retain_graph=True, allow_unused=True,
-                                    is_grads_batched=batched)
-        return torch.zeros_like(v) if hv is None else hv
+
+def _gradient_graph(loss_fn: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor):
+    """(x, g): x a leaf copy of theta, g = d loss_fn(x) / dx with its graph (create_graph), or g = None when
+    the Hessian is zero (a constant loss, or one linear in theta)."""
+    with torch.enable_grad():
+        x = theta.clone().requires_grad_(True)
+        loss = loss_fn(x)
+        if loss.shape != ():
+            raise ValueError(f"landscape: the loss of one point is {_checks.describe(loss)}, expected a scalar")
+        if not loss.requires_grad:
+            return x, None
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    return x, (g if g.requires_grad else None)
+
+
+def _second_derivative(x: torch.Tensor, g: torch.Tensor, v: torch.Tensor, batched: bool) -> torch.Tensor:
+    """H v = d(g . v)/dx through g's graph (kept for the next product); v (D,) or, batched, (K, D)."""
+    (hv,) = torch.autograd.grad(g, x, v, retain_graph=True, allow_unused=True, is_grads_batched=batched)
+    return torch.zeros_like(v) if hv is None else hv
+
+
+def _batch_loss_terms(landscape: Landscape):
+    """For a Landscape.from_module over more than one batch (BatchNorm in eval mode): a callable that
+    streams, per batch, theta -> (its mean loss) * (its share of the samples), whose sum over batches is
+    the landscape's loss.  None for any other landscape (its point_loss is one graph)."""
+    data = getattr(landscape, "data", None)
+    if getattr(landscape, "module", None) is None or getattr(landscape, "bn", None) != "eval" or data is None:
+        return None
+    n = len(data.data) if hasattr(data.data, "__len__") else None
+    if n is not None and (n if data.max is None else min(n, data.max)) <= 1:
+        return None
+    from .._fastops import narrow_linears
+    from .._flat import FlatLayout
+
+    model, loss_fn = landscape.module, landscape.loss_fn
+    layout, buffers, total = FlatLayout.of(model), dict(model.named_buffers()), data.samples()
+
+    def terms():
+        for X, Y in data:
+            def loss(theta, X=X, Y=Y):
+                with narrow_linears(model):
+                    out = torch.func.functional_call(model, (layout.split(theta), buffers), (X,))
+                return loss_fn(out, Y) * (X.shape[0] / total)
+            yield loss
+    return terms
+
+
+def hessian_operator(landscape: Landscape, theta, batch: int = 32) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The Hessian-vector products every estimator here uses: an operator V (K, D) float64 -> H(theta) V
+    (K, D) float64, products in the landscape's dtype, `batch` vectors per backward pass.  The one place
+    that decides how H v is computed (see _HVP)."""
+    return _HVP(landscape, theta, batch)
 
 
 def _theta_arg(L: Landscape, theta) -> torch.Tensor:
@@ -111,7 +172,7 @@ def hvp(landscape: Landscape, theta, vs, *, batch: int = 32) -> torch.Tensor:
     if V.ndim != 2 or V.shape[1] != L.dim or not V.is_floating_point():
         raise ValueError(f"vs: got {_checks.describe(V)}, expected a floating tensor of shape (K, {L.dim})")
     _checks.finite("vs", V, f"finite vectors of shape (K, {L.dim})")
-    op = _HVP(L, t, _batch_arg(batch))
+    op = hessian_operator(L, t, _batch_arg(batch))
     return op(V).to(L.dtype)
 
 
@@ -128,112 +189,44 @@ def _default_tol(dtype: torch.dtype, vectors: bool) -> float:
     return max(1e-12, 100.0 * eps) if vectors else eps
 
 
-def _orthogonalise(w: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
-    """w (D,) minus its components along the orthonormal rows of Q (j, D), so the Lanczos basis stays
-    orthogonal to working precision: a second sweep only when the first removed most of w (the
-    Daniel-Gragg-Kaufman-Stewart test, |w'| < |w| / sqrt 2; 'twice is enough').  Each sweep reads all of
-    Q, which at D = 55,210 cost as much as a third of the Hessian-vector products when always done twice."""
-    before = float(w.norm())
-    w = w - Q.T @ (Q @ w)
-    if float(w.norm()) < before * 0.7071067811865476:
-        w = w - Q.T @ (Q @ w)
-    return w
+def _basis_size(k: int, D: int, m) -> int:
+    """The Lanczos basis size: m in [k + 2, D] (default min(D, 2k + 10)); D itself when D < k + 2."""
+    if m is None:
+        return min(D, 2 * k + 10)
+    return _checks.int_arg("m", m, low=min(k + 2, D), high=D)
 
 
-def _select(vals, k: int, which: str) -> np.ndarray:
-    """Indices of the k wanted values (a numpy array or a tensor), in the order they are returned."""
-    v = vals.detach().cpu().numpy() if isinstance(vals, torch.Tensor) else np.asarray(vals)
-    key = {"LA": -v, "SA": v}.get(which, -np.abs(v))
-    return np.argsort(key, kind="stable")[:k]
-
-
-def _tridiag_eigh(alpha: list[float], beta: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of the Lanczos tridiagonal T (j x j, j <= a few hundred) in numpy: at these sizes
-    torch's per-op overhead (tensor creation, three diag ops, eigh dispatch) cost more than the solve, and
-    it ran at every step of the convergence check."""
-    T = np.diag(np.asarray(alpha, dtype=np.float64))
-    if beta:
-        b = np.asarray(beta, dtype=np.float64)
-        T += np.diag(b, 1) + np.diag(b, -1)
-    return np.linalg.eigh(T)
-
-
-def _error_bound(vals: np.ndarray, idx: np.ndarray, resid: np.ndarray, vectors: bool) -> np.ndarray:
-    """What convergence is judged on, per wanted Ritz pair: the residual |H y - theta y| (which bounds the
-    eigenvector's error) when vectors are wanted; else the eigenvalue's error bound min(r, r^2 / gap)
-    (Bauer-Fike; Kato-Temple with the gap to the nearest other Ritz value), which reaches a given
-    accuracy several steps before the residual does (15 -> 13 products for the top 5 of a digits MLP)."""
-    if vectors:
-        return resid
-    if len(vals) < 2:
-        return resid
-    d = np.abs(vals[idx][:, None] - vals[None, :])
-    d[np.arange(len(idx)), idx] = np.inf
-    gap = d.min(1)
-    return np.minimum(resid, np.where(gap > 0, resid * resid / np.where(gap > 0, gap, 1.0), resid))
-
-
-def _lanczos_eigs(op: Callable[[torch.Tensor], torch.Tensor], D: int, k: int, m: int, which: str, tol: float,
-                  breakdown: float, gen: torch.Generator, device: torch.device, want_vectors: bool):
-    """Lanczos with full reorthogonalisation on the operator op (float64 (1, D) -> (1, D)).
-
-    Runs at most m steps and stops once the k wanted Ritz pairs have residual |beta_j s_jk| <= tol * |H|
-    (checked from step min(m, 2k) on).  When the Krylov space closes (an invariant subspace: beta ~ 0) it
-    continues from a fresh random vector orthogonal to the basis, so repeated eigenvalues are found."""
-    Q = torch.empty(m, D, dtype=_F64, device=device)  # rows are read only once written
-    alpha: list[float] = []
-    beta: list[float] = []
-    q = torch.randn(D, generator=gen, dtype=_F64).to(device)
-    q /= q.norm()
-    scale = 0.0  # running estimate of |H|: the largest |alpha|, |beta| seen
-    for j in range(m):
-        Q[j] = q
-        w = op(q[None])[0]
-        a = float(q @ w)
-        w = _orthogonalise(w - a * q, Q[:j + 1])  # the three-term recurrence is implied by the full sweep
-        b = float(w.norm())
-        alpha.append(a)
-        scale = max(scale, abs(a), b)
-        if j + 1 == m:
-            break
-        if b <= breakdown * scale:
-            # invariant subspace: restart in the orthogonal complement (T gets a zero off-diagonal)
-            r = _orthogonalise(torch.randn(D, generator=gen, dtype=_F64).to(device), Q[:j + 1])
-            q = r / r.norm()
-            beta.append(0.0)
-            continue
-        if j + 1 >= min(m, 2 * k):
-            vals, S = _tridiag_eigh(alpha, beta)
-            idx = _select(vals, k, which)
-            if bool((_error_bound(vals, idx, b * np.abs(S[-1, idx]), want_vectors) <= tol * scale).all()):
-                break
-        q = w / b
-        beta.append(b)
-    n = len(alpha)
-    vals, S = _tridiag_eigh(alpha, beta[:n - 1])
-    idx = _select(vals, k, which)
-    eigvals = torch.from_numpy(vals[idx].copy()).to(device)
-    if not want_vectors:
-        return eigvals, None, n
-    vecs = torch.from_numpy(np.ascontiguousarray(S[:, idx].T)).to(device) @ Q[:n]  # Ritz vectors (k, D)
-    return eigvals, vecs, n
+def _basis_dtype_arg(basis_dtype) -> torch.dtype:
+    if basis_dtype not in BASIS_DTYPES:
+        raise ValueError(f"basis_dtype: got {basis_dtype!r}, expected torch.float64 or torch.float32")
+    return basis_dtype
 
 
 def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos", iters: int | None = None,
                  seed: int = 0, which: str = "LA", *, tol: float | None = None, return_vectors: bool = False,
-                 batch: int = 32) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                 batch: int = 32, m: int | None = None,
+                 basis_dtype: torch.dtype = torch.float64) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The k extreme eigenvalues of the Hessian H(theta) of the landscape's loss.
 
     theta: (D,).  which: "LA" the largest (descending), "SA" the smallest (ascending), "LM" the largest in
     magnitude (descending |lambda|).
-    method="lanczos": Lanczos from a random start (seeded) with full reorthogonalisation, all vectors in
-    float64, one Hessian-vector product per step.  iters: the most steps (default
-    min(D, max(2k + 20, 60))); it stops earlier once the k Ritz pairs have converged: their eigenvalues'
-    error bounds min(r, r^2 / gap) (r: the Ritz residual; gap: to the nearest other Ritz value) below
-    tol * |H| (default tol: the landscape dtype's eps), or with return_vectors their residuals r below
-    tol * |H| (default: 100 eps, at least 1e-12).  A single start vector finds one copy of each
-    eigenvalue of the Krylov space; a closed Krylov space restarts, so exact multiplicities are found,
-    but close clusters may need more iters.
+    method="lanczos": thick-restart Lanczos (Wu & Simon 2000) from a random start (seeded), fully
+    reorthogonalised, one Hessian-vector product per step, in a basis of at most m vectors (default
+    min(D, 2k + 10); m >= k + 2): when it is full, the Ritz vectors nearest the wanted end replace it.  So
+    memory is m * D * 8 bytes (4 with basis_dtype=torch.float32) plus a few float64 vectors and the
+    products' own graph, whatever the number of products.  The coefficients and the small eigenproblems
+    are float64 either way.
+    It stops once the k Ritz pairs have converged: their eigenvalues' error bounds min(r, r^2 / gap) (r:
+    the Ritz residual; gap: to the nearest other Ritz value) below tol * |H| (default tol: the landscape
+    dtype's eps, i.e. exact to the products' precision), or with return_vectors their residuals r below
+    tol * |H| (default: 100 eps, at least 1e-12); or after iters products (default max(300, 50 k)) with a
+    RuntimeWarning.  tol=1e-3 asks for about PyHessian's accuracy (its default stops when an eigenvalue
+    changes by less than 1e-3 relative between power iterations) at a fraction of the products.
+    A closed Krylov space restarts from a random vector, so exact multiplicities are found; close clusters
+    need more products.
+    basis_dtype=torch.float32 halves the basis memory: vectors are stored rounded to float32 (the
+    products of a float32 landscape see them rounded anyway), which limits the eigenvectors' residuals to
+    about FLOAT32_BASIS_TOL * |H|: return_vectors with a smaller tol is refused.
     method="dense": the full Hessian (probes.hessian) and torch.linalg.eigh in float64 (D <= 8192).
     Returns eigenvalues (k,) float64, or (eigenvalues (k,), eigenvectors (k, D)) float64 with
     return_vectors=True (unit vectors, row i for eigenvalue i), on the landscape's device."""
@@ -245,21 +238,31 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     _checks.choice_arg("which", which, WHICH)
     seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
     batch = _batch_arg(batch)
+    m = _basis_size(k, D, m)
+    basis_dtype = _basis_dtype_arg(basis_dtype)
+    max_products = max(300, 50 * k) if iters is None else _checks.int_arg("iters", iters, low=k)
+    if tol is None:
+        tol = _default_tol(L.dtype, return_vectors)
+        if return_vectors and basis_dtype == torch.float32:
+            tol = max(tol, FLOAT32_BASIS_TOL)
+    else:
+        tol = _checks.float_arg("tol", tol, low=0.0, high=1.0, low_open=True)
+        if return_vectors and basis_dtype == torch.float32 and tol < FLOAT32_BASIS_TOL:
+            raise ValueError(f"tol: got {tol} with basis_dtype=torch.float32 and return_vectors=True, expected "
+                             f"tol >= {FLOAT32_BASIS_TOL} (a float32 basis bounds the eigenvectors' residuals; "
+                             "use basis_dtype=torch.float64 for more)")
     if method == "dense":
         if D > DENSE_MAX_DIM:
             raise ValueError(f"method: got 'dense' for landscape.dim = {D}, expected D <= {DENSE_MAX_DIM} "
                              "(use method='lanczos')")
         H = hessian(L, t[None].to(L.dtype))[0].to(_F64)
         vals, vecs = torch.linalg.eigh(H)
-        idx = torch.from_numpy(_select(vals, k, which))
+        idx = torch.from_numpy(_krylov.select(vals, k, which))
         return (vals[idx], vecs[:, idx].T.contiguous()) if return_vectors else vals[idx]
-    m = min(D, max(2 * k + 20, 60)) if iters is None else _checks.int_arg("iters", iters, low=k, high=D)
-    tol = (_default_tol(L.dtype, return_vectors) if tol is None
-           else _checks.float_arg("tol", tol, low=0.0, high=1.0))
-    op = _HVP(L, t, batch)
+    op = hessian_operator(L, t, batch)
     gen = torch.Generator().manual_seed(seed)
-    vals, vecs, _ = _lanczos_eigs(op, D, k, m, which, tol, _breakdown_tol(L.dtype), gen, L.device,
-                                  return_vectors)
+    vals, vecs, _ = _krylov.lanczos(op, D, k, m, which, tol, _breakdown_tol(L.dtype), gen, L.device,
+                                    return_vectors, max_products, basis_dtype)
     return (vals, vecs) if return_vectors else vals
 
 
@@ -294,7 +297,7 @@ def hutchinson_trace(landscape: Landscape, theta, n_samples: int = 100, seed: in
     n = _checks.int_arg("n_samples", n_samples, low=4 if method == "hutch++" else 2)
     seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
     batch = _batch_arg(batch)
-    op = _HVP(L, t, batch)
+    op = hessian_operator(L, t, batch)
     gen = torch.Generator().manual_seed(seed)
     if method == "hutchinson":
         return _hutchinson(op, L.dim, n, gen, L.device, batch, None)
@@ -401,7 +404,7 @@ def spectral_density(landscape: Landscape, theta, n_vectors: int = 8, steps: int
     seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
     batch = _batch_arg(batch)
 
-    op = _HVP(L, t, batch)
+    op = hessian_operator(L, t, batch)
     gen = torch.Generator().manual_seed(seed)
     group = max(1, _GROUP_ELEMS // (m * D))  # runs held at once: bounds the float64 bases
     nodes, weights = [], []
