@@ -175,3 +175,64 @@ def lanczos(op: Callable[[torch.Tensor], torch.Tensor], D: int, k: int, m: int, 
         return eigvals, None, products
     vecs = B.combine(n, torch.from_numpy(np.ascontiguousarray(S[:, idx].T)).to(device))
     return eigvals, vecs / vecs.norm(dim=1, keepdim=True), products
+
+
+def slq_nodes(op: Callable[[torch.Tensor], torch.Tensor], starts: torch.Tensor, steps: int, breakdown: float,
+              reorth: bool) -> tuple[list, list]:
+    """Lanczos from each row of starts (g, D) (unit vectors) in lockstep, `steps` products each, for
+    stochastic Lanczos quadrature.  A run whose Krylov space closes stops there (its quadrature is exact).
+
+    reorth=True: each run is fully reorthogonalised against its own float64 basis (g, steps, D).
+    reorth=False: the plain three-term recurrence, holding three vectors per run (g x 3 x D).  Lost
+    orthogonality then shows as repeated copies ('ghosts') of converged Ritz values whose Gauss weights
+    share the true weight between them (Paige; Ubaru, Chen & Saad 2017), so the quadrature of a smooth
+    function -- a Gaussian-broadened density -- stays accurate; only individual eigenvalues would not.
+    Returns per run the Gauss-quadrature nodes (Ritz values) and weights (first components squared)."""
+    g, D = starts.shape
+    dev = starts.device
+    Q = torch.empty(g, steps, D, dtype=_F64, device=dev) if reorth else None
+    prev = None if reorth else torch.zeros(g, D, dtype=_F64, device=dev)
+    alpha = torch.zeros(g, steps, dtype=_F64)
+    beta = torch.zeros(g, steps, dtype=_F64)
+    length = torch.full((g,), steps, dtype=torch.long)
+    active = torch.ones(g, dtype=torch.bool)
+    V = starts.clone()
+    scale = torch.zeros(g, dtype=_F64)
+    for j in range(steps):
+        idx = active.nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        di = idx.to(dev)
+        Va = V[di]
+        W = op(Va)
+        a = (W * Va).sum(1)
+        W -= a[:, None] * Va
+        if reorth:
+            Q[di, j] = Va
+            Qa = Q[di, :j + 1]
+            for _ in range(2):
+                W -= torch.einsum("rjd,rj->rd", Qa, torch.einsum("rjd,rd->rj", Qa, W))
+        elif j > 0:
+            W -= beta[idx, j - 1].to(dev)[:, None] * prev[di]
+        b = W.norm(dim=1)
+        alpha[idx, j] = a.cpu()
+        scale[idx] = torch.maximum(scale[idx], torch.maximum(a.abs(), b).cpu())
+        if j + 1 == steps:
+            break
+        closed = b.cpu() <= breakdown * scale[idx]
+        length[idx[closed]] = j + 1
+        active[idx[closed]] = False
+        go = ~closed
+        beta[idx[go], j] = b.cpu()[go]
+        gd = go.to(dev)
+        if prev is not None:
+            prev[di[gd]] = Va[gd]
+        V[di[gd]] = W[gd] / b[gd, None]
+    nodes, weights = [], []
+    for r in range(g):
+        n = int(length[r])
+        T = np.diag(alpha[r, :n].numpy()) + np.diag(beta[r, :n - 1].numpy(), 1) + np.diag(beta[r, :n - 1].numpy(), -1)
+        vals, S = np.linalg.eigh(T)
+        nodes.append(torch.from_numpy(vals))
+        weights.append(torch.from_numpy(S[0] ** 2))
+    return nodes, weights

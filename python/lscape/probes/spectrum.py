@@ -39,8 +39,10 @@ WHICH = ("LA", "SA", "LM")
 METHODS = ("lanczos", "dense")
 BASIS_DTYPES = (torch.float64, torch.float32)
 FLOAT32_BASIS_TOL = 1e-5  # the least eigenvector residual (relative to |H|) asked of a float32 Lanczos basis
+_PASS_ELEMS = 1 << 24  # float64 entries of the vectors one Hessian-vector pass takes at most (128 MiB)
 DENSE_MAX_DIM = 8192  # a float64 D x D Hessian of 512 MiB; beyond it use Lanczos
-_GROUP_ELEMS = 1 << 27  # float64 Lanczos-basis entries held at once by spectral_density (1 GiB)
+SKETCH_BYTES = 1 << 30  # Hutch++'s float64 sketch at most
+SLQ_BASIS_BYTES = 1 << 30  # spectral_density's float64 Lanczos vectors held at once (at least one run's)
 _F64 = torch.float64
 
 
@@ -56,7 +58,9 @@ class _HVP:
     torch.func.jvp of grad, and vectors batched with is_grads_batched or vmap cost more per vector)."""
 
     def __init__(self, landscape: Landscape, theta: torch.Tensor, batch: int) -> None:
-        self.dtype, self.device, self.batch = landscape.dtype, landscape.device, batch
+        # vectors per backward pass: `batch`, fewer when their float64 copies would pass _PASS_ELEMS
+        self.batch = max(1, min(batch, _PASS_ELEMS // landscape.dim))
+        self.dtype, self.device = landscape.dtype, landscape.device
         self._batched = True  # until is_grads_batched meets an op it cannot batch
         theta = theta.detach().to(dtype=self.dtype, device=self.device)
         self.theta, self._stream, self.g = theta, None, None
@@ -290,7 +294,10 @@ def hutchinson_trace(landscape: Landscape, theta, n_samples: int = 100, seed: in
     Returns (estimate, standard error).  The standard error is that of the Hutchinson part (sample std of
     its quadratic forms / sqrt(their count)), given the sketch: the exact part adds no variance.  Exact,
     with standard error 0, when H is diagonal (plain Hutchinson: z_i^2 = 1) or when the sketch spans H's
-    range (Hutch++)."""
+    range (Hutch++).
+    Memory: one pass of vectors (at most `batch`, and at most 2**24 float64 entries) plus, for Hutch++,
+    its sketch of k = min(n_samples // 3, SKETCH_BYTES / (8 D)) float64 rows (1 GiB at most; a smaller
+    sketch leaves more products to the Hutchinson part, still unbiased)."""
     L = _landscape_arg(landscape)
     t = _theta_arg(L, theta)
     _checks.choice_arg("method", method, TRACE_METHODS)
@@ -300,22 +307,42 @@ def hutchinson_trace(landscape: Landscape, theta, n_samples: int = 100, seed: in
     op = hessian_operator(L, t, batch)
     gen = torch.Generator().manual_seed(seed)
     if method == "hutchinson":
-        return _hutchinson(op, L.dim, n, gen, L.device, batch, None)
-    k = min(max(1, n // 3), L.dim)
-    S = _rademacher(k, L.dim, gen).to(L.device)
-    Q = torch.linalg.qr(op(S).T).Q.T  # (k, D) orthonormal rows spanning H S
-    exact = float((Q * op(Q)).sum())  # tr(Q^T H Q)
-    rest, se = _hutchinson(op, L.dim, n - 2 * k, gen, L.device, batch, Q)
+        return _hutchinson(op, L.dim, n, gen, L.device, None)
+    # the sketch: a third of the products, at most SKETCH_BYTES of float64 rows (the rest go to Hutchinson)
+    k = min(max(1, n // 3), L.dim, max(1, SKETCH_BYTES // (8 * L.dim)))
+    Q = _sketch(op, L.dim, k, gen, L.device)
+    # tr(Q^T H Q), exactly
+    exact = sum(float((Q[i:i + op.batch] * op(Q[i:i + op.batch])).sum()) for i in range(0, k, op.batch))
+    rest, se = _hutchinson(op, L.dim, n - 2 * k, gen, L.device, Q)
     return exact + rest, se
 
 
-def _hutchinson(op, D: int, n: int, gen: torch.Generator, device: torch.device, batch: int,
+def _sketch(op, D: int, k: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(k, D) orthonormal rows spanning H S for k Rademacher probes S, built pass by pass and
+    orthonormalised in place (Gram-Schmidt, twice where needed): only the k x D float64 sketch is held,
+    never H S beside it.  A product in the span of the rows before it (H of rank < k) is replaced by a
+    fresh probe orthogonalised the same way, so the rows stay orthonormal, as a QR's would."""
+    B = _krylov.Basis(k, D, _F64, device)
+    r = 0
+    while r < k:
+        for w in op(_rademacher(min(op.batch, k - r), D, gen).to(device)):
+            size = float(w.norm())
+            w, _ = B.orthogonalise(r, w)
+            if float(w.norm()) <= 1e-10 * size:  # dependent on the rows so far
+                w, _ = B.orthogonalise(r, _rademacher(1, D, gen)[0].to(device))
+            B.store(r, w / w.norm())
+            r += 1
+    return B.Q
+
+
+def _hutchinson(op, D: int, n: int, gen: torch.Generator, device: torch.device,
                 Q: torch.Tensor | None) -> tuple[float, float]:
     """Hutchinson's mean of z^T A z over n Rademacher probes, A = H, or with Q (k, D) the deflated
-    (I - QQ^T) H (I - QQ^T); returns (mean, sample std / sqrt(n))."""
+    (I - QQ^T) H (I - QQ^T); returns (mean, sample std / sqrt(n)).  Probes are drawn op.batch at a time,
+    so memory is a pass's vectors, whatever n."""
     quad = []
-    for i in range(0, n, batch):
-        Z = _rademacher(min(batch, n - i), D, gen).to(device)
+    for i in range(0, n, op.batch):
+        Z = _rademacher(min(op.batch, n - i), D, gen).to(device)
         if Q is not None:
             Z = Z - (Z @ Q.T) @ Q
         quad.append((Z * op(Z)).sum(1))
@@ -324,55 +351,9 @@ def _hutchinson(op, D: int, n: int, gen: torch.Generator, device: torch.device, 
 
 
 # ---- spectral density ---------------------------------------------------------------------------------
-def _slq_nodes(op, D: int, m: int, starts: torch.Tensor, breakdown: float) -> tuple[list, list]:
-    """Lanczos from each row of starts (g, D) (unit vectors) in lockstep, each run fully reorthogonalised
-    against its own basis.  A run whose Krylov space closes stops there (its quadrature is then exact).
-    Returns per run the Gauss-quadrature nodes (Ritz values) and weights (first components squared)."""
-    g = starts.shape[0]
-    Q = torch.zeros(g, m, D, dtype=_F64, device=starts.device)
-    alpha = torch.zeros(g, m, dtype=_F64)
-    beta = torch.zeros(g, m, dtype=_F64)
-    length = torch.full((g,), m, dtype=torch.long)
-    active = torch.ones(g, dtype=torch.bool)
-    V = starts.clone()
-    scale = torch.zeros(g, dtype=_F64)
-    for j in range(m):
-        idx = active.nonzero().flatten()
-        if idx.numel() == 0:
-            break
-        dev_idx = idx.to(starts.device)
-        Va = V[dev_idx]
-        Q[dev_idx, j] = Va
-        W = op(Va)
-        a = (W * Va).sum(1)
-        W = W - a[:, None] * Va
-        Qa = Q[dev_idx, :j + 1]
-        for _ in range(2):
-            W = W - torch.einsum("rjd,rj->rd", Qa, torch.einsum("rjd,rd->rj", Qa, W))
-        b = W.norm(dim=1)
-        alpha[idx, j] = a.cpu()
-        scale[idx] = torch.maximum(scale[idx], torch.maximum(a.abs(), b).cpu())
-        if j + 1 == m:
-            break
-        closed = (b.cpu() <= breakdown * scale[idx])
-        length[idx[closed]] = j + 1
-        active[idx[closed]] = False
-        go = ~closed
-        beta[idx[go], j] = b.cpu()[go]
-        V[dev_idx[go.to(starts.device)]] = W[go.to(starts.device)] / b[go.to(starts.device), None]
-    nodes, weights = [], []
-    for r in range(g):
-        n = int(length[r])
-        T = torch.diag(alpha[r, :n]) + torch.diag(beta[r, :n - 1], 1) + torch.diag(beta[r, :n - 1], -1)
-        vals, S = torch.linalg.eigh(T)
-        nodes.append(vals)
-        weights.append(S[0] ** 2)
-    return nodes, weights
-
-
 def spectral_density(landscape: Landscape, theta, n_vectors: int = 8, steps: int | None = None,
                      grid: int | object = 1000, sigma: float | None = None, seed: int = 0, *,
-                     batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+                     batch: int = 32, reorthogonalise: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The eigenvalue density of H(theta) by stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao
     2019; PyHessian's `density`): `steps` Lanczos steps (default min(D, 90)) from each of n_vectors
     normalised Rademacher vectors give Gauss-quadrature nodes t_j and weights w_j (sum 1); the density is
@@ -382,6 +363,15 @@ def spectral_density(landscape: Landscape, theta, n_vectors: int = 8, steps: int
     x values.  sigma: the Gaussian width (default 1% of the nodes' span, or of max(|node|, 1) when they
     coincide).  The density is not renormalised: it integrates to 1 over the real line (the weights of
     each run sum to 1), so its integral over a grid that covers the nodes and resolves sigma is ~1.
+    reorthogonalise: True keeps each run's Lanczos basis (steps x D float64) and orthogonalises every
+    vector against it, as PyHessian does; False runs the plain three-term recurrence (3 x D float64 per
+    run, whatever the steps), as Ghorbani et al. and Papyan do.  Lost orthogonality only duplicates
+    converged Ritz values, and the duplicates share their eigenvalue's weight, so the broadened density
+    agrees with the reorthogonalised one to within the quadrature's own error (tested against a dense
+    eigendecomposition); what it cannot give is individual eigenvalues (use hessian_eigs).  Default
+    (None): True when one run's basis fits in SLQ_BASIS_BYTES (1 GiB: steps * D <= 2**27), else False.
+    Memory: min(group, n_vectors) runs at once, each steps * D * 8 bytes (reorthogonalised) or 3 * D * 8
+    bytes, plus the products' own graph.
     Returns (grid (G,), density (G,)), float64 on the CPU.  The runs go in lockstep, their products
     batched."""
     L = _landscape_arg(landscape)
@@ -404,13 +394,21 @@ def spectral_density(landscape: Landscape, theta, n_vectors: int = 8, steps: int
     seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
     batch = _batch_arg(batch)
 
+    if reorthogonalise is None:
+        reorth = m * D * 8 <= SLQ_BASIS_BYTES
+    elif isinstance(reorthogonalise, bool):
+        reorth = reorthogonalise
+    else:
+        raise TypeError(f"reorthogonalise: got {_checks.describe(reorthogonalise)}, expected True, False or None")
+
     op = hessian_operator(L, t, batch)
     gen = torch.Generator().manual_seed(seed)
-    group = max(1, _GROUP_ELEMS // (m * D))  # runs held at once: bounds the float64 bases
+    # runs held at once: their float64 vectors within SLQ_BASIS_BYTES (at least one run)
+    group = max(1, SLQ_BASIS_BYTES // ((m if reorth else 3) * D * 8))
     nodes, weights = [], []
     for i in range(0, nv, group):
         starts = _rademacher(min(group, nv - i), D, gen) / math.sqrt(D)
-        n_, w_ = _slq_nodes(op, D, m, starts.to(L.device), _breakdown_tol(L.dtype))
+        n_, w_ = _krylov.slq_nodes(op, starts.to(L.device), m, _breakdown_tol(L.dtype), reorth)
         nodes += n_
         weights += w_
     allnodes = torch.cat(nodes)
