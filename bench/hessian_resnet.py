@@ -11,7 +11,8 @@ on the CPU), each case alone in its own process so that its peak memory (ru_maxr
 Cases:
   lscape          lscape.probes.spectrum.hessian_eigs(k) on Landscape.from_module (thick-restart Lanczos,
                   basis of 2k + 10 vectors; --tol default: float32's eps |H| on each eigenvalue's error bound)
-  lscape-f32      the same with basis_dtype=torch.float32
+  lscape-f64      the same with basis_dtype=torch.float64 (the default for a float32 landscape is a float32
+                  basis)
   lscape-slq      lscape.probes.spectrum.spectral_density(n_vectors=1, steps=--steps)
   pyhessian       pyhessian.hessian(model, CE, data=(X, Y)).eigenvalues(top_n=k) (power iteration with
                   deflation; --tol default: its own 1e-3, maxIter 100)
@@ -75,8 +76,8 @@ def one(a: argparse.Namespace) -> dict:
                 vals = [float(x[int(dens.argmax())])]
             else:
                 kw = {} if a.products_only is None else {"iters": a.products_only}
-                if a.who == "lscape-f32":
-                    kw["basis_dtype"] = torch.float32
+                if a.who == "lscape-f64":
+                    kw["basis_dtype"] = torch.float64
                 vals = spectrum.hessian_eigs(L, theta, a.k, tol=tol, **kw).tolist()
         secs = time.perf_counter() - t0
         converged = not any("not converged" in str(w.message) for w in caught)
@@ -120,8 +121,8 @@ def compare(a: argparse.Namespace) -> None:
     if a.products_only is not None:
         base += ["--products-only", str(a.products_only)]
     for k in a.ks:
-        for who, tol in (("pyhessian", "default"), ("lscape", "default"), ("lscape", "1e-3"),
-                         ("lscape-f32", "default")):
+        for case in a.cases:
+            who, tol = case.split(":")
             out = subprocess.run([*base, "--who", who, "--k", str(k), "--tol", tol], capture_output=True,
                                  text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
@@ -144,7 +145,7 @@ def compare(a: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=("one", "compare"))
-    ap.add_argument("--who", choices=("lscape", "lscape-f32", "lscape-slq", "pyhessian"), default="lscape")
+    ap.add_argument("--who", choices=("lscape", "lscape-f64", "lscape-slq", "pyhessian"), default="lscape")
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--k", type=int, default=2)
@@ -153,6 +154,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--products-only", type=int, default=None)
+    ap.add_argument("--cases", nargs="+", default=["pyhessian:default", "lscape:default", "lscape:1e-3"],
+                    help="who:tol pairs that `compare` runs, in order")
     a = ap.parse_args()
     if a.mode == "one":
         print(json.dumps(one(a)))

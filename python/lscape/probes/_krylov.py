@@ -40,9 +40,9 @@ class Basis:
             yield slice(c, min(c + step, self.D))
 
     def store(self, j: int, q: torch.Tensor) -> torch.Tensor:
-        """Row j := q (unit, float64); returns the row as stored, widened to float64 (what the basis holds)."""
+        """Row j := q (unit, float64); returns the row as stored (a view, in the basis dtype)."""
         self.Q[j] = q
-        return q if self.Q.dtype == _F64 else self.Q[j].to(_F64)
+        return self.Q[j]
 
     def coeffs(self, n: int, w: torch.Tensor) -> torch.Tensor:
         """Q[:n] @ w, float64 (n,)."""
@@ -134,7 +134,10 @@ def lanczos(op: Callable[[torch.Tensor], torch.Tensor], D: int, k: int, m: int, 
     scale = 0.0
     j = products = 0  # the newest row of the basis; Hessian-vector products so far
     while True:
+        # the product takes the row as stored (op rounds it to the products' dtype anyway); nothing else
+        # of length D is alive meanwhile but the basis
         qj = B.store(j, q)
+        del q
         w = op(qj[None])[0]
         products += 1
         w, h = B.orthogonalise(j + 1, w)
@@ -156,10 +159,10 @@ def lanczos(op: Callable[[torch.Tensor], torch.Tensor], D: int, k: int, m: int, 
                                   RuntimeWarning, stacklevel=3)
                 break
         if closed:  # invariant subspace: continue in its orthogonal complement (a zero coupling)
-            r, _ = B.orthogonalise(n, torch.randn(D, generator=gen, dtype=_F64).to(device))
-            q = r / r.norm()
-        else:
-            q = w / b
+            w, _ = B.orthogonalise(n, torch.randn(D, generator=gen, dtype=_F64).to(device))
+            b = float(w.norm())
+        q = w.div_(b)  # in place: w's memory becomes the next vector
+        del w
         if n < m:
             j = n
             continue

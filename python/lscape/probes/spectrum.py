@@ -209,7 +209,7 @@ def _basis_dtype_arg(basis_dtype) -> torch.dtype:
 def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos", iters: int | None = None,
                  seed: int = 0, which: str = "LA", *, tol: float | None = None, return_vectors: bool = False,
                  batch: int = 32, m: int | None = None,
-                 basis_dtype: torch.dtype = torch.float64) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                 basis_dtype: torch.dtype | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The k extreme eigenvalues of the Hessian H(theta) of the landscape's loss.
 
     theta: (D,).  which: "LA" the largest (descending), "SA" the smallest (ascending), "LM" the largest in
@@ -243,7 +243,6 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
     batch = _batch_arg(batch)
     m = _basis_size(k, D, m)
-    basis_dtype = _basis_dtype_arg(basis_dtype)
     max_products = max(300, 50 * k) if iters is None else _checks.int_arg("iters", iters, low=k)
     if tol is None:
         tol = _default_tol(L.dtype, return_vectors)
@@ -251,6 +250,11 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
             tol = max(tol, FLOAT32_BASIS_TOL)
     else:
         tol = _checks.float_arg("tol", tol, low=0.0, high=1.0, low_open=True)
+    if basis_dtype is None:  # float32 products see their vectors rounded to float32 anyway
+        f32 = L.dtype == torch.float32 and not (return_vectors and tol < FLOAT32_BASIS_TOL)
+        basis_dtype = torch.float32 if f32 else _F64
+    else:
+        basis_dtype = _basis_dtype_arg(basis_dtype)
         if return_vectors and basis_dtype == torch.float32 and tol < FLOAT32_BASIS_TOL:
             raise ValueError(f"tol: got {tol} with basis_dtype=torch.float32 and return_vectors=True, expected "
                              f"tol >= {FLOAT32_BASIS_TOL} (a float32 basis bounds the eigenvectors' residuals; "
