@@ -19,7 +19,8 @@ Cases:
 Each prints: CPU and wall seconds of the solve (model, data and import excluded; CPU time, user + system,
 is what the ratios use: on a shared machine it counts the work, whatever the load), Hessian-vector
 products, CPU seconds per product, peak resident memory of the whole process (GB, from getrusage: the
-imports and the data included, the same for every case), and the eigenvalues.  `compare` adds the ratios to PyHessian's row.
+imports and the data included, the same for every case), and the eigenvalues.  `compare` adds the ratios
+to PyHessian's row.
 --products-only N: stop after N products (lscape: iters=N; pyhessian: maxIter=N) to measure the cost per
 product and the memory on a machine too slow for the full solve; the row is then marked "partial".
 """
