@@ -186,10 +186,11 @@ def slq_nodes(op: Callable[[torch.Tensor], torch.Tensor], starts: torch.Tensor, 
     stochastic Lanczos quadrature.  A run whose Krylov space closes stops there (its quadrature is exact).
 
     reorth=True: each run is fully reorthogonalised against its own float64 basis (g, steps, D).
-    reorth=False: the plain three-term recurrence, holding three vectors per run (g x 3 x D).  Lost
-    orthogonality then shows as repeated copies ('ghosts') of converged Ritz values whose Gauss weights
-    share the true weight between them (Paige; Ubaru, Chen & Saad 2017), so the quadrature of a smooth
-    function -- a Gaussian-broadened density -- stays accurate; only individual eigenvalues would not.
+    reorth=False: the plain three-term recurrence, holding four vectors per run (g x 4 x D: the last
+    two, the product, the next).  Lost orthogonality then shows as repeated copies ('ghosts') of
+    converged Ritz values whose Gauss weights share the true weight between them (Paige; Ubaru, Chen &
+    Saad 2017), so the quadrature of a smooth function -- a Gaussian-broadened density -- stays
+    accurate; only individual eigenvalues would not.
     Returns per run the Gauss-quadrature nodes (Ritz values) and weights (first components squared)."""
     g, D = starts.shape
     dev = starts.device

@@ -1,21 +1,30 @@
 """The Hessian spectrum of a Landscape at one point, from Hessian-vector products only.
 
     hvp(L, theta, vs)                      H(theta) v for a batch of vectors
-    hessian_eigs(L, theta, k=5)            extreme eigenvalues by Lanczos with full reorthogonalisation
-    hutchinson_trace(L, theta)             tr H by Rademacher probes, with its standard error
+    hessian_eigs(L, theta, k=5)            extreme eigenvalues by thick-restart Lanczos in a basis of at
+                                           most m vectors, fully reorthogonalised
+    hutchinson_trace(L, theta)             tr H by Hutch++ or Rademacher probes, with its standard error
     spectral_density(L, theta)             eigenvalue density by stochastic Lanczos quadrature
     classify_stationary(eigs)              convex / concave / saddle / flat, as Bosman et al. classify
 
 On an MLP under cross-entropy (an nn.Sequential of Linear layers and elementwise activations), the
 products are the R-operator written out (probes.mlp_hvp: autograd's GEMMs without its elementwise
-bookkeeping, 15% faster).  Otherwise they differentiate `landscape.point_loss` (the unbatched loss where the landscape
-has one: a plain graph, 1.6x faster to backpropagate through than a vmapped one on a digits MLP) twice:
-the gradient's graph is built once per point (create_graph) and every product is one backward pass
-through it, batched over vectors with
-`is_grads_batched` (the equivalent of vmap over jvp-of-grad, 2-6x faster on a digits MLP on the CPU, since
-the forward and first backward passes are not repeated).  The products run in the landscape's dtype;
-everything else (Lanczos vectors, reorthogonalisation, tridiagonal eigenproblems, sums of probes) is
-float64.
+bookkeeping, 15% faster).  Otherwise they differentiate `landscape.point_loss` (the unbatched loss where
+the landscape has one: a plain graph, 1.6x faster to backpropagate through than a vmapped one on a digits
+MLP) twice: the gradient's graph is built once per point (create_graph) and every product is one backward
+pass through it (double backward), vectors batched with `is_grads_batched` when several are asked at once.
+On a BatchNorm ResNet-20 (width 1, 32 images, one thread, bench/hessian_hvp_methods.py) double backward
+took 0.50 s a vector, four batched 0.63 s a vector, torch.func.jvp of grad (forward-over-reverse) 0.94 s
+and its vmap over four vectors 0.92 s: double backward is the product used.  A module landscape over
+several batches streams instead: per product, each batch's gradient graph is built, differentiated and
+dropped.  The products run in the landscape's dtype; everything else (Lanczos coefficients,
+reorthogonalisation, tridiagonal eigenproblems, sums of probes) is float64.
+
+Memory, beyond the model and its gradient graph (which PyHessian holds too), for D parameters:
+hessian_eigs m * D * b bytes (the basis: m = 2k + 10 by default, b = 4 on a float32 landscape, else 8)
+plus about three float64 vectors (24 D bytes); spectral_density 8 * steps * D bytes per run when it
+reorthogonalises, 32 D bytes per run when not; hutchinson_trace one pass of vectors plus Hutch++'s sketch
+(at most 1 GiB).
 """
 from __future__ import annotations
 
@@ -48,14 +57,15 @@ _F64 = torch.float64
 
 # ---- Hessian-vector products ----------------------------------------------------------------------------
 class _HVP:
-    """H(theta) as an operator: (K, D) float64 -> (K, D) float64, the products in the landscape's dtype.
+    """H(theta) as an operator: (K, D) float64 or float32 -> (K, D) float64, the products in the
+    landscape's dtype.
 
     Three constructions, by landscape: an MLP under cross-entropy (the R-operator written out,
-    probes.mlp_hvp); a module landscape over several batches (streamed: per product, each batch's
-    gradient graph is built, differentiated once per vector and dropped, so at most one batch's graph is
-    held); otherwise the gradient graph of landscape.point_loss, built once and differentiated once per
-    product (double backward: on a BatchNorm ResNet-20 at 128 images, 0.70 s a product against 1.21 s for
-    torch.func.jvp of grad, and vectors batched with is_grads_batched or vmap cost more per vector)."""
+    probes.mlp_hvp); a module landscape with BatchNorm in eval mode over several batches (streamed: per
+    product, each batch's gradient graph is built, differentiated once per vector and dropped, so at most
+    one batch's graph is held); otherwise the gradient graph of landscape.point_loss, built once and
+    differentiated once per product (double backward: the fastest exact product measured, see the module
+    docstring)."""
 
     def __init__(self, landscape: Landscape, theta: torch.Tensor, batch: int) -> None:
         # vectors per backward pass: `batch`, fewer when their float64 copies would pass _PASS_ELEMS
@@ -216,10 +226,8 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     magnitude (descending |lambda|).
     method="lanczos": thick-restart Lanczos (Wu & Simon 2000) from a random start (seeded), fully
     reorthogonalised, one Hessian-vector product per step, in a basis of at most m vectors (default
-    min(D, 2k + 10); m >= k + 2): when it is full, the Ritz vectors nearest the wanted end replace it.  So
-    memory is m * D * 8 bytes (4 with basis_dtype=torch.float32) plus a few float64 vectors and the
-    products' own graph, whatever the number of products.  The coefficients and the small eigenproblems
-    are float64 either way.
+    min(D, 2k + 10); m >= k + 2): when it is full, the k wanted Ritz vectors and half the rest, those
+    nearest the wanted end, replace it.  The coefficients and the small eigenproblems are float64.
     It stops once the k Ritz pairs have converged: their eigenvalues' error bounds min(r, r^2 / gap) (r:
     the Ritz residual; gap: to the nearest other Ritz value) below tol * |H| (default tol: the landscape
     dtype's eps, i.e. exact to the products' precision), or with return_vectors their residuals r below
@@ -228,9 +236,14 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     changes by less than 1e-3 relative between power iterations) at a fraction of the products.
     A closed Krylov space restarts from a random vector, so exact multiplicities are found; close clusters
     need more products.
-    basis_dtype=torch.float32 halves the basis memory: vectors are stored rounded to float32 (the
-    products of a float32 landscape see them rounded anyway), which limits the eigenvectors' residuals to
-    about FLOAT32_BASIS_TOL * |H|: return_vectors with a smaller tol is refused.
+    basis_dtype: how the basis is stored.  torch.float32 halves its memory: vectors are stored rounded to
+    float32 (the products of a float32 landscape see them rounded anyway) while every coefficient and
+    reorthogonalisation is float64.  Measured on float64 products (tests): eigenvalues within 1e-9 |H|
+    and eigenvector residuals below 1e-6 |H|, so return_vectors with tol < FLOAT32_BASIS_TOL (1e-5) is
+    refused with a float32 basis.  Default (None): float32 on a float32 landscape (unless
+    return_vectors asks tol below 1e-5), float64 otherwise.
+    Memory: m * D * (4 or 8) bytes for the basis, whatever the number of products; at D = 4.33 M
+    (a ResNet-20 at width 4), k = 5 and a float32 basis, 346 MB; at D = 25 M, 2.0 GB.
     method="dense": the full Hessian (probes.hessian) and torch.linalg.eigh in float64 (D <= 8192).
     Returns eigenvalues (k,) float64, or (eigenvalues (k,), eigenvectors (k, D)) float64 with
     return_vectors=True (unit vectors, row i for eigenvalue i), on the landscape's device."""
@@ -368,14 +381,14 @@ def spectral_density(landscape: Landscape, theta, n_vectors: int = 8, steps: int
     coincide).  The density is not renormalised: it integrates to 1 over the real line (the weights of
     each run sum to 1), so its integral over a grid that covers the nodes and resolves sigma is ~1.
     reorthogonalise: True keeps each run's Lanczos basis (steps x D float64) and orthogonalises every
-    vector against it, as PyHessian does; False runs the plain three-term recurrence (3 x D float64 per
+    vector against it, as PyHessian does; False runs the plain three-term recurrence (4 x D float64 per
     run, whatever the steps), as Ghorbani et al. and Papyan do.  Lost orthogonality only duplicates
     converged Ritz values, and the duplicates share their eigenvalue's weight, so the broadened density
     agrees with the reorthogonalised one to within the quadrature's own error (tested against a dense
     eigendecomposition); what it cannot give is individual eigenvalues (use hessian_eigs).  Default
     (None): True when one run's basis fits in SLQ_BASIS_BYTES (1 GiB: steps * D <= 2**27), else False.
-    Memory: min(group, n_vectors) runs at once, each steps * D * 8 bytes (reorthogonalised) or 3 * D * 8
-    bytes, plus the products' own graph.
+    Memory: as many runs at once as fit in SLQ_BASIS_BYTES (at least one), each steps * D * 8 bytes
+    (reorthogonalised) or 4 * D * 8 bytes, plus the products' own graph.
     Returns (grid (G,), density (G,)), float64 on the CPU.  The runs go in lockstep, their products
     batched."""
     L = _landscape_arg(landscape)
@@ -408,7 +421,7 @@ def spectral_density(landscape: Landscape, theta, n_vectors: int = 8, steps: int
     op = hessian_operator(L, t, batch)
     gen = torch.Generator().manual_seed(seed)
     # runs held at once: their float64 vectors within SLQ_BASIS_BYTES (at least one run)
-    group = max(1, SLQ_BASIS_BYTES // ((m if reorth else 3) * D * 8))
+    group = max(1, SLQ_BASIS_BYTES // ((m if reorth else 4) * D * 8))
     nodes, weights = [], []
     for i in range(0, nv, group):
         starts = _rademacher(min(group, nv - i), D, gen) / math.sqrt(D)
