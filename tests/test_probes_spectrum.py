@@ -422,7 +422,7 @@ def test_float32_basis_accuracy_on_float64_products():
     assert np.abs(resid).max() < spectrum.FLOAT32_BASIS_TOL * 50
 
 
-def test_float32_landscape_gets_a_float32_basis_unless_vectors_need_more(monkeypatch):
+def test_large_float32_landscape_gets_a_float32_basis_unless_vectors_need_more(monkeypatch):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
     X, Y = torch.randn(30, 5), torch.randint(0, 3, (30,))
@@ -432,11 +432,14 @@ def test_float32_landscape_gets_a_float32_basis_unless_vectors_need_more(monkeyp
                                 (X.double(), nn.functional.one_hot(Y, 3).double()))
     want = np.linalg.eigvalsh(hessian(L64, theta.double()[None])[0].numpy())[::-1][:3]
     shapes = basis_shapes(monkeypatch)
+    small = hessian_eigs(L, theta, 3)  # a float64 basis below FLOAT64_BASIS_BYTES
+    monkeypatch.setattr(spectrum, "FLOAT64_BASIS_BYTES", 0)  # as if the model were large
     got = hessian_eigs(L, theta, 3)
     hessian_eigs(L, theta, 3, return_vectors=True)  # default tol 100 eps = 1.2e-5: float32 still does
     hessian_eigs(L, theta, 3, return_vectors=True, tol=1e-7)  # below FLOAT32_BASIS_TOL: float64
-    assert [s[2] for s in shapes] == [torch.float32, torch.float32, F64]
+    assert [s[2] for s in shapes] == [F64, torch.float32, torch.float32, F64]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(small.numpy(), want, rtol=1e-5)
 
 
 def test_streamed_products_over_batches_match_one_batch_and_dense(monkeypatch):

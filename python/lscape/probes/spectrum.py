@@ -21,7 +21,8 @@ dropped.  The products run in the landscape's dtype; everything else (Lanczos co
 reorthogonalisation, tridiagonal eigenproblems, sums of probes) is float64.
 
 Memory, beyond the model and its gradient graph (which PyHessian holds too), for D parameters:
-hessian_eigs m * D * b bytes (the basis: m = 2k + 10 by default, b = 4 on a float32 landscape, else 8)
+hessian_eigs m * D * b bytes (the basis: m = 2k + 10 by default; b = 4 on a float32 landscape once the
+float64 basis would pass 256 MiB, else 8)
 plus about three float64 vectors (24 D bytes); spectral_density 8 * steps * D bytes per run when it
 reorthogonalises, 32 D bytes per run when not; hutchinson_trace one pass of vectors plus Hutch++'s sketch
 (at most 1 GiB).
@@ -47,6 +48,7 @@ __all__ = ["classify_stationary", "hessian_eigs", "hutchinson_trace", "hvp", "sp
 WHICH = ("LA", "SA", "LM")
 METHODS = ("lanczos", "dense")
 BASIS_DTYPES = (torch.float64, torch.float32)
+FLOAT64_BASIS_BYTES = 1 << 28  # a larger float64 Lanczos basis is stored in float32 on float32 landscapes
 FLOAT32_BASIS_TOL = 1e-5  # the least eigenvector residual (relative to |H|) asked of a float32 Lanczos basis
 _PASS_ELEMS = 1 << 24  # float64 entries of the vectors one Hessian-vector pass takes at most (128 MiB)
 DENSE_MAX_DIM = 8192  # a float64 D x D Hessian of 512 MiB; beyond it use Lanczos
@@ -240,8 +242,9 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     float32 (the products of a float32 landscape see them rounded anyway) while every coefficient and
     reorthogonalisation is float64.  Measured on float64 products (tests): eigenvalues within 1e-9 |H|
     and eigenvector residuals below 1e-6 |H|, so return_vectors with tol < FLOAT32_BASIS_TOL (1e-5) is
-    refused with a float32 basis.  Default (None): float32 on a float32 landscape (unless
-    return_vectors asks tol below 1e-5), float64 otherwise.
+    refused with a float32 basis.  Default (None): float32 on a float32 landscape whose float64 basis
+    would pass FLOAT64_BASIS_BYTES (256 MiB; smaller, float64's widening-free products are faster)
+    unless return_vectors asks tol below 1e-5; float64 otherwise.
     Memory: m * D * (4 or 8) bytes for the basis, whatever the number of products; at D = 4.33 M
     (a ResNet-20 at width 4), k = 5 and a float32 basis, 346 MB; at D = 25 M, 2.0 GB.
     method="dense": the full Hessian (probes.hessian) and torch.linalg.eigh in float64 (D <= 8192).
@@ -264,7 +267,8 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     else:
         tol = _checks.float_arg("tol", tol, low=0.0, high=1.0, low_open=True)
     if basis_dtype is None:  # float32 products see their vectors rounded to float32 anyway
-        f32 = L.dtype == torch.float32 and not (return_vectors and tol < FLOAT32_BASIS_TOL)
+        f32 = (L.dtype == torch.float32 and m * D * 8 > FLOAT64_BASIS_BYTES
+               and not (return_vectors and tol < FLOAT32_BASIS_TOL))
         basis_dtype = torch.float32 if f32 else _F64
     else:
         basis_dtype = _basis_dtype_arg(basis_dtype)
