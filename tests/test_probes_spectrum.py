@@ -393,13 +393,13 @@ def test_restarted_lanczos_matches_the_full_basis_and_dense_on_a_conv_bn_net(con
 
 def test_restarted_lanczos_finds_repeated_and_clustered_eigenvalues(monkeypatch):
     rng = np.random.default_rng(3)
-    cases = {"repeated": np.concatenate([[7.0] * 3, [6.0] * 3, rng.uniform(0, 5, 194)]),
-             "clustered": np.concatenate([[10.0, 10 - 1e-4, 10 - 2e-4, 9.9, 9.8], rng.uniform(0, 9, 195)])}
+    cases = {"repeated": np.concatenate([[7.0] * 3, [6.0] * 3, rng.uniform(0, 5, 114)]),
+             "clustered": np.concatenate([[10.0, 10 - 1e-4, 10 - 2e-4, 9.9, 9.8], rng.uniform(0, 9, 115)])}
     for name, eigs in cases.items():
         A = with_spectrum(eigs, seed=4)
-        L, theta = quadratic(A), torch.zeros(200, dtype=F64)
+        L, theta = quadratic(A), torch.zeros(120, dtype=F64)
         want = np.sort(eigs)[::-1][:5]
-        for m in (7, 200):
+        for m in (7, 120):
             vals, vecs = hessian_eigs(L, theta, 5, m=m, return_vectors=True)
             np.testing.assert_allclose(vals.numpy(), want, atol=1e-10, err_msg=f"{name}, m={m}")
             resid = vecs.numpy() @ A - vals.numpy()[:, None] * vecs.numpy()
