@@ -1,21 +1,31 @@
 """The Hessian spectrum of a Landscape at one point, from Hessian-vector products only.
 
     hvp(L, theta, vs)                      H(theta) v for a batch of vectors
-    hessian_eigs(L, theta, k=5)            extreme eigenvalues by Lanczos with full reorthogonalisation
-    hutchinson_trace(L, theta)             tr H by Rademacher probes, with its standard error
+    hessian_eigs(L, theta, k=5)            extreme eigenvalues by thick-restart Lanczos in a basis of at
+                                           most m vectors, fully reorthogonalised
+    hutchinson_trace(L, theta)             tr H by Hutch++ or Rademacher probes, with its standard error
     spectral_density(L, theta)             eigenvalue density by stochastic Lanczos quadrature
     classify_stationary(eigs)              convex / concave / saddle / flat, as Bosman et al. classify
 
 On an MLP under cross-entropy (an nn.Sequential of Linear layers and elementwise activations), the
 products are the R-operator written out (probes.mlp_hvp: autograd's GEMMs without its elementwise
-bookkeeping, 15% faster).  Otherwise they differentiate `landscape.point_loss` (the unbatched loss where the landscape
-has one: a plain graph, 1.6x faster to backpropagate through than a vmapped one on a digits MLP) twice:
-the gradient's graph is built once per point (create_graph) and every product is one backward pass
-through it, batched over vectors with
-`is_grads_batched` (the equivalent of vmap over jvp-of-grad, 2-6x faster on a digits MLP on the CPU, since
-the forward and first backward passes are not repeated).  The products run in the landscape's dtype;
-everything else (Lanczos vectors, reorthogonalisation, tridiagonal eigenproblems, sums of probes) is
-float64.
+bookkeeping, 15% faster).  Otherwise they differentiate `landscape.point_loss` (the unbatched loss where
+the landscape has one: a plain graph, 1.6x faster to backpropagate through than a vmapped one on a digits
+MLP) twice: the gradient's graph is built once per point (create_graph) and every product is one backward
+pass through it (double backward), vectors batched with `is_grads_batched` when several are asked at once.
+On a BatchNorm ResNet-20 (width 1, 32 images, one thread, bench/hessian_hvp_methods.py) double backward
+took 0.50 s a vector, four batched 0.63 s a vector, torch.func.jvp of grad (forward-over-reverse) 0.94 s
+and its vmap over four vectors 0.92 s: double backward is the product used.  A module landscape over
+several batches streams instead: per product, each batch's gradient graph is built, differentiated and
+dropped.  The products run in the landscape's dtype; everything else (Lanczos coefficients,
+reorthogonalisation, tridiagonal eigenproblems, sums of probes) is float64.
+
+Memory, beyond the model and its gradient graph (which PyHessian holds too), for D parameters:
+hessian_eigs m * D * b bytes (the basis: m = 2k + 10 by default; b = 4 on a float32 landscape once the
+float64 basis would pass 256 MiB, else 8)
+plus about three float64 vectors (24 D bytes); spectral_density 8 * steps * D bytes per run when it
+reorthogonalises, 32 D bytes per run when not; hutchinson_trace one pass of vectors plus Hutch++'s sketch
+(at most 1 GiB).
 """
 from __future__ import annotations
 
@@ -28,6 +38,7 @@ import torch
 
 from .. import _checks
 from ..landscape import Landscape
+from . import _krylov
 from .hessian import hessian
 from .lines import _landscape_arg
 from .mlp_hvp import MLPHessian
@@ -36,34 +47,42 @@ __all__ = ["classify_stationary", "hessian_eigs", "hutchinson_trace", "hvp", "sp
 
 WHICH = ("LA", "SA", "LM")
 METHODS = ("lanczos", "dense")
+BASIS_DTYPES = (torch.float64, torch.float32)
+FLOAT64_BASIS_BYTES = 1 << 28  # a larger float64 Lanczos basis is stored in float32 on float32 landscapes
+FLOAT32_BASIS_TOL = 1e-5  # the least eigenvector residual (relative to |H|) asked of a float32 Lanczos basis
+_PASS_ELEMS = 1 << 24  # float64 entries of the vectors one Hessian-vector pass takes at most (128 MiB)
 DENSE_MAX_DIM = 8192  # a float64 D x D Hessian of 512 MiB; beyond it use Lanczos
-_GROUP_ELEMS = 1 << 27  # float64 Lanczos-basis entries held at once by spectral_density (1 GiB)
+SKETCH_BYTES = 1 << 30  # Hutch++'s float64 sketch at most
+SLQ_BASIS_BYTES = 1 << 30  # spectral_density's float64 Lanczos vectors held at once (at least one run's)
 _F64 = torch.float64
 
 
 # ---- Hessian-vector products ----------------------------------------------------------------------------
 class _HVP:
-    """H(theta) as an operator: (K, D) float64 -> (K, D) float64, the products in the landscape's dtype."""
+    """H(theta) as an operator: (K, D) float64 or float32 -> (K, D) float64, the products in the
+    landscape's dtype.
+
+    Three constructions, by landscape: an MLP under cross-entropy (the R-operator written out,
+    probes.mlp_hvp); a module landscape with BatchNorm in eval mode over several batches (streamed: per
+    product, each batch's gradient graph is built, differentiated once per vector and dropped, so at most
+    one batch's graph is held); otherwise the gradient graph of landscape.point_loss, built once and
+    differentiated once per product (double backward: the fastest exact product measured, see the module
+    docstring)."""
 
     def __init__(self, landscape: Landscape, theta: torch.Tensor, batch: int) -> None:
-        self.dtype, self.device, self.batch = landscape.dtype, landscape.device, batch
+        # vectors per backward pass: `batch`, fewer when their float64 copies would pass _PASS_ELEMS
+        self.batch = max(1, min(batch, _PASS_ELEMS // landscape.dim))
+        self.dtype, self.device = landscape.dtype, landscape.device
         self._batched = True  # until is_grads_batched meets an op it cannot batch
         theta = theta.detach().to(dtype=self.dtype, device=self.device)
+        self.theta, self._stream, self.g = theta, None, None
         self._mlp = MLPHessian.of(landscape, theta)  # an MLP under cross-entropy: the R-operator written out
         if self._mlp is not None:
             return
-        with torch.enable_grad():
-            self.x = theta.clone().requires_grad_(True)
-            loss = landscape.point_loss(self.x)
-            if loss.shape != ():
-                raise ValueError(f"landscape: the loss of one point is {_checks.describe(loss)}, expected a "
-                                 "scalar")
-            if not loss.requires_grad:  # a constant loss: H = 0
-                self.g = None
-                return
-            (g,) = torch.autograd.grad(loss, self.x, create_graph=True)
-        # a loss linear in theta leaves a gradient with no graph: H = 0
-        self.g = g if g.requires_grad else None
+        self._stream = _batch_loss_terms(landscape)
+        if self._stream is not None:
+            return
+        self.x, self.g = _gradient_graph(landscape.point_loss, theta)
 
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
         out = torch.empty(V.shape, dtype=_F64, device=self.device)
@@ -71,24 +90,82 @@ class _HVP:
             for i, v in enumerate(V):
                 out[i] = self._mlp(v.to(dtype=self.dtype, device=self.device))
             return out
+        if self._stream is not None:
+            out.zero_()
+            for loss in self._stream():  # one batch's graph at a time
+                x, g = _gradient_graph(loss, self.theta)
+                if g is not None:
+                    for i in range(0, V.shape[0], self.batch):
+                        out[i:i + self.batch] += self._apply(
+                            x, g, V[i:i + self.batch].to(dtype=self.dtype, device=self.device))
+            return out
         if self.g is None:
             return out.zero_()
         for i in range(0, V.shape[0], self.batch):
-            out[i:i + self.batch] = self._apply(V[i:i + self.batch].to(dtype=self.dtype, device=self.device))
+            out[i:i + self.batch] = self._apply(self.x, self.g,
+                                                V[i:i + self.batch].to(dtype=self.dtype, device=self.device))
         return out
 
-    def _apply(self, V: torch.Tensor) -> torch.Tensor:
+    def _apply(self, x: torch.Tensor, g: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         if V.shape[0] > 1 and self._batched:
             try:
-                return self._grad(V, batched=True)
+                return _second_derivative(x, g, V, batched=True)
             except (RuntimeError, NotImplementedError):  # an op without a batching rule: one pass per vector
                 self._batched = False
-        return torch.stack([self._grad(v, batched=False) for v in V])
+        return torch.stack([_second_derivative(x, g, v, batched=False) for v in V])
 
-    def _grad(self, v: torch.Tensor, batched: bool) -> torch.Tensor:
-        (hv,) = torch.autograd.grad(self.g, self.x, v, retain_graph=True, allow_unused=True,
-                                    is_grads_batched=batched)
-        return torch.zeros_like(v) if hv is None else hv
+
+def _gradient_graph(loss_fn: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor):
+    """(x, g): x a leaf copy of theta, g = d loss_fn(x) / dx with its graph (create_graph), or g = None when
+    the Hessian is zero (a constant loss, or one linear in theta)."""
+    with torch.enable_grad():
+        x = theta.clone().requires_grad_(True)
+        loss = loss_fn(x)
+        if loss.shape != ():
+            raise ValueError(f"landscape: the loss of one point is {_checks.describe(loss)}, expected a scalar")
+        if not loss.requires_grad:
+            return x, None
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    return x, (g if g.requires_grad else None)
+
+
+def _second_derivative(x: torch.Tensor, g: torch.Tensor, v: torch.Tensor, batched: bool) -> torch.Tensor:
+    """H v = d(g . v)/dx through g's graph (kept for the next product); v (D,) or, batched, (K, D)."""
+    (hv,) = torch.autograd.grad(g, x, v, retain_graph=True, allow_unused=True, is_grads_batched=batched)
+    return torch.zeros_like(v) if hv is None else hv
+
+
+def _batch_loss_terms(landscape: Landscape):
+    """For a Landscape.from_module over more than one batch (BatchNorm in eval mode): a callable that
+    streams, per batch, theta -> (its mean loss) * (its share of the samples), whose sum over batches is
+    the landscape's loss.  None for any other landscape (its point_loss is one graph)."""
+    data = getattr(landscape, "data", None)
+    if getattr(landscape, "module", None) is None or getattr(landscape, "bn", None) != "eval" or data is None:
+        return None
+    n = len(data.data) if hasattr(data.data, "__len__") else None
+    if n is not None and (n if data.max is None else min(n, data.max)) <= 1:
+        return None
+    from .._fastops import narrow_linears
+    from .._flat import FlatLayout
+
+    model, loss_fn = landscape.module, landscape.loss_fn
+    layout, buffers, total = FlatLayout.of(model), dict(model.named_buffers()), data.samples()
+
+    def terms():
+        for X, Y in data:
+            def loss(theta, X=X, Y=Y):
+                with narrow_linears(model):
+                    out = torch.func.functional_call(model, (layout.split(theta), buffers), (X,))
+                return loss_fn(out, Y) * (X.shape[0] / total)
+            yield loss
+    return terms
+
+
+def hessian_operator(landscape: Landscape, theta, batch: int = 32) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The Hessian-vector products every estimator here uses: an operator V (K, D) float64 -> H(theta) V
+    (K, D) float64, products in the landscape's dtype, `batch` vectors per backward pass.  The one place
+    that decides how H v is computed (see _HVP)."""
+    return _HVP(landscape, theta, batch)
 
 
 def _theta_arg(L: Landscape, theta) -> torch.Tensor:
@@ -111,7 +188,7 @@ def hvp(landscape: Landscape, theta, vs, *, batch: int = 32) -> torch.Tensor:
     if V.ndim != 2 or V.shape[1] != L.dim or not V.is_floating_point():
         raise ValueError(f"vs: got {_checks.describe(V)}, expected a floating tensor of shape (K, {L.dim})")
     _checks.finite("vs", V, f"finite vectors of shape (K, {L.dim})")
-    op = _HVP(L, t, _batch_arg(batch))
+    op = hessian_operator(L, t, _batch_arg(batch))
     return op(V).to(L.dtype)
 
 
@@ -128,112 +205,49 @@ def _default_tol(dtype: torch.dtype, vectors: bool) -> float:
     return max(1e-12, 100.0 * eps) if vectors else eps
 
 
-def _orthogonalise(w: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
-    """w (D,) minus its components along the orthonormal rows of Q (j, D), so the Lanczos basis stays
-    orthogonal to working precision: a second sweep only when the first removed most of w (the
-    Daniel-Gragg-Kaufman-Stewart test, |w'| < |w| / sqrt 2; 'twice is enough').  Each sweep reads all of
-    Q, which at D = 55,210 cost as much as a third of the Hessian-vector products when always done twice."""
-    before = float(w.norm())
-    w = w - Q.T @ (Q @ w)
-    if float(w.norm()) < before * 0.7071067811865476:
-        w = w - Q.T @ (Q @ w)
-    return w
+def _basis_size(k: int, D: int, m) -> int:
+    """The Lanczos basis size: m in [k + 2, D] (default min(D, 2k + 10)); D itself when D < k + 2."""
+    if m is None:
+        return min(D, 2 * k + 10)
+    return _checks.int_arg("m", m, low=min(k + 2, D), high=D)
 
 
-def _select(vals, k: int, which: str) -> np.ndarray:
-    """Indices of the k wanted values (a numpy array or a tensor), in the order they are returned."""
-    v = vals.detach().cpu().numpy() if isinstance(vals, torch.Tensor) else np.asarray(vals)
-    key = {"LA": -v, "SA": v}.get(which, -np.abs(v))
-    return np.argsort(key, kind="stable")[:k]
-
-
-def _tridiag_eigh(alpha: list[float], beta: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of the Lanczos tridiagonal T (j x j, j <= a few hundred) in numpy: at these sizes
-    torch's per-op overhead (tensor creation, three diag ops, eigh dispatch) cost more than the solve, and
-    it ran at every step of the convergence check."""
-    T = np.diag(np.asarray(alpha, dtype=np.float64))
-    if beta:
-        b = np.asarray(beta, dtype=np.float64)
-        T += np.diag(b, 1) + np.diag(b, -1)
-    return np.linalg.eigh(T)
-
-
-def _error_bound(vals: np.ndarray, idx: np.ndarray, resid: np.ndarray, vectors: bool) -> np.ndarray:
-    """What convergence is judged on, per wanted Ritz pair: the residual |H y - theta y| (which bounds the
-    eigenvector's error) when vectors are wanted; else the eigenvalue's error bound min(r, r^2 / gap)
-    (Bauer-Fike; Kato-Temple with the gap to the nearest other Ritz value), which reaches a given
-    accuracy several steps before the residual does (15 -> 13 products for the top 5 of a digits MLP)."""
-    if vectors:
-        return resid
-    if len(vals) < 2:
-        return resid
-    d = np.abs(vals[idx][:, None] - vals[None, :])
-    d[np.arange(len(idx)), idx] = np.inf
-    gap = d.min(1)
-    return np.minimum(resid, np.where(gap > 0, resid * resid / np.where(gap > 0, gap, 1.0), resid))
-
-
-def _lanczos_eigs(op: Callable[[torch.Tensor], torch.Tensor], D: int, k: int, m: int, which: str, tol: float,
-                  breakdown: float, gen: torch.Generator, device: torch.device, want_vectors: bool):
-    """Lanczos with full reorthogonalisation on the operator op (float64 (1, D) -> (1, D)).
-
-    Runs at most m steps and stops once the k wanted Ritz pairs have residual |beta_j s_jk| <= tol * |H|
-    (checked from step min(m, 2k) on).  When the Krylov space closes (an invariant subspace: beta ~ 0) it
-    continues from a fresh random vector orthogonal to the basis, so repeated eigenvalues are found."""
-    Q = torch.empty(m, D, dtype=_F64, device=device)  # rows are read only once written
-    alpha: list[float] = []
-    beta: list[float] = []
-    q = torch.randn(D, generator=gen, dtype=_F64).to(device)
-    q /= q.norm()
-    scale = 0.0  # running estimate of |H|: the largest |alpha|, |beta| seen
-    for j in range(m):
-        Q[j] = q
-        w = op(q[None])[0]
-        a = float(q @ w)
-        w = _orthogonalise(w - a * q, Q[:j + 1])  # the three-term recurrence is implied by the full sweep
-        b = float(w.norm())
-        alpha.append(a)
-        scale = max(scale, abs(a), b)
-        if j + 1 == m:
-            break
-        if b <= breakdown * scale:
-            # invariant subspace: restart in the orthogonal complement (T gets a zero off-diagonal)
-            r = _orthogonalise(torch.randn(D, generator=gen, dtype=_F64).to(device), Q[:j + 1])
-            q = r / r.norm()
-            beta.append(0.0)
-            continue
-        if j + 1 >= min(m, 2 * k):
-            vals, S = _tridiag_eigh(alpha, beta)
-            idx = _select(vals, k, which)
-            if bool((_error_bound(vals, idx, b * np.abs(S[-1, idx]), want_vectors) <= tol * scale).all()):
-                break
-        q = w / b
-        beta.append(b)
-    n = len(alpha)
-    vals, S = _tridiag_eigh(alpha, beta[:n - 1])
-    idx = _select(vals, k, which)
-    eigvals = torch.from_numpy(vals[idx].copy()).to(device)
-    if not want_vectors:
-        return eigvals, None, n
-    vecs = torch.from_numpy(np.ascontiguousarray(S[:, idx].T)).to(device) @ Q[:n]  # Ritz vectors (k, D)
-    return eigvals, vecs, n
+def _basis_dtype_arg(basis_dtype) -> torch.dtype:
+    if basis_dtype not in BASIS_DTYPES:
+        raise ValueError(f"basis_dtype: got {basis_dtype!r}, expected torch.float64 or torch.float32")
+    return basis_dtype
 
 
 def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos", iters: int | None = None,
                  seed: int = 0, which: str = "LA", *, tol: float | None = None, return_vectors: bool = False,
-                 batch: int = 32) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                 batch: int = 32, m: int | None = None,
+                 basis_dtype: torch.dtype | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The k extreme eigenvalues of the Hessian H(theta) of the landscape's loss.
 
     theta: (D,).  which: "LA" the largest (descending), "SA" the smallest (ascending), "LM" the largest in
     magnitude (descending |lambda|).
-    method="lanczos": Lanczos from a random start (seeded) with full reorthogonalisation, all vectors in
-    float64, one Hessian-vector product per step.  iters: the most steps (default
-    min(D, max(2k + 20, 60))); it stops earlier once the k Ritz pairs have converged: their eigenvalues'
-    error bounds min(r, r^2 / gap) (r: the Ritz residual; gap: to the nearest other Ritz value) below
-    tol * |H| (default tol: the landscape dtype's eps), or with return_vectors their residuals r below
-    tol * |H| (default: 100 eps, at least 1e-12).  A single start vector finds one copy of each
-    eigenvalue of the Krylov space; a closed Krylov space restarts, so exact multiplicities are found,
-    but close clusters may need more iters.
+    method="lanczos": thick-restart Lanczos (Wu & Simon 2000) from a random start (seeded), fully
+    reorthogonalised, one Hessian-vector product per step, in a basis of at most m vectors (default
+    min(D, 2k + 10); m >= k + 2): when it is full, the k wanted Ritz vectors and half the rest, those
+    nearest the wanted end, replace it.  The coefficients and the small eigenproblems are float64.
+    It stops once the k Ritz pairs have converged: their eigenvalues' error bounds min(r, r^2 / gap) (r:
+    the Ritz residual; gap: to the nearest other Ritz value) below tol * |H| (default tol: the landscape
+    dtype's eps, i.e. exact to the products' precision), or with return_vectors their residuals r below
+    tol * |H| (default: 100 eps, at least 1e-12); or after iters products (default max(300, 50 k)) with a
+    RuntimeWarning.  tol=1e-3 asks for about PyHessian's accuracy (its default stops when an eigenvalue
+    changes by less than 1e-3 relative between power iterations) in fewer products (on BatchNorm
+    ResNet-20s, bench/hessian_resnet.py: 15, 24 and 45 where PyHessian took 27, 38 and 157).
+    A closed Krylov space restarts from a random vector, so exact multiplicities are found; close clusters
+    need more products.
+    basis_dtype: how the basis is stored.  torch.float32 halves its memory: vectors are stored rounded to
+    float32 (the products of a float32 landscape see them rounded anyway) while every coefficient and
+    reorthogonalisation is float64.  Measured on float64 products (tests): eigenvalues within 2e-9 |H|
+    and eigenvector residuals below 1e-6 |H|, so return_vectors with tol < FLOAT32_BASIS_TOL (1e-5) is
+    refused with a float32 basis.  Default (None): float32 on a float32 landscape whose float64 basis
+    would pass FLOAT64_BASIS_BYTES (256 MiB; smaller, float64's widening-free products are faster)
+    unless return_vectors asks tol below 1e-5; float64 otherwise.
+    Memory: m * D * (4 or 8) bytes for the basis, whatever the number of products; at D = 4.33 M
+    (a ResNet-20 at width 4), k = 5 and a float32 basis, 346 MB; at D = 25 M, 2.0 GB.
     method="dense": the full Hessian (probes.hessian) and torch.linalg.eigh in float64 (D <= 8192).
     Returns eigenvalues (k,) float64, or (eigenvalues (k,), eigenvectors (k, D)) float64 with
     return_vectors=True (unit vectors, row i for eigenvalue i), on the landscape's device."""
@@ -245,21 +259,36 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     _checks.choice_arg("which", which, WHICH)
     seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
     batch = _batch_arg(batch)
+    m = _basis_size(k, D, m)
+    max_products = max(300, 50 * k) if iters is None else _checks.int_arg("iters", iters, low=k)
+    if tol is None:
+        tol = _default_tol(L.dtype, return_vectors)
+        if return_vectors and basis_dtype == torch.float32:
+            tol = max(tol, FLOAT32_BASIS_TOL)
+    else:
+        tol = _checks.float_arg("tol", tol, low=0.0, high=1.0, low_open=True)
+    if basis_dtype is None:  # float32 products see their vectors rounded to float32 anyway
+        f32 = (L.dtype == torch.float32 and m * D * 8 > FLOAT64_BASIS_BYTES
+               and not (return_vectors and tol < FLOAT32_BASIS_TOL))
+        basis_dtype = torch.float32 if f32 else _F64
+    else:
+        basis_dtype = _basis_dtype_arg(basis_dtype)
+        if return_vectors and basis_dtype == torch.float32 and tol < FLOAT32_BASIS_TOL:
+            raise ValueError(f"tol: got {tol} with basis_dtype=torch.float32 and return_vectors=True, expected "
+                             f"tol >= {FLOAT32_BASIS_TOL} (a float32 basis bounds the eigenvectors' residuals; "
+                             "use basis_dtype=torch.float64 for more)")
     if method == "dense":
         if D > DENSE_MAX_DIM:
             raise ValueError(f"method: got 'dense' for landscape.dim = {D}, expected D <= {DENSE_MAX_DIM} "
                              "(use method='lanczos')")
         H = hessian(L, t[None].to(L.dtype))[0].to(_F64)
         vals, vecs = torch.linalg.eigh(H)
-        idx = torch.from_numpy(_select(vals, k, which))
+        idx = torch.from_numpy(_krylov.select(vals, k, which))
         return (vals[idx], vecs[:, idx].T.contiguous()) if return_vectors else vals[idx]
-    m = min(D, max(2 * k + 20, 60)) if iters is None else _checks.int_arg("iters", iters, low=k, high=D)
-    tol = (_default_tol(L.dtype, return_vectors) if tol is None
-           else _checks.float_arg("tol", tol, low=0.0, high=1.0))
-    op = _HVP(L, t, batch)
+    op = hessian_operator(L, t, batch)
     gen = torch.Generator().manual_seed(seed)
-    vals, vecs, _ = _lanczos_eigs(op, D, k, m, which, tol, _breakdown_tol(L.dtype), gen, L.device,
-                                  return_vectors)
+    vals, vecs, _ = _krylov.lanczos(op, D, k, m, which, tol, _breakdown_tol(L.dtype), gen, L.device,
+                                    return_vectors, max_products, basis_dtype)
     return (vals, vecs) if return_vectors else vals
 
 
@@ -287,32 +316,55 @@ def hutchinson_trace(landscape: Landscape, theta, n_samples: int = 100, seed: in
     Returns (estimate, standard error).  The standard error is that of the Hutchinson part (sample std of
     its quadratic forms / sqrt(their count)), given the sketch: the exact part adds no variance.  Exact,
     with standard error 0, when H is diagonal (plain Hutchinson: z_i^2 = 1) or when the sketch spans H's
-    range (Hutch++)."""
+    range (Hutch++).
+    Memory: one pass of vectors (at most `batch`, and at most 2**24 float64 entries) plus, for Hutch++,
+    its sketch of k = min(n_samples // 3, SKETCH_BYTES / (8 D)) float64 rows (1 GiB at most; a smaller
+    sketch leaves more products to the Hutchinson part, still unbiased)."""
     L = _landscape_arg(landscape)
     t = _theta_arg(L, theta)
     _checks.choice_arg("method", method, TRACE_METHODS)
     n = _checks.int_arg("n_samples", n_samples, low=4 if method == "hutch++" else 2)
     seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
     batch = _batch_arg(batch)
-    op = _HVP(L, t, batch)
+    op = hessian_operator(L, t, batch)
     gen = torch.Generator().manual_seed(seed)
     if method == "hutchinson":
-        return _hutchinson(op, L.dim, n, gen, L.device, batch, None)
-    k = min(max(1, n // 3), L.dim)
-    S = _rademacher(k, L.dim, gen).to(L.device)
-    Q = torch.linalg.qr(op(S).T).Q.T  # (k, D) orthonormal rows spanning H S
-    exact = float((Q * op(Q)).sum())  # tr(Q^T H Q)
-    rest, se = _hutchinson(op, L.dim, n - 2 * k, gen, L.device, batch, Q)
+        return _hutchinson(op, L.dim, n, gen, L.device, None)
+    # the sketch: a third of the products, at most SKETCH_BYTES of float64 rows (the rest go to Hutchinson)
+    k = min(max(1, n // 3), L.dim, max(1, SKETCH_BYTES // (8 * L.dim)))
+    Q = _sketch(op, L.dim, k, gen, L.device)
+    # tr(Q^T H Q), exactly
+    exact = sum(float((Q[i:i + op.batch] * op(Q[i:i + op.batch])).sum()) for i in range(0, k, op.batch))
+    rest, se = _hutchinson(op, L.dim, n - 2 * k, gen, L.device, Q)
     return exact + rest, se
 
 
-def _hutchinson(op, D: int, n: int, gen: torch.Generator, device: torch.device, batch: int,
+def _sketch(op, D: int, k: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(k, D) orthonormal rows spanning H S for k Rademacher probes S, built pass by pass and
+    orthonormalised in place (Gram-Schmidt, twice where needed): only the k x D float64 sketch is held,
+    never H S beside it.  A product in the span of the rows before it (H of rank < k) is replaced by a
+    fresh probe orthogonalised the same way, so the rows stay orthonormal, as a QR's would."""
+    B = _krylov.Basis(k, D, _F64, device)
+    r = 0
+    while r < k:
+        for w in op(_rademacher(min(op.batch, k - r), D, gen).to(device)):
+            size = float(w.norm())
+            w, _ = B.orthogonalise(r, w)
+            if float(w.norm()) <= 1e-10 * size:  # dependent on the rows so far
+                w, _ = B.orthogonalise(r, _rademacher(1, D, gen)[0].to(device))
+            B.store(r, w / w.norm())
+            r += 1
+    return B.Q
+
+
+def _hutchinson(op, D: int, n: int, gen: torch.Generator, device: torch.device,
                 Q: torch.Tensor | None) -> tuple[float, float]:
     """Hutchinson's mean of z^T A z over n Rademacher probes, A = H, or with Q (k, D) the deflated
-    (I - QQ^T) H (I - QQ^T); returns (mean, sample std / sqrt(n))."""
+    (I - QQ^T) H (I - QQ^T); returns (mean, sample std / sqrt(n)).  Probes are drawn op.batch at a time,
+    so memory is a pass's vectors, whatever n."""
     quad = []
-    for i in range(0, n, batch):
-        Z = _rademacher(min(batch, n - i), D, gen).to(device)
+    for i in range(0, n, op.batch):
+        Z = _rademacher(min(op.batch, n - i), D, gen).to(device)
         if Q is not None:
             Z = Z - (Z @ Q.T) @ Q
         quad.append((Z * op(Z)).sum(1))
@@ -321,55 +373,9 @@ def _hutchinson(op, D: int, n: int, gen: torch.Generator, device: torch.device, 
 
 
 # ---- spectral density ---------------------------------------------------------------------------------
-def _slq_nodes(op, D: int, m: int, starts: torch.Tensor, breakdown: float) -> tuple[list, list]:
-    """Lanczos from each row of starts (g, D) (unit vectors) in lockstep, each run fully reorthogonalised
-    against its own basis.  A run whose Krylov space closes stops there (its quadrature is then exact).
-    Returns per run the Gauss-quadrature nodes (Ritz values) and weights (first components squared)."""
-    g = starts.shape[0]
-    Q = torch.zeros(g, m, D, dtype=_F64, device=starts.device)
-    alpha = torch.zeros(g, m, dtype=_F64)
-    beta = torch.zeros(g, m, dtype=_F64)
-    length = torch.full((g,), m, dtype=torch.long)
-    active = torch.ones(g, dtype=torch.bool)
-    V = starts.clone()
-    scale = torch.zeros(g, dtype=_F64)
-    for j in range(m):
-        idx = active.nonzero().flatten()
-        if idx.numel() == 0:
-            break
-        dev_idx = idx.to(starts.device)
-        Va = V[dev_idx]
-        Q[dev_idx, j] = Va
-        W = op(Va)
-        a = (W * Va).sum(1)
-        W = W - a[:, None] * Va
-        Qa = Q[dev_idx, :j + 1]
-        for _ in range(2):
-            W = W - torch.einsum("rjd,rj->rd", Qa, torch.einsum("rjd,rd->rj", Qa, W))
-        b = W.norm(dim=1)
-        alpha[idx, j] = a.cpu()
-        scale[idx] = torch.maximum(scale[idx], torch.maximum(a.abs(), b).cpu())
-        if j + 1 == m:
-            break
-        closed = (b.cpu() <= breakdown * scale[idx])
-        length[idx[closed]] = j + 1
-        active[idx[closed]] = False
-        go = ~closed
-        beta[idx[go], j] = b.cpu()[go]
-        V[dev_idx[go.to(starts.device)]] = W[go.to(starts.device)] / b[go.to(starts.device), None]
-    nodes, weights = [], []
-    for r in range(g):
-        n = int(length[r])
-        T = torch.diag(alpha[r, :n]) + torch.diag(beta[r, :n - 1], 1) + torch.diag(beta[r, :n - 1], -1)
-        vals, S = torch.linalg.eigh(T)
-        nodes.append(vals)
-        weights.append(S[0] ** 2)
-    return nodes, weights
-
-
 def spectral_density(landscape: Landscape, theta, n_vectors: int = 8, steps: int | None = None,
                      grid: int | object = 1000, sigma: float | None = None, seed: int = 0, *,
-                     batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+                     batch: int = 32, reorthogonalise: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The eigenvalue density of H(theta) by stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao
     2019; PyHessian's `density`): `steps` Lanczos steps (default min(D, 90)) from each of n_vectors
     normalised Rademacher vectors give Gauss-quadrature nodes t_j and weights w_j (sum 1); the density is
@@ -379,6 +385,15 @@ def spectral_density(landscape: Landscape, theta, n_vectors: int = 8, steps: int
     x values.  sigma: the Gaussian width (default 1% of the nodes' span, or of max(|node|, 1) when they
     coincide).  The density is not renormalised: it integrates to 1 over the real line (the weights of
     each run sum to 1), so its integral over a grid that covers the nodes and resolves sigma is ~1.
+    reorthogonalise: True keeps each run's Lanczos basis (steps x D float64) and orthogonalises every
+    vector against it, as PyHessian does; False runs the plain three-term recurrence (4 x D float64 per
+    run, whatever the steps), as Ghorbani et al. and Papyan do.  Lost orthogonality only duplicates
+    converged Ritz values, and the duplicates share their eigenvalue's weight, so the broadened density
+    agrees with the reorthogonalised one to within the quadrature's own error (tested against a dense
+    eigendecomposition); what it cannot give is individual eigenvalues (use hessian_eigs).  Default
+    (None): True when one run's basis fits in SLQ_BASIS_BYTES (1 GiB: steps * D <= 2**27), else False.
+    Memory: as many runs at once as fit in SLQ_BASIS_BYTES (at least one), each steps * D * 8 bytes
+    (reorthogonalised) or 4 * D * 8 bytes, plus the products' own graph.
     Returns (grid (G,), density (G,)), float64 on the CPU.  The runs go in lockstep, their products
     batched."""
     L = _landscape_arg(landscape)
@@ -401,13 +416,21 @@ def spectral_density(landscape: Landscape, theta, n_vectors: int = 8, steps: int
     seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
     batch = _batch_arg(batch)
 
-    op = _HVP(L, t, batch)
+    if reorthogonalise is None:
+        reorth = m * D * 8 <= SLQ_BASIS_BYTES
+    elif isinstance(reorthogonalise, bool):
+        reorth = reorthogonalise
+    else:
+        raise TypeError(f"reorthogonalise: got {_checks.describe(reorthogonalise)}, expected True, False or None")
+
+    op = hessian_operator(L, t, batch)
     gen = torch.Generator().manual_seed(seed)
-    group = max(1, _GROUP_ELEMS // (m * D))  # runs held at once: bounds the float64 bases
+    # runs held at once: their float64 vectors within SLQ_BASIS_BYTES (at least one run)
+    group = max(1, SLQ_BASIS_BYTES // ((m if reorth else 4) * D * 8))
     nodes, weights = [], []
     for i in range(0, nv, group):
         starts = _rademacher(min(group, nv - i), D, gen) / math.sqrt(D)
-        n_, w_ = _slq_nodes(op, D, m, starts.to(L.device), _breakdown_tol(L.dtype))
+        n_, w_ = _krylov.slq_nodes(op, starts.to(L.device), m, _breakdown_tol(L.dtype), reorth)
         nodes += n_
         weights += w_
     allnodes = torch.cat(nodes)

@@ -1,0 +1,176 @@
+"""lscape's Hessian spectra against PyHessian's on BatchNorm ResNet-20s (eval mode, 3x32x32 inputs, float32
+on the CPU), each case alone in its own process so that its peak memory (ru_maxrss) is its own.
+
+    # the issue-30 table: width x4 (D = 4.33 M), 128 images, top-2 and top-5, lscape at its default
+    # (exact) tolerance and at 1e-3 against PyHessian at its defaults (maxIter=100, tol=1e-3)
+    PYTHONPATH=python nice -n 19 python bench/hessian_resnet.py compare --width 4 --images 128
+    # one case in this process (what `compare` runs in each subprocess); prints one JSON line
+    PYTHONPATH=python python bench/hessian_resnet.py one --who lscape --width 10 --images 32 --k 5
+    PYTHONPATH=python python bench/hessian_resnet.py one --who lscape-slq --width 10 --images 32 --steps 100
+
+Cases:
+  lscape          lscape.probes.spectrum.hessian_eigs(k) on Landscape.from_module (thick-restart Lanczos,
+                  basis of 2k + 10 vectors; --tol default: float32's eps |H| on each eigenvalue's error bound)
+  lscape-f64      the same with basis_dtype=torch.float64 (the default for a float32 landscape is a float32
+                  basis)
+  lscape-slq      lscape.probes.spectrum.spectral_density(n_vectors=1, steps=--steps)
+  pyhessian       pyhessian.hessian(model, CE, data=(X, Y)).eigenvalues(top_n=k) (power iteration with
+                  deflation; --tol default: its own 1e-3, maxIter 100)
+Each prints: CPU and wall seconds of the solve (model, data and import excluded; CPU time, user + system,
+is what the ratios use: on a shared machine it counts the work, whatever the load), Hessian-vector
+products, CPU seconds per product, peak resident memory of the whole process (GB, from getrusage: the
+imports and the data included, the same for every case), and the eigenvalues.  `compare` adds the ratios
+to PyHessian's row.
+--products-only N: stop after N products (lscape: iters=N; pyhessian: maxIter=N) to measure the cost per
+product and the memory on a machine too slow for the full solve; the row is then marked "partial".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+
+CE = nn.functional.cross_entropy
+
+
+def _case(width: int, images: int):
+    from lscape.models import resnet20
+
+    model = resnet20(width)
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(images, 3, 32, 32, generator=gen)
+    Y = torch.randint(0, 10, (images,), generator=gen)
+    return model, X, Y
+
+
+def _cpu() -> float:
+    """CPU seconds of this process (user + system): on a shared machine, the work done, whatever the load."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def one(a: argparse.Namespace) -> dict:
+    torch.set_num_threads(a.threads)
+    model, X, Y = _case(a.width, a.images)
+    D = sum(p.numel() for p in model.parameters())
+    counter = [0]
+    tol = None if a.tol == "default" else float(a.tol)
+    if a.who.startswith("lscape"):
+        from lscape import Landscape
+        from lscape.probes import spectrum
+
+        call = spectrum._HVP.__call__
+
+        def counting(self, V):
+            counter[0] += V.shape[0]
+            return call(self, V)
+
+        spectrum._HVP.__call__ = counting
+        L = Landscape.from_module(model, CE, (X, Y))
+        theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        t0, c0 = time.perf_counter(), _cpu()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if a.who == "lscape-slq":
+                x, dens = spectrum.spectral_density(L, theta, n_vectors=1, steps=a.steps)
+                vals = [float(x[int(dens.argmax())])]
+            else:
+                kw = {} if a.products_only is None else {"iters": a.products_only}
+                if a.who == "lscape-f64":
+                    kw["basis_dtype"] = torch.float64
+                vals = spectrum.hessian_eigs(L, theta, a.k, tol=tol, **kw).tolist()
+        secs, cpu = time.perf_counter() - t0, _cpu() - c0
+        converged = not any("not converged" in str(w.message) for w in caught)
+    else:
+        import pyhessian  # noqa: F401 - the package's __init__ shadows its `hessian` module with the class
+
+        ph = sys.modules["pyhessian.hessian"]
+
+        hvp = ph.hessian_vector_product
+
+        def counting(gradsH, params, v):
+            counter[0] += 1
+            return hvp(gradsH, params, v)
+
+        ph.hessian_vector_product = counting
+        torch.manual_seed(0)  # its start vectors come from the global generator
+        kw = {}
+        if tol is not None:
+            kw["tol"] = tol
+        if a.products_only is not None:
+            kw["maxIter"] = a.products_only
+        t0, c0 = time.perf_counter(), _cpu()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # backward(create_graph=True)'s reference-cycle warning
+            H = ph.hessian(model, CE, data=(X, Y), cuda=False)
+            vals, _ = H.eigenvalues(top_n=a.k, **kw)
+        secs, cpu = time.perf_counter() - t0, _cpu() - c0
+        vals = sorted((float(v) for v in vals), reverse=True)
+        converged = True  # PyHessian does not say
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GB
+    return {"who": a.who, "width": a.width, "D": D, "images": a.images, "k": a.k, "tol": a.tol,
+            "seconds": secs, "cpu_seconds": cpu, "products": counter[0],
+            "s_per_product": cpu / max(1, counter[0]),
+            "peak_gb": peak, "eigenvalues": vals, "converged": converged,
+            "partial": a.products_only is not None, "threads": a.threads}
+
+
+def compare(a: argparse.Namespace) -> None:
+    rows = []
+    base = [sys.executable, os.path.abspath(__file__), "one", "--width", str(a.width), "--images",
+            str(a.images), "--threads", str(a.threads)]
+    if a.products_only is not None:
+        base += ["--products-only", str(a.products_only)]
+    for k in a.ks:
+        for case in a.cases:
+            who, tol = case.split(":")
+            out = subprocess.run([*base, "--who", who, "--k", str(k), "--tol", tol], capture_output=True,
+                                 text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\nResNet-20 width x{a.width} (D = {rows[0]['D']:,}), {a.images} images, float32, CPU, "
+          f"{a.threads} thread(s){' (partial: cost per product only)' if a.products_only else ''}")
+    print("| k | case | tol | CPU s | wall s | products | CPU s/product | peak GB | speed-up vs PyHessian (CPU) |"
+          " memory / PyHessian | eigenvalues |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for k in a.ks:
+        ph = next(r for r in rows if r["k"] == k and r["who"] == "pyhessian")
+        for r in (r for r in rows if r["k"] == k):
+            ev = ", ".join(f"{v:.6g}" for v in r["eigenvalues"])
+            print(f"| {k} | {r['who']} | {r['tol']} | {r['cpu_seconds']:.1f} | {r['seconds']:.1f} | {r['products']} | "
+                  f"{r['s_per_product']:.2f} | {r['peak_gb']:.2f} | {ph['cpu_seconds'] / r['cpu_seconds']:.2f}x | "
+                  f"{r['peak_gb'] / ph['peak_gb']:.2f} | {ev} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=("one", "compare"))
+    ap.add_argument("--who", choices=("lscape", "lscape-f64", "lscape-slq", "pyhessian"), default="lscape")
+    ap.add_argument("--width", type=int, default=4)
+    ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--ks", type=int, nargs="+", default=[2, 5])
+    ap.add_argument("--tol", default="default")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--products-only", type=int, default=None)
+    ap.add_argument("--cases", nargs="+", default=["pyhessian:default", "lscape:default", "lscape:1e-3"],
+                    help="who:tol pairs that `compare` runs, in order")
+    a = ap.parse_args()
+    if a.mode == "one":
+        print(json.dumps(one(a)))
+    else:
+        compare(a)
+
+
+if __name__ == "__main__":
+    main()
