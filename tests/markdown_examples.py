@@ -61,11 +61,12 @@ def run_page(path: Path, workdir: Path) -> dict:
     matplotlib.use("Agg")  # no display in CI; figures are saved, never shown
     import matplotlib.pyplot as plt
 
+    blocks = python_blocks(Path(path).resolve())
     namespace: dict = {"__name__": "__main__"}
     old = os.getcwd()
     os.chdir(workdir)
     try:
-        for block in python_blocks(path):
+        for block in blocks:
             where = block.path.relative_to(ROOT) if block.path.is_relative_to(ROOT) else block.path
             name = f"{where}:{block.line}"
             # the fence's line is `line`, so code line k sits at file line `line + k`: pad to match
