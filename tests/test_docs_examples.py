@@ -27,7 +27,7 @@ def test_the_extractor_finds_and_skips_the_right_blocks(tmp_path):
                     '```python title="sketch, not run"\nraise SystemExit\n```\n\n'
                     "- a list item:\n\n    ```python\n    y = x + 1\n    ```\n", encoding="utf-8")
     blocks = python_blocks(page)
-    assert [(b.line, b.code) for b in blocks] == [(3, "x = 1"), (16, "y = x + 1")]
+    assert [(b.line, b.code) for b in blocks] == [(3, "x = 1"), (17, "y = x + 1")]
 
 
 def test_a_failing_example_names_its_file_and_line(tmp_path):
@@ -83,3 +83,32 @@ def test_every_reference_page_links_its_guide():
     for page in sorted((ROOT / "docs" / "api").glob("*.md")):
         if page.name != "index.md":
             assert re.search(r"^Guides?: \[", page.read_text(encoding="utf-8"), re.M), f"{page.name}: no guide link"
+
+
+def _public_objects():
+    """(name, object) for every public name the API reference shows, and the public members of its classes."""
+    import inspect
+
+    for module in (lscape, *PUBLIC_MODULES):
+        for n in module.__all__:
+            obj = getattr(module, n)
+            if inspect.ismodule(obj) or not callable(obj):
+                continue
+            yield f"{module.__name__}.{n}", obj
+            if inspect.isclass(obj):
+                for k, v in vars(obj).items():
+                    if k.startswith("_"):
+                        continue
+                    if isinstance(v, property):
+                        yield f"{module.__name__}.{n}.{k}", v
+                    elif isinstance(v, (classmethod, staticmethod)) or inspect.isfunction(v):
+                        yield f"{module.__name__}.{n}.{k}", getattr(obj, k)
+
+
+def test_every_public_name_has_a_docstring():
+    import inspect
+
+    objects = list(_public_objects())
+    assert len(objects) > 60, len(objects)
+    missing = [name for name, obj in objects if not (obj.__doc__ if isinstance(obj, property) else inspect.getdoc(obj))]
+    assert not missing, f"public names without a docstring: {missing}"

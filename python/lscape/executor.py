@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "get_executor"]
 
 EXECUTORS = ("local", "ray")
+"""The executor names get_executor (and --executor) accepts."""
 # Exceptions a retry can cure: the machine, not the input (a ValueError from bad input is never retried).
 RETRYABLE = (OSError, ConnectionError, TimeoutError, MemoryError)
 
