@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 __all__ = ["EXECUTORS", "Executor", "ExecutorLost", "LocalExecutor", "RayExecutor", "get_executor"]
 
 EXECUTORS = ("local", "ray")
+"""The executor names get_executor (and --executor) accepts."""
 # Exceptions a retry can cure: the machine, not the input (a ValueError from bad input is never retried).
 RETRYABLE = (OSError, ConnectionError, TimeoutError, MemoryError)
 
@@ -63,6 +64,14 @@ class Executor:
 
     def map_chunks(self, fn: ChunkFn, chunks: Sequence[int], *, shared: Any = None, on_result: OnResult,
                    label: str = "", progress: bool = False) -> None:
+        """Run fn(i, shared) for every index i in `chunks` and call on_result(i, result) on the driver as each
+        finishes (in completion order, which need not be index order).
+
+        fn: a function of (chunk index, shared) returning the chunk's result (picklable for Ray).
+        shared: one object every chunk reads (sent once to a cluster's object store).
+        label, progress: a tqdm bar on stderr named `label` when progress is True.
+        An exception raised by fn ends the map and propagates (after Ray's retries for dead workers).
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -85,6 +94,7 @@ class LocalExecutor(Executor):
 
     def map_chunks(self, fn: ChunkFn, chunks: Sequence[int], *, shared: Any = None, on_result: OnResult,
                    label: str = "", progress: bool = False) -> None:
+        """Executor.map_chunks here, in this process, one chunk after another in index order."""
         chunks = list(chunks)
         bar = progress_bar(len(chunks), label, progress)
         try:
@@ -146,6 +156,7 @@ class RayExecutor(Executor):
 
     def map_chunks(self, fn: ChunkFn, chunks: Sequence[int], *, shared: Any = None, on_result: OnResult,
                    label: str = "", progress: bool = False) -> None:
+        """Executor.map_chunks as Ray tasks of num_cpus CPUs each, retried max_retries times on dead workers."""
         ray = self._ray
         chunks = list(chunks)
         if not chunks:

@@ -69,11 +69,11 @@ class SparseSignProjection:
         self._bands_cache: list[ops.Bands | None] = []  # [] until a one-vector product first asks
 
     # ---- description -------------------------------------------------------------------------------
-    D = property(lambda self: self.spec.D)
-    d = property(lambda self: self.spec.d)
-    seed = property(lambda self: self.spec.seed)
-    density = property(lambda self: self.spec.density)
-    shape = property(lambda self: (self.spec.D, self.spec.d))
+    D = property(lambda self: self.spec.D, doc="Rows of P: the length of P theta (int).")
+    d = property(lambda self: self.spec.d, doc="Columns of P: the length of theta (int).")
+    seed = property(lambda self: self.spec.seed, doc="The seed P was drawn from (int).")
+    density = property(lambda self: self.spec.density, doc="Each entry's probability of being nonzero (float).")
+    shape = property(lambda self: (self.spec.D, self.spec.d), doc="(D, d), as a matrix's shape.")
 
     @property
     def col_counts(self) -> torch.Tensor:

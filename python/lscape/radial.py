@@ -84,25 +84,30 @@ class RadiusRecorder:
         return self._handle
 
     def detach(self) -> None:
+        """Stop recording after optimizer steps (undoes attach; the points recorded so far stay)."""
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
 
     @property
     def t(self) -> np.ndarray:
+        """(n,) float64: the step (or your clock's time) of every recorded point."""
         return np.asarray(self._t, dtype=np.float64)
 
     @property
     def r(self) -> np.ndarray:
+        """(n,) float64: the radius |theta| of the model's parameters at each recorded point."""
         return np.asarray(self._r, dtype=np.float64)
 
     @property
     def r0(self) -> float:
+        """The first recorded radius.  Raises ValueError when nothing has been recorded yet."""
         if not self._r:
             raise ValueError("RadiusRecorder: nothing recorded yet")
         return self._r[0]
 
     def fit(self, **kwargs) -> RandomWalkFit:
+        """fit_random_walk(self.t, self.r, self.r0, **kwargs) (kwargs: t_min=); returns a RandomWalkFit."""
         return fit_random_walk(self.t, self.r, self.r0, **kwargs)
 
 

@@ -45,6 +45,7 @@ class Surface:
 
     @property
     def ndim(self) -> int:
+        """1 for a curve (y is None), 2 for a plane."""
         return 1 if self.y is None else 2
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -57,6 +58,7 @@ class Surface:
 
     @classmethod
     def load(cls, path: str) -> Surface:
+        """A Surface read back from a .h5 or .npz file that Surface.save (or lscape.surface's file=) wrote."""
         return cls(**read_surface(path))
 
     def to_vtp(self, path: str, name: str = "train_loss", *, log: bool = False, zmax: float | None = None) -> None:

@@ -64,6 +64,7 @@ class Split(NamedTuple):
 
     @property
     def n_classes(self) -> int:
+        """The number of classes: one more than the largest label in either split."""
         return int(max(self.y_train.max(), self.y_test.max())) + 1
 
 
