@@ -94,6 +94,7 @@ class IntrinsicDimension:
 
     @property
     def mean_scores(self) -> np.ndarray:
+        """(len(dims),) each d's score averaged over the seeds (what d_int reads)."""
         return self.scores.mean(axis=1)
 
     @property
