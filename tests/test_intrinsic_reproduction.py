@@ -81,7 +81,8 @@ def test_paper_networks_have_li_et_al_sizes_and_init():
                 assert not torch.equal(p, q), name
                 fan_in = p[0].numel()
                 assert p.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.25), name
-    assert cfg.dataset == "mnist" and cfg.seeds == 3 and (cfg.lr, cfg.beta2, cfg.l2, cfg.batch) == (1e-3, 0.99, 1e-4, 128)
+    assert cfg.dataset == "mnist" and cfg.seeds == 3
+    assert (cfg.lr, cfg.beta2, cfg.l2, cfg.batch) == (1e-3, 0.99, 1e-4, 128)
 
 
 def test_registered_and_bad_network_named():

@@ -187,4 +187,14 @@ def _summary(cfg: Config, res: dict[str, Any]) -> dict[str, Any]:
                                    "val_acc_at_r_x": float(acc[k_rx]), "diverged_cells": int(np.isnan(acc).sum())}
     fit = res["full_fit"]
     out["full_space_random_walk_exponents"] = [float(e) for e in fit[:, 0]]
+    # r(T) / r(T/2) of each full-space cell: 1 where r(t) has plateaued, sqrt(2) for a random walk from
+    # a small r0 (r^2 growing linearly in t), NaN where the run diverged or has too few records
+    out["full_space_r_end_over_r_half"] = [_late_growth(res[f"full_t_{k}"], res[f"full_r_{k}"])
+                                           for k in range(len(res["r0"]))]
     return out
+
+
+def _late_growth(t: np.ndarray, r: np.ndarray) -> float:
+    if len(t) < 3 or not np.all(np.isfinite(r)):
+        return math.nan
+    return float(r[-1] / np.interp(t[-1] / 2, t, r))

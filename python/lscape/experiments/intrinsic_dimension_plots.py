@@ -11,7 +11,6 @@ from .common import save_figures
 from .gamst_walker_plots import GREY
 
 
-
 def plot_all(res: Mapping[str, Any], out: Path, cfg, plt) -> list[str]:
     return save_figures((fig1_accuracy_vs_d, fig2_epochs), res, out, cfg, plt)
 
