@@ -75,8 +75,8 @@ SCALES: dict[str, Config] = {
     "default": Config("default", batch=64, lr=1e-2, fc_epochs=20, lenet_epochs=20),
     # MNIST: D = 199,210 (FC) and 44,426 (LeNet-5); 25 and 10 epochs instead of the official 100, which 2
     # shared CPU cores cannot afford (fig2 and baseline_acc_gain_last_20pct_epochs show what is left)
-    "paper": Config("paper", dataset="mnist", fc_dims=(700, 900, 1100, 1300, 1600),
-                    lenet_dims=(200, 300, 400, 600), fc_epochs=25, lenet_epochs=10),
+    "paper": Config("paper", dataset="mnist", fc_dims=(750, 1000, 1300, 1600, 2000),
+                    lenet_dims=(200, 300, 400, 600, 1000, 1500), fc_epochs=25, lenet_epochs=10),
 }
 
 PLOTS = "intrinsic_dimension_plots"
