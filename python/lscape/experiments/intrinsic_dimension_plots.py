@@ -70,6 +70,7 @@ def fig2_epochs(res, cfg, plt):
             ax.plot(ep, hist[i].mean(axis=0), color=cmap(i / max(1, len(dims) - 1)), lw=1, label=f"d = {d}")
         ax.plot(ep, np.nanmean(base, axis=0), color="k", lw=1.5, label="full space")
         ax.axhline(cfg.threshold * cfg.baseline, color="C3", ls="--", lw=1)
+        ax.xaxis.set_major_locator(plt.matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (mean over seeds)")
         ax.set_title(f"{_title(net, cfg)}: accuracy after every epoch", fontsize=10)
