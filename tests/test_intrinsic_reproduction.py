@@ -32,7 +32,7 @@ def test_smoke_writes_everything(smoke_run):
             s = summary["networks"][net]
             assert s["D"] == int(r[f"{net}_D"]) and s["threshold"] == pytest.approx(0.9)
             assert s["baseline_acc"] == pytest.approx(float(r[f"{net}_baseline_scores"].mean()))
-            assert len(s["per_seed"]) == cfg.seeds
+            assert len(s["per_seed"]) == cfg.seeds and len(s["acc_gain_last_20pct_epochs"]) == len(dims)
             # the reading: d_int90 is the first d whose mean reaches the target, or None
             mean = r[f"{net}_scores"].mean(axis=1)
             hit = [d for d, m in zip(dims, mean, strict=True) if m >= s["threshold"]]

@@ -190,6 +190,12 @@ def reading(res: dict[str, Any], net: str, threshold: float, baseline: float) ->
         order=res[f"{net}_dims"])
 
 
+def late_gain(history: np.ndarray) -> float:
+    """history (seeds, epochs) -> the mean over seeds of the score's rise over the last 20% of the epochs
+    (from the end of epoch 0.8 x epochs to the last)."""
+    return float(np.mean(history[:, -1] - history[:, max(0, int(0.8 * history.shape[1]) - 1)]))
+
+
 def _nan_to_none(x: float) -> float | None:
     return None if not math.isfinite(x) else float(x)
 
@@ -207,9 +213,10 @@ def _summary(cfg: Config, res: dict[str, Any]) -> dict[str, Any]:
             "d_int90": li.d_int, "d_int90_interpolated": _nan_to_none(li.d_int_interpolated),
             "per_seed": [_nan_to_none(x) for x in li.per_seed],
             "baseline_acc": measured, "baseline_acc_per_seed": res[f"{net}_baseline_scores"].tolist(),
-            # the full-space accuracy gained over the last 20% of the epochs: how far training has plateaued
-            "baseline_acc_gain_last_20pct_epochs": _nan_to_none(
-                float(np.mean(hist[:, -1] - hist[:, max(0, int(0.8 * hist.shape[1]) - 1)]))),
+            # the accuracy gained over the last 20% of the epochs (mean over seeds): how far training has
+            # plateaued, in the full space and at each swept d
+            "baseline_acc_gain_last_20pct_epochs": _nan_to_none(late_gain(hist)),
+            "acc_gain_last_20pct_epochs": [_nan_to_none(late_gain(h)) for h in res[f"{net}_history"]],
             "relative": {"threshold": cfg.threshold * measured, "d_int90": rel.d_int,
                          "d_int90_interpolated": _nan_to_none(rel.d_int_interpolated)},
             "dims": res[f"{net}_dims"].tolist(), "mean_acc": res[f"{net}_scores"].mean(axis=1).tolist(),
