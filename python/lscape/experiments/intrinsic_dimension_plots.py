@@ -53,7 +53,7 @@ def fig1_accuracy_vs_d(res, cfg, plt):
         ax.set_xlabel("subspace dimension d")
         ax.set_ylabel(f"test accuracy after {cfg.fc_epochs if net == 'fc' else cfg.lenet_epochs} epochs")
         ax.set_title(_title(net, cfg), fontsize=10)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="center left")
     return fig, "fig1_accuracy_vs_d.png"
 
 
