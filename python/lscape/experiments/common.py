@@ -44,8 +44,8 @@ __all__ = ["SCALES", "ChunkBudget", "Context", "DamagedCheckpointWarning", "RunD
            "module_functions", "config_dict", "finish_run", "load_npz", "replot", "require_matplotlib",
            "resolve_device", "save_figures", "start", "torch_threads"]
 
-SCALES = ("smoke", "default", "large", "paper-capped", "paper")  # every scale some experiment has
-# (gamst-walker: large; bosman: paper-capped)
+SCALES = ("smoke", "default", "large", "mnist", "paper-capped", "paper")  # every scale some experiment has
+# (gamst-walker: large; goldilocks: mnist; bosman: paper-capped)
 
 
 def config_of(module: types.ModuleType, scale: str, **overrides: Any):

@@ -1,7 +1,7 @@
 """Fort & Scherlis / Chang's Goldilocks study: training in random hyperplanes and on hyperspheres as a
 function of the initialisation radius r0 (../shared/papers/000_b4bc172e9c85d111.txt, §III-V).
 
-    lscape reproduce goldilocks --scale smoke|default|paper --out DIR [--resume] [--data-dir DIR]
+    lscape reproduce goldilocks --scale smoke|default|mnist|paper --out DIR [--resume] [--data-dir DIR]
 
 A fully connected [inputs -> 200 -> 200 -> 10] ReLU network, softmax cross-entropy, Adam, trained
 1. in a random d-dimensional hyperplane r = a + P theta through a point a of norm r0 (theta from 0),
@@ -55,6 +55,9 @@ SCALES: dict[str, Config] = {
     "smoke": Config("smoke", hidden=(32, 32), dims=(10, 40), r0_points=4, epochs=1),
     # digits (D = 55,210): 4 d x 13 r0 x 2 kinds + 13 full-space cells x 5 epochs, a few minutes on a CPU
     "default": Config("default"),
+    # Fort & Scherlis's own data: MNIST's 784-200-200-10 net (D = 199,210), 2 epochs a cell on a CPU
+    "mnist": Config("mnist", dataset="mnist", dims=(10, 100, 1000), r0_points=9, epochs=2, batch=128, lr=1e-3,
+                    record_every=5),
     # the paper: CIFAR-10 (D = 656,810), d up to 9,000, a GPU job
     "paper": Config("paper", dataset="cifar10", dims=(10, 100, 1000, 3000, 9000), epochs=10, batch=128,
                     lr=1e-3, record_every=10),
@@ -184,4 +187,14 @@ def _summary(cfg: Config, res: dict[str, Any]) -> dict[str, Any]:
                                    "val_acc_at_r_x": float(acc[k_rx]), "diverged_cells": int(np.isnan(acc).sum())}
     fit = res["full_fit"]
     out["full_space_random_walk_exponents"] = [float(e) for e in fit[:, 0]]
+    # r(T) / r(T/2) of each full-space cell: 1 where r(t) has plateaued, sqrt(2) for a random walk from
+    # a small r0 (r^2 growing linearly in t), NaN where the run diverged or has too few records
+    out["full_space_r_end_over_r_half"] = [_late_growth(res[f"full_t_{k}"], res[f"full_r_{k}"])
+                                           for k in range(len(res["r0"]))]
     return out
+
+
+def _late_growth(t: np.ndarray, r: np.ndarray) -> float:
+    if len(t) < 3 or not np.all(np.isfinite(r)):
+        return math.nan
+    return float(r[-1] / np.interp(t[-1] / 2, t, r))

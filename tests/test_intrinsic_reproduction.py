@@ -1,0 +1,91 @@
+"""The intrinsic-dimension reproduction (Li et al. 2018) at smoke scale: end to end, an interrupted run
+resumed to the same numbers, and the paper scale's networks at Li et al.'s sizes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_run_outputs, smoke_run_fixture
+from lscape import experiments
+from lscape.experiments import common
+from lscape.experiments import intrinsic_dimension as idim
+
+smoke_run = smoke_run_fixture(idim.run, "idim_smoke")
+
+
+def test_smoke_writes_everything(smoke_run):
+    out, summary = smoke_run
+    cfg = idim.SCALES["smoke"]
+    assert_run_outputs(out, summary)
+    assert json.loads((out / "summary.json").read_text())["networks"].keys() == set(cfg.networks)
+    with np.load(out / "results.npz") as r:
+        for net in cfg.networks:
+            dims = getattr(cfg, f"{net}_dims")
+            epochs = getattr(cfg, f"{net}_epochs")
+            np.testing.assert_array_equal(r[f"{net}_dims"], dims)
+            assert r[f"{net}_scores"].shape == (len(dims), cfg.seeds)
+            assert r[f"{net}_history"].shape == (len(dims), cfg.seeds, epochs)
+            assert r[f"{net}_baseline_history"].shape == (cfg.seeds, epochs)
+            # the last epoch of every curve is the score the sweep reads
+            np.testing.assert_array_equal(r[f"{net}_history"][:, :, -1], r[f"{net}_scores"])
+            np.testing.assert_array_equal(r[f"{net}_baseline_history"][:, -1], r[f"{net}_baseline_scores"])
+            s = summary["networks"][net]
+            assert s["D"] == int(r[f"{net}_D"]) and s["threshold"] == pytest.approx(0.9)
+            assert s["baseline_acc"] == pytest.approx(float(r[f"{net}_baseline_scores"].mean()))
+            assert len(s["per_seed"]) == cfg.seeds and len(s["acc_gain_last_20pct_epochs"]) == len(dims)
+            # the reading: d_int90 is the first d whose mean reaches the target, or None
+            mean = r[f"{net}_scores"].mean(axis=1)
+            hit = [d for d, m in zip(dims, mean, strict=True) if m >= s["threshold"]]
+            assert s["d_int90"] == (hit[0] if hit else None)
+            rel = s["relative"]
+            hit = [d for d, m in zip(dims, mean, strict=True) if m >= rel["threshold"]]
+            assert rel["d_int90"] == (hit[0] if hit else None)
+    # training in a subspace works: the FC net's largest d beats its smallest, and the full space beats chance
+    fc = summary["networks"]["fc"]
+    assert fc["mean_acc"][-1] > fc["mean_acc"][0] + 0.2 and fc["baseline_acc"] > 0.5
+
+
+def test_interrupted_run_resumes_to_the_same_results(smoke_run, tmp_path):
+    ref_out, _ = smoke_run
+    out = tmp_path / "run"
+    with pytest.raises(common.RunInterrupted):
+        idim.run("smoke", out, progress=False, figures=False, stop_after_chunks=3)
+    assert (out / "checkpoints" / "fc.npz").is_file() and not (out / "results.npz").exists()
+    with pytest.raises(FileExistsError):  # a folder with checkpoints is only continued when asked to
+        idim.run("smoke", out, progress=False, figures=False)
+    idim.run("smoke", out, resume=True, progress=False, figures=False)
+    with np.load(ref_out / "results.npz") as a, np.load(out / "results.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_paper_networks_have_li_et_al_sizes_and_init():
+    """MNIST's 784-200-200-10 FC net (D = 199,210) and LeNet-5 (D = 44,426), he_normal kernels with
+    zero biases, each seed its own draw."""
+    cfg = idim.config("paper")
+    mnist_like = idim.datasets.Split(torch.zeros(2, 784), torch.tensor([0, 9]), torch.zeros(1, 784),
+                                     torch.tensor([3]))
+    for net, D in (("fc", 199_210), ("lenet", 44_426)):
+        make = idim.model_factory(cfg, net, mnist_like)
+        torch.manual_seed(0)
+        a = make()
+        assert sum(p.numel() for p in a.parameters()) == D
+        assert a(torch.zeros(5, 784)).shape == (5, 10)
+        torch.manual_seed(1)
+        b = make()
+        for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+            if name.endswith("bias"):
+                assert not p.any(), name
+            else:
+                assert not torch.equal(p, q), name
+                fan_in = p[0].numel()
+                assert p.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.25), name
+    assert cfg.dataset == "mnist" and cfg.seeds == 3
+    assert (cfg.lr, cfg.beta2, cfg.l2, cfg.batch) == (1e-3, 0.99, 1e-4, 128)
+
+
+def test_registered_and_bad_network_named():
+    assert experiments.get("intrinsic-dimension") is idim
+    with pytest.raises(ValueError, match="networks: got 'resnet'"):
+        idim.run("smoke", "unused", networks=("resnet",), progress=False, figures=False)
