@@ -243,9 +243,10 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     stop="change" reads tol as PyHessian does: it stops once every wanted Ritz value changed by less than
     tol relative (|theta - theta'| / |theta|) between consecutive Lanczos steps (default tol 1e-3, its
     default); a heuristic, like PyHessian's, with no bound on the error (a slowly moving value can stop it
-    early), and the Ritz vectors' residuals are not checked.  Measured on BatchNorm ResNet-20s
-    (bench/hessian_resnet.py, README "Hessian spectra of large models"): see the README for products and
-    errors against the exact answer.
+    early), and the Ritz vectors' residuals are not checked.  Measured on a BatchNorm ResNet-20 (width 1,
+    16 images, bench/hessian_resnet.py): top-2 in 19 products, within 8.5e-4 of the exact values, and
+    top-5 in 26, its 5th value 2.9% low (stalled for a few steps), where tol=1e-3 took 24 and 45 and
+    PyHessian 38 and 157; stop="change" with tol=1e-4 took 24 and 44, within 6e-5.
     A closed Krylov space restarts from a random vector, so exact multiplicities are found; close clusters
     need more products.
     basis_dtype: how the basis is stored.  torch.float32 halves its memory: vectors are stored rounded to
