@@ -156,6 +156,7 @@ def lanczos(op: Callable[[torch.Tensor], torch.Tensor], D: int, k: int, m: int, 
     q = torch.randn(D, generator=gen, dtype=_F64).to(device)
     q /= q.norm()
     scale = 0.0
+    by_change = stop == "change"
     prev = None  # the wanted Ritz values of the previous step (stop="change")
     j = products = 0  # the newest row of the basis; Hessian-vector products so far
     while True:
@@ -172,7 +173,6 @@ def lanczos(op: Callable[[torch.Tensor], torch.Tensor], D: int, k: int, m: int, 
         scale = max(scale, abs(T[j, j]), b, float(np.abs(T[:n, j]).max()))
         closed = b <= breakdown * scale
         done = n == D or products >= max_products
-        by_change = stop == "change"
         if done or n >= (k + 1 if by_change else min(m, 2 * k)):
             vals, S = eigh(T[:n, :n])
             idx = select(vals, k, which)

@@ -234,12 +234,11 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     nearest the wanted end, replace it.  The coefficients and the small eigenproblems are float64.
     stop="residual" (the default) stops once the k Ritz pairs have converged: their eigenvalues' error
     bounds min(r, r^2 / gap) (r: the Ritz residual; gap: to the nearest other Ritz value) below tol * |H|
-    (default tol: the landscape
-    dtype's eps, i.e. exact to the products' precision), or with return_vectors their residuals r below
-    tol * |H| (default: 100 eps, at least 1e-12); or after iters products (default max(300, 50 k)) with a
-    RuntimeWarning.  tol=1e-3 asks for about PyHessian's accuracy (its default stops when an eigenvalue
-    changes by less than 1e-3 relative between power iterations) in fewer products (on BatchNorm
-    ResNet-20s, bench/hessian_resnet.py: 15, 24 and 45 where PyHessian took 27, 38 and 157).
+    (default tol: the landscape dtype's eps, i.e. exact to the products' precision), or with return_vectors
+    their residuals r below tol * |H| (default: 100 eps, at least 1e-12); or after iters products (default
+    max(300, 50 k)) with a RuntimeWarning. tol=1e-3 asks for about PyHessian's accuracy (its default stops
+    when an eigenvalue changes by less than 1e-3 relative between power iterations) in fewer products (on
+    BatchNorm ResNet-20s, bench/hessian_resnet.py: 15, 24 and 45 where PyHessian took 27, 38 and 157).
     stop="change" reads tol as PyHessian does: it stops once every wanted Ritz value changed by less than
     tol relative (|theta - theta'| / |theta|) between consecutive Lanczos steps (default tol 1e-3, its
     default); a heuristic, like PyHessian's, with no bound on the error (a slowly moving value can stop it
