@@ -2,7 +2,8 @@
 on the CPU), each case alone in its own process so that its peak memory (ru_maxrss) is its own.
 
     # the issue-30 table: width x4 (D = 4.33 M), 128 images, top-2 and top-5, lscape at its default
-    # (exact) tolerance and at 1e-3 against PyHessian at its defaults (maxIter=100, tol=1e-3)
+    # (exact) tolerance, at 1e-3 and at 1e-3 with stop="change", against PyHessian at its defaults
+    # (maxIter=100, tol=1e-3); the last column is each row's largest relative error against lscape's default
     PYTHONPATH=python nice -n 19 python bench/hessian_resnet.py compare --width 4 --images 128
     # one case in this process (what `compare` runs in each subprocess); prints one JSON line
     PYTHONPATH=python python bench/hessian_resnet.py one --who lscape --width 10 --images 32 --k 5
@@ -13,6 +14,8 @@ Cases:
                   basis of 2k + 10 vectors; --tol default: float32's eps |H| on each eigenvalue's error bound)
   lscape-f64      the same with basis_dtype=torch.float64 (the default for a float32 landscape is a float32
                   basis)
+  lscape-change   the same with stop="change": every wanted Ritz value changed by < tol relative between
+                  consecutive Lanczos steps (PyHessian's reading of tol; --tol default: 1e-3)
   lscape-slq      lscape.probes.spectrum.spectral_density(n_vectors=1, steps=--steps)
   pyhessian       pyhessian.hessian(model, CE, data=(X, Y)).eigenvalues(top_n=k) (power iteration with
                   deflation; --tol default: its own 1e-3, maxIter 100)
@@ -86,6 +89,8 @@ def one(a: argparse.Namespace) -> dict:
                 kw = {} if a.products_only is None else {"iters": a.products_only}
                 if a.who == "lscape-f64":
                     kw["basis_dtype"] = torch.float64
+                if a.who == "lscape-change":
+                    kw["stop"] = "change"
                 vals = spectrum.hessian_eigs(L, theta, a.k, tol=tol, **kw).tolist()
         secs, cpu = time.perf_counter() - t0, _cpu() - c0
         converged = not any("not converged" in str(w.message) for w in caught)
@@ -140,21 +145,26 @@ def compare(a: argparse.Namespace) -> None:
     print(f"\nResNet-20 width x{a.width} (D = {rows[0]['D']:,}), {a.images} images, float32, CPU, "
           f"{a.threads} thread(s){' (partial: cost per product only)' if a.products_only else ''}")
     print("| k | case | tol | CPU s | wall s | products | CPU s/product | peak GB | speed-up vs PyHessian (CPU) |"
-          " memory / PyHessian | eigenvalues |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          " products: PyHessian / this | memory / PyHessian | eigenvalues | largest relative error |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for k in a.ks:
         ph = next(r for r in rows if r["k"] == k and r["who"] == "pyhessian")
+        # the exact answer: lscape at its default tolerance, when that case ran
+        exact = next((r for r in rows if r["k"] == k and r["who"] == "lscape" and r["tol"] == "default"), None)
         for r in (r for r in rows if r["k"] == k):
             ev = ", ".join(f"{v:.6g}" for v in r["eigenvalues"])
+            pairs = [] if exact is None else zip(r["eigenvalues"], exact["eigenvalues"], strict=True)
+            err = f"{max(abs(v - e) / abs(e) for v, e in pairs):.2g}" if exact is not None else "—"
             print(f"| {k} | {r['who']} | {r['tol']} | {r['cpu_seconds']:.1f} | {r['seconds']:.1f} | {r['products']} | "
                   f"{r['s_per_product']:.2f} | {r['peak_gb']:.2f} | {ph['cpu_seconds'] / r['cpu_seconds']:.2f}x | "
-                  f"{r['peak_gb'] / ph['peak_gb']:.2f} | {ev} |")
+                  f"{ph['products'] / r['products']:.2f}x | {r['peak_gb'] / ph['peak_gb']:.2f} | {ev} | {err} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=("one", "compare"))
-    ap.add_argument("--who", choices=("lscape", "lscape-f64", "lscape-slq", "pyhessian"), default="lscape")
+    ap.add_argument("--who", choices=("lscape", "lscape-f64", "lscape-change", "lscape-slq", "pyhessian"),
+                    default="lscape")
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--k", type=int, default=2)
@@ -163,7 +173,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--products-only", type=int, default=None)
-    ap.add_argument("--cases", nargs="+", default=["pyhessian:default", "lscape:default", "lscape:1e-3"],
+    ap.add_argument("--cases", nargs="+", default=["pyhessian:default", "lscape:default", "lscape:1e-3",
+                                                   "lscape-change:1e-3"],
                     help="who:tol pairs that `compare` runs, in order")
     a = ap.parse_args()
     if a.mode == "one":

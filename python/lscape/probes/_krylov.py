@@ -127,14 +127,27 @@ def kept(k: int, m: int) -> int:
     return min(m - 1, k + (m - k) // 2)
 
 
+def changed(vals: np.ndarray, idx: np.ndarray, prev: np.ndarray | None, floor: float) -> float:
+    """The largest relative change of the wanted Ritz values since the previous step, |theta_i - theta_i'|
+    / max(|theta_i|, floor) (PyHessian's rule for its power iteration, per value); inf on the first step
+    with k of them."""
+    if prev is None:
+        return math.inf
+    now = vals[idx]
+    return float((np.abs(now - prev) / np.maximum(np.abs(now), floor)).max())
+
+
 def lanczos(op: Callable[[torch.Tensor], torch.Tensor], D: int, k: int, m: int, which: str, tol: float,
             breakdown: float, gen: torch.Generator, device: torch.device, want_vectors: bool, max_products: int,
-            basis_dtype: torch.dtype = _F64):
+            basis_dtype: torch.dtype = _F64, stop: str = "residual"):
     """The k wanted eigenpairs of op by thick-restart Lanczos with at most m basis vectors (m >= k + 2, or
     m = D), full reorthogonalisation.
 
-    Stops once every wanted pair's error_bound <= tol * |H| (|H|: the largest |coefficient| seen), checked
-    from basis size min(m, 2k) on, or after max_products products (with a RuntimeWarning).  When the
+    stop="residual": stops once every wanted pair's error_bound <= tol * |H| (|H|: the largest
+    |coefficient| seen), checked from basis size min(m, 2k) on.  stop="change": once every wanted Ritz
+    value changed by less than tol relative since the previous step (`changed`; the Ritz problem is solved
+    at every step from k + 1 vectors on: an (n, n) eigh, n <= m, against a product of D).  Either way, or
+    after max_products products (with a RuntimeWarning).  When the
     Krylov space closes (an invariant subspace: residual ~ 0) it continues from a fresh random vector
     orthogonal to the basis, so repeated eigenvalues are found.
     Returns (eigenvalues (k,) float64, Ritz vectors (k, D) float64 or None, products used)."""
@@ -143,6 +156,8 @@ def lanczos(op: Callable[[torch.Tensor], torch.Tensor], D: int, k: int, m: int, 
     q = torch.randn(D, generator=gen, dtype=_F64).to(device)
     q /= q.norm()
     scale = 0.0
+    by_change = stop == "change"
+    prev = None  # the wanted Ritz values of the previous step (stop="change")
     j = products = 0  # the newest row of the basis; Hessian-vector products so far
     while True:
         # the product takes the row as stored (op rounds it to the products' dtype anyway); nothing else
@@ -158,16 +173,23 @@ def lanczos(op: Callable[[torch.Tensor], torch.Tensor], D: int, k: int, m: int, 
         scale = max(scale, abs(T[j, j]), b, float(np.abs(T[:n, j]).max()))
         closed = b <= breakdown * scale
         done = n == D or products >= max_products
-        if done or n >= min(m, 2 * k):
+        if done or n >= (k + 1 if by_change else min(m, 2 * k)):
             vals, S = eigh(T[:n, :n])
             idx = select(vals, k, which)
-            resid = b * np.abs(S[-1, idx])
-            worst = float(error_bound(vals, idx, resid, want_vectors).max())
-            if worst <= tol * scale or done:
-                if worst > tol * scale and n < D:
+            if by_change:  # relative to each value; the floor keeps a zero eigenvalue from never stopping
+                worst, limit = changed(vals, idx, prev, 1e-6 * scale), tol
+                prev = vals[idx].copy()
+            else:
+                worst = float(error_bound(vals, idx, b * np.abs(S[-1, idx]), want_vectors).max())
+                limit = tol * scale
+            # PyHessian's strict "<" for the change; "<=" for the bound, which is 0 on a zero Hessian
+            ok = worst < limit if by_change else worst <= limit
+            if ok or done:
+                if not ok and n < D:
+                    what = "change of a Ritz value is" if by_change else "error bound is"
                     warnings.warn(f"hessian_eigs: not converged after {products} Hessian-vector products "
-                                  f"(iters); the largest error bound is {worst / scale:.3g} |H|, tol {tol:.3g}",
-                                  RuntimeWarning, stacklevel=3)
+                                  f"(iters); the largest {what} {worst / (1.0 if by_change else scale):.3g}"
+                                  f"{'' if by_change else ' |H|'}, tol {tol:.3g}", RuntimeWarning, stacklevel=3)
                 break
         if closed:  # invariant subspace: continue in its orthogonal complement (a zero coupling)
             w, _ = B.orthogonalise(n, torch.randn(D, generator=gen, dtype=_F64).to(device))
