@@ -21,8 +21,8 @@ dropped.  The products run in the landscape's dtype; everything else (Lanczos co
 reorthogonalisation, tridiagonal eigenproblems, sums of probes) is float64.
 
 Memory, beyond the model and its gradient graph (which PyHessian holds too), for D parameters:
-hessian_eigs m * D * b bytes (the basis: m = 2k + 10 by default; b = 4 on a float32 landscape once the
-float64 basis would pass 256 MiB, else 8)
+hessian_eigs m * D * b bytes (the basis: m = 2k + 10 by default, more, up to 60, while it fits in
+32 MiB; b = 4 on a float32 landscape once the float64 basis would pass 256 MiB, else 8)
 plus about three float64 vectors (24 D bytes); spectral_density 8 * steps * D bytes per run when it
 reorthogonalises, 32 D bytes per run when not; hutchinson_trace one pass of vectors plus Hutch++'s sketch
 (at most 1 GiB).
@@ -207,10 +207,16 @@ def _default_tol(dtype: torch.dtype, vectors: bool) -> float:
     return max(1e-12, 100.0 * eps) if vectors else eps
 
 
+SMALL_BASIS_BYTES = 32 << 20
+SMALL_BASIS_MAX = 60
+
+
 def _basis_size(k: int, D: int, m) -> int:
-    """The Lanczos basis size: m in [k + 2, D] (default min(D, 2k + 10)); D itself when D < k + 2."""
+    """The Lanczos basis size: m in [k + 2, D]; D itself when D < k + 2.  The default is 2k + 10, or more
+    (up to SMALL_BASIS_MAX) while the basis fits in SMALL_BASIS_BYTES: restarts cost little memory on
+    small models but many products (a digits MLP's two smallest took over 300 products at m = 14, 60 at m = 60)."""
     if m is None:
-        return min(D, 2 * k + 10)
+        return min(D, max(2 * k + 10, min(SMALL_BASIS_MAX, SMALL_BASIS_BYTES // (8 * D))))
     return _checks.int_arg("m", m, low=min(k + 2, D), high=D)
 
 
@@ -230,8 +236,9 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     magnitude (descending |lambda|).
     method="lanczos": thick-restart Lanczos (Wu & Simon 2000) from a random start (seeded), fully
     reorthogonalised, one Hessian-vector product per step, in a basis of at most m vectors (default
-    min(D, 2k + 10); m >= k + 2): when it is full, the k wanted Ritz vectors and half the rest, those
-    nearest the wanted end, replace it.  The coefficients and the small eigenproblems are float64.
+    2k + 10, or up to 60 while the basis fits in 32 MiB, at most D; m >= k + 2): when it is full, the k
+    wanted Ritz vectors and half the rest, those nearest the wanted end, replace it.  The coefficients and
+    the small eigenproblems are float64.
     stop="residual" (the default) stops once the k Ritz pairs have converged: their eigenvalues' error
     bounds min(r, r^2 / gap) (r: the Ritz residual; gap: to the nearest other Ritz value) below tol * |H|
     (default tol: the landscape dtype's eps, i.e. exact to the products' precision), or with return_vectors
