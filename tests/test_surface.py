@@ -105,9 +105,10 @@ class _Counting(nn.Module):
     def __init__(self):
         super().__init__()
         self.net = _mlp()
+        # a hook, not a counter in forward: lscape._modeleval traces forward once (and keeps a hooked model plain)
+        self.register_forward_pre_hook(lambda *_: setattr(type(self), "total", type(self).total + 1))
 
     def forward(self, x):
-        type(self).total += 1
         return self.net(x)
 
 

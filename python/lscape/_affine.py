@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from ._fastops import narrow_linears
 from ._flat import FlatLayout
+from ._modeleval import FastForward
 
 __all__ = ["input_layers", "AffineCache", "landscape_losses", "MAX_CACHED"]
 
@@ -156,12 +157,13 @@ class AffineCache:
         return got
 
     def outputs(self, coeffs, params: dict[str, torch.Tensor] | None = None,
-                buffers: dict[str, torch.Tensor] | None = None):
+                buffers: dict[str, torch.Tensor] | None = None, forward=None):
         """(outputs, targets, n) of every cached batch at center + sum_k coeffs[k] dirs[k].
 
         coeffs: k floats, or a (k,) tensor (inside torch.func.vmap).  params/buffers: that point's
         parameters for torch.func.functional_call, or None to run the model with the parameters it holds
-        (which must be the same point)."""
+        (which must be the same point).  forward: the model's forward as f(params, X, buffers), e.g. a
+        lscape._modeleval.FastForward built with exclude=self.mods (default: the model itself)."""
         with self.installed():
             for b, (X, Y, n, parts) in enumerate(self.batches):
                 for name, p in parts.items():
@@ -171,7 +173,9 @@ class AffineCache:
                             self._bufs[b, name] = torch.empty_like(p[1])
                         buf = self._bufs[b, name]
                     self._now[name] = _combine(p, coeffs, buf)
-                if params is None:
+                if forward is not None:
+                    out = forward(params, X, buffers)
+                elif params is None:
                     out = self.model(X)
                 else:
                     out = torch.func.functional_call(self.model, (params, buffers or {}), (X,))
@@ -239,6 +243,10 @@ def landscape_losses(landscape, origin: torch.Tensor, coeffs: torch.Tensor, dirs
     if cache is None:
         return None
     loss_fn, total = landscape.loss_fn, cache.samples
+    fast = FastForward(model, exclude=cache.mods)  # the layers after the cached ones, BatchNorm folded
+
+    def vfast(params, X, bufs):  # inside vmap: batched weights, standard layout
+        return fast(params, X, bufs, channels_last=False)
 
     def mean_loss(outputs) -> torch.Tensor:
         if len(cache.batches) == 1:  # one batch: its loss is the mean (two tensor ops fewer per point)
@@ -262,8 +270,8 @@ def landscape_losses(landscape, origin: torch.Tensor, coeffs: torch.Tensor, dirs
             if landscape.per_point:
                 for theta, ci in zip(thetas, c.tolist(), strict=True):
                     flat.copy_(theta)
-                    parts.append(mean_loss(cache.outputs(ci)).reshape(1))
+                    parts.append(mean_loss(cache.outputs(ci, forward=fast)).reshape(1))
             else:
-                one = lambda th, ci: mean_loss(cache.outputs(ci, layout.split(th), buffers))  # noqa: E731
+                one = lambda th, ci: mean_loss(cache.outputs(ci, layout.split(th), buffers, vfast))  # noqa: E731
                 parts.append(torch.func.vmap(one)(thetas, c.to(dt)))
     return torch.cat(parts).to(dt)

@@ -154,6 +154,7 @@ class Landscape:
         another instead, which is faster there."""
         from ._fastops import fast_loss, narrow_linears
         from ._flat import FlatLayout
+        from ._modeleval import FastForward
 
         layout = FlatLayout.of(model)
         _checks.choice_arg("bn", bn, BN_MODES)
@@ -162,9 +163,10 @@ class Landscape:
         bn_batches = batches if bn_data is None else _Batches(bn_data, "bn_data", max_batches)
         first = next(model.parameters())
         buffers = dict(model.named_buffers())
+        fast = FastForward(model)  # BatchNorm folded, channels-last convolutions: the same values, faster
 
-        def batch_loss(theta: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, bufs) -> torch.Tensor:
-            return loss_fn(torch.func.functional_call(model, (layout.split(theta), bufs), (X,)), Y)
+        def batch_loss(theta: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, bufs, cl=None) -> torch.Tensor:
+            return loss_fn(fast(layout.split(theta), X, bufs, channels_last=cl), Y)
 
         def one(theta: torch.Tensor) -> torch.Tensor:
             bufs = buffers if bn == "eval" else recompute_bn(model, layout.split(theta), buffers, bn_batches)
@@ -179,7 +181,7 @@ class Landscape:
             # the data loop stays outside vmap: a DataLoader draws random seeds, which vmap refuses
             total, out = 0, 0.0
             for X, Y in batches:
-                out = out + torch.func.vmap(lambda t: batch_loss(t, X, Y, buffers))(thetas) * X.shape[0]  # noqa: B023
+                out = out + torch.func.vmap(lambda t: batch_loss(t, X, Y, buffers, False))(thetas) * X.shape[0]  # noqa: B023
                 total += X.shape[0]
             return out / total
 
@@ -190,10 +192,16 @@ class Landscape:
         per_point = bn == "recompute" or (first.device.type == "cpu"
                                           and batches.samples() * layout.dim >= PER_POINT_WORK)
         batch_fn = _one_by_one(one) if per_point else vmapped
-        L = cls(layout.dim, batch_fn, chunk=chunk, dtype=first.dtype, device=first.device,
+
+        def no_grad_loss(thetas: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():  # no gradient asked: no graph built
+                return batch_fn(thetas)
+
+        L = cls(layout.dim, batch_fn, loss=no_grad_loss, chunk=chunk, dtype=first.dtype, device=first.device,
                 description=f"module {type(model).__name__}", point_loss=one)
         # for probes that use the model (lscape._affine's lines and planes)
         L.module, L.loss_fn, L.data, L.bn, L.per_point = model, loss_fn, batches, bn, per_point
+        L.fast_forward = fast
         return L
 
 

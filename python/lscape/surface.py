@@ -15,6 +15,7 @@ from torch import nn
 from ._affine import AffineCache, input_layers
 from ._fastops import fast_loss
 from ._flat import FlatLayout
+from ._modeleval import FastForward
 from .directions import Directions, random_directions
 from .executor import get_executor
 from .landscape import BN_MODES, _Batches
@@ -125,11 +126,11 @@ class _Shared:
     todo: np.ndarray
 
 
-def _plain(model: nn.Module, data):
-    """(outputs, targets, n) of every streamed batch."""
+def _plain(forward: FastForward, data):
+    """(outputs, targets, n) of every streamed batch, at the parameters the model holds."""
     with torch.no_grad():
         for X, Y in data:
-            yield model(X), Y, X.shape[0]
+            yield forward(None, X), Y, X.shape[0]
 
 
 def _evaluate(outputs, loss_fn, metrics: dict, prefix: str) -> dict[str, float]:
@@ -150,17 +151,19 @@ def _evaluate(outputs, loss_fn, metrics: dict, prefix: str) -> dict[str, float]:
     return {f"{prefix}_{k}": v / total for k, v in sums.items()}
 
 
-def _point(model: nn.Module, layout: FlatLayout, theta: torch.Tensor, sh: _Shared, coeffs, affine) -> dict:
-    """All metrics at theta; `affine` (train, test) AffineCaches or None for plain evaluation."""
+def _point(model: nn.Module, layout: FlatLayout, theta: torch.Tensor, sh: _Shared, coeffs, affine,
+           fast: FastForward) -> dict:
+    """All metrics at theta; `affine` (train, test) AffineCaches or None for plain evaluation; `fast` the
+    model's forward with BatchNorm folded (lscape._modeleval; plain where it does not apply)."""
     layout.load(model, theta)
     if sh.bn == "recompute":
         # one pass over the training data in train mode with cumulative averages (momentum None)
         torch.optim.swa_utils.update_bn(sh.train, model)
     model.eval()
-    train = affine[0].outputs(coeffs) if affine else _plain(model, sh.train)
+    train = affine[0].outputs(coeffs, forward=fast) if affine else _plain(fast, sh.train)
     out = _evaluate(train, sh.loss_fn, sh.metrics, "train")
     if sh.test is not None:
-        test = affine[1].outputs(coeffs) if affine else _plain(model, sh.test)
+        test = affine[1].outputs(coeffs, forward=fast) if affine else _plain(fast, sh.test)
         out.update(_evaluate(test, sh.loss_fn, sh.metrics, "test"))
     return out
 
@@ -188,6 +191,9 @@ def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
     # the faster cross-entropy, here on the worker's copy (Ray pickles sh).  Not _fastops.narrow_linears:
     # on the benchmark's CNN surface it made the whole pass slower (0.87 s against 0.60 s, 21 x 21 grid)
     sh = dataclasses.replace(sh, loss_fn=fast_loss(sh.loss_fn))
+    # built after model.eval(): with bn='recompute' the BatchNorms go through train mode at each point,
+    # and FastForward then evaluates plainly while they are in it
+    fast = FastForward(model, exclude=sh.affine if affine else ())
     ys = [None] if sh.y is None else list(sh.y)
     out = {}
     for j, b in enumerate(ys):
@@ -195,7 +201,7 @@ def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
             continue
         theta = center + sh.x[i] * dirs[0] + (0.0 if b is None else b * dirs[1])
         coeffs = (float(sh.x[i]),) if b is None else (float(sh.x[i]), float(b))
-        out[j] = _point(model, layout, theta.to(dtype=p0.dtype, device=p0.device), sh, coeffs, affine)
+        out[j] = _point(model, layout, theta.to(dtype=p0.dtype, device=p0.device), sh, coeffs, affine, fast)
     return out
 
 
