@@ -30,10 +30,17 @@ import torch.fx
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["FastForward", "fold_pairs"]
+__all__ = ["FastForward", "fold_pairs", "prefers_channels_last"]
 
 _CONVS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Whether `model` runs faster channels-last: it has a 2-D convolution and lives on the CPU (oneDNN's
+    convolutions read NHWC without the reorders NCHW costs)."""
+    first = next(model.parameters(), None)
+    return first is not None and first.device.type == "cpu" and any(type(m) is nn.Conv2d for m in model.modules())
 
 
 def _foldable_bn(bn: nn.Module) -> bool:
@@ -80,8 +87,6 @@ def _linear_bn(x, w, b, g, beta, mean, var, *, eps: float):
         return F.batch_norm(F.linear(x, w, b), mean, var, g, beta, False, 0.0, eps)
     s, shift = _scale_shift(b, g, beta, mean, var, eps)
     return F.linear(x, w * s[:, None], shift)
-
-
 
 
 def fold_pairs(model: nn.Module, graph: torch.fx.Graph, exclude: Collection[str] = ()) -> list[tuple]:
@@ -163,11 +168,7 @@ class FastForward:
         if self.graph_module is not None:
             self._names = {n for n, _ in self.graph_module.named_parameters()} | \
                 {n for n, _ in self.graph_module.named_buffers()}
-        if channels_last is None:
-            first = next(model.parameters(), None)
-            channels_last = (first is not None and first.device.type == "cpu"
-                             and any(type(m) is nn.Conv2d for m in model.modules()))
-        self.channels_last = bool(channels_last)
+        self.channels_last = prefers_channels_last(model) if channels_last is None else bool(channels_last)
 
     @property
     def active(self) -> bool:

@@ -265,7 +265,8 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
         x, y, {}, np.zeros(shape, bool), dirs.vectors, center, dict(dirs.info, bn=bn), dirs.trajectory)
     train = _batches("data", data, max_batches)
     model = copy.deepcopy(model)
-    layers = input_layers(model, layout, next(iter(train))[0]) if affine and bn == "eval" else ()
+    layers = input_layers(model, layout, next(iter(train))[0], terms=1 + dirs.vectors.shape[0]) \
+        if affine and bn == "eval" else ()
     sh = _Shared(model, loss_fn, metrics, train, _batches("test_data", test_data, max_batches), layers, bn,
                  center, dirs.vectors, x, y, ~s.done)
     rows = [i for i in range(x.shape[0]) if sh.todo[i].any()]
