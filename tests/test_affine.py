@@ -3,8 +3,7 @@ import lscape
 import numpy as np
 import pytest
 import torch
-from lscape import Landscape
-from lscape import _affine
+from lscape import Landscape, _affine
 from lscape._affine import input_layers
 from lscape._flat import FlatLayout
 from lscape.directions import random_directions
