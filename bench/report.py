@@ -77,12 +77,14 @@ PROBE_TIMED = {f"probe-interp-200-{net}": ("lscape", {"loss-landscapes": least, 
                for net, least in zip(INTERP_NETS, (1.2, 2.0), strict=True)}
 PROBE_TIMED.update({
     "probe-hessian-top5": ("lscape lanczos", {"PyHessian": 3.0, "PyHessian tol 1e-6": 6.0}),
-    "surface-41x41": ("lscape", {"loss-landscapes": 1 / 1.2})})
+    "surface-41x41": ("lscape", {"loss-landscapes": 1.5}),  # issue 26
+    "surface-resnet20-2x2": ("lscape", {"loss-landscapes": 1.7, "plain model(X) loop": 1.7})})
 GROUP_ORDER += list(PROBE_TIMED) + ["probe-walk-5x5", "subspace-step-B128"]
 TIMED_BASE = {**{g: v[0] for g, v in PROBE_TIMED.items()}, "subspace-step-B128": "full space"}
 GROUP_TITLES.update({**{f"probe-interp-200-{n}": f"loss at 200 alphas on the init -> solution line, {n} net"
                         for n in INTERP_NETS},
                      "surface-41x41": "41 x 41 loss surface of a Conv-BN-ReLU-Linear net on the digits",
+                     "surface-resnet20-2x2": "2 x 2 loss surface of ResNet-20 (BatchNorm, eval) on 512 3x32x32 images",
                      "probe-hessian-top5": "top-5 Hessian eigenvalues, digits FC net",
                      "subspace-step-B128": "one Adam step, 3072-200-200-10 net (D = 656,810), d = 9,000, batch 128"})
 

@@ -248,3 +248,45 @@ def test_landscape_from_module_uses_the_fold_and_stays_exact(chunk_points, monke
     hvp = torch.func.jvp(torch.func.grad(L.point_loss), (thetas[0],), (v,))[1]
     want_hvp = torch.func.jvp(torch.func.grad(plain), (thetas[0],), (v,))[1]
     torch.testing.assert_close(hvp, want_hvp, rtol=RTOL, atol=RTOL * float(want_hvp.abs().max()))
+
+
+class _Aliasing(nn.Module):
+    """Every in-place hazard: a ReLU of the input itself, a conv output read twice, a sum that broadcasts
+    the fresh operand up (it cannot hold the result), an nn.ReLU module after a folded conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.conv2, self.bn2 = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+        self.pool_conv = nn.Conv2d(3, 3, 1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        x = torch.relu(x) + x  # input: never written
+        y = self.act(self.bn(self.conv(x)))
+        z = self.bn2(self.conv2(y))
+        w = self.pool_conv(y.mean((2, 3), keepdim=True))  # (N, 3, 1, 1), fresh, broadcast up by the sum
+        return (torch.relu(w + z) + z).flatten(1)
+
+
+def test_in_place_graph_without_grad_equals_the_plain_module_and_writes_no_input():
+    torch.manual_seed(0)
+    model = _stats(_Aliasing())
+    fast = FastForward(model)
+    assert len(fast.folded) == 2
+    code = fast._inplace.code
+    assert "relu_" in code and "_add_into" in code  # the nn.ReLU and the broadcasting sum were rewritten
+    layout = FlatLayout.of(model)
+    theta = layout.flatten(model) + 0.05
+    X = torch.randn(4, 2, 5, 5, generator=torch.Generator().manual_seed(8))
+    X0, theta0 = X.clone(), theta.clone()
+    with torch.no_grad():
+        want = _plain(model, layout, theta, X)
+        got = fast(layout.split(theta), X)
+        held = fast(None, X)
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=RTOL * float(want.abs().max()))
+    torch.testing.assert_close(held, model(X).detach(), rtol=RTOL, atol=RTOL * float(want.abs().max()))
+    assert torch.equal(X, X0) and torch.equal(theta, theta0)
+    # with grad: the out-of-place graph, and the same values
+    t = theta.clone().requires_grad_()
+    torch.testing.assert_close(fast(layout.split(t), X).detach(), want, rtol=RTOL, atol=RTOL * float(want.abs().max()))

@@ -23,6 +23,8 @@ are not repeated; count with a forward hook instead (which keeps the model plain
 """
 from __future__ import annotations
 
+import copy
+import operator
 from collections.abc import Collection, Mapping
 
 import torch
@@ -150,6 +152,55 @@ def _folded_graph(model: nn.Module, exclude: Collection[str]) -> tuple[torch.fx.
     return gm, tuple((a.target, b.target) for a, b in pairs), ""
 
 
+def _add_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a + b written into a (a fresh intermediate nothing else reads) when the sum has a's shape and dtype."""
+    if a.shape == torch.broadcast_shapes(a.shape, b.shape) and a.dtype == torch.result_type(a, b):
+        return a.add_(b)
+    return a + b
+
+
+_RELUS = (torch.relu, F.relu)
+# nodes whose output is a new tensor (never a view of an input, a parameter or another node's output)
+_FRESH_FUNCS = {_conv_bn, _linear_bn, operator.add, _add_into, torch.relu, torch.relu_, F.relu}
+_FRESH_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_BNS)
+
+
+def _inplace_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """gm with each ReLU and residual sum whose input is a fresh intermediate read by nothing else done in
+    place: no new activation-sized tensor (an allocation and its page faults) per layer.  For no-grad
+    calls only: autograd and vmap are left the out-of-place graph."""
+    graph = copy.deepcopy(gm.graph)
+    mods = dict(gm.named_modules())
+
+    def fresh(n) -> bool:
+        if not isinstance(n, torch.fx.Node) or len(n.users) != 1:
+            return False
+        if n.op == "call_function":  # F.relu(x, inplace=True) returns x itself
+            return n.target in _FRESH_FUNCS and not n.kwargs.get("inplace", False)
+        return n.op == "call_module" and type(mods[n.target]) in _FRESH_MODULES
+
+    for node in list(graph.nodes):
+        relu = (node.op == "call_function" and node.target in _RELUS and not node.kwargs.get("inplace", False)
+                or node.op == "call_module" and type(mods[node.target]) is nn.ReLU)
+        if relu and len(node.args) == 1 and fresh(node.args[0]):
+            with graph.inserting_before(node):
+                new = graph.call_function(torch.relu_, (node.args[0],))
+        elif node.op == "call_function" and node.target is operator.add and len(node.args) == 2 and not node.kwargs:
+            a, b = node.args
+            if not fresh(a) and fresh(b) and isinstance(a, torch.fx.Node):
+                a, b = b, a  # floating-point addition commutes exactly
+            if not (fresh(a) and isinstance(b, torch.fx.Node)):
+                continue
+            with graph.inserting_before(node):
+                new = graph.call_function(_add_into, (a, b))
+        else:
+            continue
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+    graph.lint()
+    return torch.fx.GraphModule(gm, graph)
+
+
 class FastForward:
     """`model`'s forward as f(params, X), BatchNorm folded and 2-D convolutions channels-last (module
     docstring).  params: {name: tensor} as for torch.func.functional_call (a FlatLayout.split of a point),
@@ -163,6 +214,7 @@ class FastForward:
             raise TypeError(f"model: got {type(model).__name__}, expected a torch.nn.Module")
         self.model = model
         self.graph_module, self.folded, self.reason = _folded_graph(model, set(exclude))
+        self._inplace = None if self.graph_module is None else _inplace_graph(self.graph_module)
         bn_names = {b for _, b in self.folded}
         self._bns = [m for n, m in model.named_modules() if n in bn_names]
         if self.graph_module is not None:
@@ -184,6 +236,8 @@ class FastForward:
             X = X.contiguous(memory_format=torch.channels_last)
         fold = self.active
         module = self.graph_module if fold else self.model
+        if fold and not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
+            module = self._inplace  # nothing will differentiate: ReLUs and residual sums in place
         if params is None and buffers is None:
             return module(X)
         state = {**({} if buffers is None else buffers), **({} if params is None else params)}
