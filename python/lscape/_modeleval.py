@@ -82,6 +82,31 @@ def _conv_bn(x, w, b, g, beta, mean, var, *, eps: float, dims: int, stride, padd
     return conv(x, w * s.reshape(-1, *([1] * (w.dim() - 1))), shift, stride, padding, dilation, groups)
 
 
+def _mkldnn_conv_relu():
+    """torch's oneDNN convolution with a fused ReLU post-op (what torch.compile's CPU backend calls), or None
+    where this build lacks it.  The ReLU is applied to the same float32 sums: the values are identical."""
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+    return op if op is not None and torch.backends.mkldnn.is_available() else None
+
+
+_CONV_RELU = _mkldnn_conv_relu()
+
+
+def _conv_bn_relu(x, w, b, g, beta, mean, var, *, eps: float, dims: int, stride, padding, dilation, groups):
+    """relu(_conv_bn(...)) for no-grad calls: one oneDNN convolution with the ReLU fused where it applies
+    (a float32 2-D convolution on the CPU with numeric padding), else the two steps, the ReLU in place."""
+    if _CONV_RELU is not None and dims == 2 and x.device.type == "cpu" and x.dtype == torch.float32 \
+            and not isinstance(padding, str) and x.dim() == 4:
+        s, shift = _scale_shift(b, g, beta, mean, var, eps)
+        try:
+            return _CONV_RELU(x, w * s.reshape(-1, 1, 1, 1), shift, list(padding), list(stride), list(dilation),
+                              groups, "relu", [], "")
+        except RuntimeError:  # an input this private op refuses: the plain two steps
+            pass
+    return torch.relu_(_conv_bn(x, w, b, g, beta, mean, var, eps=eps, dims=dims, stride=stride, padding=padding,
+                                dilation=dilation, groups=groups))
+
+
 def _linear_bn(x, w, b, g, beta, mean, var, *, eps: float):
     """linear(x) followed by eval-mode BatchNorm1d, as one linear layer with folded weights (2-D x: the
     features are BatchNorm's channels; other ranks are evaluated unfused, as BatchNorm1d reads them)."""
@@ -161,7 +186,7 @@ def _add_into(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 _RELUS = (torch.relu, F.relu)
 # nodes whose output is a new tensor (never a view of an input, a parameter or another node's output)
-_FRESH_FUNCS = {_conv_bn, _linear_bn, operator.add, _add_into, torch.relu, torch.relu_, F.relu}
+_FRESH_FUNCS = {_conv_bn, _conv_bn_relu, _linear_bn, operator.add, _add_into, torch.relu, torch.relu_, F.relu}
 _FRESH_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_BNS)
 
 
@@ -183,8 +208,12 @@ def _inplace_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
         relu = (node.op == "call_function" and node.target in _RELUS and not node.kwargs.get("inplace", False)
                 or node.op == "call_module" and type(mods[node.target]) is nn.ReLU)
         if relu and len(node.args) == 1 and fresh(node.args[0]):
+            src = node.args[0]
             with graph.inserting_before(node):
-                new = graph.call_function(torch.relu_, (node.args[0],))
+                if src.op == "call_function" and src.target is _conv_bn:  # one oneDNN call with the ReLU fused
+                    new = graph.call_function(_conv_bn_relu, src.args, src.kwargs)
+                else:
+                    new = graph.call_function(torch.relu_, (src,))
         elif node.op == "call_function" and node.target is operator.add and len(node.args) == 2 and not node.kwargs:
             a, b = node.args
             if not fresh(a) and fresh(b) and isinstance(a, torch.fx.Node):
@@ -197,6 +226,8 @@ def _inplace_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             continue
         node.replace_all_uses_with(new)
         graph.erase_node(node)
+        if new.target is _conv_bn_relu:
+            graph.erase_node(src)
     graph.lint()
     return torch.fx.GraphModule(gm, graph)
 
