@@ -90,6 +90,45 @@ def _draws(keys: np.ndarray, tag: int, n: int) -> np.ndarray:
     return rng.draw32(k[:, None], np.arange(n, dtype=np.uint32))
 
 
+_BLOCK = 1 << 14  # columns per block of _step_sizes: its temporaries stay in the core's cache
+_M1, _M2 = np.uint32(0x21F0AAAD), np.uint32(0x735A2D97)
+
+
+def _mix32_(x: np.ndarray, t: np.ndarray) -> None:
+    """rng.mix32 in place on x (t: scratch of x's shape): the same bits, no temporaries."""
+    for shift, mult in ((16, _M1), (15, _M2), (15, None)):
+        np.right_shift(x, np.uint32(shift), out=t)
+        np.bitwise_xor(x, t, out=x)
+        if mult is not None:
+            np.multiply(x, mult, out=x)
+
+
+def _step_sizes(keys: np.ndarray, tag: int, bound: np.ndarray, counters: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out (W, D) = _uniform(_draws(keys, tag, D)).astype(out.dtype) * bound, the same bits, computed block
+    by block in place (the unfused expression makes ~15 passes over (W, D) arrays, most of a walk step's
+    time on a large net).  counters: (D,) uint32 arange(D) * GOLDEN32 (rng.draw32's counter term)."""
+    with np.errstate(over="ignore"):
+        k = rng.mix64(keys ^ rng.mix64(np.full(1, tag, dtype=np.uint64) + rng.GOLDEN64))
+    lo = (k & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    hi = (k >> np.uint64(32)).astype(np.uint32)
+    W, D = out.shape
+    B = min(D, _BLOCK)
+    h, t, f = np.empty(B, np.uint32), np.empty(B, np.uint32), np.empty(B, np.float64)
+    for w in range(W):
+        for j in range(0, D, B):
+            n = min(B, D - j)
+            hv, tv, fv, ov = h[:n], t[:n], f[:n], out[w, j:j + n]
+            np.add(counters[j:j + n], lo[w], out=hv)
+            _mix32_(hv, tv)
+            np.bitwise_xor(hv, hi[w], out=hv)
+            _mix32_(hv, tv)
+            np.add(hv, 0.5, out=fv)  # _uniform: exact in float64, then one rounding to out's dtype
+            np.multiply(fv, _U32_SCALE, out=fv)
+            ov[...] = fv
+            np.multiply(ov, bound[j:j + n], out=ov)
+    return out
+
+
 def _uniform(h: np.ndarray) -> np.ndarray:
     """uint32 draws -> float64 uniforms in (0, 1) (32 random bits; never 0 or 1)."""
     return (h.astype(np.float64) + 0.5) * _U32_SCALE
@@ -241,6 +280,10 @@ def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
     if not cpu:
         stopped = stopped.to(like.device)
 
+    if cpu:  # the step sizes' buffer and rng.draw32's counter term, reused step after step
+        r_buf = np.empty((W, D), dtype=x.dtype)
+        with np.errstate(over="ignore"):
+            counters = np.arange(D, dtype=np.uint32) * rng.GOLDEN32
     for s in range(steps + 1):
         loss, grad = landscape.loss_and_grad(tensor(x))  # the one batched evaluation of this step
         loss, grad = arr(loss), arr(grad)
@@ -258,12 +301,21 @@ def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
             positions[:, s] = x
         if s == steps:
             break
-        u = _uniform(_draws(keys, s + 1, D))
-        u = u.astype(x.dtype) if cpu else torch.from_numpy(u).to(dtype=like.dtype, device=like.device)
-        r = u * bound  # <= bound: u < 1 (it may round up to 1 in float32), bound is exact in this dtype
+        # r <= bound: u < 1 (it may round up to 1 in float32), bound is exact in this dtype
+        if cpu:
+            r = _step_sizes(keys, s + 1, bound, counters, r_buf)
+        else:
+            u = torch.from_numpy(_uniform(_draws(keys, s + 1, D))).to(dtype=like.dtype, device=like.device)
+            r = u * bound
         if gradient:
             stopped |= bad  # no direction from a non-finite gradient: this walker stops, the others go on
-            step = xp.where(grad > 0, -r, r)  # Bosman's mask: down where g_j > 0, up where g_j <= 0
+            if cpu:  # r > 0, so -r where g_j > 0 and r elsewhere is r with the sign of -g_j, except at g_j = +0
+                step = np.copysign(r, -grad, out=r)
+                zero = grad == 0
+                if zero.any():
+                    step[zero] = np.abs(step[zero])
+            else:
+                step = xp.where(grad > 0, -r, r)  # Bosman's mask: down where g_j > 0, up where g_j <= 0
             if bool(stopped.any()):
                 step[stopped] = 0
         else:
