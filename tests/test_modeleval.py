@@ -95,7 +95,8 @@ def test_values_equal_the_plain_module(name, channels_last):
         torch.testing.assert_close(fast(None, X), model(X), rtol=RTOL, atol=RTOL * float(want.abs().max()))
 
 
-@pytest.mark.parametrize("name", ["cnn2d-bn", "residual", "conv1d-bn", "conv3d-bn", "linear-bn1d", "resnet20"])
+@pytest.mark.parametrize("name", ["cnn2d-bn", "cnn2d-plain", "residual", "conv1d-bn", "conv3d-bn", "linear-bn1d",
+                                  "resnet20"])
 def test_gradients_and_hvps_equal_autograd_on_the_plain_module(name):
     model, layout, theta, X, Y = _setup(name, n=4)
     fast = FastForward(model)
