@@ -352,9 +352,9 @@ def test_bad_arguments_are_named(change, exc, match):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_blocked_step_sizes_are_the_unfused_expression_bit_for_bit(dtype):
+@pytest.mark.parametrize(("D", "W"), [(walks._BLOCK + 37, 3), (100, 500)])  # blocks of columns; of rows
+def test_blocked_step_sizes_are_the_unfused_expression_bit_for_bit(dtype, D, W):
     """_step_sizes (in place, blocks of columns) = _uniform(_draws(...)).astype(dtype) * bound, every bit."""
-    D, W = walks._BLOCK + 37, 3  # a partial last block
     keys = walks._walker_keys(7, 5, W)
     bound = (0.01 + np.random.default_rng(0).random(D)).astype(dtype)
     with np.errstate(over="ignore"):

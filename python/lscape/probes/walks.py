@@ -113,14 +113,17 @@ def _step_sizes(keys: np.ndarray, tag: int, bound: np.ndarray, counters: np.ndar
     hi = (k >> np.uint64(32)).astype(np.uint32)
     W, D = out.shape
     B = min(D, _BLOCK)
-    h, t, f = np.empty(B, np.uint32), np.empty(B, np.uint32), np.empty(B, np.float64)
-    for w in range(W):
+    R = max(1, _BLOCK // B)  # rows per block: many walkers of a small net go a block of rows at a time
+    h, t, f = np.empty((R, B), np.uint32), np.empty((R, B), np.uint32), np.empty((R, B), np.float64)
+    lo, hi = lo[:, None], hi[:, None]
+    for w in range(0, W, R):
+        m = min(R, W - w)
         for j in range(0, D, B):
             n = min(B, D - j)
-            hv, tv, fv, ov = h[:n], t[:n], f[:n], out[w, j:j + n]
-            np.add(counters[j:j + n], lo[w], out=hv)
+            hv, tv, fv, ov = h[:m, :n], t[:m, :n], f[:m, :n], out[w:w + m, j:j + n]
+            np.add(counters[j:j + n], lo[w:w + m], out=hv)
             _mix32_(hv, tv)
-            np.bitwise_xor(hv, hi[w], out=hv)
+            np.bitwise_xor(hv, hi[w:w + m], out=hv)
             _mix32_(hv, tv)
             np.add(hv, 0.5, out=fv)  # _uniform: exact in float64, then one rounding to out's dtype
             np.multiply(fv, _U32_SCALE, out=fv)
