@@ -292,3 +292,52 @@ def test_in_place_graph_without_grad_equals_the_plain_module_and_writes_no_input
     # with grad: the out-of-place graph, and the same values
     t = theta.clone().requires_grad_()
     torch.testing.assert_close(fast(layout.split(t), X).detach(), want, rtol=RTOL, atol=RTOL * float(want.abs().max()))
+
+
+# ---- metrics from the same forward pass (Landscape.from_module(metrics=...), walks) --------------------
+def _acc(out, y):
+    return (out.argmax(1) == y).double().mean()
+
+
+@pytest.mark.parametrize("per_point", [False, True])
+def test_recorded_metrics_equal_a_separate_evaluation(per_point, monkeypatch):
+    import lscape.landscape as landscape_mod
+
+    monkeypatch.setattr(landscape_mod, "PER_POINT_WORK", 1 if per_point else 1 << 40)
+    model, layout, theta, X, Y = _setup("residual", n=10)
+    batches = [(X[:6], Y[:6]), (X[6:], Y[6:])]  # batch-weighted means over two batches
+    L = Landscape.from_module(model, F.cross_entropy, batches, chunk=2, metrics={"acc": _acc})
+    acc_land = Landscape.from_module(model, _acc, batches)
+    assert L.per_point == per_point and L.metric_names == ("acc",)
+    thetas = theta + 0.3 * torch.randn(5, layout.dim, generator=torch.Generator().manual_seed(9))
+    with L.recording_metrics() as rec:
+        loss, _ = L.loss_and_grad(thetas)
+    got = torch.cat(rec)
+    assert got.shape == (5, 1)
+    torch.testing.assert_close(got[:, 0].double(), acc_land.loss(thetas).double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, L.loss(thetas), rtol=RTOL, atol=0)
+    with L.recording_metrics() as rec:
+        L.loss(thetas)
+    n = len(rec)
+    assert torch.equal(torch.cat(rec), got)
+    L.loss(thetas)  # not recording: nothing more kept
+    assert len(rec) == n
+
+
+def test_walk_records_the_metrics_of_its_own_forward_passes():
+    from lscape.probes import progressive_walk
+
+    model, layout, theta, X, Y = _setup("cnn2d-bn", n=8)
+    L = Landscape.from_module(model, F.cross_entropy, (X, Y), metrics={"acc": _acc})
+    starts = theta + 0.1 * torch.randn(3, layout.dim, generator=torch.Generator().manual_seed(10))
+    res = progressive_walk(L, starts, 4, 0.05, None, True, seed=1, record_positions=True)
+    want = Landscape.from_module(model, _acc, (X, Y)).loss(res.positions.reshape(-1, layout.dim)).reshape(3, 5)
+    assert set(res.metrics) == {"acc"} and res.metrics["acc"].shape == (3, 5)
+    torch.testing.assert_close(res.metrics["acc"], want.double(), rtol=1e-6, atol=1e-6)
+
+
+def test_bad_metrics_are_named():
+    model, *_ = _setup("linear-bn1d")
+    with pytest.raises(TypeError, match="metrics: got 'acc'"):
+        Landscape.from_module(model, F.cross_entropy, (torch.zeros(2, 6), torch.zeros(2, dtype=torch.long)),
+                              metrics={"acc": 3})

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -71,6 +71,9 @@ class WalkResult:
     step_bound: torch.Tensor  # (D,)
     seed: int
     first_walker: int
+    # {name: (W, steps + 1) float64}: a Landscape.from_module(..., metrics=...)'s metrics at every sample,
+    # from the same forward passes as the loss (a stopped walker's at its repeated position); {} otherwise
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def finite(self) -> torch.Tensor:
@@ -287,8 +290,17 @@ def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
         r_buf = np.empty((W, D), dtype=x.dtype)
         with np.errstate(over="ignore"):
             counters = np.arange(D, dtype=np.uint32) * rng.GOLDEN32
+    names = tuple(getattr(landscape, "metric_names", ()))
+    metric_rec = {k: torch.empty((W, steps + 1), dtype=torch.float64) for k in names}
     for s in range(steps + 1):
-        loss, grad = landscape.loss_and_grad(tensor(x))  # the one batched evaluation of this step
+        if names:  # the metrics of the same forward passes
+            with landscape.recording_metrics() as rec:
+                loss, grad = landscape.loss_and_grad(tensor(x))
+            got = torch.cat(rec).to(device="cpu", dtype=torch.float64)
+            for c, k in enumerate(names):
+                metric_rec[k][:, s] = got[:, c]
+        else:
+            loss, grad = landscape.loss_and_grad(tensor(x))  # the one batched evaluation of this step
         loss, grad = arr(loss), arr(grad)
         gnorm = _row_norms(grad, xp)
         loss64 = loss.astype(np.float64) if cpu else loss.to(torch.float64)
@@ -335,7 +347,7 @@ def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
     return WalkResult(loss=tensor(loss_rec), grad_norm=tensor(gnorm_rec), start=start, end=tensor(x),
                       positions=None if positions is None else tensor(positions),
                       first_nonfinite=tensor(first_bad), gradient=gradient, step_bound=tensor(bound), seed=seed,
-                      first_walker=first_walker)
+                      first_walker=first_walker, metrics=metric_rec)
 
 
 def _random_starts(keys: np.ndarray, box: tuple[torch.Tensor, torch.Tensor], D: int,
