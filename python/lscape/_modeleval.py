@@ -190,10 +190,12 @@ _FRESH_FUNCS = {_conv_bn, _conv_bn_relu, _linear_bn, operator.add, _add_into, to
 _FRESH_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_BNS)
 
 
-def _inplace_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+def _inplace_graph(gm: torch.fx.GraphModule, exclude: Collection[str] = ()) -> torch.fx.GraphModule:
     """gm with each ReLU and residual sum whose input is a fresh intermediate read by nothing else done in
     place: no new activation-sized tensor (an allocation and its page faults) per layer.  For no-grad
-    calls only: autograd and vmap are left the out-of-place graph."""
+    calls only: autograd and vmap are left the out-of-place graph.  Layers in `exclude`, or with a forward
+    of their own, may return a tensor that something else holds (lscape._affine's cached sums): their
+    outputs are never written."""
     graph = copy.deepcopy(gm.graph)
     mods = dict(gm.named_modules())
 
@@ -202,7 +204,8 @@ def _inplace_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             return False
         if n.op == "call_function":  # F.relu(x, inplace=True) returns x itself
             return n.target in _FRESH_FUNCS and not n.kwargs.get("inplace", False)
-        return n.op == "call_module" and type(mods[n.target]) in _FRESH_MODULES
+        return (n.op == "call_module" and type(mods[n.target]) in _FRESH_MODULES and n.target not in exclude
+                and "forward" not in mods[n.target].__dict__)
 
     for node in list(graph.nodes):
         relu = (node.op == "call_function" and node.target in _RELUS and not node.kwargs.get("inplace", False)
@@ -245,7 +248,7 @@ class FastForward:
             raise TypeError(f"model: got {type(model).__name__}, expected a torch.nn.Module")
         self.model = model
         self.graph_module, self.folded, self.reason = _folded_graph(model, set(exclude))
-        self._inplace = None if self.graph_module is None else _inplace_graph(self.graph_module)
+        self._inplace = None if self.graph_module is None else _inplace_graph(self.graph_module, set(exclude))
         bn_names = {b for _, b in self.folded}
         self._bns = [m for n, m in model.named_modules() if n in bn_names]
         if self.graph_module is not None:
