@@ -101,7 +101,7 @@ def _conv_bn_relu(x, w, b, g, beta, mean, var, *, eps: float, dims: int, stride,
         try:
             return _CONV_RELU(x, w * s.reshape(-1, 1, 1, 1), shift, list(padding), list(stride), list(dilation),
                               groups, "relu", [], "")
-        except RuntimeError:  # an input this private op refuses: the plain two steps
+        except (RuntimeError, TypeError):  # an input (or a torch version) this private op refuses: two steps
             pass
     return torch.relu_(_conv_bn(x, w, b, g, beta, mean, var, eps=eps, dims=dims, stride=stride, padding=padding,
                                 dilation=dilation, groups=groups))
