@@ -270,7 +270,14 @@ class _Aliasing(nn.Module):
         return (torch.relu(w + z) + z).flatten(1)
 
 
-def test_in_place_graph_without_grad_equals_the_plain_module_and_writes_no_input():
+@pytest.mark.parametrize("fused", [True, False])  # oneDNN's conv with a fused ReLU, or the two steps
+def test_in_place_graph_without_grad_equals_the_plain_module_and_writes_no_input(fused, monkeypatch):
+    from lscape import _modeleval
+
+    if not fused:
+        monkeypatch.setattr(_modeleval, "_CONV_RELU", None)
+    elif _modeleval._CONV_RELU is None:
+        pytest.skip("this torch build has no torch.ops.mkldnn._convolution_pointwise")
     torch.manual_seed(0)
     model = _stats(_Aliasing())
     fast = FastForward(model)
