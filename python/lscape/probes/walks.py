@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .. import _checks
+from .. import _backend, _checks
 from .._progress import ProgressArg, as_callback
 from ..landscape import Landscape
 from ..reference import rng
@@ -286,7 +286,9 @@ def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
     if not cpu:
         stopped = stopped.to(like.device)
 
-    if cpu:  # the step sizes' buffer and rng.draw32's counter term, reused step after step
+    # The fused C++ step (walk.h) where the backend has one for this dtype; else the passes below.
+    fused = _backend.kernel("walk_step", like.device, like.dtype) if cpu else None
+    if cpu and fused is None:  # the step sizes' buffer and rng.draw32's counter term, reused step after step
         r_buf = np.empty((W, D), dtype=x.dtype)
         with np.errstate(over="ignore"):
             counters = np.arange(D, dtype=np.uint32) * rng.GOLDEN32
@@ -316,26 +318,32 @@ def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
             positions[:, s] = x
         if s == steps:
             break
-        # r <= bound: u < 1 (it may round up to 1 in float32), bound is exact in this dtype
-        if cpu:
-            r = _step_sizes(keys, s + 1, bound, counters, r_buf)
+        if fused is not None:  # the same bits as the passes below, in one
+            if gradient:
+                stopped |= bad
+            x = _fused_step(fused, keys, s + 1, bound, grad if gradient else None, None if gradient else up,
+                            stopped if gradient else None, x)
         else:
-            u = torch.from_numpy(_uniform(_draws(keys, s + 1, D))).to(dtype=like.dtype, device=like.device)
-            r = u * bound
-        if gradient:
-            stopped |= bad  # no direction from a non-finite gradient: this walker stops, the others go on
-            if cpu:  # r > 0, so -r where g_j > 0 and r elsewhere is r with the sign of -g_j, except at g_j = +0
-                step = np.copysign(r, -grad, out=r)
-                zero = grad == 0
-                if zero.any():
-                    step[zero] = np.abs(step[zero])
+            # r <= bound: u < 1 (it may round up to 1 in float32), bound is exact in this dtype
+            if cpu:
+                r = _step_sizes(keys, s + 1, bound, counters, r_buf)
             else:
-                step = xp.where(grad > 0, -r, r)  # Bosman's mask: down where g_j > 0, up where g_j <= 0
-            if bool(stopped.any()):
-                step[stopped] = 0
-        else:
-            step = xp.where(up, r, -r)  # the bit pattern: up while b_j = 0, down while b_j = 1
-        x = x + step
+                u = torch.from_numpy(_uniform(_draws(keys, s + 1, D))).to(dtype=like.dtype, device=like.device)
+                r = u * bound
+            if gradient:
+                stopped |= bad  # no direction from a non-finite gradient: this walker stops, the others go on
+                if cpu:  # r > 0, so -r where g_j > 0 and r elsewhere is r with the sign of -g_j, except at g_j = +0
+                    step = np.copysign(r, -grad, out=r)
+                    zero = grad == 0
+                    if zero.any():
+                        step[zero] = np.abs(step[zero])
+                else:
+                    step = xp.where(grad > 0, -r, r)  # Bosman's mask: down where g_j > 0, up where g_j <= 0
+                if bool(stopped.any()):
+                    step[stopped] = 0
+            else:
+                step = xp.where(up, r, -r)  # the bit pattern: up while b_j = 0, down while b_j = 1
+            x = x + step
         if low is not None:
             out = (x > high) | (x < low)
             if bool(out.any()):  # most steps stay inside: skip the reflection passes then
@@ -348,6 +356,28 @@ def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
                       positions=None if positions is None else tensor(positions),
                       first_nonfinite=tensor(first_bad), gradient=gradient, step_bound=tensor(bound), seed=seed,
                       first_walker=first_walker, metrics=metric_rec)
+
+
+def _fused_step(k: _backend.Kernel, keys: np.ndarray, tag: int, bound: np.ndarray, grad: np.ndarray | None,
+                up: np.ndarray | None, stopped: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+    """_walk's step `tag - 1` as one C++ pass (csrc/include/lscape/walk.h), bit for bit the numpy passes:
+    x (W, D); grad (W, D) (gradient walks) or up (W, D) bool (random walks); stopped (W,) bool or None.
+    Returns the new (W, D) positions (before any reflection)."""
+    W, D = x.shape
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    bound = np.ascontiguousarray(bound, dtype=x.dtype)
+    grad = None if grad is None else np.ascontiguousarray(grad, dtype=x.dtype)
+    up = None if up is None else np.ascontiguousarray(up, dtype=np.bool_)
+    stop = None if stopped is None or not stopped.any() else np.ascontiguousarray(stopped, dtype=np.bool_)
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+
+    def ptr(a):
+        return 0 if a is None else a.ctypes.data
+
+    k.ext.walk_step(W, D, ptr(keys), tag, ptr(bound), ptr(grad), ptr(up), ptr(stop), ptr(x), ptr(out),
+                    x.dtype == np.float64, k.tail)
+    return out
 
 
 def _random_starts(keys: np.ndarray, box: tuple[torch.Tensor, torch.Tensor], D: int,
