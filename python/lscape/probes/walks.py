@@ -287,7 +287,9 @@ def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
         stopped = stopped.to(like.device)
 
     # The fused C++ step (walk.h) where the backend has one for this dtype; else the passes below.
-    fused = _backend.kernel("walk_step", like.device, like.dtype) if cpu else None
+    # (Other dtypes keep the passes even under a forced backend: the step is not the op the user forced.)
+    fused = (_backend.kernel("walk_step", like.device, like.dtype)
+             if cpu and like.dtype in (torch.float32, torch.float64) else None)
     if cpu and fused is None:  # the step sizes' buffer and rng.draw32's counter term, reused step after step
         r_buf = np.empty((W, D), dtype=x.dtype)
         with np.errstate(over="ignore"):
