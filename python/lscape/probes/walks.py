@@ -409,9 +409,8 @@ def _row_norms(grad, xp):
     """(B,) float64 Euclidean norms of the rows of grad.  Rows whose norm overflows the gradient's dtype
     (a finite float32 gradient above ~1e19) are redone in float64: only a non-finite entry gives a
     non-finite norm."""
-    if xp is np:  # np.linalg.norm(grad, axis=1)'s very operations, less its copy of grad.conj()
-        with np.errstate(over="ignore"):  # an overflowing row is redone below
-            n = np.sqrt(np.add.reduce(grad * grad, axis=1)).astype(np.float64)
+    if xp is np:
+        n = np.linalg.norm(grad, axis=1).astype(np.float64)
         big = ~np.isfinite(n)
         if big.any():
             n[big] = np.linalg.norm(grad[big].astype(np.float64), axis=1)
