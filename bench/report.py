@@ -61,7 +61,8 @@ GROUP_TITLES = {
 PRODUCT_GROUPS = ["matvec-B1", "rmatvec-B1", "matvec-B8", "rmatvec-B8"]
 GROUP_ORDER = ["build", *PRODUCT_GROUPS]
 GROUP_ORDER += ["cuda-" + g for g in GROUP_ORDER] + ["implicit-large"]
-CONTENDER_ORDER = ["lscape indices", "lscape implicit", "torch CSR", "scipy.sparse", "cupyx CSR",
+CONTENDER_ORDER = ["lscape walk", "loss_and_grad",
+                   "lscape indices", "lscape implicit", "torch CSR", "scipy.sparse", "cupyx CSR",
                    "lscape torch reference", "lscape cpu", "lscape cpu avx512", "lscape cpu avx2",
                    "lscape cuda", "torch.func vmap", "lscape torch ref",
                    "ASE NEB+FIRE", "ASE, trivial calculator", "lscape", "loss-landscapes", "lscape lanczos",
@@ -79,13 +80,18 @@ PROBE_TIMED = {f"probe-interp-200-{net}": ("lscape", {"loss-landscapes": least, 
                for net, least in zip(INTERP_NETS, (1.2, 2.0), strict=True)}
 PROBE_TIMED.update({
     "probe-hessian-top5": ("lscape lanczos", {"PyHessian": 3.0, "PyHessian tol 1e-6": 6.0}),
-    "surface-41x41": ("lscape", {"loss-landscapes": 1 / 1.2})})
+    "surface-41x41": ("lscape", {"loss-landscapes": 1.5}),  # issue 26
+    "surface-resnet20-2x2": ("lscape", {"loss-landscapes": 1.7, "plain model(X) loop": 1.7}),
+    # a walk step at most 1.3x the loss_and_grad of its points (issue 26): the floor's speed over lscape's
+    "walk-step-mnist-784-100x3": ("lscape walk", {"loss_and_grad": 1 / 1.3})})
 GROUP_ORDER += list(PROBE_TIMED) + ["probe-walk-5x5", "subspace-step-B128", "intrinsic-epoch-mnist"]
 TIMED_BASE = {**{g: v[0] for g, v in PROBE_TIMED.items()}, "subspace-step-B128": "full space",
               "intrinsic-epoch-mnist": "full space"}
 GROUP_TITLES.update({**{f"probe-interp-200-{n}": f"loss at 200 alphas on the init -> solution line, {n} net"
                         for n in INTERP_NETS},
                      "surface-41x41": "41 x 41 loss surface of a Conv-BN-ReLU-Linear net on the digits",
+                     "walk-step-mnist-784-100x3": "16 gradient walks x 5 steps, 784-100-100-100-10 ELU, batch 100",
+                     "surface-resnet20-2x2": "2 x 2 loss surface of ResNet-20 (BatchNorm, eval) on 512 3x32x32 images",
                      "probe-hessian-top5": "top-5 Hessian eigenvalues, digits FC net",
                      "subspace-step-B128": "one Adam step, 3072-200-200-10 net (D = 656,810), d = 9,000, batch 128",
                      "intrinsic-epoch-mnist": "intrinsic_dimension's training loop, MNIST 784-200-200-10 (D = "

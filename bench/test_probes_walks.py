@@ -106,3 +106,40 @@ def test_walk(bench_run, benchmark, capsys, contender):
         with capsys.disabled():  # shown even under -q
             print(f"\n[probe-walk-5x5] lscape cpu {_RATES['lscape']:,.0f} walker-steps/s, one-walker nn.Sequential "
                   f"peer {_RATES['peer']:,.0f}: {ratio:.1f}x  [{verdict} >= {TARGET:.0f}x]")
+
+
+# ---- issue 26: a walk step at the gradient's cost -------------------------------------------------------
+# Group `walk-step-mnist-784-100x3`: Bosman's widest MNIST net (784-100-100-100-10 ELU, D = 99,710), a batch
+# of 100 MNIST-shaped rows (Gaussian pixels: the timing does not depend on them), 16 walkers, 5 steps:
+#   lscape walk      progressive_walk(L, starts, 5, ...): 6 loss_and_grad calls plus 5 steps
+#   loss_and_grad    6 loss_and_grad calls of the same 16 points: the walk's floor
+# Target (issue 26): lscape walk <= 1.3x loss_and_grad.
+MNIST_W, MNIST_STEPS = 16, 5
+
+
+@pytest.fixture(scope="module")
+def mnist_walk_case():
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    widths = [784, 100, 100, 100, 10]
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:], strict=True):
+        layers += [torch.nn.Linear(a, b), torch.nn.ELU()]
+    model = torch.nn.Sequential(*layers[:-1])
+    X, Y = torch.randn(100, 784, generator=g), torch.randint(0, 10, (100,), generator=g)
+    L = Landscape.from_module(model, torch.nn.functional.cross_entropy, (X, Y))
+    starts = (torch.rand(MNIST_W, L.dim, generator=g) * 2 - 1) * 0.1
+    return L, starts
+
+
+@pytest.mark.parametrize("contender", ["lscape walk", "loss_and_grad"])
+def test_walk_step_mnist(bench_run, benchmark, mnist_walk_case, contender):
+    L, starts = mnist_walk_case
+    benchmark.group = "walk-step-mnist-784-100x3"
+    if contender == "lscape walk":
+        def fn():
+            return progressive_walk(L, starts, MNIST_STEPS, 0.01, None, True, seed=0).loss
+    else:
+        def fn():
+            return [L.loss_and_grad(starts) for _ in range(MNIST_STEPS + 1)]
+    bench_run(fn, contender, min_rounds=3, model_steps=MNIST_W * (MNIST_STEPS + 1), D=L.dim, P=100, device="cpu")

@@ -10,8 +10,17 @@ Group `surface-41x41`:
                    train loss only, one forward pass per point (its grid is model + (i u + j v)/41, so
                    the points differ from lscape's but the work per point is the same)
 Both get the same u, v (lscape.directions.random_directions, filter-normalised, biases/BN ignored);
-lscape's values are checked against a plain loop in tests/test_surface.py.  Target: lscape <= 1.2x
-loss-landscapes' time although it computes 4 numbers on 1.25x the data.
+lscape's values are checked against a plain loop in tests/test_surface.py.  Target (issue 26): lscape
+>= 1.5x loss-landscapes' speed although it computes 4 numbers on 1.25x the data.
+
+Group `surface-resnet20-2x2`: the same surface, train loss and accuracy only, of ResNet-20
+(lscape.models.resnet20: BatchNorm in eval mode with non-trivial statistics, D = 272,474) on 512
+CIFAR-shaped images (3 x 32 x 32, Gaussian pixels: the timing does not depend on them) at 2 x 2 points:
+  lscape               lscape.surface (BatchNorm folded, channels-last convolutions: lscape._modeleval);
+                       its losses are checked against the plain loop's, same points
+  plain model(X) loop  vector_to_parameters of each point into a model copy, then CE(model(X), Y)
+  loss-landscapes      planar_interpolation(..., steps=2) as above
+Targets (issue 26): lscape >= 1.7x the plain loop and >= 1.7x loss-landscapes.
 """
 from __future__ import annotations
 
@@ -24,6 +33,7 @@ import pytest
 import torch
 from lscape._flat import FlatLayout
 from lscape.directions import random_directions
+from lscape.models import resnet20
 from torch import nn
 
 N = 41
@@ -48,7 +58,7 @@ def _lscape(m, X, Y, Xt, Yt, dirs):
     return run
 
 
-def _loss_landscapes(m, X, Y, Xt, Yt, dirs):
+def _loss_landscapes_surface(m, X, Y, dirs, steps):
     ll = pytest.importorskip("loss_landscapes", reason="loss-landscapes (bench extra) is the peer timed here")
     from loss_landscapes.metrics import Loss
 
@@ -60,10 +70,11 @@ def _loss_landscapes(m, X, Y, Xt, Yt, dirs):
         layout.load(e, c + torch.as_tensor(dirs.vectors[k], dtype=c.dtype))
         ends.append(e)
     metric = Loss(CE, X, Y)
+    return lambda: np.asarray(ll.planar_interpolation(m, ends[0], ends[1], metric, steps=steps, deepcopy_model=True))
 
-    def run():
-        return np.asarray(ll.planar_interpolation(m, ends[0], ends[1], metric, steps=N, deepcopy_model=True))
-    return run
+
+def _loss_landscapes(m, X, Y, Xt, Yt, dirs):
+    return _loss_landscapes_surface(m, X, Y, dirs, N)
 
 
 CONTENDERS = {"lscape": _lscape, "loss-landscapes": _loss_landscapes}
@@ -75,3 +86,56 @@ def test_surface(bench_run, benchmark, case, contender):
     fn = CONTENDERS[contender](*case)
     bench_run(fn, contender, min_rounds=2, model_steps=N * N, D=FlatLayout.of(case[0]).dim,
               P=int(case[1].shape[0]), device="cpu")
+
+
+# ---- ResNet-20 with BatchNorm ------------------------------------------------------------------------------
+RN_GRID, RN_IMAGES = 2, 512
+
+
+@pytest.fixture(scope="module")
+def resnet_case():
+    m = resnet20(1, 10, 3, seed=0)
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(RN_IMAGES, 3, 32, 32, generator=g), torch.randint(0, 10, (RN_IMAGES,), generator=g)
+    return m, X, Y, random_directions(m, 2, seed=0)
+
+
+def _rn_plain(m, X, Y, dirs):
+    """What a user writes by hand: load each point into a model copy, model(X) under no_grad."""
+    mm = copy.deepcopy(m)
+    c = FlatLayout.of(m).flatten(m).double()
+    u, v = (torch.as_tensor(d) for d in dirs.vectors)
+    axis = np.linspace(-1.0, 1.0, RN_GRID)
+
+    def run():
+        out = np.zeros((RN_GRID, RN_GRID))
+        with torch.no_grad():
+            for i, a in enumerate(axis):
+                for j, b in enumerate(axis):
+                    torch.nn.utils.vector_to_parameters((c + a * u + b * v).float(), mm.parameters())
+                    out[i, j] = float(CE(mm(X), Y))
+        return out
+    return run
+
+
+def _rn_lscape(m, X, Y, dirs):
+    want = _rn_plain(m, X, Y, dirs)()
+
+    def run():
+        got = lscape.surface(m, CE, (X, Y), directions=dirs, grid=RN_GRID)["train_loss"]
+        np.testing.assert_allclose(got, want, rtol=1e-4)  # the plain loop's values (float32 convolutions)
+        return got
+    return run
+
+
+RN_CONTENDERS = {"lscape": _rn_lscape, "plain model(X) loop": _rn_plain,
+                 "loss-landscapes": lambda m, X, Y, dirs: _loss_landscapes_surface(m, X, Y, dirs, RN_GRID)}
+
+
+@pytest.mark.parametrize("contender", list(RN_CONTENDERS))
+def test_surface_resnet20(bench_run, benchmark, resnet_case, contender):
+    benchmark.group = f"surface-resnet20-{RN_GRID}x{RN_GRID}"
+    m, X, Y, dirs = resnet_case
+    fn = RN_CONTENDERS[contender](m, X, Y, dirs)
+    bench_run(fn, contender, min_rounds=2, model_steps=RN_GRID * RN_GRID, D=FlatLayout.of(m).dim, P=RN_IMAGES,
+              device="cpu")

@@ -14,6 +14,7 @@
 #include "lscape/mlp.h"
 #include "lscape/neb.h"
 #include "lscape/projection.h"
+#include "lscape/walk.h"
 #ifdef LSCAPE_OPENMP
 #include <omp.h>
 #endif
@@ -151,4 +152,25 @@ PYBIND11_MODULE(_C, m) {
   lscape::bind::bind_projection_sell<Cpu>(m);
   lscape::bind::bind_mlp<Cpu>(m);
   lscape::bind::bind_neb<Cpu>(m);
+  m.def("walk_step", [](int64_t W, int64_t D, uintptr_t keys, uint64_t tag, uintptr_t bound, uintptr_t g,
+                        uintptr_t up, uintptr_t stopped, uintptr_t x, uintptr_t x_out, bool f64, int nthreads) {
+    if (W < 0 || D < 0 || D > INT64_C(0x7FFFFFFF))
+      throw std::invalid_argument("walk_step: W must be >= 0 and D in [0, 2^31 - 1], got W = " +
+                                  std::to_string(W) + ", D = " + std::to_string(D));
+    if (W == 0 || D == 0) return;
+    if ((g == 0) == (up == 0)) throw std::invalid_argument("walk_step: exactly one of g and up must be given");
+    for (auto [p, name] : {std::pair{keys, "keys"}, {bound, "bound"}, {x, "x"}, {x_out, "x_out"}})
+      lscape::bind::need(p, name, "walk_step");
+    auto run = [&](auto t) {
+      using T = decltype(t);
+      lscape::walk::step_cpu<T>(W, D, reinterpret_cast<const uint64_t*>(keys), tag,
+                                reinterpret_cast<const T*>(bound), reinterpret_cast<const T*>(g),
+                                reinterpret_cast<const uint8_t*>(up), reinterpret_cast<const uint8_t*>(stopped),
+                                reinterpret_cast<const T*>(x), reinterpret_cast<T*>(x_out), nthreads);
+    };
+    if (f64) run(double{}); else run(float{});
+  }, "One fused walk step of W walkers of dimension D (walk.h): x_out = x + the signed step sizes",
+     py::arg("W"), py::arg("D"), py::arg("keys"), py::arg("tag"), py::arg("bound"), py::arg("g"), py::arg("up"),
+     py::arg("stopped"), py::arg("x"), py::arg("x_out"), py::arg("f64"), py::arg("nthreads"),
+     py::call_guard<py::gil_scoped_release>());
 }

@@ -3,7 +3,7 @@ import lscape
 import numpy as np
 import pytest
 import torch
-from lscape import Landscape
+from lscape import Landscape, _affine
 from lscape._affine import input_layers
 from lscape._flat import FlatLayout
 from lscape.directions import random_directions
@@ -51,6 +51,22 @@ class _Flattened(nn.Module):
         a = torch.relu(self.fc(x.reshape(x.shape[0], -1)))
         b = torch.tanh(self.conv(x.reshape(x.shape[0], 1, -1))).flatten(1)
         return self.head(torch.cat([a, b, x.reshape(x.shape[0], -1)], 1))
+
+
+@pytest.fixture(autouse=True)
+def _cache_any_layer(monkeypatch):
+    """These models' input layers are narrow (fan-in 8-9): cache them anyway, to test the trick itself."""
+    monkeypatch.setattr(_affine, "MIN_FAN_IN_PER_TERM", 0)
+
+
+def test_narrow_input_layers_are_left_to_the_plain_path(monkeypatch):
+    monkeypatch.setattr(_affine, "MIN_FAN_IN_PER_TERM", 16)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 3), nn.ReLU(), nn.Linear(3, 2))
+    X = torch.randn(4, 3, 8, 8)
+    layout = FlatLayout.of(model)
+    assert input_layers(model, layout, X, terms=None) == ("0",)
+    assert input_layers(model, layout, X, terms=1) == ("0",)  # fan-in 27 >= 16
+    assert input_layers(model, layout, X, terms=3) == ()  # 27 < 48: the sum of 3 cached terms costs more
 
 
 def _models():

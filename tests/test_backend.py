@@ -139,7 +139,8 @@ def test_every_op_names_functions_the_cpu_extension_has():
 
 @pytest.mark.parametrize("op,dtype,want", [
     ("mlp", F32, "cpu"), ("mlp", F64, None), ("neb_step", F64, "cpu"), ("neb_step", F32, "cpu"),
-    ("proj_product", F64, "cpu"), ("proj_build", None, "cpu"), ("proj_product", torch.float16, None)])
+    ("proj_product", F64, "cpu"), ("proj_build", None, "cpu"), ("proj_product", torch.float16, None),
+    ("walk_step", F32, "cpu"), ("walk_step", F64, "cpu"), ("walk_step", torch.float16, None)])
 def test_auto_picks_a_kernel_or_the_reference(op, dtype, want):
     k = _backend.kernel(op, torch.device("cpu"), dtype)
     assert (k and k.backend) == want

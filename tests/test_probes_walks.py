@@ -349,3 +349,16 @@ def test_bad_arguments_are_named(change, exc, match):
         progressive_walk(**args)
     if isinstance(L, Landscape):
         assert calls == [], "arguments are checked before any evaluation"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("D", "W"), [(walks._BLOCK + 37, 3), (100, 500)])  # blocks of columns; of rows
+def test_blocked_step_sizes_are_the_unfused_expression_bit_for_bit(dtype, D, W):
+    """_step_sizes (in place, blocks of columns) = _uniform(_draws(...)).astype(dtype) * bound, every bit."""
+    keys = walks._walker_keys(7, 5, W)
+    bound = (0.01 + np.random.default_rng(0).random(D)).astype(dtype)
+    with np.errstate(over="ignore"):
+        counters = np.arange(D, dtype=np.uint32) * walks.rng.GOLDEN32
+    got = walks._step_sizes(keys, 4, bound, counters, np.empty((W, D), dtype))
+    want = walks._uniform(walks._draws(keys, 4, D)).astype(dtype) * bound
+    assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))

@@ -1,4 +1,5 @@
 """lscape.surface against a plain vector_to_parameters + model(X) loop."""
+import importlib
 
 import lscape
 import numpy as np
@@ -105,9 +106,10 @@ class _Counting(nn.Module):
     def __init__(self):
         super().__init__()
         self.net = _mlp()
+        # a hook, not a counter in forward: lscape._modeleval traces forward once (and keeps a hooked model plain)
+        self.register_forward_pre_hook(lambda *_: setattr(type(self), "total", type(self).total + 1))
 
     def forward(self, x):
-        type(self).total += 1
         return self.net(x)
 
 
@@ -195,3 +197,45 @@ def test_bad_inputs_are_named():
         lscape.surface(model, f, (X, Y), directions=d, grid=2, bn="train")
     with pytest.raises(TypeError, match="metrics"):
         lscape.surface(model, f, (X, Y), directions=d, grid=2, metrics={"x": 3})
+
+
+@pytest.mark.parametrize("make,shape", [(_mlp, (8,)), (_cnn, (1, 8, 8))])
+def test_train_and_test_pairs_in_one_pass_equal_the_plain_loop(make, shape, monkeypatch):
+    """Train and test given as one pair each run as one forward pass per point (surface._joined); the
+    values are those of two separate plain passes."""
+    surface_mod = importlib.import_module("lscape.surface")  # the module: lscape.surface is the function
+
+    joins = []
+    real = surface_mod._joined
+    monkeypatch.setattr(surface_mod, "_joined", lambda sh: joins.append(real(sh)) or joins[-1])
+    model = make().eval()
+    X, Y = _data(shape)
+    Xt, Yt = _data(shape, 30, seed=2)
+    d = random_directions(model, 2, seed=3)
+    s = lscape.surface(model, nn.functional.cross_entropy, (X, Y), directions=d, grid=3, test_data=(Xt, Yt),
+                       affine=False)
+    assert joins and all(j is not None and j[0].shape[0] == 90 and j[1] == 60 for j in joins)
+    c = torch.nn.utils.parameters_to_vector(model.parameters()).double()
+    u, v = (torch.as_tensor(a) for a in d.vectors)
+    for i, a in enumerate(s.x):
+        for j, b in enumerate(s.y):
+            theta = c + a * u + b * v
+            for (XX, YY), k in (((X, Y), "train"), ((Xt, Yt), "test")):
+                loss, acc = _reference(model, XX, YY, theta, "eval")
+                np.testing.assert_allclose(s[f"{k}_loss"][i, j], loss, rtol=1e-5)
+                assert s[f"{k}_acc"][i, j] == pytest.approx(acc)
+
+
+def test_train_and_test_of_different_shapes_are_not_joined():
+    surface_mod = importlib.import_module("lscape.surface")  # the module: lscape.surface is the function
+
+    model = _mlp()
+    X, Y = _data((8,))
+    sh = surface_mod._Shared(model, None, {}, surface_mod._batches("data", (X, Y), None),
+                             surface_mod._batches("test_data", (X[:, :4], Y), None), (), "eval",
+                             None, None, None, None, None)
+    assert surface_mod._joined(sh) is None
+    sh.test = surface_mod._batches("test_data", _batches(X, Y), None)  # several batches: streamed as given
+    assert surface_mod._joined(sh) is None
+    sh.test, sh.bn = surface_mod._batches("test_data", (X, Y), None), "recompute"
+    assert surface_mod._joined(sh) is None

@@ -27,11 +27,15 @@ from torch.nn import functional as F
 
 from ._fastops import narrow_linears
 from ._flat import FlatLayout
+from ._modeleval import FastForward, prefers_channels_last
 
-__all__ = ["input_layers", "AffineCache", "landscape_losses", "MAX_CACHED"]
+__all__ = ["input_layers", "AffineCache", "landscape_losses", "MAX_CACHED", "MIN_FAN_IN_PER_TERM"]
 
 # cached layer outputs beyond this many floats fall back to plain evaluation (memory bound)
 MAX_CACHED = 1 << 26
+# a layer is cached only when its fan-in is at least this many times the cached terms per point: below,
+# the fused sum (memory-bound: one read per term and output) costs more than the layer's own product
+MIN_FAN_IN_PER_TERM = 16
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PROBE_ROWS = 8  # input rows of the one forward pass that finds the layers
 BLOCK_ELEMS = 1 << 24  # float64 point entries built per block (128 MiB), as probes.lines does
@@ -49,13 +53,25 @@ def _apply(m: nn.Module, X: torch.Tensor, w: torch.Tensor, b: torch.Tensor | Non
     return conv(X, w, b, m.stride, m.padding, m.dilation, m.groups)
 
 
-def input_layers(model: nn.Module, layout: FlatLayout, X: torch.Tensor) -> tuple[str, ...]:
+def _fan_in(m: nn.Module) -> int:
+    """Multiply-adds per output element of a Linear or Conv layer."""
+    if isinstance(m, nn.Linear):
+        return m.in_features
+    return m.in_channels // m.groups * int(torch.tensor(m.kernel_size).prod())
+
+
+def input_layers(model: nn.Module, layout: FlatLayout, X: torch.Tensor, terms: int | None = None) -> tuple[str, ...]:
     """Names of the modules of `model` whose output is affine in theta (see the module docstring), found
     by one forward pass of X[:8] with theta requiring grad (buffers are copies: BatchNorm's running
-    statistics stay untouched).  () when there is none or the pass fails."""
+    statistics stay untouched).  () when there is none or the pass fails.
+
+    terms: the cached products per point (1 + the number of directions): a layer whose fan-in is under
+    MIN_FAN_IN_PER_TERM per term is left out, since reading the cached terms costs more than computing it
+    (ResNet-20's first 3x3 convolution on 3 channels, fan-in 27: a surface 1.6x slower with it cached)."""
     names = set(layout.names)
+    least = 0 if terms is None else MIN_FAN_IN_PER_TERM * terms
     candidates = {n: m for n, m in model.named_modules() if _kind_ok(m) and f"{n}.weight" in names
-                  and (m.bias is None or f"{n}.bias" in names)}
+                  and (m.bias is None or f"{n}.bias" in names) and _fan_in(m) >= least}
     if not candidates:
         return ()
     calls: dict[str, list[bool]] = {n: [] for n in candidates}
@@ -104,16 +120,21 @@ class AffineCache:
 
     center (D,), dirs (k, D) in the model's dtype; batches: a re-iterable of (X, Y), read once here (the
     cache holds that pass, so a shuffling DataLoader is fixed to one order).  Raises MemoryError when the
-    cache would pass max_cached floats."""
+    cache would pass max_cached floats.  channels_last: 4-D outputs are stored channels-last, so the layers
+    after them (lscape._modeleval.FastForward's channels-last convolutions) read them without a reorder;
+    None picks it as FastForward does."""
 
     def __init__(self, model: nn.Module, layout: FlatLayout, names: Sequence[str], center: torch.Tensor,
-                 dirs: torch.Tensor, batches: Iterable, max_cached: int = MAX_CACHED) -> None:
+                 dirs: torch.Tensor, batches: Iterable, max_cached: int = MAX_CACHED,
+                 channels_last: bool | None = None) -> None:
         self.model = model
         self.mods = {n: model.get_submodule(n) for n in names}
         self._now: dict[str, torch.Tensor] = {}  # what each layer returns while installed
         self._bufs: dict[tuple[int, str], torch.Tensor] = {}  # (batch, layer): its output, rewritten per point
         self._installed = False
         vecs = [layout.split(v) for v in (center, *dirs)]
+        if channels_last is None:
+            channels_last = prefers_channels_last(model)
         size = 0
         self.batches = []
         with torch.no_grad():
@@ -123,6 +144,9 @@ class AffineCache:
                 for n, m in self.mods.items():
                     ps = [None if k == 0 and not self._nonzero(v, n) else
                           _apply(m, inputs[n], v[f"{n}.weight"], v.get(f"{n}.bias")) for k, v in enumerate(vecs)]
+                    if channels_last:
+                        ps = [p if p is None or p.dim() != 4 else p.contiguous(memory_format=torch.channels_last)
+                              for p in ps]
                     size += sum(p.numel() for p in ps if p is not None)
                     parts[n] = ps
                 if size > max_cached:
@@ -156,12 +180,13 @@ class AffineCache:
         return got
 
     def outputs(self, coeffs, params: dict[str, torch.Tensor] | None = None,
-                buffers: dict[str, torch.Tensor] | None = None):
+                buffers: dict[str, torch.Tensor] | None = None, forward=None):
         """(outputs, targets, n) of every cached batch at center + sum_k coeffs[k] dirs[k].
 
         coeffs: k floats, or a (k,) tensor (inside torch.func.vmap).  params/buffers: that point's
         parameters for torch.func.functional_call, or None to run the model with the parameters it holds
-        (which must be the same point)."""
+        (which must be the same point).  forward: the model's forward as f(params, X, buffers), e.g. a
+        lscape._modeleval.FastForward built with exclude=self.mods (default: the model itself)."""
         with self.installed():
             for b, (X, Y, n, parts) in enumerate(self.batches):
                 for name, p in parts.items():
@@ -171,7 +196,9 @@ class AffineCache:
                             self._bufs[b, name] = torch.empty_like(p[1])
                         buf = self._bufs[b, name]
                     self._now[name] = _combine(p, coeffs, buf)
-                if params is None:
+                if forward is not None:
+                    out = forward(params, X, buffers)
+                elif params is None:
                     out = self.model(X)
                 else:
                     out = torch.func.functional_call(self.model, (params, buffers or {}), (X,))
@@ -197,16 +224,16 @@ class AffineCache:
 
     @classmethod
     def of(cls, model: nn.Module, layout: FlatLayout, center: torch.Tensor, dirs: torch.Tensor,
-           batches: Iterable) -> AffineCache | None:
+           batches: Iterable, channels_last: bool | None = None) -> AffineCache | None:
         """The cache, or None where the trick does not apply (no input layer, or too large)."""
         first = next(iter(batches), None)
         if first is None:
             return None
-        names = input_layers(model, layout, first[0])
+        names = input_layers(model, layout, first[0], terms=1 + dirs.shape[0])
         if not names:
             return None
         try:
-            return cls(model, layout, names, center, dirs, batches)
+            return cls(model, layout, names, center, dirs, batches, channels_last=channels_last)
         except MemoryError:
             return None
 
@@ -235,10 +262,16 @@ def landscape_losses(landscape, origin: torch.Tensor, coeffs: torch.Tensor, dirs
     dt, dev = landscape.dtype, landscape.device
     if landscape.per_point:
         model, flat = _flat_backed(model, layout)
-    cache = AffineCache.of(model, layout, origin.to(dt), dirs.to(dt), landscape.data)
+    # vmapped points run in the standard layout (FastForward's channels_last=False below)
+    cache = AffineCache.of(model, layout, origin.to(dt), dirs.to(dt), landscape.data,
+                           channels_last=None if landscape.per_point else False)
     if cache is None:
         return None
     loss_fn, total = landscape.loss_fn, cache.samples
+    fast = FastForward(model, exclude=cache.mods)  # the layers after the cached ones, BatchNorm folded
+
+    def vfast(params, X, bufs):  # inside vmap: batched weights, standard layout
+        return fast(params, X, bufs, channels_last=False)
 
     def mean_loss(outputs) -> torch.Tensor:
         if len(cache.batches) == 1:  # one batch: its loss is the mean (two tensor ops fewer per point)
@@ -262,8 +295,8 @@ def landscape_losses(landscape, origin: torch.Tensor, coeffs: torch.Tensor, dirs
             if landscape.per_point:
                 for theta, ci in zip(thetas, c.tolist(), strict=True):
                     flat.copy_(theta)
-                    parts.append(mean_loss(cache.outputs(ci)).reshape(1))
+                    parts.append(mean_loss(cache.outputs(ci, forward=fast)).reshape(1))
             else:
-                one = lambda th, ci: mean_loss(cache.outputs(ci, layout.split(th), buffers))  # noqa: E731
+                one = lambda th, ci: mean_loss(cache.outputs(ci, layout.split(th), buffers, vfast))  # noqa: E731
                 parts.append(torch.func.vmap(one)(thetas, c.to(dt)))
     return torch.cat(parts).to(dt)

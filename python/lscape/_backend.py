@@ -49,6 +49,8 @@ OPS: dict[str, Op] = {
                        {"cpu": frozenset({_F32, _F64}), "cuda": frozenset({_F32, _F64})}),
     "mlp": Op(("mlp_loss_grad", "mlp_train"), {"cpu": frozenset({_F32}), "cuda": frozenset({_F32})}),
     "neb_step": Op(("neb_work_size", "neb_step"), {"cpu": frozenset({_F32, _F64}), "cuda": frozenset({_F32})}),
+    # The fused walk step (walk.h): CPU only; on a GPU the walks' step runs in torch.
+    "walk_step": Op(("walk_step",), {"cpu": frozenset({_F32, _F64}), "cuda": frozenset()}),
 }
 
 

@@ -11,6 +11,7 @@ Hessian-vector products); `loss` and `loss_and_grad` may run on faster non-diffe
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -138,8 +139,15 @@ class Landscape:
     @classmethod
     def from_module(cls, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     data, *, chunk: int = 16, bn: str = "eval", bn_data=None,
-                    max_batches: int | None = None) -> Landscape:
+                    max_batches: int | None = None,
+                    metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] | None = None
+                    ) -> Landscape:
         """Mean loss of `model` with its parameters replaced by each theta, over `data`.
+
+        metrics: {name: fn(outputs, targets) -> scalar mean over the batch} evaluated on the same outputs
+        as the loss (no second forward pass) while `L.recording_metrics()` is entered: it yields a list
+        that each evaluation extends with its points' (B, len(metrics)) batch-weighted means, in
+        evaluation order (torch.cat(rec) after a call: one row per point, columns in `L.metric_names`).
 
         data: one (inputs, targets) pair, a sequence of such batches, or any re-iterable of them (a
         torch DataLoader): batches are streamed, never concatenated, and the loss is weighted by batch
@@ -156,6 +164,7 @@ class Landscape:
         another instead, which is faster there."""
         from ._fastops import fast_loss, narrow_linears
         from ._flat import FlatLayout
+        from ._modeleval import FastForward
 
         layout = FlatLayout.of(model)
         _checks.choice_arg("bn", bn, BN_MODES)
@@ -164,26 +173,60 @@ class Landscape:
         bn_batches = batches if bn_data is None else _Batches(bn_data, "bn_data", max_batches)
         first = next(model.parameters())
         buffers = dict(model.named_buffers())
+        fast = FastForward(model)  # BatchNorm folded, channels-last convolutions: the same values, faster
+        metrics = dict(metrics or {})
+        for name, fn in metrics.items():
+            if not isinstance(name, str) or not callable(fn):
+                raise TypeError(f"metrics: got {name!r}: {_checks.describe(fn)}, expected {{name: fn(outputs, "
+                                "targets)}}")
+        rec: dict[str, list | None] = {"now": None}  # the list L.recording_metrics() yields, while entered
 
-        def batch_loss(theta: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, bufs) -> torch.Tensor:
-            return loss_fn(torch.func.functional_call(model, (layout.split(theta), bufs), (X,)), Y)
+        def batch_loss(theta: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, bufs, cl=None):
+            """(loss, metrics tuple: empty unless recording) of one batch at theta."""
+            out = fast(layout.split(theta), X, bufs, channels_last=cl)
+            if rec["now"] is None or not metrics:
+                return loss_fn(out, Y), ()
+            seen = out.detach()
+            return loss_fn(out, Y), tuple(torch.as_tensor(fn(seen, Y)).detach().to(seen.dtype)
+                                          for fn in metrics.values())
+
+        def note(sums, total: int, rows: int) -> None:
+            """Append the points' batch-weighted metric means, (rows, len(metrics)), to the recording."""
+            if rec["now"] is not None and metrics:
+                rec["now"].append(torch.stack([m / total for m in sums], -1).reshape(rows, len(metrics)))
 
         def one(theta: torch.Tensor) -> torch.Tensor:
             bufs = buffers if bn == "eval" else recompute_bn(model, layout.split(theta), buffers, bn_batches)
-            total, out = 0, 0.0
+            total, out, sums = 0, 0.0, None
             with narrow_linears(model):  # a 10-class head at twice MKL's rate (its backward graph too)
                 for X, Y in batches:
-                    out = out + batch_loss(theta, X, Y, bufs) * X.shape[0]
+                    loss, ms = batch_loss(theta, X, Y, bufs)
+                    out = out + loss * X.shape[0]
+                    sums = [m * X.shape[0] for m in ms] if sums is None else \
+                        [a + m * X.shape[0] for a, m in zip(sums, ms, strict=True)]
                     total += X.shape[0]
+            note(sums, total, 1)
             return out / total
 
         def vmapped(thetas: torch.Tensor) -> torch.Tensor:
             # the data loop stays outside vmap: a DataLoader draws random seeds, which vmap refuses
-            total, out = 0, 0.0
+            total, out, sums = 0, 0.0, None
             for X, Y in batches:
-                out = out + torch.func.vmap(lambda t: batch_loss(t, X, Y, buffers))(thetas) * X.shape[0]  # noqa: B023
+                loss, ms = torch.func.vmap(lambda t: batch_loss(t, X, Y, buffers, False))(thetas)  # noqa: B023
+                out = out + loss * X.shape[0]
+                sums = [m * X.shape[0] for m in ms] if sums is None else \
+                    [a + m * X.shape[0] for a, m in zip(sums, ms, strict=True)]
                 total += X.shape[0]
+            note(sums, total, thetas.shape[0])
             return out / total
+
+        @contextlib.contextmanager
+        def recording_metrics():
+            rec["now"] = []
+            try:
+                yield rec["now"]
+            finally:
+                rec["now"] = None
 
         # Large points one after another: vmap's batched matmuls and the elementwise passes over
         # (chunk, samples, width) tensors that no longer fit in cache cost more than batching saves
@@ -192,10 +235,17 @@ class Landscape:
         per_point = bn == "recompute" or (first.device.type == "cpu"
                                           and batches.samples() * layout.dim >= PER_POINT_WORK)
         batch_fn = _one_by_one(one) if per_point else vmapped
-        L = cls(layout.dim, batch_fn, chunk=chunk, dtype=first.dtype, device=first.device,
+
+        def no_grad_loss(thetas: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():  # no gradient asked: no graph built
+                return batch_fn(thetas)
+
+        L = cls(layout.dim, batch_fn, loss=no_grad_loss, chunk=chunk, dtype=first.dtype, device=first.device,
                 description=f"module {type(model).__name__}", point_loss=one)
         # for probes that use the model (lscape._affine's lines and planes)
         L.module, L.loss_fn, L.data, L.bn, L.per_point = model, loss_fn, batches, bn, per_point
+        L.fast_forward = fast
+        L.metric_names, L.recording_metrics = tuple(metrics), recording_metrics
         return L
 
 

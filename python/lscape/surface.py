@@ -16,6 +16,7 @@ from . import _checks
 from ._affine import AffineCache, input_layers
 from ._fastops import fast_loss
 from ._flat import FlatLayout
+from ._modeleval import FastForward
 from ._runlock import locks_file
 from .directions import Directions, random_directions
 from .executor import ExecutorLost, get_executor
@@ -184,11 +185,11 @@ class _Shared:
     todo: np.ndarray
 
 
-def _plain(model: nn.Module, data):
-    """(outputs, targets, n) of every streamed batch."""
+def _plain(forward: FastForward, data):
+    """(outputs, targets, n) of every streamed batch, at the parameters the model holds."""
     with torch.no_grad():
         for X, Y in data:
-            yield model(X), Y, X.shape[0]
+            yield forward(None, X), Y, X.shape[0]
 
 
 def _evaluate(outputs, loss_fn, metrics: dict, prefix: str) -> dict[str, float]:
@@ -209,17 +210,51 @@ def _evaluate(outputs, loss_fn, metrics: dict, prefix: str) -> dict[str, float]:
     return {f"{prefix}_{k}": v / total for k, v in sums.items()}
 
 
-def _point(model: nn.Module, layout: FlatLayout, theta: torch.Tensor, sh: _Shared, coeffs, affine) -> dict:
-    """All metrics at theta; `affine` (train, test) AffineCaches or None for plain evaluation."""
+def _single(batches) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The one (inputs, targets) pair that `batches` (a _Batches) streams when it was given as a pair."""
+    data = getattr(batches, "data", None)
+    return data[0] if isinstance(data, list) and len(data) == 1 and isinstance(data[0], tuple) else None
+
+
+def _joined(sh: _Shared) -> tuple[torch.Tensor, int] | None:
+    """(train and test inputs as one tensor, the train count) when both are one pair of tensors of the same
+    kind and BatchNorm runs in eval mode: the two passes then run as one, half the calls per point (what
+    costs on small networks).  In eval mode a module's output on a sample depends on that sample alone,
+    so the values equal the two passes' to float rounding."""
+    if sh.bn != "eval" or sh.test is None:
+        return None
+    a, b = _single(sh.train), _single(sh.test)
+    if a is None or b is None:
+        return None
+    (X, _), (Xt, _) = a, b
+    same = X.shape[1:] == Xt.shape[1:] and X.dtype == Xt.dtype and X.device == Xt.device
+    return (torch.cat([X, Xt]), X.shape[0]) if same and X.shape[0] > 0 and Xt.shape[0] > 0 else None
+
+
+def _split(out: torch.Tensor, sh: _Shared, n: int):
+    """The joined pass's outputs as the train and test passes' (outputs, targets, n)."""
+    (_, Y), (_, Yt) = _single(sh.train), _single(sh.test)
+    return iter([(out[:n], Y, n)]), iter([(out[n:], Yt, out.shape[0] - n)])
+
+
+def _point(model: nn.Module, layout: FlatLayout, theta: torch.Tensor, sh: _Shared, coeffs, affine,
+           fast: FastForward, joined: tuple[torch.Tensor, int] | None = None) -> dict:
+    """All metrics at theta; `affine` (train, test) AffineCaches or None for plain evaluation; `fast` the
+    model's forward with BatchNorm folded (lscape._modeleval; plain where it does not apply); joined: the
+    train and test inputs as one pass (_joined) or None."""
     layout.load(model, theta)
     if sh.bn == "recompute":
         # one pass over the training data in train mode with cumulative averages (momentum None)
         torch.optim.swa_utils.update_bn(sh.train, model)
     model.eval()
-    train = affine[0].outputs(coeffs) if affine else _plain(model, sh.train)
+    if joined is not None and not affine:
+        with torch.no_grad():
+            train, test = _split(fast(None, joined[0]), sh, joined[1])
+        return {**_evaluate(train, sh.loss_fn, sh.metrics, "train"), **_evaluate(test, sh.loss_fn, sh.metrics, "test")}
+    train = affine[0].outputs(coeffs, forward=fast) if affine else _plain(fast, sh.train)
     out = _evaluate(train, sh.loss_fn, sh.metrics, "train")
     if sh.test is not None:
-        test = affine[1].outputs(coeffs) if affine else _plain(model, sh.test)
+        test = affine[1].outputs(coeffs, forward=fast) if affine else _plain(fast, sh.test)
         out.update(_evaluate(test, sh.loss_fn, sh.metrics, "test"))
     return out
 
@@ -247,6 +282,10 @@ def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
     # the faster cross-entropy, here on the worker's copy (Ray pickles sh).  Not _fastops.narrow_linears:
     # on the benchmark's CNN surface it made the whole pass slower (0.87 s against 0.60 s, 21 x 21 grid)
     sh = dataclasses.replace(sh, loss_fn=fast_loss(sh.loss_fn))
+    # built after model.eval(): with bn='recompute' the BatchNorms go through train mode at each point,
+    # and FastForward then evaluates plainly while they are in it
+    fast = FastForward(model, exclude=sh.affine if affine else ())
+    joined = None if affine else _joined(sh)
     ys = [None] if sh.y is None else list(sh.y)
     out = {}
     for j, b in enumerate(ys):
@@ -254,7 +293,8 @@ def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
             continue
         theta = center + sh.x[i] * dirs[0] + (0.0 if b is None else b * dirs[1])
         coeffs = (float(sh.x[i]),) if b is None else (float(sh.x[i]), float(b))
-        out[j] = _point(model, layout, theta.to(dtype=p0.dtype, device=p0.device), sh, coeffs, affine)
+        out[j] = _point(model, layout, theta.to(dtype=p0.dtype, device=p0.device), sh, coeffs, affine, fast,
+                        joined)
     return out
 
 
@@ -335,7 +375,8 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     test = _batches("test_data", test_data, max_batches)
     for name, batches in (("data", train), ("test_data", test)):
         _check_batch(name, model, loss_fn, batches)
-    layers = input_layers(model, layout, next(iter(train))[0]) if affine and bn == "eval" else ()
+    layers = input_layers(model, layout, next(iter(train))[0], terms=1 + dirs.vectors.shape[0]) \
+        if affine and bn == "eval" else ()
     sh = _Shared(model, loss_fn, metrics, train, test, layers, bn,
                  center, dirs.vectors, x, y, ~s.done)
     rows = [i for i in range(x.shape[0]) if sh.todo[i].any()]

@@ -170,7 +170,10 @@ def walk_cell(land: Landscape, acc_land: Landscape, *, walkers: int, steps: int,
             sl = (slice(w0, w0 + n), slice(s0, s0 + ck + 1))
             loss[sl], gnorm[sl] = res.loss.numpy(), res.grad_norm.numpy()
             pos = res.positions
-            acc[sl] = acc_land.loss(pos.reshape(-1, D)).reshape(n, ck + 1).numpy()
+            if "acc" in res.metrics:  # from the walk's own forward passes (Landscape.from_module(metrics=...))
+                acc[sl] = res.metrics["acc"].numpy()
+            else:
+                acc[sl] = acc_land.loss(pos.reshape(-1, D)).reshape(n, ck + 1).numpy()
             finite[w0:w0 + n] &= res.finite.numpy()
             # the random Hessian points that fall in this (group, chunk)
             wi, si = pick // (steps + 1), pick % (steps + 1)
@@ -227,7 +230,8 @@ def run_cell(cfg: Config, probs: dict[str, dict[str, Any]], i: int, cell) -> dic
     p = probs[prob]
     model = make_model(p["n_in"], w, dp, p["n_out"], p["dtype"])
     chunk = 64 if prob == "xor" else 16
-    land = Landscape.from_module(model, p["loss"], p["data"], chunk=chunk)
+    # the accuracy on the walk's batch comes from the walk's own forward passes (no second pass)
+    land = Landscape.from_module(model, p["loss"], p["data"], chunk=chunk, metrics={"acc": p["acc"]})
     acc_land = Landscape.from_module(model, p["acc"], p["data"], chunk=256)
     D = land.dim
     cap = cfg.digits_max_walkers if prob == "digits" and cfg.digits_max_walkers is not None else cfg.max_walkers

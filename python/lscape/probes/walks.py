@@ -31,12 +31,12 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .. import _checks
+from .. import _backend, _checks
 from .._progress import ProgressArg, as_callback
 from ..landscape import Landscape
 from ..reference import rng
@@ -71,6 +71,9 @@ class WalkResult:
     step_bound: torch.Tensor  # (D,)
     seed: int
     first_walker: int
+    # {name: (W, steps + 1) float64}: a Landscape.from_module(..., metrics=...)'s metrics at every sample,
+    # from the same forward passes as the loss (a stopped walker's at its repeated position); {} otherwise
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def finite(self) -> torch.Tensor:
@@ -88,6 +91,48 @@ def _draws(keys: np.ndarray, tag: int, n: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         k = rng.mix64(keys ^ rng.mix64(np.full(1, tag, dtype=np.uint64) + rng.GOLDEN64))
     return rng.draw32(k[:, None], np.arange(n, dtype=np.uint32))
+
+
+_BLOCK = 1 << 14  # columns per block of _step_sizes: its temporaries stay in the core's cache
+_M1, _M2 = np.uint32(0x21F0AAAD), np.uint32(0x735A2D97)
+
+
+def _mix32_(x: np.ndarray, t: np.ndarray) -> None:
+    """rng.mix32 in place on x (t: scratch of x's shape): the same bits, no temporaries."""
+    for shift, mult in ((16, _M1), (15, _M2), (15, None)):
+        np.right_shift(x, np.uint32(shift), out=t)
+        np.bitwise_xor(x, t, out=x)
+        if mult is not None:
+            np.multiply(x, mult, out=x)
+
+
+def _step_sizes(keys: np.ndarray, tag: int, bound: np.ndarray, counters: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out (W, D) = _uniform(_draws(keys, tag, D)).astype(out.dtype) * bound, the same bits, computed block
+    by block in place (the unfused expression makes ~15 passes over (W, D) arrays, most of a walk step's
+    time on a large net).  counters: (D,) uint32 arange(D) * GOLDEN32 (rng.draw32's counter term)."""
+    with np.errstate(over="ignore"):
+        k = rng.mix64(keys ^ rng.mix64(np.full(1, tag, dtype=np.uint64) + rng.GOLDEN64))
+    lo = (k & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    hi = (k >> np.uint64(32)).astype(np.uint32)
+    W, D = out.shape
+    B = min(D, _BLOCK)
+    R = max(1, _BLOCK // B)  # rows per block: many walkers of a small net go a block of rows at a time
+    h, t, f = np.empty((R, B), np.uint32), np.empty((R, B), np.uint32), np.empty((R, B), np.float64)
+    lo, hi = lo[:, None], hi[:, None]
+    for w in range(0, W, R):
+        m = min(R, W - w)
+        for j in range(0, D, B):
+            n = min(B, D - j)
+            hv, tv, fv, ov = h[:m, :n], t[:m, :n], f[:m, :n], out[w:w + m, j:j + n]
+            np.add(counters[j:j + n], lo[w:w + m], out=hv)
+            _mix32_(hv, tv)
+            np.bitwise_xor(hv, hi[w:w + m], out=hv)
+            _mix32_(hv, tv)
+            np.add(hv, 0.5, out=fv)  # _uniform: exact in float64, then one rounding to out's dtype
+            np.multiply(fv, _U32_SCALE, out=fv)
+            ov[...] = fv
+            np.multiply(ov, bound[j:j + n], out=ov)
+    return out
 
 
 def _uniform(h: np.ndarray) -> np.ndarray:
@@ -199,7 +244,7 @@ def _starts_arg(landscape, starts, box, first_walker: int) -> tuple[torch.Tensor
     x = landscape.check_points(starts, "starts").clone()
     if x.shape[0] == 0:
         raise ValueError(f"starts: got {_checks.describe(x)}, expected at least one walker")
-    if not bool(torch.isfinite(x).all()):
+    if not _all_finite(x):
         raise ValueError("starts: got non-finite values, expected finite starting points")
     if box is not None and not bool(((x >= box[0]) & (x <= box[1])).all()):
         w, j = (int(i) for i in torch.nonzero((x < box[0]) | (x > box[1]))[0])
@@ -241,8 +286,25 @@ def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
     if not cpu:
         stopped = stopped.to(like.device)
 
+    # The fused C++ step (walk.h) where the backend has one for this dtype; else the passes below.
+    # (Other dtypes keep the passes even under a forced backend: the step is not the op the user forced.)
+    fused = (_backend.kernel("walk_step", like.device, like.dtype)
+             if cpu and like.dtype in (torch.float32, torch.float64) else None)
+    if cpu and fused is None:  # the step sizes' buffer and rng.draw32's counter term, reused step after step
+        r_buf = np.empty((W, D), dtype=x.dtype)
+        with np.errstate(over="ignore"):
+            counters = np.arange(D, dtype=np.uint32) * rng.GOLDEN32
+    names = tuple(getattr(landscape, "metric_names", ()))
+    metric_rec = {k: torch.empty((W, steps + 1), dtype=torch.float64) for k in names}
     for s in range(steps + 1):
-        loss, grad = landscape.loss_and_grad(tensor(x))  # the one batched evaluation of this step
+        if names:  # the metrics of the same forward passes
+            with landscape.recording_metrics() as rec:
+                loss, grad = landscape.loss_and_grad(tensor(x))
+            got = torch.cat(rec).to(device="cpu", dtype=torch.float64)
+            for c, k in enumerate(names):
+                metric_rec[k][:, s] = got[:, c]
+        else:
+            loss, grad = landscape.loss_and_grad(tensor(x))  # the one batched evaluation of this step
         loss, grad = arr(loss), arr(grad)
         gnorm = _row_norms(grad, xp)
         loss64 = loss.astype(np.float64) if cpu else loss.to(torch.float64)
@@ -258,17 +320,32 @@ def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
             positions[:, s] = x
         if s == steps:
             break
-        u = _uniform(_draws(keys, s + 1, D))
-        u = u.astype(x.dtype) if cpu else torch.from_numpy(u).to(dtype=like.dtype, device=like.device)
-        r = u * bound  # <= bound: u < 1 (it may round up to 1 in float32), bound is exact in this dtype
-        if gradient:
-            stopped |= bad  # no direction from a non-finite gradient: this walker stops, the others go on
-            step = xp.where(grad > 0, -r, r)  # Bosman's mask: down where g_j > 0, up where g_j <= 0
-            if bool(stopped.any()):
-                step[stopped] = 0
+        if fused is not None:  # the same bits as the passes below, in one
+            if gradient:
+                stopped |= bad
+            x = _fused_step(fused, keys, s + 1, bound, grad if gradient else None, None if gradient else up,
+                            stopped if gradient else None, x)
         else:
-            step = xp.where(up, r, -r)  # the bit pattern: up while b_j = 0, down while b_j = 1
-        x = x + step
+            # r <= bound: u < 1 (it may round up to 1 in float32), bound is exact in this dtype
+            if cpu:
+                r = _step_sizes(keys, s + 1, bound, counters, r_buf)
+            else:
+                u = torch.from_numpy(_uniform(_draws(keys, s + 1, D))).to(dtype=like.dtype, device=like.device)
+                r = u * bound
+            if gradient:
+                stopped |= bad  # no direction from a non-finite gradient: this walker stops, the others go on
+                if cpu:  # r > 0, so -r where g_j > 0 and r elsewhere is r with the sign of -g_j, except at g_j = +0
+                    step = np.copysign(r, -grad, out=r)
+                    zero = grad == 0
+                    if zero.any():
+                        step[zero] = np.abs(step[zero])
+                else:
+                    step = xp.where(grad > 0, -r, r)  # Bosman's mask: down where g_j > 0, up where g_j <= 0
+                if bool(stopped.any()):
+                    step[stopped] = 0
+            else:
+                step = xp.where(up, r, -r)  # the bit pattern: up while b_j = 0, down while b_j = 1
+            x = x + step
         if low is not None:
             out = (x > high) | (x < low)
             if bool(out.any()):  # most steps stay inside: skip the reflection passes then
@@ -280,7 +357,29 @@ def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
     return WalkResult(loss=tensor(loss_rec), grad_norm=tensor(gnorm_rec), start=start, end=tensor(x),
                       positions=None if positions is None else tensor(positions),
                       first_nonfinite=tensor(first_bad), gradient=gradient, step_bound=tensor(bound), seed=seed,
-                      first_walker=first_walker)
+                      first_walker=first_walker, metrics=metric_rec)
+
+
+def _fused_step(k: _backend.Kernel, keys: np.ndarray, tag: int, bound: np.ndarray, grad: np.ndarray | None,
+                up: np.ndarray | None, stopped: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+    """_walk's step `tag - 1` as one C++ pass (csrc/include/lscape/walk.h), bit for bit the numpy passes:
+    x (W, D); grad (W, D) (gradient walks) or up (W, D) bool (random walks); stopped (W,) bool or None.
+    Returns the new (W, D) positions (before any reflection)."""
+    W, D = x.shape
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    bound = np.ascontiguousarray(bound, dtype=x.dtype)
+    grad = None if grad is None else np.ascontiguousarray(grad, dtype=x.dtype)
+    up = None if up is None else np.ascontiguousarray(up, dtype=np.bool_)
+    stop = None if stopped is None or not stopped.any() else np.ascontiguousarray(stopped, dtype=np.bool_)
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+
+    def ptr(a):
+        return 0 if a is None else a.ctypes.data
+
+    k.ext.walk_step(W, D, ptr(keys), tag, ptr(bound), ptr(grad), ptr(up), ptr(stop), ptr(x), ptr(out),
+                    x.dtype == np.float64, k.tail)
+    return out
 
 
 def _random_starts(keys: np.ndarray, box: tuple[torch.Tensor, torch.Tensor], D: int,
@@ -321,6 +420,14 @@ def _row_norms(grad, xp):
     if bool(big.any()):
         n[big] = torch.linalg.vector_norm(grad[big].to(torch.float64), dim=1)
     return n
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of t is finite; numpy's test on CPU float tensors (torch's takes ~15x longer on
+    one thread: a third of a walk step on a large net)."""
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+        return bool(np.isfinite(t.numpy()).all())
+    return bool(torch.isfinite(t).all())
 
 
 def _numpy_steps(device: torch.device) -> bool:
