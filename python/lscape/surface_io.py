@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from .experiments.io import arrays_digest
+from .experiments.io import arrays_digest, write_npz
 
 __all__ = ["DamagedSurfaceFile", "write_surface", "read_surface", "write_vtp"]
 
@@ -50,7 +50,7 @@ def write_surface(path: str, x, y, values: dict, done, directions, center, info:
     if path.endswith(".npz"):
         meta = json.dumps({**meta, "sha256": arrays_digest(arrays)})
         with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(meta), **arrays)
+            write_npz(f, {"meta": np.array(meta), **arrays})
             f.flush()
             os.fsync(f.fileno())
     else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -75,9 +76,18 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") ->
             tmp.unlink()
 
 
+def write_npz(f, arrays: Mapping[str, Any]) -> None:
+    """np.savez(f, **arrays) through memory, then one write: a failing write (a full disk) raises from
+    f.write, and no half-written zip object is left to fail again when it is collected (numpy 1.x's
+    savez leaves one open on the closed file)."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    f.write(buf.getbuffer())
+
+
 def atomic_savez(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
     """np.savez(path, **arrays), atomically."""
-    _atomic_write(Path(path), lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+    _atomic_write(Path(path), lambda f: write_npz(f, arrays))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
