@@ -11,6 +11,7 @@
 #include "bind/neb.h"
 #include "bind/projection.h"
 #include "lscape/cpu_isa.h"
+#include "lscape/fastfood.h"
 #include "lscape/mlp.h"
 #include "lscape/neb.h"
 #include "lscape/projection.h"
@@ -173,4 +174,43 @@ PYBIND11_MODULE(_C, m) {
      py::arg("W"), py::arg("D"), py::arg("keys"), py::arg("tag"), py::arg("bound"), py::arg("g"), py::arg("up"),
      py::arg("stopped"), py::arg("x"), py::arg("x_out"), py::arg("f64"), py::arg("nthreads"),
      py::call_guard<py::gil_scoped_release>());
+
+  // The Fastfood projection (fastfood.h): CPU only; on a GPU its products run on the torch reference.
+  m.def("fastfood_fwht", [](int64_t rows, int64_t n, uintptr_t x, bool f64, int nthreads) {
+    if (rows < 0 || n < 1 || (n & (n - 1)))
+      throw std::invalid_argument("fastfood_fwht: rows must be >= 0 and n a power of two >= 1, got rows = " +
+                                  std::to_string(rows) + ", n = " + std::to_string(n));
+    if (rows == 0) return;
+    lscape::bind::need(x, "x", "fastfood_fwht");
+    lscape::bind::by_dtype(f64, [&](auto t) {
+      using T = decltype(t);
+      lscape::fastfood::fwht_cpu<T>(rows, n, lscape::bind::ptr<T>(x), nthreads);
+    });
+  }, "x (rows, n) in place: the unnormalised Walsh-Hadamard transform of each row", py::arg("rows"), py::arg("n"),
+     py::arg("x"), py::arg("f64"), py::arg("nthreads"), py::call_guard<py::gil_scoped_release>());
+  for (bool transpose : {false, true}) {
+    const char* name = transpose ? "fastfood_rmatvec" : "fastfood_matvec";
+    m.def(name, [transpose, name](std::tuple<int64_t, int64_t, int64_t, int64_t> spec, uintptr_t sign,
+                                  uintptr_t perm, uintptr_t gs, uintptr_t x, uintptr_t out, int64_t B, bool f64,
+                                  int nthreads) {
+      const auto [D, d, n, nb] = spec;
+      if (D < 1 || d < 1 || d > D || n < d || (n & (n - 1)) || (n > 1 && n / 2 >= d) || nb != (D + n - 1) / n ||
+          B < 0)
+        throw std::invalid_argument(std::string(name) + ": inconsistent spec (D, d, n, nb) = (" + std::to_string(D) +
+                                    ", " + std::to_string(d) + ", " + std::to_string(n) + ", " +
+                                    std::to_string(nb) + ") or B = " + std::to_string(B));
+      if (B == 0) return;
+      for (auto [p, what] : {std::pair{sign, "sign"}, {perm, "perm"}, {gs, "gs"}, {x, "x"}, {out, "out"}})
+        lscape::bind::need(p, what, name);
+      lscape::bind::by_dtype(f64, [&](auto t) {
+        using T = decltype(t);
+        (transpose ? lscape::fastfood::rmatvec_cpu<T> : lscape::fastfood::matvec_cpu<T>)(
+            D, d, n, nb, lscape::bind::ptr<const T>(sign), lscape::bind::ptr<const int32_t>(perm),
+            lscape::bind::ptr<const T>(gs), lscape::bind::ptr<const T>(x), lscape::bind::ptr<T>(out), B, nthreads);
+      });
+    }, transpose ? "out (B, d) = P^T g for g (B, D), P the Fastfood projection (fastfood.h)"
+                 : "out (B, D) = P x for x (B, d), P the Fastfood projection (fastfood.h)",
+       py::arg("spec"), py::arg("sign"), py::arg("perm"), py::arg("gs"), py::arg("x"), py::arg("out"), py::arg("B"),
+       py::arg("f64"), py::arg("nthreads"), py::call_guard<py::gil_scoped_release>());
+  }
 }

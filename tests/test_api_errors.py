@@ -123,6 +123,7 @@ CALLS: dict[str, Call] = {
     "lscape.NEBConfig": Call(lambda: {}, checked=("k", "method", "fmax")),
     "lscape.RadiusRecorder": Call(lambda: {"model": _model()}, checked=("every",)),
     "lscape.SparseSignProjection": Call(lambda: {"D": 50, "d": 5}),
+    "lscape.FastfoodProjection": Call(lambda: {"D": 50, "d": 5}),
     "lscape.SphereConstraint": Call(lambda: {"theta": torch.ones(5) * 0.2, "r0": 1.0,
                                              "P": lscape.SparseSignProjection(50, 5)}, tensors={"theta": 5}),
     "lscape.Subspace": Call(lambda: {"model": _model(), "d": 4}, checked=("kind",), none_ok=("d",)),

@@ -7,7 +7,7 @@ from .ensemble import TrainResult, TrainState, mlp_loss, mlp_loss_grad, train_en
 from .intrinsic import IntrinsicDimension, intrinsic_dimension
 from .landscape import Landscape
 from .neb import NEBConfig, NEBResult, neb
-from .projection import SparseSignProjection
+from .projection import FastfoodProjection, SparseSignProjection
 from .radial import RadiusRecorder, RandomWalkFit, fit_random_walk, r_x, radius
 from .subspace import OffSphereError, SphereConstraint, Subspace
 from .surface import Surface, surface
@@ -21,6 +21,7 @@ except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
     __version__ = "0+unknown"
 __all__ = [
     "BackendInfo",
+    "FastfoodProjection",
     "IntrinsicDimension",
     "Landscape",
     "NEBConfig",

@@ -51,6 +51,9 @@ OPS: dict[str, Op] = {
     "neb_step": Op(("neb_work_size", "neb_step"), {"cpu": frozenset({_F32, _F64}), "cuda": frozenset({_F32})}),
     # The fused walk step (walk.h): CPU only; on a GPU the walks' step runs in torch.
     "walk_step": Op(("walk_step",), {"cpu": frozenset({_F32, _F64}), "cuda": frozenset()}),
+    # The Fastfood projection's transform and products: CPU only; on a GPU they run on the torch reference.
+    "fastfood": Op(("fastfood_fwht", "fastfood_matvec", "fastfood_rmatvec"),
+                   {"cpu": frozenset({_F32, _F64}), "cuda": frozenset()}),
 }
 
 

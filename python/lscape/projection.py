@@ -1,6 +1,7 @@
-"""SparseSignProjection: the sparse random +-1 matrix P (D x d) of random-subspace training.
+"""The random projections P (D x d) of random-subspace training: SparseSignProjection, a sparse random +-1
+matrix, and FastfoodProjection, a stack of Walsh-Hadamard transforms (for large d; see its docstring).
 
-How P is drawn (a function of D, d, seed and density alone, identical on every backend and storage):
+How the sparse P is drawn (a function of D, d, seed and density alone, identical on every backend and storage):
 - each entry is nonzero independently with probability `density` (default 1/sqrt(D), as in Li et al.
   2018 and Fort & Scherlis 2019), with a random sign;
 - positions are drawn column by column as geometric gaps between successive nonzero rows (inverse-CDF
@@ -19,10 +20,15 @@ import numpy as np
 import torch
 
 from . import _checks
+from .ops import fastfood as ff_ops
 from .ops import projection as ops
+from .reference import fastfood as ff_ref
 from .reference import projection as ref
 
-STORAGES = ("indices", "implicit")
+STORAGES = ("indices", "implicit")  # SparseSignProjection's storages
+# What lscape.Subspace and intrinsic_dimension take as `storage`: the sparse P's two, or "fastfood" for a
+# FastfoodProjection (another matrix with the same column norms and products; see make_projection)
+PROJECTIONS = (*STORAGES, "fastfood")
 DENSE_LIMIT = 2**28  # to_dense() refuses more elements than this (1 GiB of float32)
 
 
@@ -131,28 +137,7 @@ class SparseSignProjection:
         return self._apply(theta, "theta", transpose=False, grad=True)
 
     def _apply(self, x: Any, name: str, transpose: bool, grad: bool) -> Any:
-        t, back = _tensor_and_back(x, name)
-        n = self.D if transpose else self.d
-        other = self.d if transpose else self.D
-        if t.ndim not in (1, 2) or t.shape[-1] != n:
-            raise ValueError(f"{name}: got {_checks.describe(x)}, expected shape ({n},) or (B, {n}) "
-                             f"for a {self.D} x {self.d} projection")
-        if t.dtype not in ops.KERNEL_DTYPES:
-            raise TypeError(f"{name}: got dtype {t.dtype}, expected torch.float32 or torch.float64")
-        if t.device != self.device and not (t.device.type == self.device.type == "cuda"
-                                            and self.device.index is None):
-            raise ValueError(f"{name}: got a tensor on {t.device}, but the projection lives on "
-                             f"{self.device}; use P.to({str(t.device)!r})")
-        single = t.ndim == 1
-        t2 = (t.unsqueeze(0) if single else t).contiguous()
-        if grad:
-            out = ops.Product.apply(t2, self._operands(t2.dtype), transpose)
-        else:
-            with torch.no_grad():
-                out = ops.product(self._operands(t2.dtype), t2, transpose)
-        if single:
-            out = out.reshape(other)
-        return back(out)
+        return _apply(self, ops, x, name, transpose, grad)
 
     # ---- helpers the ops use -----------------------------------------------------------------------
     def _operands(self, dtype: torch.dtype) -> ops.Operands:
@@ -208,6 +193,146 @@ class SparseSignProjection:
         dense = torch.zeros(self.shape, dtype=dtype, device=self.device)
         dense[rows, cols] = ref.coo_values(cols, neg, self._scales(dtype))
         return dense
+
+
+class FastfoodProjection:
+    """A D x d Fastfood projection with unit-norm columns (lscape.reference.fastfood defines it).
+
+    P = stacked blocks of Hp G Pi H B applied to theta zero-padded to n = 2^ceil(log2 d): H the
+    Walsh-Hadamard transform, B random signs, Pi a random permutation, G Gaussian; the cut last block
+    applies H to the dyadic pieces of its rows, which keeps every column's norm exactly 1 (up to
+    rounding).  Its columns are orthogonal in expectation, like SparseSignProjection's, but it is a
+    different matrix: a product costs O(D log n) operations in cache (a few transforms of n values per
+    block of n rows) instead of one gather per nonzero, and P holds about 21 bytes per row of D whatever
+    d (B, Pi and G of every block, G in float64, and B and G in the dtype products run in).
+
+    Args:
+        D: rows (the full parameter count), 1 <= D < 2^31.
+        d: columns (the subspace dimension), 1 <= d <= D.
+        seed: any integer in [0, 2^64); the draws come from the counter-based generator, so P is the same
+            on every backend and device.
+        device: where the draws live and products run (default CPU).  The CPU runs the C++ kernels
+            (per-ISA); a CUDA device runs the torch reference.
+
+    Products: `matvec(theta)` (d,) or (B, d) -> (D,) or (B, D); `rmatvec(g)` (D,) or (B, D) -> (d,) or
+    (B, d); `P(theta)` is matvec with autograd (its gradient is rmatvec).  Inputs may be torch tensors
+    (float32 or float64), numpy arrays (CPU) or CuPy arrays (CUDA); results come back in the same kind.
+    """
+
+    storage = "fastfood"  # how lscape.Subspace and intrinsic_dimension name this kind of P
+
+    def __init__(self, D: int, d: int, *, seed: int = 0, device: torch.device | str | None = None) -> None:
+        D = _checks.int_arg("D", D, low=1, high=ff_ref.MAX_ROWS - 1)
+        d = _checks.int_arg("d", d, low=1)
+        if d > D:
+            raise ValueError(f"d: got {d}, expected at most D = {D} (P is D x d with d <= D)")
+        seed = _checks.int_arg("seed", seed, low=0, high=2**64 - 1)
+        self.device = _device_arg(device)
+        self.spec = ff_ref.make_spec(D, d, seed)
+        sign, perm, gs = ff_ref.draw(self.spec)
+        self._draws = {"sign": torch.from_numpy(sign.astype(np.int8)).to(self.device),
+                       "gs": torch.from_numpy(gs).to(self.device), "perm": torch.from_numpy(perm).to(self.device)}
+        self._cache: dict[torch.dtype, ff_ops.Operands] = {}
+
+    D = property(lambda self: self.spec.D, doc="Rows of P: the length of P theta (int).")
+    d = property(lambda self: self.spec.d, doc="Columns of P: the length of theta (int).")
+    seed = property(lambda self: self.spec.seed, doc="The seed P was drawn from (int).")
+    n = property(lambda self: self.spec.n, doc="The transform size 2^ceil(log2 d) (int).")
+    blocks = property(lambda self: self.spec.nb, doc="Blocks of n rows, ceil(D / n), the last one cut (int).")
+    shape = property(lambda self: (self.spec.D, self.spec.d), doc="(D, d), as a matrix's shape.")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory P holds (its draws, and their copies in each dtype products ran in)."""
+        held = list(self._draws.values())
+        held += [t for o in self._cache.values() for t in o.tensors]
+        return sum(t.numel() * t.element_size() for t in held)
+
+    def __repr__(self) -> str:
+        return (f"FastfoodProjection(D={self.D}, d={self.d}, seed={self.seed}, n={self.n}, blocks={self.blocks}, "
+                f"device={str(self.device)!r})")
+
+    def to(self, device: torch.device | str) -> FastfoodProjection:
+        """The same matrix with its draws on `device`."""
+        device = _device_arg(device)
+        if device == self.device:
+            return self
+        other = object.__new__(FastfoodProjection)
+        other.device, other.spec = device, self.spec
+        other._draws = {k: v.to(device) for k, v in self._draws.items()}
+        other._cache = {}
+        return other
+
+    def matvec(self, theta: Any) -> Any:
+        """P theta: (d,) -> (D,) or (B, d) -> (B, D)."""
+        return _apply(self, ff_ops, theta, "theta", transpose=False, grad=False)
+
+    def rmatvec(self, g: Any) -> Any:
+        """P^T g: (D,) -> (d,) or (B, D) -> (B, d)."""
+        return _apply(self, ff_ops, g, "g", transpose=True, grad=False)
+
+    def __call__(self, theta: Any) -> Any:
+        """P theta with autograd: the gradient with respect to theta is rmatvec."""
+        return _apply(self, ff_ops, theta, "theta", transpose=False, grad=True)
+
+    def _operands(self, dtype: torch.dtype) -> ff_ops.Operands:
+        o = self._cache.get(dtype)
+        if o is None:
+            dr = self._draws
+            o = self._cache[dtype] = ff_ops.Operands(self.spec, dr["sign"].to(dtype), dr["perm"], dr["gs"].to(dtype))
+        return o
+
+    def to_dense(self, dtype: torch.dtype = torch.float32, *, max_elements: int = DENSE_LIMIT) -> torch.Tensor:
+        """P as a dense (D, d) tensor on its device (P times the identity, a block of columns at a time);
+        refused above max_elements entries."""
+        if self.D * self.d > max_elements:
+            raise ValueError(f"to_dense: P has {self.D} x {self.d} = {self.D * self.d:,} entries, more than "
+                             f"max_elements = {max_elements:,}; use matvec/rmatvec instead")
+        dense = torch.empty(self.shape, dtype=dtype, device=self.device)
+        step = max(1, (1 << 22) // self.D)
+        for j in range(0, self.d, step):
+            cols = torch.eye(self.d, dtype=dtype, device=self.device)[j:j + step]
+            dense[:, j:j + step] = self.matvec(cols).T
+        return dense
+
+
+def make_projection(D: int, d: int, *, seed: int = 0, storage: str = "indices", density: float | None = None,
+                    device: torch.device | str | None = None) -> SparseSignProjection | FastfoodProjection:
+    """The D x d projection `storage` names: "indices" or "implicit", a SparseSignProjection held that way;
+    "fastfood", a FastfoodProjection (density must then be None: it has no zeros to thin)."""
+    storage = _checks.choice_arg("storage", storage, PROJECTIONS)
+    if storage != "fastfood":
+        return SparseSignProjection(D, d, seed=seed, density=density, storage=storage, device=device)
+    if density is not None:
+        raise ValueError(f"density: got {density!r} with storage='fastfood', expected None (a Fastfood P is "
+                         "dense; density sets the sparse P's nonzeros)")
+    return FastfoodProjection(D, d, seed=seed, device=device)
+
+
+def _apply(P, kernels, x: Any, name: str, transpose: bool, grad: bool) -> Any:
+    """P's product (transpose: P^T) on x, through `kernels` (an ops module with product and Product):
+    checks x, runs (d,) or (B, d) inputs as (B, d), and returns the result in x's kind."""
+    t, back = _tensor_and_back(x, name)
+    n = P.D if transpose else P.d
+    other = P.d if transpose else P.D
+    if t.ndim not in (1, 2) or t.shape[-1] != n:
+        raise ValueError(f"{name}: got {_checks.describe(x)}, expected shape ({n},) or (B, {n}) "
+                         f"for a {P.D} x {P.d} projection")
+    if t.dtype not in ops.KERNEL_DTYPES:
+        raise TypeError(f"{name}: got dtype {t.dtype}, expected torch.float32 or torch.float64")
+    if t.device != P.device and not (t.device.type == P.device.type == "cuda" and P.device.index is None):
+        raise ValueError(f"{name}: got a tensor on {t.device}, but the projection lives on "
+                         f"{P.device}; use P.to({str(t.device)!r})")
+    single = t.ndim == 1
+    t2 = (t.unsqueeze(0) if single else t).contiguous()
+    if grad:
+        out = kernels.Product.apply(t2, P._operands(t2.dtype), transpose)
+    else:
+        with torch.no_grad():
+            out = kernels.product(P._operands(t2.dtype), t2, transpose)
+    if single:
+        out = out.reshape(other)
+    return back(out)
 
 
 def _device_arg(device) -> torch.device:

@@ -20,7 +20,8 @@ updating in train mode.  The model is held but not registered as a submodule, so
 not in sub.parameters(); train()/eval() and .to()/.double() are passed on to it.
 
 P is a lscape.SparseSignProjection (D x d, columns of unit norm, orthogonal only in expectation), so
-storage="implicit" holds O(d) numbers for any D.  Because P is not exactly orthonormal, the
+storage="implicit" holds O(d) numbers for any D; storage="fastfood" makes it a lscape.FastfoodProjection
+(the same column norms, products O(D log d), faster at large d).  Because P is not exactly orthonormal, the
 hypersphere constraint is imposed on |P theta| itself, not on |theta|: see SphereConstraint.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import nn
 
 from . import _checks
 from ._flat import FlatLayout
-from .projection import STORAGES, SparseSignProjection
+from .projection import PROJECTIONS, FastfoodProjection, SparseSignProjection, make_projection
 
 __all__ = ["Subspace", "SphereConstraint", "OffSphereError", "KINDS", "SPHERE_RTOL"]
 
@@ -50,7 +51,8 @@ class OffSphereError(RuntimeError):
 class SphereConstraint:
     """Holds |P theta| = r0 for a parameter theta while any torch optimizer trains it.
 
-    P is a linear map given as a callable (a SparseSignProjection, or None for the identity), so the
+    P is a linear map given as a callable (a SparseSignProjection or FastfoodProjection, or None for the
+    identity), so the
     constraint surface is S = {theta : |P theta| = r0}; its normal at theta is n = P^T P theta (half the
     gradient of |P theta|^2).
 
@@ -71,7 +73,8 @@ class SphereConstraint:
     loading a checkpoint or editing theta by hand).
     """
 
-    def __init__(self, theta: torch.Tensor, r0: float, P: SparseSignProjection | None = None) -> None:
+    def __init__(self, theta: torch.Tensor, r0: float,
+                 P: SparseSignProjection | FastfoodProjection | None = None) -> None:
         if not isinstance(theta, torch.Tensor) or theta.ndim != 1:
             raise TypeError(f"theta: got {_checks.describe(theta)}, expected a 1-d tensor (a parameter)")
         if theta.numel() == 0 or not theta.is_floating_point():
@@ -197,8 +200,10 @@ class Subspace(nn.Module):
                   isotropic Gaussian direction scaled to |r| = r0.
         r0: radius, > 0 (see kind).
         seed: seeds P and the Gaussian draws of a / theta.
-        storage: P's storage, "indices" or "implicit" (O(d) memory for any D).
-        density: P's nonzero probability (default 1/sqrt(D)).
+        storage: P's storage, "indices" or "implicit" (O(d) memory for any D), or "fastfood": P is then a
+            lscape.FastfoodProjection, another matrix with unit-norm columns whose products cost O(D log d)
+            (faster from d of a few thousand; docs/guides/subspaces.md, "Choosing a projection").
+        density: P's nonzero probability (default 1/sqrt(D)); None with storage="fastfood".
 
     The model's parameters, dtype and device are taken at construction; later edits to them do not
     affect the Subspace (use load_into_model() to write r back into the model).
@@ -210,7 +215,7 @@ class Subspace(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: got {_checks.describe(model)}, expected a torch.nn.Module")
         kind = _checks.choice_arg("kind", kind, KINDS)
-        storage = _checks.choice_arg("storage", storage, STORAGES)
+        storage = _checks.choice_arg("storage", storage, PROJECTIONS)
         named = list(model.named_parameters())
         if not named:
             raise ValueError(f"model: got a {type(model).__name__} with no parameters, expected at least one")
@@ -245,9 +250,9 @@ class Subspace(nn.Module):
         init = self.layout.flatten(model)
         init_radius = float(torch.linalg.vector_norm(init))
 
-        self.P: SparseSignProjection | None = None
+        self.P: SparseSignProjection | FastfoodProjection | None = None
         if kind != "sphere":
-            self.P = SparseSignProjection(D, d, seed=seed, density=density, storage=storage, device=device)
+            self.P = make_projection(D, d, seed=seed, storage=storage, density=density, device=device)
 
         self.constraint: SphereConstraint | None = None
         if kind == "hyperplane":

@@ -1,0 +1,92 @@
+"""Dispatch of the Fastfood kernels to cpu / torch, and the autograd Function over them.
+
+The C++ extension runs them on the CPU (csrc/cpu/fastfood*.cpp, per ISA); CUDA tensors and builds without
+the extension run the torch reference (lscape.reference.fastfood), which is fast enough on a GPU: a
+product is a few batched transforms of n values.  Callers (lscape.projection) pass validated,
+C-contiguous 2-D tensors on the projection's device.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from .. import _backend
+from ..reference import fastfood as ref
+from ._common import call, ptr
+
+# Products with fewer transformed values than this run on one CPU thread: an OpenMP team costs more than
+# the work (as SERIAL_WORK in ops.projection)
+SERIAL_WORK = 1 << 16
+
+
+@dataclass
+class Operands:
+    """P's draws in one dtype on one device: sign, gs (nb, n) in the dtype; perm (nb, n) int32 for the
+    kernels, and as int64 (torch.gather's index type) for the reference, made on its first use."""
+
+    spec: ref.FastfoodSpec
+    sign: torch.Tensor
+    perm: torch.Tensor
+    gs: torch.Tensor
+    _perm64: torch.Tensor | None = None
+
+    @property
+    def perm64(self) -> torch.Tensor:
+        if self._perm64 is None:
+            self._perm64 = self.perm.long()
+        return self._perm64
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """What it holds beyond P's own draws (for nbytes)."""
+        return (self.sign, self.gs) + (() if self._perm64 is None else (self._perm64,))
+
+
+def fwht(x: torch.Tensor) -> torch.Tensor:
+    """H x along the last dimension (a power of two), out of place: x (..., n) float32/float64."""
+    n = x.shape[-1]
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"x: got last dimension {n}, expected a power of two")
+    k = _backend.kernel("fastfood", x.device, x.dtype)
+    if k is None:
+        return ref.fwht(x)
+    out = x.contiguous().clone()
+    rows = out.numel() // n
+    if rows * n < SERIAL_WORK:
+        k = dataclasses.replace(k, tail=1)
+    call(k, "fastfood_fwht", rows, n, ptr(out), x.dtype == torch.float64)
+    return out
+
+
+def product(P: Operands, x: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """matvec (x (B, d) -> (B, D)) or, with transpose, rmatvec (x (B, D) -> (B, d))."""
+    spec = P.spec
+    B = x.shape[0]
+    out_shape = (B, spec.d if transpose else spec.D)
+    if B == 0:
+        return x.new_zeros(out_shape)
+    k = _backend.kernel("fastfood", x.device, x.dtype)
+    if k is None:
+        fn = ref.rmatvec if transpose else ref.matvec
+        return fn(spec, P.sign, P.perm64, P.gs, x)
+    if B * spec.nb * spec.n < SERIAL_WORK:
+        k = dataclasses.replace(k, tail=1)
+    out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
+    call(k, "fastfood_rmatvec" if transpose else "fastfood_matvec", spec.as_tuple(), ptr(P.sign), ptr(P.perm),
+         ptr(P.gs), ptr(x), ptr(out), B, x.dtype == torch.float64)
+    return out
+
+
+class Product(torch.autograd.Function):
+    """matvec or, with transpose, rmatvec; the gradient of each is the other (any order of derivative)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, P: Operands, transpose: bool) -> torch.Tensor:
+        ctx.P, ctx.transpose = P, transpose
+        return product(P, x, transpose)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return Product.apply(grad.contiguous(), ctx.P, not ctx.transpose), None, None
