@@ -11,7 +11,7 @@ import pytest
 
 TESTS = Path(__file__).parent
 KERNEL_TESTS = ["test_projection_kernels.py", "test_projection_sell.py", "test_mlp_kernels_cpu.py",
-                "test_walk_kernel.py"]
+                "test_walk_kernel.py", "test_fastfood.py"]
 
 
 def _isa_under(env: dict) -> subprocess.CompletedProcess:

@@ -81,22 +81,28 @@ def test_reference_matrix_is_the_dense_construction(D, d):
 @pytest.mark.parametrize("D,d", SHAPES)
 def test_columns_have_unit_norm(D, d):
     P = FastfoodProjection(D, d, seed=1)
-    norms = torch.linalg.vector_norm(P.to_dense(F64), dim=0)
-    assert float((norms - 1).abs().max()) < 1e-12
-    n32 = torch.linalg.vector_norm(P.to_dense(F32).double(), dim=0)
-    assert float((n32 - 1).abs().max()) < 1e-5
+    cols = torch.unique(torch.cat((torch.arange(min(d, 40)), torch.arange(max(0, d - 40), d),
+                                   torch.randint(0, d, (40,), generator=torch.Generator().manual_seed(d)))))
+    for dtype, tol in ((F64, 1e-12), (F32, 1e-5)):
+        e = torch.zeros(len(cols), d, dtype=dtype)
+        e[torch.arange(len(cols)), cols] = 1
+        norms = torch.linalg.vector_norm(P.matvec(e).double(), dim=1)
+        assert float((norms - 1).abs().max()) < tol
 
 
 def test_columns_are_near_orthogonal():
-    """Off-diagonal Gram entries of unit columns behave like those of random unit vectors: mean square
-    1/D (measured 0.97/D here) and none beyond 5.5 standard deviations."""
+    """Off-diagonal Gram entries of the unit columns are centred, with mean square 2/D: twice that of
+    random unit vectors (a block's inner product is sum_i w_i s_i, w_i = g_i^2 / |g|^2, s_i = +-1 balanced:
+    variance (E g^4 / (E g^2)^2 - 1) / n = 2 / n; measured 1.92-2.06 / D over shapes and seeds), and none
+    beyond 5.7 of their standard deviations (19,900 pairs)."""
     D, d = 30_000, 200
-    P = FastfoodProjection(D, d, seed=7).to_dense(F64)
-    G = P.T @ P
-    off = G[~torch.eye(d, dtype=torch.bool)]
-    assert 0.8 < float((off ** 2).mean()) * D < 1.25
-    assert float(off.abs().max()) < 5.5 / D ** 0.5
-    assert abs(float(off.mean())) < 3 / (D ** 0.5 * d)
+    for seed in (7, 8):
+        P = FastfoodProjection(D, d, seed=seed).to_dense(F64)
+        G = P.T @ P
+        off = G[~torch.eye(d, dtype=torch.bool)]
+        assert 1.7 < float((off ** 2).mean()) * D < 2.3
+        assert float(off.abs().max()) < 5.7 * (2 / D) ** 0.5
+        assert abs(float(off.mean())) < 4 / (D ** 0.5 * d)
 
 
 def test_draws_follow_the_seed_alone():
@@ -198,9 +204,9 @@ def test_subspace_trains_on_a_fastfood_hyperplane():
     for _ in range(30):
         opt.zero_grad()
         loss = ((sub(x) - y) ** 2).mean()
-        first = float(loss) if first is None else first
+        first = float(loss.detach()) if first is None else first
         loss.backward()
         opt.step()
-    assert float(loss) < 0.8 * first
+    assert float(loss.detach()) < 0.8 * first
     sphere = lscape.Subspace(model, 20, kind="hypersphere", r0=2.0, storage="fastfood")
     assert abs(sphere.radius() - 2.0) < 1e-5

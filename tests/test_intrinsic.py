@@ -212,10 +212,14 @@ def test_bad_arguments_are_named_before_any_training(tmp_path, monkeypatch):
 
 def test_storage_auto_stores_p_while_it_fits_and_goes_implicit_above(monkeypatch, one_torch_thread):
     """No run builds a dense D x d matrix; above the memory budget P is regenerated (implicit), with
-    the same matrix, so the study's numbers agree to float32 rounding."""
+    the same matrix, so the study's numbers agree to float32 rounding; from FASTFOOD_MIN_D on, P is a
+    FastfoodProjection."""
     assert intrinsic._storage("auto", 10**6, 1000) == "indices"
-    assert intrinsic._storage("auto", 10**10, 10**5) == "implicit" and intrinsic._storage("indices", 10**10, 10**5) \
+    assert intrinsic._storage("auto", 199_210, 2000) == "indices"  # the paper-scale sweeps keep the sparse P
+    assert intrinsic._storage("auto", 10**10, 4000) == "implicit" and intrinsic._storage("indices", 10**10, 4000) \
         == "indices"
+    assert intrinsic._storage("auto", 199_210, intrinsic.FASTFOOD_MIN_D) == "fastfood"
+    assert intrinsic._storage("auto", 10**10, 10**5) == "fastfood"
     monkeypatch.setattr(lscape.SparseSignProjection, "to_dense", lambda *a, **k: pytest.fail("dense P built"))
     made = []
     real = intrinsic.Subspace
@@ -228,8 +232,13 @@ def test_storage_auto_stores_p_while_it_fits_and_goes_implicit_above(monkeypatch
     stored = small_study(dims=[16], seeds=1, baseline=1.0)
     monkeypatch.setattr(intrinsic, "STORED_P_BYTES", 0)
     implicit = small_study(dims=[16], seeds=1, baseline=1.0)
-    assert made == ["indices", "implicit"]
+    monkeypatch.setattr(intrinsic, "FASTFOOD_MIN_D", 16)
+    fastfood = small_study(dims=[16], seeds=1, baseline=1.0)
+    assert made == ["indices", "implicit", "fastfood"]
     np.testing.assert_allclose(implicit.losses, stored.losses, rtol=1e-3)
+    # another matrix of the same kind: trained to a comparable loss, not the same one
+    assert np.all(np.isfinite(fastfood.losses)) and not np.array_equal(fastfood.losses, stored.losses)
+    assert abs(float(fastfood.losses[0, 0]) - float(stored.losses[0, 0])) < 0.5 * float(stored.losses[0, 0])
 
 
 def test_history_scores_every_epoch(one_torch_thread):

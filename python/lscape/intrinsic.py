@@ -5,8 +5,9 @@
     res.d_int, res.d_int_interpolated, res.per_seed      # Li et al.'s reading, its interpolation, per seed
 
 Each run trains `model` from its initial point theta0 in a random d-dimensional hyperplane
-r = theta0 + P theta (theta from zero, P a lscape.SparseSignProjection with unit-norm columns, stored when it
-fits in memory, implicit above: never a dense D x d matrix) for `epochs` epochs, and scores it (accuracy, or
+r = theta0 + P theta (theta from zero, P a random projection with unit-norm columns: by default a
+lscape.SparseSignProjection, stored when it fits in memory, implicit above, and a lscape.FastfoodProjection
+from d = FASTFOOD_MIN_D on; never a dense D x d matrix) for `epochs` epochs, and scores it (accuracy, or
 any metric) on the test data after the last epoch.  The intrinsic dimension d_int is the smallest swept d
 whose mean score over seeds reaches threshold x baseline; the baseline is either measured (the same model
 trained in the full space with the same budget: the d = D point) or given (Li et al. use 1.0 on MNIST,
@@ -50,12 +51,16 @@ __all__ = ["IntrinsicDimension", "intrinsic_dimension", "OPTIMIZERS", "METRICS"]
 OPTIMIZERS = ("adam", "sgd")
 METRICS = ("acc",)
 KINDS = ("hyperplane", "hypersphere")
-STORAGES = ("auto", "indices", "implicit")
+STORAGES = ("auto", "indices", "implicit", "fastfood")
 # storage="auto" stores P (about 5 bytes per nonzero: the SELL-C-sigma entries and the column-band copy)
 # while that stays under this many bytes, and regenerates it (implicit, O(d) memory) above.  A fixed budget,
 # not the free memory of the moment: the choice must be the same on every worker (the two storages' P^T g
 # may round differently), or Ray and local runs would not agree bit for bit
 STORED_P_BYTES = 1 << 30
+# storage="auto" uses a FastfoodProjection from this d on (O(D log d) products, about 21 bytes per row of
+# D whatever d), where it trains faster than the sparse P (measured: docs/performance.md; the sparse P's
+# products grow with its d sqrt(D) nonzeros, Fastfood's with log d).  Below it, the sparse P.
+FASTFOOD_MIN_D = 4096
 # scored (inputs, targets) tensors go through the model this many rows at a time: a whole test set at once
 # can take gigabytes of activations (a CNN on CIFAR-10's 10,000 test images)
 EVAL_BATCH = 1000
@@ -201,8 +206,12 @@ def _mix(*xs: int) -> int:
 
 
 def _storage(storage: str, D: int, d: int) -> str:
+    """The projection a run in d dimensions of a D-parameter model uses (a function of D and d alone, so
+    every worker picks the same)."""
     if storage != "auto":
         return storage
+    if d >= FASTFOOD_MIN_D:
+        return "fastfood"
     nnz = d * math.sqrt(D)  # the expected nonzeros at the default density 1/sqrt(D)
     return "indices" if 5 * nnz <= STORED_P_BYTES else "implicit"
 
@@ -526,10 +535,13 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
     The official code's setup (uber-research/intrinsic-dimension, train.py): the defaults optimizer="adam",
       lr=1e-3, batch_size=128, plus optimizer_kwargs={"betas": (0.9, 0.99)} and l2=1e-4, with a model
       factory giving he_normal kernels and zero biases.  P's nonzero columns always have unit norm over all
-      D rows and theta starts at zero (lscape.SparseSignProjection, lscape.Subspace), as there.
+      D rows and theta starts at zero (lscape.SparseSignProjection or lscape.FastfoodProjection,
+      lscape.Subspace), as there.
     kind: "hyperplane" (r = theta0 + P theta, theta from 0) or "hypersphere" (|r| = |theta0| held).
-    storage: P's storage, "indices", "implicit", or "auto" (stored while its nonzeros take under
-      STORED_P_BYTES = 1 GiB, implicit, O(d) memory, above); never a dense D x d matrix.
+    storage: P's storage, "indices", "implicit" (a sparse P, stored or regenerated), "fastfood" (a
+      FastfoodProjection), or "auto": fastfood from d = FASTFOOD_MIN_D = 4,096 on, below it the sparse P,
+      stored while its nonzeros take under STORED_P_BYTES = 1 GiB, implicit (O(d) memory) above; never a
+      dense D x d matrix.
     executor: "local", "ray" or an lscape.executor.Executor; each
       (d, seed) run is one chunk.  file: an .npz path written after every run; an existing file of the same
       study is resumed (its runs are not redone); a file of another study is refused.  history: also score
