@@ -218,8 +218,11 @@ def test_storage_auto_stores_p_while_it_fits_and_goes_implicit_above(monkeypatch
     assert intrinsic._storage("auto", 199_210, 2000) == "indices"  # the paper-scale sweeps keep the sparse P
     assert intrinsic._storage("auto", 10**10, 4000) == "implicit" and intrinsic._storage("indices", 10**10, 4000) \
         == "indices"
-    assert intrinsic._storage("auto", 199_210, intrinsic.FASTFOOD_MIN_D) == "fastfood"
-    assert intrinsic._storage("auto", 10**10, 10**5) == "fastfood"
+    assert intrinsic._storage("auto", 199_210, 2_677) == "indices" and intrinsic._storage("auto", 199_210, 2_678) \
+        == "fastfood"  # 6 sqrt(D) = 2,677.9
+    assert intrinsic._storage("auto", 10_000, 2_499) == "indices" and intrinsic._storage("auto", 10_000, 2_500) \
+        == "fastfood"  # the floor
+    assert intrinsic._storage("auto", 10**10, 10**6) == "fastfood"
     monkeypatch.setattr(lscape.SparseSignProjection, "to_dense", lambda *a, **k: pytest.fail("dense P built"))
     made = []
     real = intrinsic.Subspace
@@ -233,6 +236,7 @@ def test_storage_auto_stores_p_while_it_fits_and_goes_implicit_above(monkeypatch
     monkeypatch.setattr(intrinsic, "STORED_P_BYTES", 0)
     implicit = small_study(dims=[16], seeds=1, baseline=1.0)
     monkeypatch.setattr(intrinsic, "FASTFOOD_MIN_D", 16)
+    monkeypatch.setattr(intrinsic, "FASTFOOD_NNZ_PER_ROW", 0.0)
     fastfood = small_study(dims=[16], seeds=1, baseline=1.0)
     assert made == ["indices", "implicit", "fastfood"]
     np.testing.assert_allclose(implicit.losses, stored.losses, rtol=1e-3)

@@ -7,7 +7,7 @@
 Each run trains `model` from its initial point theta0 in a random d-dimensional hyperplane
 r = theta0 + P theta (theta from zero, P a random projection with unit-norm columns: by default a
 lscape.SparseSignProjection, stored when it fits in memory, implicit above, and a lscape.FastfoodProjection
-from d = FASTFOOD_MIN_D on; never a dense D x d matrix) for `epochs` epochs, and scores it (accuracy, or
+where the sparse P would be dense enough to be slower; never a dense D x d matrix) for `epochs` epochs, and scores it (accuracy, or
 any metric) on the test data after the last epoch.  The intrinsic dimension d_int is the smallest swept d
 whose mean score over seeds reaches threshold x baseline; the baseline is either measured (the same model
 trained in the full space with the same budget: the d = D point) or given (Li et al. use 1.0 on MNIST,
@@ -57,10 +57,14 @@ STORAGES = ("auto", "indices", "implicit", "fastfood")
 # not the free memory of the moment: the choice must be the same on every worker (the two storages' P^T g
 # may round differently), or Ray and local runs would not agree bit for bit
 STORED_P_BYTES = 1 << 30
-# storage="auto" uses a FastfoodProjection from this d on (O(D log d) products, about 21 bytes per row of
-# D whatever d), where it trains faster than the sparse P (measured: docs/performance.md; the sparse P's
-# products grow with its d sqrt(D) nonzeros, Fastfood's with log d).  Below it, the sparse P.
-FASTFOOD_MIN_D = 4096
+# storage="auto" uses a FastfoodProjection (O(D log d) products, about 21 bytes per row of D whatever d)
+# where the sparse P would hold FASTFOOD_NNZ_PER_ROW or more nonzeros per row (d >= 6 sqrt(D)), and d >=
+# FASTFOOD_MIN_D.  The sparse P's products cost one gather per nonzero, Fastfood's a few transforms per row:
+# one P theta plus one P^T g, one thread, broke even at d / sqrt(D) = 4-5 at D = 199,210 and 656,810 and
+# Fastfood was 1.4x faster at 6.7, 4.2x at 22 (docs/performance.md).  The floor keeps every d <= 2,000 on
+# the sparse P (the paper-scale studies' sweeps) whatever D.
+FASTFOOD_NNZ_PER_ROW = 6.0
+FASTFOOD_MIN_D = 2500
 # scored (inputs, targets) tensors go through the model this many rows at a time: a whole test set at once
 # can take gigabytes of activations (a CNN on CIFAR-10's 10,000 test images)
 EVAL_BATCH = 1000
@@ -210,7 +214,7 @@ def _storage(storage: str, D: int, d: int) -> str:
     every worker picks the same)."""
     if storage != "auto":
         return storage
-    if d >= FASTFOOD_MIN_D:
+    if d >= FASTFOOD_MIN_D and d >= FASTFOOD_NNZ_PER_ROW * math.sqrt(D):
         return "fastfood"
     nnz = d * math.sqrt(D)  # the expected nonzeros at the default density 1/sqrt(D)
     return "indices" if 5 * nnz <= STORED_P_BYTES else "implicit"
@@ -539,9 +543,9 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
       lscape.Subspace), as there.
     kind: "hyperplane" (r = theta0 + P theta, theta from 0) or "hypersphere" (|r| = |theta0| held).
     storage: P's storage, "indices", "implicit" (a sparse P, stored or regenerated), "fastfood" (a
-      FastfoodProjection), or "auto": fastfood from d = FASTFOOD_MIN_D = 4,096 on, below it the sparse P,
-      stored while its nonzeros take under STORED_P_BYTES = 1 GiB, implicit (O(d) memory) above; never a
-      dense D x d matrix.
+      FastfoodProjection), or "auto": fastfood where d >= 6 sqrt(D) and d >= 2,500 (FASTFOOD_NNZ_PER_ROW,
+      FASTFOOD_MIN_D: where it was measured faster), else the sparse P, stored while its nonzeros take
+      under STORED_P_BYTES = 1 GiB, implicit (O(d) memory) above; never a dense D x d matrix.
     executor: "local", "ray" or an lscape.executor.Executor; each
       (d, seed) run is one chunk.  file: an .npz path written after every run; an existing file of the same
       study is resumed (its runs are not redone); a file of another study is refused.  history: also score
