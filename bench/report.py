@@ -478,6 +478,42 @@ def t_intrinsic(groups, extras):
     return out
 
 
+def _subprocess_missing(result: dict | None, text: str, flag: str):
+    """The row of a subprocess target that did not run (skipped by flag) or failed; None when it ran."""
+    if result is None:
+        return [(None, text, [f"skipped ({flag})"])]
+    if "error" in result:
+        return [(False, text, [f"failed: {result['error']}"])]
+    return None
+
+
+def t_large(groups, extras):
+    large = extras.get("large")
+    missing = _subprocess_missing(large, "large implicit (D = 10**8, d = 10**4) under 1 GB peak RSS", "--no-large")
+    if missing:
+        return missing
+    peak, limit = large["peak_rss_bytes"], large.get("limit_bytes", LIMIT_BYTES)
+    return [(peak < limit, f"large implicit (D = {large['D']:,}, d = {large['d']:,}, {large['nnz']:,} nonzeros) "
+             f"under {limit / 1e9:g} GB: peak RSS {_mb(peak)}",
+             [f"its own process on {large['device']}: build {large['build_s']:.2f} s, "
+              f"P theta {large['matvec_s']:.2f} s, "
+              f"P^T g {large['rmatvec_s']:.2f} s; P holds {large['nbytes']:,} bytes; "
+              f"RSS after imports {_mb(large['rss_after_import_bytes'])}; "
+              f"adjoint check rel. error {large['adjoint_rel_err']:.1e}"])]
+
+
+def t_executor(groups, extras):
+    ex = extras.get("executor")
+    text = "Ray's overhead on gamst-walker's ensemble stage <= 15% of the local run's wall time"
+    missing = _subprocess_missing(ex, text, "--no-executor")
+    if missing:
+        return missing
+    return [(ex["pass"], text, [f"{ex['models']} models x {ex['steps']} steps in {ex['chunks']} chunks of "
+                                f"{ex['one_chunk_s']:.1f} s: local {min(ex['local_s']):.1f} s, "
+                                f"ray {min(ex['ray_s']):.1f} s ({100 * ex['ray_overhead']:+.1f}%), "
+                                f"Ray's one-time start {ex['ray_startup_s']:.1f} s"])]
+
+
 TARGETS = [t_vs_torch, t_bytes, t_implicit, t_mlp, t_neb, t_probes, t_subspace, t_intrinsic, t_large,
            t_executor]
 
