@@ -8,10 +8,10 @@ Each run trains `model` from its initial point theta0 in a random d-dimensional 
 r = theta0 + P theta (theta from zero, P a random projection with unit-norm columns: by default a
 lscape.SparseSignProjection, stored when it fits in memory, implicit above, and a lscape.FastfoodProjection
 where the sparse P would be dense enough to be slower; never a dense D x d matrix) for `epochs` epochs, and
-scores it (accuracy, or any metric) on the test data after the last epoch.  The intrinsic dimension d_int is the smallest swept d
-whose mean score over seeds reaches threshold x baseline; the baseline is either measured (the same model
-trained in the full space with the same budget: the d = D point) or given (Li et al. use 1.0 on MNIST,
-which makes 0.9 an absolute accuracy threshold).
+scores it (accuracy, or any metric) on the test data after the last epoch.  The intrinsic dimension d_int
+is the smallest swept d whose mean score over seeds reaches threshold x baseline; the baseline is either
+measured (the same model trained in the full space with the same budget: the d = D point) or given (Li et
+al. use 1.0 on MNIST, which makes 0.9 an absolute accuracy threshold).
 
 Each (d, seed) run is one chunk of lscape.executor (in process or on Ray): its result depends only on the
 study's arguments, d and the seed (P, theta0 of a model factory and the minibatch order are all drawn from
