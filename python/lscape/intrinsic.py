@@ -61,7 +61,7 @@ STORED_P_BYTES = 1 << 30
 # where the sparse P would hold FASTFOOD_NNZ_PER_ROW or more nonzeros per row (d >= 6 sqrt(D)), and d >=
 # FASTFOOD_MIN_D.  The sparse P's products cost one gather per nonzero, Fastfood's a few transforms per row:
 # one P theta plus one P^T g, one thread, broke even at d / sqrt(D) = 4-5 at D = 199,210 and 656,810 and
-# Fastfood was 1.4x faster at 6.7, 4.2x at 22 (docs/performance.md).  The floor keeps every d <= 2,000 on
+# Fastfood was 1.4x faster at 6.7, 3.9x at 22 (docs/performance.md).  The floor keeps every d <= 2,000 on
 # the sparse P (the paper-scale studies' sweeps) whatever D.
 FASTFOOD_NNZ_PER_ROW = 6.0
 FASTFOOD_MIN_D = 2500
