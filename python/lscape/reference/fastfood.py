@@ -24,6 +24,7 @@ a - b); the C++ kernel keeps that order, so its P theta is bit-identical to `mat
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,13 +84,17 @@ def draw(spec: FastfoodSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         keys = [rng.stream_key(spec.seed, np.uint64(4) * blocks + np.uint64(k))[:, None] for k in range(3)]
         sign[blocks] = np.where(rng.draw32(keys[0], counter) >> np.uint32(31), -1.0, 1.0)
         perm[blocks] = np.argsort(rng.draw32(keys[1], counter), axis=1, kind="stable")
-        g[blocks] = rng.normal(keys[2][:, 0], n)
+        # rounded to float32: hides the last bits of log/cos, which may differ between numpy builds
+        g[blocks] = rng.normal(keys[2][:, 0], n).astype(np.float32)
     g[-1, spec.r_last:] = 0.0
-    # every column's squared norm: sum_i m(i) g_i^2, m(i) the size of row i's piece (module docstring)
-    sq = (g[:-1] ** 2).sum() * n
+    # every column's squared norm: sum_i m(i) g_i^2, m(i) the size of row i's piece (module docstring).
+    # g_i^2 of a float32 is exact in float64 and fsum rounds the sum once, so the scale is the same
+    # everywhere, whatever the summation order of the numpy at hand
+    m_of_row = np.full((nb, n), float(n))
     for off, m in pieces(spec.r_last):
-        sq += m * (g[-1, off:off + m] ** 2).sum()
-    return sign, perm, g / np.sqrt(sq)
+        m_of_row[-1, off:off + m] = m
+    sq = math.fsum((m_of_row * g * g).ravel())
+    return sign, perm, g / math.sqrt(sq)
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:
