@@ -201,7 +201,8 @@ class FastfoodProjection:
     P = stacked blocks of Hp G Pi H B applied to theta zero-padded to n = 2^ceil(log2 d): H the
     Walsh-Hadamard transform, B random signs, Pi a random permutation, G Gaussian; the cut last block
     applies H to the dyadic pieces of its rows, which keeps every column's norm exactly 1 (up to
-    rounding).  Its columns are orthogonal in expectation, like SparseSignProjection's, but it is a
+    rounding).  Its columns are orthogonal in expectation, like SparseSignProjection's (their inner
+    products have mean square 2/D, the sparse P's 1/D: the Gaussian G spreads them), but it is a
     different matrix: a product costs O(D log n) operations in cache (a few transforms of n values per
     block of n rows) instead of one gather per nonzero, and P holds about 21 bytes per row of D whatever
     d (B, Pi and G of every block, G in float64, and B and G in the dtype products run in).
