@@ -22,7 +22,7 @@ def flat(model):
 
 
 @pytest.mark.parametrize("kind", ["hyperplane", "hypersphere"])
-@pytest.mark.parametrize("storage", ["indices", "implicit"])
+@pytest.mark.parametrize("storage", ["indices", "implicit", "fastfood"])
 def test_grad_theta_is_Pt_grad_r(kind, storage):
     model = tiny()
     sub = Subspace(model, 7, kind=kind, seed=3, storage=storage)
