@@ -88,12 +88,19 @@ def draw(spec: FastfoodSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         g[blocks] = rng.normal(keys[2][:, 0], n).astype(np.float32)
     g[-1, spec.r_last:] = 0.0
     # every column's squared norm: sum_i m(i) g_i^2, m(i) the size of row i's piece (module docstring).
-    # g_i^2 of a float32 is exact in float64 and fsum rounds the sum once, so the scale is the same
-    # everywhere, whatever the summation order of the numpy at hand
-    m_of_row = np.full((nb, n), float(n))
+    # m(i) g_i^2 of a float32 g_i is exact in float64, and math.fsum rounds each chunk's sum once (chunks
+    # fixed by n): the scale is the same everywhere, whatever the summation order of the numpy at hand
+    last = np.full(n, float(n))
     for off, m in pieces(spec.r_last):
-        m_of_row[-1, off:off + m] = m
-    sq = math.fsum((m_of_row * g * g).ravel())
+        last[off:off + m] = m
+    parts = []
+    for b0 in range(0, nb, per):
+        chunk = g[b0:b0 + per]
+        m_of_row = np.full(chunk.shape, float(n))
+        if b0 + len(chunk) == nb:
+            m_of_row[-1] = last
+        parts.append(math.fsum((m_of_row * chunk * chunk).ravel().tolist()))
+    sq = math.fsum(parts)
     return sign, perm, g / math.sqrt(sq)
 
 
