@@ -208,7 +208,8 @@ PYBIND11_MODULE(_C, m) {
             D, d, n, nb, lscape::bind::ptr<const T>(sign), lscape::bind::ptr<const int32_t>(perm),
             lscape::bind::ptr<const T>(gs), lscape::bind::ptr<const T>(x), lscape::bind::ptr<T>(out), B, nthreads);
       });
-    }, transpose ? "out (B, d) = P^T g for g (B, D), P the Fastfood projection (fastfood.h)"
+    }, transpose ? "out (B, d) = P^T g for g (B, D), P the Fastfood projection (fastfood.h); perm and gs are then "
+                   "the inverse permutations and the scales gathered through them"
                  : "out (B, D) = P x for x (B, d), P the Fastfood projection (fastfood.h)",
        py::arg("spec"), py::arg("sign"), py::arg("perm"), py::arg("gs"), py::arg("x"), py::arg("out"), py::arg("B"),
        py::arg("f64"), py::arg("nthreads"), py::call_guard<py::gil_scoped_release>());

@@ -148,6 +148,14 @@ def test_kernel_results_do_not_depend_on_the_thread_count(monkeypatch):
     assert torch.equal(out["1"][2][0], out["1"][1])
 
 
+def test_memory_is_about_29_bytes_a_row_whatever_d():
+    for d in (100, 5_000):
+        P = FastfoodProjection(50_000, d, seed=0)
+        P.rmatvec(P.matvec(torch.randn(d)))
+        rows = P.blocks * P.n
+        assert rows >= P.D and 20 * rows <= P.nbytes <= 29 * rows
+
+
 def test_adjoint_and_numpy_inputs():
     P = FastfoodProjection(3_000, 700, seed=0)
     g = torch.Generator().manual_seed(1)

@@ -18,7 +18,7 @@ namespace fastfood {
   void block_matvec(int64_t n, int64_t d, int64_t r, const T* sign, const int32_t* perm, const T* gs,         \
                     const T* x, T* v, T* y);                                                                  \
   template <typename T>                                                                                       \
-  void block_rmatvec(int64_t n, int64_t d, int64_t r, const T* sign, const int32_t* perm, const T* gs,        \
+  void block_rmatvec(int64_t n, int64_t d, int64_t r, const T* sign, const int32_t* inv, const T* gs_inv,     \
                      const T* g, T* w, T* v, T* out, bool first);                                             \
   }
 LSCAPE_FF_DECL(baseline)
@@ -62,7 +62,7 @@ void matvec_cpu(int64_t D, int64_t d, int64_t n, int64_t nb, const T* sign, cons
 }
 
 template <typename T>
-void rmatvec_cpu(int64_t D, int64_t d, int64_t n, int64_t nb, const T* sign, const int32_t* perm, const T* gs,
+void rmatvec_cpu(int64_t D, int64_t d, int64_t n, int64_t nb, const T* sign, const int32_t* inv, const T* gs_inv,
                  const T* g, T* out, int64_t B, int nt) {
   (void)nt;
   // Threads over batch rows; one row alone: over blocks into a scratch (nb, d), summed in block order
@@ -81,11 +81,11 @@ void rmatvec_cpu(int64_t D, int64_t d, int64_t n, int64_t nb, const T* sign, con
     for (int64_t t = 0; t < tasks; ++t) {
       if (by_rows) {
         for (int64_t b = 0; b < nb; ++b)
-          LSCAPE_ISA_DISPATCH(block_rmatvec<T>, n, d, rows_of(b, D, n), sign + b * n, perm + b * n, gs + b * n,
+          LSCAPE_ISA_DISPATCH(block_rmatvec<T>, n, d, rows_of(b, D, n), sign + b * n, inv + b * n, gs_inv + b * n,
                               g + t * D + b * n, w.data(), v.data(), out + t * d, b == 0);
       } else {
         const int64_t b = t;  // B == 1
-        LSCAPE_ISA_DISPATCH(block_rmatvec<T>, n, d, rows_of(b, D, n), sign + b * n, perm + b * n, gs + b * n,
+        LSCAPE_ISA_DISPATCH(block_rmatvec<T>, n, d, rows_of(b, D, n), sign + b * n, inv + b * n, gs_inv + b * n,
                             g + b * n, w.data(), v.data(), part.data() + b * d, true);
       }
     }

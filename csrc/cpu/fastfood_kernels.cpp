@@ -4,6 +4,9 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace lscape {
 namespace fastfood {
@@ -129,6 +132,44 @@ inline void fwht_small(T* x, int64_t n) {
   stages_from(x, n, kLanes<T>);
 }
 
+// y[i] = v[idx[i]] * s[i] for i < r, with the vector gathers of the ISA (the same products either way).
+template <typename T>
+inline void gather_mul(T* __restrict y, const T* __restrict v, const int32_t* __restrict idx, const T* __restrict s,
+                       int64_t r) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; i + 16 <= r; i += 16) {
+      const __m512i ix = _mm512_loadu_si512(idx + i);
+      _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_i32gather_ps(ix, v, 4), _mm512_loadu_ps(s + i)));
+    }
+  } else {
+    for (; i + 8 <= r; i += 8) {
+      const __m256i ix = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + i));
+      _mm512_storeu_pd(y + i, _mm512_mul_pd(_mm512_i32gather_pd(ix, v, 8), _mm512_loadu_pd(s + i)));
+    }
+  }
+#elif defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; i + 8 <= r; i += 8) {
+      const __m256i ix = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + i));
+      // (the masked form: GCC 12 warns that the plain one's source operand may be uninitialised)
+      const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+      _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mask_i32gather_ps(_mm256_setzero_ps(), v, ix, all, 4),
+                                            _mm256_loadu_ps(s + i)));
+    }
+  } else {
+    for (; i + 4 <= r; i += 4) {
+      const __m128i ix = _mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + i));
+      const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+      _mm256_storeu_pd(y + i, _mm256_mul_pd(_mm256_mask_i32gather_pd(_mm256_setzero_pd(), v, ix, all, 8),
+                                            _mm256_loadu_pd(s + i)));
+    }
+  }
+#endif
+  for (; i < r; ++i) y[i] = v[idx[i]] * s[i];
+}
+
 }  // namespace
 
 template <typename T>
@@ -157,17 +198,19 @@ void block_matvec(int64_t n, int64_t d, int64_t r, const T* sign, const int32_t*
   for (int64_t j = 0; j < d; ++j) v[j] = x[j] * sign[j];
   for (int64_t j = d; j < n; ++j) v[j] = T(0) * sign[j];  // the reference's zero padding times B, signs kept
   fwht(v, n);
-  for (int64_t i = 0; i < r; ++i) y[i] = v[perm[i]] * gs[i];
+  gather_mul(y, v, perm, gs, r);
   fwht_pieces(y, r);
 }
 
+// The scatter v[perm[i]] = w[i] gs[i] as a gather through the inverse permutation (vectorises):
+// v[j] = w[inv[j]] gs_inv[j], gs_inv[j] = gs[inv[j]] (zero where inv[j] >= r, and w is zero there too).
 template <typename T>
-void block_rmatvec(int64_t n, int64_t d, int64_t r, const T* sign, const int32_t* perm, const T* gs, const T* g,
+void block_rmatvec(int64_t n, int64_t d, int64_t r, const T* sign, const int32_t* inv, const T* gs_inv, const T* g,
                    T* w, T* v, T* out, bool first) {
   std::memcpy(w, g, sizeof(T) * r);
+  if (r < n) std::memset(w + r, 0, sizeof(T) * (n - r));
   fwht_pieces(w, r);
-  if (r < n) std::memset(v, 0, sizeof(T) * n);
-  for (int64_t i = 0; i < r; ++i) v[perm[i]] = w[i] * gs[i];
+  gather_mul(v, w, inv, gs_inv, n);
   fwht(v, n);
   if (first)
     for (int64_t j = 0; j < d; ++j) out[j] = v[j] * sign[j];

@@ -57,7 +57,7 @@ STORAGES = ("auto", "indices", "implicit", "fastfood")
 # not the free memory of the moment: the choice must be the same on every worker (the two storages' P^T g
 # may round differently), or Ray and local runs would not agree bit for bit
 STORED_P_BYTES = 1 << 30
-# storage="auto" uses a FastfoodProjection (O(D log d) products, about 21 bytes per row of D whatever d)
+# storage="auto" uses a FastfoodProjection (O(D log d) products, about 29 bytes per row of D whatever d)
 # where the sparse P would hold FASTFOOD_NNZ_PER_ROW or more nonzeros per row (d >= 6 sqrt(D)), and d >=
 # FASTFOOD_MIN_D.  The sparse P's products cost one gather per nonzero, Fastfood's a few transforms per row:
 # one P theta plus one P^T g, one thread, broke even at d / sqrt(D) = 4-5 at D = 199,210 and 656,810 and

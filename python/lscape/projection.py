@@ -204,8 +204,9 @@ class FastfoodProjection:
     rounding).  Its columns are orthogonal in expectation, like SparseSignProjection's (their inner
     products have mean square 2/D, the sparse P's 1/D: the Gaussian G spreads them), but it is a
     different matrix: a product costs O(D log n) operations in cache (a few transforms of n values per
-    block of n rows) instead of one gather per nonzero, and P holds about 21 bytes per row of D whatever
-    d (B, Pi and G of every block, G in float64, and B and G in the dtype products run in).
+    block of n rows) instead of one gather per nonzero, and P holds about 29 bytes per row of D whatever
+    d (B, Pi and G of every block, G in float64, B and G in the dtype products run in, and for the CPU's
+    P^T g the inverse of Pi and G through it).
 
     Args:
         D: rows (the full parameter count), 1 <= D < 2^31.

@@ -22,9 +22,10 @@ template <typename T>
 void matvec_cpu(int64_t D, int64_t d, int64_t n, int64_t nb, const T* sign, const int32_t* perm, const T* gs,
                 const T* x, T* y, int64_t B, int nt);
 
-// out (B, d) = P^T g, g (B, D).
+// out (B, d) = P^T g, g (B, D).  Takes the inverse permutations inv (nb, n) int32 (inv[b, perm[b, i]] = i)
+// and gs_inv (nb, n), gs_inv[b, j] = gs[b, inv[b, j]]: the scatter through perm becomes a gather.
 template <typename T>
-void rmatvec_cpu(int64_t D, int64_t d, int64_t n, int64_t nb, const T* sign, const int32_t* perm, const T* gs,
+void rmatvec_cpu(int64_t D, int64_t d, int64_t n, int64_t nb, const T* sign, const int32_t* inv, const T* gs_inv,
                  const T* g, T* out, int64_t B, int nt);
 
 }  // namespace fastfood

@@ -23,25 +23,35 @@ SERIAL_WORK = 1 << 16
 
 @dataclass
 class Operands:
-    """P's draws in one dtype on one device: sign, gs (nb, n) in the dtype; perm (nb, n) int32 for the
-    kernels, and as int64 (torch.gather's index type) for the reference, made on its first use."""
+    """P's draws in one dtype on one device: sign, gs (nb, n) in the dtype and perm (nb, n) int32; made
+    on first use, for the reference perm as int64 (torch.gather's index type), and for the CPU kernel's
+    P^T g the inverse permutations inv (nb, n) int32 and gs_inv[b, j] = gs[b, inv[b, j]] (fastfood.h)."""
 
     spec: ref.FastfoodSpec
     sign: torch.Tensor
     perm: torch.Tensor
     gs: torch.Tensor
-    _perm64: torch.Tensor | None = None
+    _made: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     @property
     def perm64(self) -> torch.Tensor:
-        if self._perm64 is None:
-            self._perm64 = self.perm.long()
-        return self._perm64
+        if "perm64" not in self._made:
+            self._made["perm64"] = self.perm.long()
+        return self._made["perm64"]
+
+    @property
+    def inverse(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inv, gs_inv)."""
+        if "inv" not in self._made:
+            inv = torch.argsort(self.perm, dim=1).to(torch.int32)
+            self._made["gs_inv"] = torch.gather(self.gs, 1, inv.long()).contiguous()
+            self._made["inv"] = inv.contiguous()
+        return self._made["inv"], self._made["gs_inv"]
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """What it holds beyond P's own draws (for nbytes)."""
-        return (self.sign, self.gs) + (() if self._perm64 is None else (self._perm64,))
+        return (self.sign, self.gs, *self._made.values())
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:
@@ -74,8 +84,9 @@ def product(P: Operands, x: torch.Tensor, transpose: bool) -> torch.Tensor:
     if B * spec.nb * spec.n < SERIAL_WORK:
         k = dataclasses.replace(k, tail=1)
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
-    call(k, "fastfood_rmatvec" if transpose else "fastfood_matvec", spec.as_tuple(), ptr(P.sign), ptr(P.perm),
-         ptr(P.gs), ptr(x), ptr(out), B, x.dtype == torch.float64)
+    idx, scale = P.inverse if transpose else (P.perm, P.gs)
+    call(k, "fastfood_rmatvec" if transpose else "fastfood_matvec", spec.as_tuple(), ptr(P.sign), ptr(idx),
+         ptr(scale), ptr(x), ptr(out), B, x.dtype == torch.float64)
     return out
 
 
