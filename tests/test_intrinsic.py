@@ -218,10 +218,10 @@ def test_storage_auto_stores_p_while_it_fits_and_goes_implicit_above(monkeypatch
     assert intrinsic._storage("auto", 199_210, 2000) == "indices"  # the paper-scale sweeps keep the sparse P
     assert intrinsic._storage("auto", 10**10, 4000) == "implicit" and intrinsic._storage("indices", 10**10, 4000) \
         == "indices"
-    assert intrinsic._storage("auto", 199_210, 2_677) == "indices" and intrinsic._storage("auto", 199_210, 2_678) \
-        == "fastfood"  # 6 sqrt(D) = 2,677.9
-    assert intrinsic._storage("auto", 10_000, 2_499) == "indices" and intrinsic._storage("auto", 10_000, 2_500) \
-        == "fastfood"  # the floor
+    assert intrinsic._storage("auto", 10**6, 3_999) == "indices" and intrinsic._storage("auto", 10**6, 4_000) \
+        == "fastfood"  # 4 sqrt(D) = 4,000
+    assert intrinsic._storage("auto", 199_210, 2_499) == "indices" and intrinsic._storage("auto", 199_210, 2_500) \
+        == "fastfood"  # the floor (4 sqrt(D) = 1,785)
     assert intrinsic._storage("auto", 10**10, 10**6) == "fastfood"
     monkeypatch.setattr(lscape.SparseSignProjection, "to_dense", lambda *a, **k: pytest.fail("dense P built"))
     made = []

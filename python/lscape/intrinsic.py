@@ -58,12 +58,12 @@ STORAGES = ("auto", "indices", "implicit", "fastfood")
 # may round differently), or Ray and local runs would not agree bit for bit
 STORED_P_BYTES = 1 << 30
 # storage="auto" uses a FastfoodProjection (O(D log d) products, about 29 bytes per row of D whatever d)
-# where the sparse P would hold FASTFOOD_NNZ_PER_ROW or more nonzeros per row (d >= 6 sqrt(D)), and d >=
+# where the sparse P would hold FASTFOOD_NNZ_PER_ROW or more nonzeros per row (d >= 4 sqrt(D)), and d >=
 # FASTFOOD_MIN_D.  The sparse P's products cost one gather per nonzero, Fastfood's a few transforms per row:
-# one P theta plus one P^T g, one thread, broke even at d / sqrt(D) = 4-5 at D = 199,210 and 656,810 and
-# Fastfood was 1.4x faster at 6.7, 3.9x at 22 (docs/performance.md).  The floor keeps every d <= 2,000 on
-# the sparse P (the paper-scale studies' sweeps) whatever D.
-FASTFOOD_NNZ_PER_ROW = 6.0
+# one P theta plus one P^T g, one thread, broke even at d / sqrt(D) = 2.5-3 at D = 199,210 and 656,810, and
+# Fastfood was 1.4x faster at 4.9, 4.5x at 22 (bench/fastfood_crossover.py, docs/performance.md).  The floor
+# keeps every d <= 2,000 on the sparse P (the paper-scale studies' sweeps) whatever D.
+FASTFOOD_NNZ_PER_ROW = 4.0
 FASTFOOD_MIN_D = 2500
 # scored (inputs, targets) tensors go through the model this many rows at a time: a whole test set at once
 # can take gigabytes of activations (a CNN on CIFAR-10's 10,000 test images)
@@ -543,7 +543,7 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
       lscape.Subspace), as there.
     kind: "hyperplane" (r = theta0 + P theta, theta from 0) or "hypersphere" (|r| = |theta0| held).
     storage: P's storage, "indices", "implicit" (a sparse P, stored or regenerated), "fastfood" (a
-      FastfoodProjection), or "auto": fastfood where d >= 6 sqrt(D) and d >= 2,500 (FASTFOOD_NNZ_PER_ROW,
+      FastfoodProjection), or "auto": fastfood where d >= 4 sqrt(D) and d >= 2,500 (FASTFOOD_NNZ_PER_ROW,
       FASTFOOD_MIN_D: where it was measured faster), else the sparse P, stored while its nonzeros take
       under STORED_P_BYTES = 1 GiB, implicit (O(d) memory) above; never a dense D x d matrix.
     executor: "local", "ray" or an lscape.executor.Executor; each
