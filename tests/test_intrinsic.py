@@ -325,6 +325,9 @@ def test_a_study_on_ray_equals_local(ray_executor, tmp_path):
     on_ray = small_study(tmp_path / "ray.npz", dims=[8], seeds=2, epochs=1, executor=ray_executor)
     assert_same(local, on_ray)
     assert_same(local, lscape.IntrinsicDimension.load(tmp_path / "ray.npz"))
+    # a Fastfood P too: its draws and its kernels' results do not depend on the process or its threads
+    local = small_study(dims=[8], seeds=1, epochs=1, storage="fastfood")
+    assert_same(local, small_study(dims=[8], seeds=1, epochs=1, storage="fastfood", executor=ray_executor))
 
 
 def test_plot_marks_baseline_threshold_and_d_int():
