@@ -3,7 +3,6 @@ with loss, accuracy and custom metrics on train and test data in the same forwar
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,9 +13,10 @@ from torch import nn
 
 from . import _checks
 from ._affine import AffineCache, input_layers
+from ._batched import BatchedForward, Unsupported
 from ._fastops import fast_loss
 from ._flat import FlatLayout
-from ._modeleval import FastForward
+from ._modeleval import FastForward, forward_cost
 from ._runlock import locks_file
 from .directions import Directions, random_directions
 from .executor import ExecutorLost, get_executor
@@ -184,6 +184,10 @@ class _Shared:
     y: np.ndarray | None
     todo: np.ndarray
 
+    def __getstate__(self) -> dict:
+        # a process's evaluation state (_state) stays in that process: Ray sends the surface's inputs only
+        return {k: v for k, v in self.__dict__.items() if k != "_state"}
+
 
 def _plain(forward: FastForward, data):
     """(outputs, targets, n) of every streamed batch, at the parameters the model holds."""
@@ -192,21 +196,45 @@ def _plain(forward: FastForward, data):
             yield forward(None, X), Y, X.shape[0]
 
 
-def _evaluate(outputs, loss_fn, metrics: dict, prefix: str) -> dict[str, float]:
-    """Batch-size-weighted means of loss, accuracy (classification: integer targets, outputs (N, C))
-    and custom metrics over one pass of (outputs, targets, n)."""
-    sums: dict[str, float] = {}
+def _values(out: torch.Tensor, Y, loss_fn, metrics: dict) -> dict:
+    """{name: scalar} of one batch's outputs: loss, accuracy (classification: integer targets, outputs
+    (N, C)) and the custom metrics."""
+    vals = {"loss": loss_fn(out, Y)}
+    if out.ndim == 2 and not Y.is_floating_point() and Y.ndim == 1:
+        vals["acc"] = (out.argmax(1) == Y).double().mean()
+    for name, fn in metrics.items():
+        vals[name] = fn(out, Y)
+    return vals
+
+
+def _values_many(st: _State, out: torch.Tensor, Y, loss_fn, metrics: dict) -> dict[str, np.ndarray]:
+    """_values of each point's outputs out[b] (out: (B, N, ...)) as {name: (B,) float64}: one vmapped call,
+    or point by point where the loss or a metric cannot run under torch.func.vmap (a metric calling .item()
+    or returning a float); that is remembered in st."""
+    if st.vmap_values:
+        try:
+            vals = torch.func.vmap(lambda o: _values(o, Y, loss_fn, metrics))(out)
+            return {k: v.detach().double().cpu().numpy() for k, v in vals.items()}
+        except Exception:  # noqa: BLE001 - any refusal of vmap: the same functions point by point below
+            st.vmap_values = False
+    rows = [_values(o, Y, loss_fn, metrics) for o in out]
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def _evaluate(outputs, loss_fn, metrics: dict, prefix: str, many: _State | None = None) -> dict:
+    """Batch-size-weighted means of _values over one pass of (outputs, targets, n): floats, or with
+    `many` (outputs with a leading point axis) (B,) arrays."""
+    sums: dict = {}
     total = 0
     with torch.no_grad():
         for out, Y, n in outputs:
             total += n
-            vals = {"loss": loss_fn(out, Y)}
-            if out.ndim == 2 and not Y.is_floating_point() and Y.ndim == 1:
-                vals["acc"] = (out.argmax(1) == Y).double().mean()
-            for name, fn in metrics.items():
-                vals[name] = fn(out, Y)
+            if many is None:
+                vals = {k: float(v) for k, v in _values(out, Y, loss_fn, metrics).items()}
+            else:
+                vals = _values_many(many, out, Y, loss_fn, metrics)
             for k, v in vals.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
+                sums[k] = sums.get(k, 0.0) + v * n
     return {f"{prefix}_{k}": v / total for k, v in sums.items()}
 
 
@@ -231,32 +259,129 @@ def _joined(sh: _Shared) -> tuple[torch.Tensor, int] | None:
     return (torch.cat([X, Xt]), X.shape[0]) if same and X.shape[0] > 0 and Xt.shape[0] > 0 else None
 
 
-def _split(out: torch.Tensor, sh: _Shared, n: int):
-    """The joined pass's outputs as the train and test passes' (outputs, targets, n)."""
+def _split(out: torch.Tensor, sh: _Shared, n: int, dim: int = 0):
+    """The joined pass's outputs as the train and test passes' (outputs, targets, n); dim: the samples'
+    axis (1 with a leading point axis)."""
     (_, Y), (_, Yt) = _single(sh.train), _single(sh.test)
-    return iter([(out[:n], Y, n)]), iter([(out[n:], Yt, out.shape[0] - n)])
+    return iter([(out.narrow(dim, 0, n), Y, n)]), iter([(out.narrow(dim, n, out.shape[dim] - n), Yt,
+                                                         out.shape[dim] - n)])
 
 
-def _point(model: nn.Module, layout: FlatLayout, theta: torch.Tensor, sh: _Shared, coeffs, affine,
-           fast: FastForward, joined: tuple[torch.Tensor, int] | None = None) -> dict:
-    """All metrics at theta; `affine` (train, test) AffineCaches or None for plain evaluation; `fast` the
-    model's forward with BatchNorm folded (lscape._modeleval; plain where it does not apply); joined: the
-    train and test inputs as one pass (_joined) or None."""
-    layout.load(model, theta)
+# A row's points run `batch` at a time through one forward pass (lscape._batched.BatchedForward: the
+# points' convolutions side by side as one wider or grouped convolution, their linear layers as one product)
+# when one point's forward pass is small: below BATCH_MAX_MACS multiply-adds a point, per-call overhead
+# (Python, dispatch, kernels too narrow for the vector units) costs as much as the arithmetic; above it
+# (ResNet-20: 2e10 a point) points go one by one, in place and channels-last.  batch: as many points as
+# keep one call's activations under BATCH_BYTES.
+BATCH_MAX_MACS = 1e8
+BATCH_BYTES = 1 << 27
+_PROBE_ROWS = 8  # input rows of the pass that counts a point's work (lscape._modeleval.forward_cost)
+
+
+@dataclass
+class _State:
+    """What a process evaluating a surface's rows builds once per surface (not once per row): the model's
+    copy and its traced FastForward, the affine caches, the joined inputs, the points per call."""
+    model: nn.Module
+    layout: FlatLayout
+    loss_fn: Callable
+    affine: tuple | None
+    fast: FastForward
+    batched: BatchedForward | None
+    joined: tuple[torch.Tensor, int] | None
+    buffers: dict
+    batch: int
+    vmap_values: bool = True  # whether loss and metrics run under vmap (_values_many)
+
+
+def _batch_size(sh: _Shared, model: nn.Module, affine, batched: BatchedForward | None) -> int:
+    """Points per call (BATCH_MAX_MACS, BATCH_BYTES); 1 (one by one) for 1-D surfaces, the affine cache,
+    bn='recompute' (buffers updated at each point) and models BatchedForward does not run (its reason)."""
+    if sh.y is None or affine or sh.bn != "eval" or batched is None or not batched.supported:
+        return 1
+    X = next(iter(sh.train))[0]
+    try:
+        macs, elems = forward_cost(model, X[:_PROBE_ROWS])
+    except Exception:  # noqa: BLE001 - a model this pass cannot run is evaluated one point at a time
+        return 1
+    passes = [b for b in (sh.train, sh.test) if b is not None]
+    samples = sum(b.samples() for b in passes)
+    rows = max(X.shape[0] for b in passes for X, _ in b)
+    per_call = max(elems, 1.0) * rows * X.element_size()
+    if macs * samples >= BATCH_MAX_MACS:
+        return 1
+    return int(max(1, min(len(sh.y), BATCH_BYTES // per_call)))
+
+
+def _state(sh: _Shared) -> _State:
+    """This process's _State of the surface sh, built on the first row it evaluates."""
+    st = sh.__dict__.get("_state")
+    if st is not None:
+        return st
+    model = copy.deepcopy(sh.model)
+    layout = FlatLayout.of(model)
+    p0 = next(model.parameters())
+    model.eval()
+    affine = _affine_caches(model, layout, torch.as_tensor(sh.center, dtype=p0.dtype),
+                            torch.as_tensor(sh.directions, dtype=p0.dtype), sh)
+    # built after model.eval(): with bn='recompute' the BatchNorms go through train mode at each point,
+    # and FastForward then evaluates plainly while they are in it
+    fast = FastForward(model, exclude=sh.affine if affine else ())
+    # the faster cross-entropy, here on the worker's copy (Ray pickles sh).  Not _fastops.narrow_linears:
+    # on the benchmark's CNN surface it made the whole pass slower (0.87 s against 0.60 s, 21 x 21 grid)
+    batched = None if affine or sh.bn != "eval" or sh.y is None else BatchedForward(fast)
+    st = _State(model, layout, fast_loss(sh.loss_fn), affine, fast, batched, None if affine else _joined(sh),
+                dict(model.named_buffers()), _batch_size(sh, model, affine, batched))
+    sh.__dict__["_state"] = st
+    return st
+
+
+def _point(st: _State, theta: torch.Tensor, sh: _Shared, coeffs) -> dict:
+    """All metrics at theta, one point: the affine caches (st.affine) where they apply, else st.fast
+    (the model's forward with BatchNorm folded, lscape._modeleval; plain where it does not apply) on the
+    joined train and test inputs (_joined) or on each pass."""
+    st.layout.load(st.model, theta)
     if sh.bn == "recompute":
         # one pass over the training data in train mode with cumulative averages (momentum None)
-        torch.optim.swa_utils.update_bn(sh.train, model)
-    model.eval()
-    if joined is not None and not affine:
+        torch.optim.swa_utils.update_bn(sh.train, st.model)
+    st.model.eval()
+    affine, fast, loss_fn = st.affine, st.fast, st.loss_fn
+    if st.joined is not None:
         with torch.no_grad():
-            train, test = _split(fast(None, joined[0]), sh, joined[1])
-        return {**_evaluate(train, sh.loss_fn, sh.metrics, "train"), **_evaluate(test, sh.loss_fn, sh.metrics, "test")}
+            train, test = _split(fast(None, st.joined[0]), sh, st.joined[1])
+        return {**_evaluate(train, loss_fn, sh.metrics, "train"), **_evaluate(test, loss_fn, sh.metrics, "test")}
     train = affine[0].outputs(coeffs, forward=fast) if affine else _plain(fast, sh.train)
-    out = _evaluate(train, sh.loss_fn, sh.metrics, "train")
+    out = _evaluate(train, loss_fn, sh.metrics, "train")
     if sh.test is not None:
         test = affine[1].outputs(coeffs, forward=fast) if affine else _plain(fast, sh.test)
-        out.update(_evaluate(test, sh.loss_fn, sh.metrics, "test"))
+        out.update(_evaluate(test, loss_fn, sh.metrics, "test"))
     return out
+
+
+def _points(st: _State, thetas: torch.Tensor, sh: _Shared) -> list[dict] | None:
+    """All metrics at each of the points thetas (B, D), one BatchedForward call per batch of data; None
+    where it refuses a shape at run time (lscape._batched.Unsupported): the caller then evaluates them one
+    by one."""
+    params = st.layout.split(thetas)
+
+    def outputs(X: torch.Tensor) -> torch.Tensor:  # (B, N, ...)
+        return st.batched(params, X, st.buffers)
+
+    def passes(data):
+        return ((outputs(X), Y, X.shape[0]) for X, Y in data)
+
+    try:
+        with torch.no_grad():
+            if st.joined is not None:
+                train, test = _split(outputs(st.joined[0]), sh, st.joined[1], dim=1)
+            else:
+                train, test = passes(sh.train), None if sh.test is None else passes(sh.test)
+            vals = _evaluate(train, st.loss_fn, sh.metrics, "train", many=st)
+            if test is not None:
+                vals.update(_evaluate(test, st.loss_fn, sh.metrics, "test", many=st))
+    except Unsupported:
+        return None
+    return [{k: float(v[b]) for k, v in vals.items()} for b in range(thetas.shape[0])]
 
 
 def _affine_caches(model, layout, center, dirs, sh: _Shared):
@@ -272,29 +397,33 @@ def _affine_caches(model, layout, center, dirs, sh: _Shared):
 
 def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
     """Row i of the grid: {j: {metric: value}} for the cells still to do (j = 0 for a 1-D surface)."""
-    model = copy.deepcopy(sh.model)
-    layout = FlatLayout.of(model)
-    p0 = next(model.parameters())
+    st = _state(sh)
+    p0 = next(st.model.parameters())
     center = torch.as_tensor(sh.center, dtype=torch.float64)
     dirs = torch.as_tensor(sh.directions, dtype=torch.float64)
-    model.eval()
-    affine = _affine_caches(model, layout, center.to(p0.dtype), dirs.to(p0.dtype), sh)
-    # the faster cross-entropy, here on the worker's copy (Ray pickles sh).  Not _fastops.narrow_linears:
-    # on the benchmark's CNN surface it made the whole pass slower (0.87 s against 0.60 s, 21 x 21 grid)
-    sh = dataclasses.replace(sh, loss_fn=fast_loss(sh.loss_fn))
-    # built after model.eval(): with bn='recompute' the BatchNorms go through train mode at each point,
-    # and FastForward then evaluates plainly while they are in it
-    fast = FastForward(model, exclude=sh.affine if affine else ())
-    joined = None if affine else _joined(sh)
     ys = [None] if sh.y is None else list(sh.y)
-    out = {}
-    for j, b in enumerate(ys):
-        if not sh.todo[i] if sh.y is None else not sh.todo[i, j]:
-            continue
-        theta = center + sh.x[i] * dirs[0] + (0.0 if b is None else b * dirs[1])
-        coeffs = (float(sh.x[i]),) if b is None else (float(sh.x[i]), float(b))
-        out[j] = _point(model, layout, theta.to(dtype=p0.dtype, device=p0.device), sh, coeffs, affine, fast,
-                        joined)
+    cells = [j for j in range(len(ys)) if (sh.todo[i] if sh.y is None else sh.todo[i, j])]
+
+    def theta(j: int) -> torch.Tensor:
+        b = ys[j]
+        t = center + sh.x[i] * dirs[0] + (0.0 if b is None else b * dirs[1])
+        return t.to(dtype=p0.dtype, device=p0.device)
+
+    out: dict[int, dict[str, float]] = {}
+    k = 0
+    while k < len(cells):
+        chunk = cells[k:k + st.batch]
+        if len(chunk) > 1:
+            got = _points(st, torch.stack([theta(j) for j in chunk]), sh)
+            if got is not None:
+                out.update(zip(chunk, got, strict=True))
+                k += len(chunk)
+                continue
+            st.batch = 1  # BatchedForward refused a shape: one point at a time from here on
+        j = cells[k]
+        coeffs = (float(sh.x[i]),) if ys[j] is None else (float(sh.x[i]), float(ys[j]))
+        out[j] = _point(st, theta(j), sh, coeffs)
+        k += 1
     return out
 
 
