@@ -76,7 +76,8 @@ MAX_UNFOLDED = 1 << 25
 
 
 class _Unfolded:
-    """F.unfold of shared inputs, (N, C_in * k, L), kept per (input tensor, layer geometry)."""
+    """F.unfold of shared inputs with a row of ones appended (the bias's column), (N, C_in * k + 1, L), kept
+    per (input tensor, layer geometry)."""
 
     def __init__(self) -> None:
         self.entries: dict = {}
@@ -88,6 +89,7 @@ class _Unfolded:
         if hit is not None and hit[0] is x:
             return hit[1]
         cols = F.unfold(x, k, dilation, padding, stride)
+        cols = torch.cat([cols, cols.new_ones(cols.shape[0], 1, cols.shape[2])], 1)
         if sum(e[1].numel() for e in self.entries.values()) + cols.numel() <= MAX_UNFOLDED:
             self.entries[key] = (x, cols)  # holds x: no other tensor can take its address meanwhile
         return cols
@@ -128,9 +130,8 @@ def _conv(x, w: torch.Tensor, b: torch.Tensor | None, dims: int, stride, padding
     if dims == 2 and x.dim() == 4 and not isinstance(padding, str):
         cols = unfolded(x, w.shape[-2:], stride, padding, dilation)
         buf = pool.get(key, (cols.shape[0], B * Co, cols.shape[2]), cols)
-        out = torch.matmul(wf.reshape(B * Co, -1), cols, out=buf)
-        if bf is not None:
-            out += bf[:, None]
+        wb = torch.cat([wf.reshape(B * Co, -1), wf.new_zeros(B * Co, 1) if bf is None else bf[:, None]], 1)
+        out = torch.matmul(wb, cols, out=buf)  # the bias as one more input row (of ones): no second pass
         size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
                 zip(x.shape[2:], padding, dilation, w.shape[-2:], stride, strict=True)]
         return _Act(out.view(x.shape[0], B * Co, *size), True, True, B)

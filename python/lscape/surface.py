@@ -274,7 +274,7 @@ def _split(out: torch.Tensor, sh: _Shared, n: int, dim: int = 0):
 # (ResNet-20: 2e10 a point) points go one by one, in place and channels-last.  batch: as many points as
 # keep one call's activations under BATCH_BYTES.
 BATCH_MAX_MACS = 1e8
-BATCH_BYTES = 1 << 27
+BATCH_BYTES = 1 << 26
 _PROBE_ROWS = 8  # input rows of the pass that counts a point's work (lscape._modeleval.forward_cost)
 
 
@@ -412,7 +412,8 @@ def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
     out: dict[int, dict[str, float]] = {}
     k = 0
     while k < len(cells):
-        chunk = cells[k:k + st.batch]
+        size = -(-(len(cells) - k) // -(-(len(cells) - k) // st.batch))  # equal chunks: 41 = 11 + 10 + 10 + 10
+        chunk = cells[k:k + size]
         if len(chunk) > 1:
             got = _points(st, torch.stack([theta(j) for j in chunk]), sh)
             if got is not None:
