@@ -1,6 +1,7 @@
 """lscape._batched.BatchedForward (many parameter points in one forward pass) against the plain module at
 each point, its fallbacks, and lscape.surface's use of it."""
 import importlib
+import warnings
 
 import lscape
 import numpy as np
@@ -196,3 +197,38 @@ def test_batch_size_follows_the_work_and_memory_rules(monkeypatch):
     monkeypatch.setattr(S, "BATCH_BYTES", 1 << 26)
     monkeypatch.setattr(S, "BATCH_MAX_MACS", 1.0)
     assert batch() == 1
+
+
+@pytest.mark.slow  # torch.compile's first compilation: 10-60 s of inductor on this 2-core machine
+def test_compiled_surface_equals_the_uncompiled_one():
+    torch.manual_seed(0)
+    m = _stats(MODELS["cnn-bn"][0]())
+    g = torch.Generator().manual_seed(3)
+    X, Y = torch.randn(30, 1, 8, 8, generator=g), torch.randint(0, 10, (30,), generator=g)
+    d = random_directions(m, 2, seed=3)
+    kw = {"directions": d, "grid": (2, 3), "test_data": (X[:10], Y[:10])}
+    plain = lscape.surface(m, nn.functional.cross_entropy, (X, Y), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, when inductor is first imported
+        warnings.simplefilter("error", RuntimeWarning)  # a failed compilation warns: that fails here
+        comp = lscape.surface(m, nn.functional.cross_entropy, (X, Y), compile=True, **kw)
+    for k in plain.values:
+        np.testing.assert_allclose(comp[k], plain[k], rtol=1e-5)
+
+
+def test_compile_auto_follows_the_break_even_and_bad_values_are_named(monkeypatch):
+    torch.manual_seed(0)
+    m = _stats(MODELS["cnn-bn"][0]())
+    X, Y = torch.randn(30, 1, 8, 8), torch.randint(0, 10, (30,))
+    d = random_directions(m, 2, seed=3)
+    for bad in ("yes", None, 1, 0.5):
+        with pytest.raises(ValueError, match="compile: got"):
+            lscape.surface(m, nn.functional.cross_entropy, (X, Y), directions=d, grid=2, compile=bad)
+    built = []
+    monkeypatch.setattr(S, "_Compiled", lambda fast: built.append(fast) or fast)
+    lscape.surface(m, nn.functional.cross_entropy, (X, Y), directions=d, grid=3, compile="auto")
+    assert not built  # a small surface of a small model: compiling would not pay
+    monkeypatch.setattr(S, "COMPILE_MIN_MACS", 1.0)
+    monkeypatch.setattr(S, "BATCH_MAX_MACS", 0.0)  # one point per call, where compile applies
+    lscape.surface(m, nn.functional.cross_entropy, (X, Y), directions=d, grid=3, compile="auto")
+    assert len(built) == 1

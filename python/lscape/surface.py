@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -183,6 +184,7 @@ class _Shared:
     x: np.ndarray
     y: np.ndarray | None
     todo: np.ndarray
+    compile: bool | str = False  # True, False or "auto" (surface's compile=)
 
     def __getstate__(self) -> dict:
         # a process's evaluation state (_state) stays in that process: Ray sends the surface's inputs only
@@ -287,6 +289,7 @@ class _State:
     loss_fn: Callable
     affine: tuple | None
     fast: FastForward
+    forward: Callable  # fast, or its compiled form (_compiled): what _point evaluates with
     batched: BatchedForward | None
     joined: tuple[torch.Tensor, int] | None
     buffers: dict
@@ -313,6 +316,54 @@ def _batch_size(sh: _Shared, model: nn.Module, affine, batched: BatchedForward |
     return int(max(1, min(len(sh.y), BATCH_BYTES // per_call)))
 
 
+# compile="auto" compiles where a surface's work (points to do x multiply-adds a point) passes this: the
+# break-even measured by bench/compile_break_even.py (docs/performance.md, "Compiled evaluation"): ResNet-20
+# on 512 images (2.1e10 a point) 78 s of compilation against 8 ms saved a point (1.7%): 9,400 points, 2e14;
+# the digits CNN one point at a time 30 s against 0.4 ms: 76,000 points, 7e11 (and it runs batched, faster).
+COMPILE_MIN_MACS = 2e14
+
+
+def _compile_pays(sh: _Shared, model: nn.Module) -> bool:
+    """Whether compile="auto" compiles this surface (COMPILE_MIN_MACS)."""
+    X = next(iter(sh.train))[0]
+    try:
+        macs, _ = forward_cost(model, X[:_PROBE_ROWS])
+    except Exception:  # noqa: BLE001 - a model this pass cannot run is not compiled either
+        return False
+    samples = sum(b.samples() for b in (sh.train, sh.test) if b is not None)
+    return float(sh.todo.sum()) * macs * samples >= COMPILE_MIN_MACS
+
+
+class _Compiled:
+    """FastForward's call at the model's own parameters, f(None, X), through torch.compile (compiled on
+    the first call, again for a new input shape) of its out-of-place folded graph (inductor fuses the
+    ReLUs itself; the oneDNN conv+ReLU op of the in-place graph has a fake kernel that misstates
+    channels-last strides); other calls, and any where compilation fails (no C++ compiler, an op inductor
+    refuses: a warning says so once), run uncompiled."""
+
+    def __init__(self, fast: FastForward) -> None:
+        self.fast = fast
+
+        def run(X: torch.Tensor) -> torch.Tensor:
+            if fast.channels_last and X.dim() == 4:
+                X = X.contiguous(memory_format=torch.channels_last)
+            return (fast.graph_module if fast.active else fast.model)(X)
+
+        self.fn = torch.compile(run, dynamic=False)
+        self.failed = False
+
+    def __call__(self, params, X: torch.Tensor, buffers=None) -> torch.Tensor:
+        if params is not None or buffers is not None or self.failed:
+            return self.fast(params, X, buffers)
+        try:
+            return self.fn(X)
+        except Exception as exc:  # noqa: BLE001 - compilation is an optimisation: plain evaluation instead
+            self.failed = True
+            warnings.warn(f"compile: torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); evaluating "
+                          "uncompiled", RuntimeWarning, stacklevel=2)
+            return self.fast(params, X, buffers)
+
+
 def _state(sh: _Shared) -> _State:
     """This process's _State of the surface sh, built on the first row it evaluates."""
     st = sh.__dict__.get("_state")
@@ -329,9 +380,11 @@ def _state(sh: _Shared) -> _State:
     fast = FastForward(model, exclude=sh.affine if affine else ())
     # the faster cross-entropy, here on the worker's copy (Ray pickles sh).  Not _fastops.narrow_linears:
     # on the benchmark's CNN surface it made the whole pass slower (0.87 s against 0.60 s, 21 x 21 grid)
-    batched = None if affine or sh.bn != "eval" or sh.y is None else BatchedForward(fast)
-    st = _State(model, layout, fast_loss(sh.loss_fn), affine, fast, batched, None if affine else _joined(sh),
+    batched = None if affine or sh.bn != "eval" or sh.y is None or sh.compile is True else BatchedForward(fast)
+    st = _State(model, layout, fast_loss(sh.loss_fn), affine, fast, fast, batched, None if affine else _joined(sh),
                 dict(model.named_buffers()), _batch_size(sh, model, affine, batched))
+    if sh.compile is True or sh.compile == "auto" and st.batch == 1 and not affine and _compile_pays(sh, model):
+        st.forward = _Compiled(fast)
     sh.__dict__["_state"] = st
     return st
 
@@ -345,7 +398,7 @@ def _point(st: _State, theta: torch.Tensor, sh: _Shared, coeffs) -> dict:
         # one pass over the training data in train mode with cumulative averages (momentum None)
         torch.optim.swa_utils.update_bn(sh.train, st.model)
     st.model.eval()
-    affine, fast, loss_fn = st.affine, st.fast, st.loss_fn
+    affine, fast, loss_fn = st.affine, st.forward, st.loss_fn
     if st.joined is not None:
         with torch.no_grad():
             train, test = _split(fast(None, st.joined[0]), sh, st.joined[1])
@@ -452,7 +505,7 @@ def _resume(file, x, y, center, dirs, overwrite: bool) -> Surface | None:
 def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, center=None,
             metrics: dict[str, Callable] | None = None, test_data=None, bn: str = "eval", file: str | None = None,
             executor=None, max_batches: int | None = None, progress: bool = False,
-            affine: bool = True, overwrite: bool = False) -> Surface:
+            affine: bool = True, overwrite: bool = False, compile: bool | str = False) -> Surface:
     """The loss surface of `model` at center + x u (+ y v) on a grid.
 
     directions: a Directions (lscape.directions.random_directions / plane_through / pca_directions), a
@@ -477,6 +530,11 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     affine: with bn='eval', the layers that read the input (an nn.Linear / nn.Conv whose input does not
       depend on the parameters, such as the first layer of an MLP or CNN) get their products X W0, X U,
       X V once per row and batch, and one fused sum per point (lscape._affine); False: plain evaluation.
+    compile: True evaluates each point through torch.compile of the model's forward (BatchNorm folded; one
+      point per call, no affine cache), after a compilation of seconds to a minute; "auto" does so only
+      where the measured break-even says it pays (lscape.surface.COMPILE_MIN_MACS: a long surface of a large
+      model evaluated one point at a time); False (default): never.  The values equal the uncompiled ones to
+      float rounding.  docs/performance.md has the measurements.
     Returns a Surface with values train_loss, train_acc, test_loss, test_acc, train_<name>, ..."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: got {type(model).__name__}, expected a torch.nn.Module")
@@ -484,6 +542,8 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
         raise TypeError(f"loss_fn: got {_checks.describe(loss_fn)}, expected a callable loss_fn(outputs, targets)")
     if data is None:
         raise TypeError("data: got None, expected (inputs, targets) or a re-iterable of such batches")
+    if compile not in (True, False, "auto") or isinstance(compile, (int, float)) and not isinstance(compile, bool):
+        raise ValueError(f"compile: got {compile!r}, expected True, False or 'auto'")
     if bn not in BN_MODES:
         raise ValueError(f"bn: got {bn!r}, expected one of {BN_MODES}")
     metrics = dict(metrics or {})
@@ -506,9 +566,9 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     for name, batches in (("data", train), ("test_data", test)):
         _check_batch(name, model, loss_fn, batches)
     layers = input_layers(model, layout, next(iter(train))[0], terms=1 + dirs.vectors.shape[0]) \
-        if affine and bn == "eval" else ()
+        if affine and bn == "eval" and compile is not True else ()
     sh = _Shared(model, loss_fn, metrics, train, test, layers, bn,
-                 center, dirs.vectors, x, y, ~s.done)
+                 center, dirs.vectors, x, y, ~s.done, compile)
     rows = [i for i in range(x.shape[0]) if sh.todo[i].any()]
 
     def on_result(i: int, cells: dict) -> None:
