@@ -413,8 +413,8 @@ def _point(st: _State, theta: torch.Tensor, sh: _Shared, coeffs) -> dict:
 
 def _points(st: _State, thetas: torch.Tensor, sh: _Shared) -> list[dict] | None:
     """All metrics at each of the points thetas (B, D), one BatchedForward call per batch of data; None
-    where it refuses a shape at run time (lscape._batched.Unsupported): the caller then evaluates them one
-    by one."""
+    where it refuses a shape at run time (lscape._batched.Unsupported, or an op's RuntimeError): the caller
+    then evaluates them one by one, which raises any error that is the data's or the model's."""
     params = st.layout.split(thetas)
 
     def outputs(X: torch.Tensor) -> torch.Tensor:  # (B, N, ...)
@@ -432,7 +432,7 @@ def _points(st: _State, thetas: torch.Tensor, sh: _Shared) -> list[dict] | None:
             vals = _evaluate(train, st.loss_fn, sh.metrics, "train", many=st)
             if test is not None:
                 vals.update(_evaluate(test, st.loss_fn, sh.metrics, "test", many=st))
-    except Unsupported:
+    except (Unsupported, RuntimeError):  # a shape its rules refuse: one by one, which raises a real error
         return None
     return [{k: float(v[b]) for k, v in vals.items()} for b in range(thetas.shape[0])]
 
