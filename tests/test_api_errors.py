@@ -142,7 +142,7 @@ CALLS: dict[str, Call] = {
     "lscape.radius": Call(lambda: {"model": _model()}),
     "lscape.surface": Call(lambda: {"model": _model(), "loss_fn": nn.functional.cross_entropy, "data": _batch(),
                                     "directions": "filter", "grid": 3}, batches=("data",),
-                           checked=("bn", "grid")),
+                           checked=("bn", "grid", "compile")),
     "lscape.train_ensemble": Call(lambda: {"spec": _spec(), "params": _spec().init(2), "x": _mlp_xy()[0],
                                            "y": _mlp_xy()[1], "steps": 2, "lr": 0.01},
                                   tensors={"params": None, "x": 8, "y": 8}, checked=("optimizer",)),

@@ -24,6 +24,7 @@ are not repeated; count with a forward hook instead (which keeps the model plain
 from __future__ import annotations
 
 import copy
+import math
 import operator
 from collections.abc import Collection, Mapping
 
@@ -32,7 +33,7 @@ import torch.fx
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["FastForward", "fold_pairs", "prefers_channels_last"]
+__all__ = ["FastForward", "fold_pairs", "forward_cost", "prefers_channels_last"]
 
 _CONVS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -43,6 +44,33 @@ def prefers_channels_last(model: nn.Module) -> bool:
     convolutions read NHWC without the reorders NCHW costs)."""
     first = next(model.parameters(), None)
     return first is not None and first.device.type == "cpu" and any(type(m) is nn.Conv2d for m in model.modules())
+
+
+def forward_cost(model: nn.Module, X: torch.Tensor) -> tuple[float, float]:
+    """(multiply-adds, activation elements) per sample of one forward pass of `model` on X (a few rows
+    suffice): the Linear and Conv layers' outputs times their fan-in, and every leaf module's output size.
+    Counted with temporary forward hooks, under no_grad, the model left as it was (eval mode assumed: a
+    BatchNorm in train mode would move its statistics).  Functional ops outside modules are not counted."""
+    macs, elems = [0.0], [0.0]
+
+    def hook(m, _args, out):
+        if isinstance(out, torch.Tensor):
+            elems[0] += out.numel()
+            if type(m) is nn.Linear:
+                macs[0] += out.numel() * m.in_features
+            elif type(m) in _CONVS:
+                macs[0] += out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(X)
+    finally:
+        for h in handles:
+            h.remove()
+    n = max(1, X.shape[0])
+    return macs[0] / n, elems[0] / n
 
 
 def _foldable_bn(bn: nn.Module) -> bool:

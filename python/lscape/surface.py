@@ -3,8 +3,8 @@ with loss, accuracy and custom metrics on train and test data in the same forwar
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,9 +14,10 @@ from torch import nn
 
 from . import _checks
 from ._affine import AffineCache, input_layers
+from ._batched import BatchedForward, Unsupported
 from ._fastops import fast_loss
 from ._flat import FlatLayout
-from ._modeleval import FastForward
+from ._modeleval import FastForward, forward_cost
 from ._runlock import locks_file
 from .directions import Directions, random_directions
 from .executor import ExecutorLost, get_executor
@@ -183,6 +184,11 @@ class _Shared:
     x: np.ndarray
     y: np.ndarray | None
     todo: np.ndarray
+    compile: bool | str = False  # True, False or "auto" (surface's compile=)
+
+    def __getstate__(self) -> dict:
+        # a process's evaluation state (_state) stays in that process: Ray sends the surface's inputs only
+        return {k: v for k, v in self.__dict__.items() if k != "_state"}
 
 
 def _plain(forward: FastForward, data):
@@ -192,21 +198,45 @@ def _plain(forward: FastForward, data):
             yield forward(None, X), Y, X.shape[0]
 
 
-def _evaluate(outputs, loss_fn, metrics: dict, prefix: str) -> dict[str, float]:
-    """Batch-size-weighted means of loss, accuracy (classification: integer targets, outputs (N, C))
-    and custom metrics over one pass of (outputs, targets, n)."""
-    sums: dict[str, float] = {}
+def _values(out: torch.Tensor, Y, loss_fn, metrics: dict) -> dict:
+    """{name: scalar} of one batch's outputs: loss, accuracy (classification: integer targets, outputs
+    (N, C)) and the custom metrics."""
+    vals = {"loss": loss_fn(out, Y)}
+    if out.ndim == 2 and not Y.is_floating_point() and Y.ndim == 1:
+        vals["acc"] = (out.argmax(1) == Y).double().mean()
+    for name, fn in metrics.items():
+        vals[name] = fn(out, Y)
+    return vals
+
+
+def _values_many(st: _State, out: torch.Tensor, Y, loss_fn, metrics: dict) -> dict[str, np.ndarray]:
+    """_values of each point's outputs out[b] (out: (B, N, ...)) as {name: (B,) float64}: one vmapped call,
+    or point by point where the loss or a metric cannot run under torch.func.vmap (a metric calling .item()
+    or returning a float); that is remembered in st."""
+    if st.vmap_values:
+        try:
+            vals = torch.func.vmap(lambda o: _values(o, Y, loss_fn, metrics))(out)
+            return {k: v.detach().double().cpu().numpy() for k, v in vals.items()}
+        except Exception:  # noqa: BLE001 - any refusal of vmap: the same functions point by point below
+            st.vmap_values = False
+    rows = [_values(o, Y, loss_fn, metrics) for o in out]
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def _evaluate(outputs, loss_fn, metrics: dict, prefix: str, many: _State | None = None) -> dict:
+    """Batch-size-weighted means of _values over one pass of (outputs, targets, n): floats, or with
+    `many` (outputs with a leading point axis) (B,) arrays."""
+    sums: dict = {}
     total = 0
     with torch.no_grad():
         for out, Y, n in outputs:
             total += n
-            vals = {"loss": loss_fn(out, Y)}
-            if out.ndim == 2 and not Y.is_floating_point() and Y.ndim == 1:
-                vals["acc"] = (out.argmax(1) == Y).double().mean()
-            for name, fn in metrics.items():
-                vals[name] = fn(out, Y)
+            if many is None:
+                vals = {k: float(v) for k, v in _values(out, Y, loss_fn, metrics).items()}
+            else:
+                vals = _values_many(many, out, Y, loss_fn, metrics)
             for k, v in vals.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
+                sums[k] = sums.get(k, 0.0) + v * n
     return {f"{prefix}_{k}": v / total for k, v in sums.items()}
 
 
@@ -231,32 +261,180 @@ def _joined(sh: _Shared) -> tuple[torch.Tensor, int] | None:
     return (torch.cat([X, Xt]), X.shape[0]) if same and X.shape[0] > 0 and Xt.shape[0] > 0 else None
 
 
-def _split(out: torch.Tensor, sh: _Shared, n: int):
-    """The joined pass's outputs as the train and test passes' (outputs, targets, n)."""
+def _split(out: torch.Tensor, sh: _Shared, n: int, dim: int = 0):
+    """The joined pass's outputs as the train and test passes' (outputs, targets, n); dim: the samples'
+    axis (1 with a leading point axis)."""
     (_, Y), (_, Yt) = _single(sh.train), _single(sh.test)
-    return iter([(out[:n], Y, n)]), iter([(out[n:], Yt, out.shape[0] - n)])
+    return iter([(out.narrow(dim, 0, n), Y, n)]), iter([(out.narrow(dim, n, out.shape[dim] - n), Yt,
+                                                         out.shape[dim] - n)])
 
 
-def _point(model: nn.Module, layout: FlatLayout, theta: torch.Tensor, sh: _Shared, coeffs, affine,
-           fast: FastForward, joined: tuple[torch.Tensor, int] | None = None) -> dict:
-    """All metrics at theta; `affine` (train, test) AffineCaches or None for plain evaluation; `fast` the
-    model's forward with BatchNorm folded (lscape._modeleval; plain where it does not apply); joined: the
-    train and test inputs as one pass (_joined) or None."""
-    layout.load(model, theta)
+# A row's points run `batch` at a time through one forward pass (lscape._batched.BatchedForward: the
+# points' convolutions side by side as one wider or grouped convolution, their linear layers as one product)
+# when one point's forward pass is small: below BATCH_MAX_MACS multiply-adds a point, per-call overhead
+# (Python, dispatch, kernels too narrow for the vector units) costs as much as the arithmetic; above it
+# (ResNet-20: 2e10 a point) points go one by one, in place and channels-last.  batch: as many points as
+# keep one call's activations under BATCH_BYTES.
+BATCH_MAX_MACS = 1e8
+BATCH_BYTES = 1 << 26
+_PROBE_ROWS = 8  # input rows of the pass that counts a point's work (lscape._modeleval.forward_cost)
+
+
+@dataclass
+class _State:
+    """What a process evaluating a surface's rows builds once per surface (not once per row): the model's
+    copy and its traced FastForward, the affine caches, the joined inputs, the points per call."""
+    model: nn.Module
+    layout: FlatLayout
+    loss_fn: Callable
+    affine: tuple | None
+    fast: FastForward
+    forward: Callable  # fast, or its compiled form (_compiled): what _point evaluates with
+    batched: BatchedForward | None
+    joined: tuple[torch.Tensor, int] | None
+    buffers: dict
+    batch: int
+    vmap_values: bool = True  # whether loss and metrics run under vmap (_values_many)
+
+
+def _batch_size(sh: _Shared, model: nn.Module, affine, batched: BatchedForward | None) -> int:
+    """Points per call (BATCH_MAX_MACS, BATCH_BYTES); 1 (one by one) for 1-D surfaces, the affine cache,
+    bn='recompute' (buffers updated at each point) and models BatchedForward does not run (its reason)."""
+    if sh.y is None or affine or sh.bn != "eval" or batched is None or not batched.supported:
+        return 1
+    X = next(iter(sh.train))[0]
+    try:
+        macs, elems = forward_cost(model, X[:_PROBE_ROWS])
+    except Exception:  # noqa: BLE001 - a model this pass cannot run is evaluated one point at a time
+        return 1
+    passes = [b for b in (sh.train, sh.test) if b is not None]
+    samples = sum(b.samples() for b in passes)
+    rows = max(X.shape[0] for b in passes for X, _ in b)
+    per_call = max(elems, 1.0) * rows * X.element_size()
+    if macs * samples >= BATCH_MAX_MACS:
+        return 1
+    return int(max(1, min(len(sh.y), BATCH_BYTES // per_call)))
+
+
+# compile="auto" compiles where a surface's work (points to do x multiply-adds a point) passes this: the
+# break-even measured by bench/compile_break_even.py (docs/performance.md, "Compiled evaluation"): ResNet-20
+# on 512 images (2.1e10 a point) 78 s of compilation against 8 ms saved a point (1.7%): 9,400 points, 2e14;
+# the digits CNN one point at a time 30 s against 0.4 ms: 76,000 points, 7e11 (and it runs batched, faster).
+COMPILE_MIN_MACS = 2e14
+
+
+def _compile_pays(sh: _Shared, model: nn.Module) -> bool:
+    """Whether compile="auto" compiles this surface (COMPILE_MIN_MACS)."""
+    X = next(iter(sh.train))[0]
+    try:
+        macs, _ = forward_cost(model, X[:_PROBE_ROWS])
+    except Exception:  # noqa: BLE001 - a model this pass cannot run is not compiled either
+        return False
+    samples = sum(b.samples() for b in (sh.train, sh.test) if b is not None)
+    return float(sh.todo.sum()) * macs * samples >= COMPILE_MIN_MACS
+
+
+class _Compiled:
+    """FastForward's call at the model's own parameters, f(None, X), through torch.compile (compiled on
+    the first call, again for a new input shape) of its out-of-place folded graph (inductor fuses the
+    ReLUs itself; the oneDNN conv+ReLU op of the in-place graph has a fake kernel that misstates
+    channels-last strides); other calls, and any where compilation fails (no C++ compiler, an op inductor
+    refuses: a warning says so once), run uncompiled."""
+
+    def __init__(self, fast: FastForward) -> None:
+        self.fast = fast
+
+        def run(X: torch.Tensor) -> torch.Tensor:
+            if fast.channels_last and X.dim() == 4:
+                X = X.contiguous(memory_format=torch.channels_last)
+            return (fast.graph_module if fast.active else fast.model)(X)
+
+        self.fn = torch.compile(run, dynamic=False)
+        self.failed = False
+
+    def __call__(self, params, X: torch.Tensor, buffers=None) -> torch.Tensor:
+        if params is not None or buffers is not None or self.failed:
+            return self.fast(params, X, buffers)
+        try:
+            return self.fn(X)
+        except Exception as exc:  # noqa: BLE001 - compilation is an optimisation: plain evaluation instead
+            self.failed = True
+            warnings.warn(f"compile: torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); evaluating "
+                          "uncompiled", RuntimeWarning, stacklevel=2)
+            return self.fast(params, X, buffers)
+
+
+def _state(sh: _Shared) -> _State:
+    """This process's _State of the surface sh, built on the first row it evaluates."""
+    st = sh.__dict__.get("_state")
+    if st is not None:
+        return st
+    model = copy.deepcopy(sh.model)
+    layout = FlatLayout.of(model)
+    p0 = next(model.parameters())
+    model.eval()
+    affine = _affine_caches(model, layout, torch.as_tensor(sh.center, dtype=p0.dtype),
+                            torch.as_tensor(sh.directions, dtype=p0.dtype), sh)
+    # built after model.eval(): with bn='recompute' the BatchNorms go through train mode at each point,
+    # and FastForward then evaluates plainly while they are in it
+    fast = FastForward(model, exclude=sh.affine if affine else ())
+    # the faster cross-entropy, here on the worker's copy (Ray pickles sh).  Not _fastops.narrow_linears:
+    # on the benchmark's CNN surface it made the whole pass slower (0.87 s against 0.60 s, 21 x 21 grid)
+    batched = None if affine or sh.bn != "eval" or sh.y is None or sh.compile is True else BatchedForward(fast)
+    st = _State(model, layout, fast_loss(sh.loss_fn), affine, fast, fast, batched, None if affine else _joined(sh),
+                dict(model.named_buffers()), _batch_size(sh, model, affine, batched))
+    if sh.compile is True or sh.compile == "auto" and st.batch == 1 and not affine and _compile_pays(sh, model):
+        st.forward = _Compiled(fast)
+    sh.__dict__["_state"] = st
+    return st
+
+
+def _point(st: _State, theta: torch.Tensor, sh: _Shared, coeffs) -> dict:
+    """All metrics at theta, one point: the affine caches (st.affine) where they apply, else st.fast
+    (the model's forward with BatchNorm folded, lscape._modeleval; plain where it does not apply) on the
+    joined train and test inputs (_joined) or on each pass."""
+    st.layout.load(st.model, theta)
     if sh.bn == "recompute":
         # one pass over the training data in train mode with cumulative averages (momentum None)
-        torch.optim.swa_utils.update_bn(sh.train, model)
-    model.eval()
-    if joined is not None and not affine:
+        torch.optim.swa_utils.update_bn(sh.train, st.model)
+    st.model.eval()
+    affine, fast, loss_fn = st.affine, st.forward, st.loss_fn
+    if st.joined is not None:
         with torch.no_grad():
-            train, test = _split(fast(None, joined[0]), sh, joined[1])
-        return {**_evaluate(train, sh.loss_fn, sh.metrics, "train"), **_evaluate(test, sh.loss_fn, sh.metrics, "test")}
+            train, test = _split(fast(None, st.joined[0]), sh, st.joined[1])
+        return {**_evaluate(train, loss_fn, sh.metrics, "train"), **_evaluate(test, loss_fn, sh.metrics, "test")}
     train = affine[0].outputs(coeffs, forward=fast) if affine else _plain(fast, sh.train)
-    out = _evaluate(train, sh.loss_fn, sh.metrics, "train")
+    out = _evaluate(train, loss_fn, sh.metrics, "train")
     if sh.test is not None:
         test = affine[1].outputs(coeffs, forward=fast) if affine else _plain(fast, sh.test)
-        out.update(_evaluate(test, sh.loss_fn, sh.metrics, "test"))
+        out.update(_evaluate(test, loss_fn, sh.metrics, "test"))
     return out
+
+
+def _points(st: _State, thetas: torch.Tensor, sh: _Shared) -> list[dict] | None:
+    """All metrics at each of the points thetas (B, D), one BatchedForward call per batch of data; None
+    where it refuses a shape at run time (lscape._batched.Unsupported, or an op's RuntimeError): the caller
+    then evaluates them one by one, which raises any error that is the data's or the model's."""
+    params = st.layout.split(thetas)
+
+    def outputs(X: torch.Tensor) -> torch.Tensor:  # (B, N, ...)
+        return st.batched(params, X, st.buffers)
+
+    def passes(data):
+        return ((outputs(X), Y, X.shape[0]) for X, Y in data)
+
+    try:
+        with torch.no_grad():
+            if st.joined is not None:
+                train, test = _split(outputs(st.joined[0]), sh, st.joined[1], dim=1)
+            else:
+                train, test = passes(sh.train), None if sh.test is None else passes(sh.test)
+            vals = _evaluate(train, st.loss_fn, sh.metrics, "train", many=st)
+            if test is not None:
+                vals.update(_evaluate(test, st.loss_fn, sh.metrics, "test", many=st))
+    except (Unsupported, RuntimeError):  # a shape its rules refuse: one by one, which raises a real error
+        return None
+    return [{k: float(v[b]) for k, v in vals.items()} for b in range(thetas.shape[0])]
 
 
 def _affine_caches(model, layout, center, dirs, sh: _Shared):
@@ -272,29 +450,34 @@ def _affine_caches(model, layout, center, dirs, sh: _Shared):
 
 def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
     """Row i of the grid: {j: {metric: value}} for the cells still to do (j = 0 for a 1-D surface)."""
-    model = copy.deepcopy(sh.model)
-    layout = FlatLayout.of(model)
-    p0 = next(model.parameters())
+    st = _state(sh)
+    p0 = next(st.model.parameters())
     center = torch.as_tensor(sh.center, dtype=torch.float64)
     dirs = torch.as_tensor(sh.directions, dtype=torch.float64)
-    model.eval()
-    affine = _affine_caches(model, layout, center.to(p0.dtype), dirs.to(p0.dtype), sh)
-    # the faster cross-entropy, here on the worker's copy (Ray pickles sh).  Not _fastops.narrow_linears:
-    # on the benchmark's CNN surface it made the whole pass slower (0.87 s against 0.60 s, 21 x 21 grid)
-    sh = dataclasses.replace(sh, loss_fn=fast_loss(sh.loss_fn))
-    # built after model.eval(): with bn='recompute' the BatchNorms go through train mode at each point,
-    # and FastForward then evaluates plainly while they are in it
-    fast = FastForward(model, exclude=sh.affine if affine else ())
-    joined = None if affine else _joined(sh)
     ys = [None] if sh.y is None else list(sh.y)
-    out = {}
-    for j, b in enumerate(ys):
-        if not sh.todo[i] if sh.y is None else not sh.todo[i, j]:
-            continue
-        theta = center + sh.x[i] * dirs[0] + (0.0 if b is None else b * dirs[1])
-        coeffs = (float(sh.x[i]),) if b is None else (float(sh.x[i]), float(b))
-        out[j] = _point(model, layout, theta.to(dtype=p0.dtype, device=p0.device), sh, coeffs, affine, fast,
-                        joined)
+    cells = [j for j in range(len(ys)) if (sh.todo[i] if sh.y is None else sh.todo[i, j])]
+
+    def theta(j: int) -> torch.Tensor:
+        b = ys[j]
+        t = center + sh.x[i] * dirs[0] + (0.0 if b is None else b * dirs[1])
+        return t.to(dtype=p0.dtype, device=p0.device)
+
+    out: dict[int, dict[str, float]] = {}
+    k = 0
+    while k < len(cells):
+        size = -(-(len(cells) - k) // -(-(len(cells) - k) // st.batch))  # equal chunks: 41 = 11 + 10 + 10 + 10
+        chunk = cells[k:k + size]
+        if len(chunk) > 1:
+            got = _points(st, torch.stack([theta(j) for j in chunk]), sh)
+            if got is not None:
+                out.update(zip(chunk, got, strict=True))
+                k += len(chunk)
+                continue
+            st.batch = 1  # BatchedForward refused a shape: one point at a time from here on
+        j = cells[k]
+        coeffs = (float(sh.x[i]),) if ys[j] is None else (float(sh.x[i]), float(ys[j]))
+        out[j] = _point(st, theta(j), sh, coeffs)
+        k += 1
     return out
 
 
@@ -322,7 +505,7 @@ def _resume(file, x, y, center, dirs, overwrite: bool) -> Surface | None:
 def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, center=None,
             metrics: dict[str, Callable] | None = None, test_data=None, bn: str = "eval", file: str | None = None,
             executor=None, max_batches: int | None = None, progress: bool = False,
-            affine: bool = True, overwrite: bool = False) -> Surface:
+            affine: bool = True, overwrite: bool = False, compile: bool | str = False) -> Surface:
     """The loss surface of `model` at center + x u (+ y v) on a grid.
 
     directions: a Directions (lscape.directions.random_directions / plane_through / pca_directions), a
@@ -347,6 +530,11 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     affine: with bn='eval', the layers that read the input (an nn.Linear / nn.Conv whose input does not
       depend on the parameters, such as the first layer of an MLP or CNN) get their products X W0, X U,
       X V once per row and batch, and one fused sum per point (lscape._affine); False: plain evaluation.
+    compile: True evaluates each point through torch.compile of the model's forward (BatchNorm folded; one
+      point per call, no affine cache), after a compilation of seconds to a minute; "auto" does so only
+      where the measured break-even says it pays (lscape.surface.COMPILE_MIN_MACS: a long surface of a large
+      model evaluated one point at a time); False (default): never.  The values equal the uncompiled ones to
+      float rounding.  docs/performance.md has the measurements.
     Returns a Surface with values train_loss, train_acc, test_loss, test_acc, train_<name>, ..."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: got {type(model).__name__}, expected a torch.nn.Module")
@@ -354,6 +542,8 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
         raise TypeError(f"loss_fn: got {_checks.describe(loss_fn)}, expected a callable loss_fn(outputs, targets)")
     if data is None:
         raise TypeError("data: got None, expected (inputs, targets) or a re-iterable of such batches")
+    if compile not in (True, False, "auto") or isinstance(compile, (int, float)) and not isinstance(compile, bool):
+        raise ValueError(f"compile: got {compile!r}, expected True, False or 'auto'")
     if bn not in BN_MODES:
         raise ValueError(f"bn: got {bn!r}, expected one of {BN_MODES}")
     metrics = dict(metrics or {})
@@ -376,9 +566,9 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     for name, batches in (("data", train), ("test_data", test)):
         _check_batch(name, model, loss_fn, batches)
     layers = input_layers(model, layout, next(iter(train))[0], terms=1 + dirs.vectors.shape[0]) \
-        if affine and bn == "eval" else ()
+        if affine and bn == "eval" and compile is not True else ()
     sh = _Shared(model, loss_fn, metrics, train, test, layers, bn,
-                 center, dirs.vectors, x, y, ~s.done)
+                 center, dirs.vectors, x, y, ~s.done, compile)
     rows = [i for i in range(x.shape[0]) if sh.todo[i].any()]
 
     def on_result(i: int, cells: dict) -> None:

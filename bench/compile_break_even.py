@@ -1,0 +1,67 @@
+"""Where lscape.surface's compile=True pays (issue 26 item 2): seconds to compile the one-point evaluation
+(lscape.surface._Compiled: torch.compile of FastForward's folded graph) and the seconds a point costs with and without
+it, for ResNet-20 (512 CIFAR-shaped images, BatchNorm folded) and the digits CNN (1,798 8x8 images, one point
+at a time).  Thread time of this process (the machine is shared: wall clocks move with its load).
+
+    PYTHONPATH=python python bench/compile_break_even.py [resnet|digits ...]
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import lscape.data
+import torch
+from lscape._flat import FlatLayout
+from lscape._modeleval import FastForward
+from lscape.models import resnet20
+from lscape.surface import _Compiled
+from torch import nn
+
+
+def case(name: str):
+    if name == "resnet":
+        g = torch.Generator().manual_seed(0)
+        return resnet20(1, 10, 3, seed=0).eval(), torch.randn(512, 3, 32, 32, generator=g)
+    d = lscape.data.digits()
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10)).eval()
+    return m, torch.cat([d.x_train, d.x_test]).reshape(-1, 1, 8, 8)
+
+
+def per_call(fn, X, layout, model, theta, reps: int) -> float:
+    best = float("inf")
+    for _ in range(3):
+        t = time.thread_time()
+        for _ in range(reps):
+            layout.load(model, theta)
+            fn(X)
+        best = min(best, (time.thread_time() - t) / reps)
+    return best
+
+
+def main(names: list[str]) -> None:
+    torch.set_num_threads(1)
+    for name in names:
+        model, X = case(name)
+        layout = FlatLayout.of(model)
+        theta = layout.flatten(model)
+        fast = FastForward(model)
+        comp = _Compiled(fast)  # what lscape.surface(compile=True) evaluates with
+        plain, compiled = (lambda X, f=fast: f(None, X)), (lambda X, f=comp: f(None, X))
+        with torch.no_grad():
+            t = time.perf_counter()
+            compiled(X)
+            compile_s = time.perf_counter() - t
+            reps = 2 if name == "resnet" else 50
+            a, b = per_call(plain, X, layout, model, theta, reps), per_call(compiled, X, layout, model, theta, reps)
+            diff = float((compiled(X) - plain(X)).abs().max() / plain(X).abs().max())
+        saved = a - b
+        even = compile_s / saved if saved > 0 else float("inf")
+        print(f"{name}: compile {compile_s:.1f} s (wall); a point {a * 1e3:.2f} ms plain, {b * 1e3:.2f} ms "
+              f"compiled (thread time); saves {saved * 1e3:.2f} ms a point; break-even {even:.0f} points; "
+              f"max rel diff {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["digits", "resnet"])
