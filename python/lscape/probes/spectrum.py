@@ -258,7 +258,8 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
 
     theta: (D,).  which: "LA" the largest (descending), "SA" the smallest (ascending), "LM" the largest in
     magnitude (descending |lambda|).
-    method="lanczos": thick-restart Lanczos (Wu & Simon 2000), fully reorthogonalised, one Hessian-vector product per step, in a basis of at most m vectors (default
+    method="lanczos": thick-restart Lanczos (Wu & Simon 2000), fully reorthogonalised, one
+    Hessian-vector product per step, in a basis of at most m vectors (default
     2k + 10, or up to 60 while the basis fits in 32 MiB, at most D; m >= k + 2): when it is full, the k
     wanted Ritz vectors and half the rest, those nearest the wanted end, replace it.  The coefficients and
     the small eigenproblems are float64.
