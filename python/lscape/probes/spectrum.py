@@ -85,7 +85,8 @@ class _HVP:
         self._stream = _batch_loss_terms(landscape)
         if self._stream is not None:
             return
-        self.x, self.g = _gradient_graph(landscape.point_loss, theta)
+        # a module landscape's loss in the layout its double backward runs fastest in (Landscape.from_module)
+        self.x, self.g = _gradient_graph(getattr(landscape, "hvp_point_loss", None) or landscape.point_loss, theta)
 
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
         out = torch.empty(V.shape, dtype=_F64, device=self.device)
