@@ -606,3 +606,30 @@ def test_loose_tol_bounds_each_value_and_tight_tol_finds_the_top_k(which):
         tight = hessian_eigs(L, theta, 3, which=which, tol=1e-6, seed=seed).numpy()
         np.testing.assert_allclose(tight, want, atol=1e-6 * scale, err_msg=f"seed {seed}")
     assert wrong <= 3
+
+
+@pytest.mark.parametrize("channels", [8, 128])
+def test_module_hvp_in_either_layout_matches_plain_autograd(channels):
+    """Landscape.from_module builds the products' gradient graph NCHW on convolutions of >= 128 channels
+    (channels-last below): either way the products are double backward through the plain module's loss."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 3)).double()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.2, 0.2)
+        model[1].running_var.uniform_(0.5, 1.5)
+    model.eval()
+    gen = torch.Generator().manual_seed(1)
+    X, Y = torch.randn(6, 2, 4, 4, generator=gen, dtype=F64), torch.randint(0, 3, (6,), generator=gen)
+    L = Landscape.from_module(model, nn.functional.cross_entropy, (X, Y))
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    V = torch.randn(3, L.dim, generator=gen, dtype=F64)
+    params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    names = [n for n, _ in model.named_parameters()]
+    out = torch.func.functional_call(model, dict(zip(names, params, strict=True)), (X,))
+    loss = nn.functional.cross_entropy(out, Y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    g = torch.cat([x.reshape(-1) for x in grads])
+    want = torch.stack([torch.cat([h.reshape(-1) for h in torch.autograd.grad(g, params, v, retain_graph=True)])
+                        for v in V])
+    torch.testing.assert_close(hvp(L, theta, V), want, rtol=1e-9, atol=1e-11)
