@@ -64,6 +64,11 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _progress(products: int) -> None:
+    """A line on stderr per product (products so far, CPU seconds): what a long case had done when stopped."""
+    print(f"product {products} cpu {_cpu():.1f}", file=sys.stderr, flush=True)
+
+
 def one(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     model, X, Y = _case(a.width, a.images)
@@ -78,6 +83,7 @@ def one(a: argparse.Namespace) -> dict:
 
         def counting(self, V):
             counter[0] += V.shape[0]
+            _progress(counter[0])
             return call(self, V)
 
         spectrum._HVP.__call__ = counting
@@ -107,6 +113,7 @@ def one(a: argparse.Namespace) -> dict:
 
         def counting(gradsH, params, v):
             counter[0] += 1
+            _progress(counter[0])
             return hvp(gradsH, params, v)
 
         ph.hessian_vector_product = counting
