@@ -116,8 +116,8 @@ def error_bound(vals: np.ndarray, idx: np.ndarray, resid: np.ndarray, vectors: b
 
     resid: (n,) the residuals of all n Ritz pairs (wanted ones at idx).  gap_i is a lower bound on the
     distance from theta_i to the eigenvalues the other Ritz values stand for: each theta_j has one
-    within r_j, so gap_i = min_j (|theta_i - theta_j| - r_j).  Where that is not positive (the gap is
-    not resolved yet) the bound is r_i.  An eigenvalue with no Ritz value near it yet (its direction
+    within r_j, so gap_i = min_j (|theta_i - theta_j| - r_j).  Where that is not larger than r_i (the
+    gap is not resolved yet) the bound is r_i.  An eigenvalue with no Ritz value near it yet (its direction
     barely in the Krylov space) is not seen by any such bound: see lanczos' docstring."""
     r = resid[idx]
     if vectors or len(vals) < 2:

@@ -293,8 +293,8 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     tol relative (|theta - theta'| / |theta|) between consecutive Lanczos steps (default tol 1e-3, its
     default); a heuristic, like PyHessian's, with no bound on the error (a slowly moving value can stop it
     early), and the Ritz vectors' residuals are not checked.  Measured on a BatchNorm ResNet-20 (width 1,
-    16 images, bench/hessian_resnet.py): top-2 in 19 products, within 8.5e-4 of the exact values, and
-    top-5 in 26, its 5th value 2.9% low (stalled for a few steps), where tol=1e-3 took 24 and 45 and
+    16 images, bench/hessian_resnet.py, from a random start): top-2 in 19 products, within 8.5e-4 of the
+    exact values, and top-5 in 26, its 5th value 2.9% low (stalled for a few steps), where tol=1e-3 took 24 and 45 and
     PyHessian 38 and 157; stop="change" with tol=1e-4 took 24 and 44, within 6e-5.
     A closed Krylov space restarts from a random vector, so exact multiplicities are found; close clusters
     need more products.  No error bound sees an eigenvalue whose direction is not yet in the Krylov space:
