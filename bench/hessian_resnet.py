@@ -8,17 +8,21 @@ on the CPU), each case alone in its own process so that its peak memory (ru_maxr
     # one case in this process (what `compare` runs in each subprocess); prints one JSON line
     PYTHONPATH=python python bench/hessian_resnet.py one --who lscape --width 10 --images 32 --k 5
     PYTHONPATH=python python bench/hessian_resnet.py one --who lscape-slq --width 10 --images 32 --steps 100
+    # issue 26's row: ResNet-20 (width 1), top-5 at matched accuracy, both at tol 1e-6
+    PYTHONPATH=python nice -n 19 python bench/hessian_resnet.py compare --width 1 --images 16 --ks 5 \
+        --maxiter 1000 --cases pyhessian:1e-6 lscape:1e-6 lscape:default
 
 Cases:
   lscape          lscape.probes.spectrum.hessian_eigs(k) on Landscape.from_module (thick-restart Lanczos,
-                  basis of 2k + 10 vectors; --tol default: float32's eps |H| on each eigenvalue's error bound)
+                  basis of 2k + 10 vectors, started from the gradient plus a random vector; --tol default:
+                  float32's eps |H| on each eigenvalue's error bound)
   lscape-f64      the same with basis_dtype=torch.float64 (the default for a float32 landscape is a float32
                   basis)
   lscape-change   the same with stop="change": every wanted Ritz value changed by < tol relative between
                   consecutive Lanczos steps (PyHessian's reading of tol; --tol default: 1e-3)
   lscape-slq      lscape.probes.spectrum.spectral_density(n_vectors=1, steps=--steps)
   pyhessian       pyhessian.hessian(model, CE, data=(X, Y)).eigenvalues(top_n=k) (power iteration with
-                  deflation; --tol default: its own 1e-3, maxIter 100)
+                  deflation; --tol default: its own 1e-3; --maxiter default: its own 100 per eigenvalue)
 Each prints: CPU and wall seconds of the solve (model, data and import excluded; CPU time, user + system,
 is what the ratios use: on a shared machine it counts the work, whatever the load), Hessian-vector
 products, CPU seconds per product, peak resident memory of the whole process (GB, from getrusage: the
@@ -60,6 +64,11 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _progress(products: int) -> None:
+    """A line on stderr per product (products so far, CPU seconds): what a long case had done when stopped."""
+    print(f"product {products} cpu {_cpu():.1f}", file=sys.stderr, flush=True)
+
+
 def one(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     model, X, Y = _case(a.width, a.images)
@@ -74,6 +83,7 @@ def one(a: argparse.Namespace) -> dict:
 
         def counting(self, V):
             counter[0] += V.shape[0]
+            _progress(counter[0])
             return call(self, V)
 
         spectrum._HVP.__call__ = counting
@@ -103,6 +113,7 @@ def one(a: argparse.Namespace) -> dict:
 
         def counting(gradsH, params, v):
             counter[0] += 1
+            _progress(counter[0])
             return hvp(gradsH, params, v)
 
         ph.hessian_vector_product = counting
@@ -110,6 +121,8 @@ def one(a: argparse.Namespace) -> dict:
         kw = {}
         if tol is not None:
             kw["tol"] = tol
+        if a.maxiter is not None:
+            kw["maxIter"] = a.maxiter
         if a.products_only is not None:
             kw["maxIter"] = a.products_only
         t0, c0 = time.perf_counter(), _cpu()
@@ -134,6 +147,8 @@ def compare(a: argparse.Namespace) -> None:
             str(a.images), "--threads", str(a.threads)]
     if a.products_only is not None:
         base += ["--products-only", str(a.products_only)]
+    if a.maxiter is not None:
+        base += ["--maxiter", str(a.maxiter)]
     for k in a.ks:
         for case in a.cases:
             who, tol = case.split(":")
@@ -173,6 +188,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--products-only", type=int, default=None)
+    ap.add_argument("--maxiter", type=int, default=None, help="PyHessian's maxIter per eigenvalue (its default: 100)")
     ap.add_argument("--cases", nargs="+", default=["pyhessian:default", "lscape:default", "lscape:1e-3",
                                                    "lscape-change:1e-3"],
                     help="who:tol pairs that `compare` runs, in order")

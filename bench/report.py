@@ -83,6 +83,7 @@ PROBE_TIMED = {f"probe-interp-200-{net}": ("lscape", {"loss-landscapes": least, 
                for net, least in zip(INTERP_NETS, (1.2, 2.0), strict=True)}
 PROBE_TIMED.update({
     "probe-hessian-top5": ("lscape lanczos", {"PyHessian": 3.0, "PyHessian tol 1e-6": 6.0}),
+    "probe-hessian-resnet20-top5": ("lscape lanczos", {"PyHessian tol 1e-6": 3.0}),  # issue 26, matched accuracy
     "surface-41x41": ("lscape", {"loss-landscapes": 1.5}),  # issue 26
     "surface-resnet20-2x2": ("lscape", {"loss-landscapes": 1.7, "plain model(X) loop": 1.7}),
     # a walk step at most 1.3x the loss_and_grad of its points (issue 26): the floor's speed over lscape's
@@ -96,6 +97,8 @@ GROUP_TITLES.update({**{f"probe-interp-200-{n}": f"loss at 200 alphas on the ini
                      "walk-step-mnist-784-100x3": "16 gradient walks x 5 steps, 784-100-100-100-10 ELU, batch 100",
                      "surface-resnet20-2x2": "2 x 2 loss surface of ResNet-20 (BatchNorm, eval) on 512 3x32x32 images",
                      "probe-hessian-top5": "top-5 Hessian eigenvalues, digits FC net",
+                     "probe-hessian-resnet20-top5": "top-5 Hessian eigenvalues at tol 1e-6, ResNet-20 (BatchNorm, "
+                                                    "eval) on 16 3x32x32 images",
                      "subspace-step-B128": "one Adam step, 3072-200-200-10 net (D = 656,810), d = 9,000, batch 128",
                      "intrinsic-epoch-mnist": "intrinsic_dimension's training loop, MNIST 784-200-200-10 (D = "
                                               "199,210), 50 steps of batch 128 (a partial epoch), Adam + L2"})

@@ -154,7 +154,7 @@ CALLS: dict[str, Call] = {
     "lscape.probes.hessian": Call(lambda: {"landscape": _landscape(), "thetas": _theta()[None]},
                                   tensors={"thetas": None}),
     "lscape.probes.hessian_eigs": Call(lambda: {"landscape": _landscape(), "theta": _theta(), "k": 2},
-                                       tensors={"theta": 3}, checked=("method",)),
+                                       tensors={"theta": 3}, checked=("method", "start", "stop")),
     "lscape.probes.hutchinson_trace": Call(lambda: {"landscape": _landscape(), "theta": _theta(), "n_samples": 4},
                                            tensors={"theta": 3}),
     "lscape.probes.hvp": Call(lambda: {"landscape": _landscape(), "theta": _theta(), "vs": torch.eye(3)},

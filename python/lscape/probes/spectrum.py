@@ -13,6 +13,8 @@ bookkeeping, 15% faster).  Otherwise they differentiate `landscape.point_loss` (
 the landscape has one: a plain graph, 1.6x faster to backpropagate through than a vmapped one on a digits
 MLP) twice: the gradient's graph is built once per point (create_graph) and every product is one backward
 pass through it (double backward), vectors batched with `is_grads_batched` when several are asked at once.
+A module landscape builds that graph NCHW when it has a convolution of >= 128 channels (its double
+backward ran 8% faster so on a ResNet-20 at width x4, channels-last 11% faster at x1; `hvp_point_loss`).
 On a BatchNorm ResNet-20 (width 1, 32 images, one thread, bench/hessian_hvp_methods.py) double backward
 took 0.50 s a vector, four batched 0.63 s a vector, torch.func.jvp of grad (forward-over-reverse) 0.94 s
 and its vmap over four vectors 0.92 s: double backward is the product used.  A module landscape over
@@ -47,6 +49,7 @@ __all__ = ["classify_stationary", "hessian_eigs", "hutchinson_trace", "hvp", "sp
 
 WHICH = ("LA", "SA", "LM")
 METHODS = ("lanczos", "dense")
+STARTS = ("auto", "gradient", "random")  # hessian_eigs' first Lanczos vector (see _start_vector)
 STOPS = ("residual", "change")  # hessian_eigs' stopping rules: the exact error bound; PyHessian's reading
 CHANGE_TOL = 1e-3  # stop="change"'s default tol: PyHessian's default
 BASIS_DTYPES = (torch.float64, torch.float32)
@@ -77,14 +80,15 @@ class _HVP:
         self.dtype, self.device = landscape.dtype, landscape.device
         self._batched = True  # until is_grads_batched meets an op it cannot batch
         theta = theta.detach().to(dtype=self.dtype, device=self.device)
-        self.theta, self._stream, self.g = theta, None, None
+        self.theta, self._stream, self.g, self._landscape = theta, None, None, landscape
         self._mlp = MLPHessian.of(landscape, theta)  # an MLP under cross-entropy: the R-operator written out
         if self._mlp is not None:
             return
         self._stream = _batch_loss_terms(landscape)
         if self._stream is not None:
             return
-        self.x, self.g = _gradient_graph(landscape.point_loss, theta)
+        # a module landscape's loss in the layout its double backward runs fastest in (Landscape.from_module)
+        self.x, self.g = _gradient_graph(getattr(landscape, "hvp_point_loss", None) or landscape.point_loss, theta)
 
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
         out = torch.empty(V.shape, dtype=_F64, device=self.device)
@@ -107,6 +111,19 @@ class _HVP:
             out[i:i + self.batch] = self._apply(self.x, self.g,
                                                 V[i:i + self.batch].to(dtype=self.dtype, device=self.device))
         return out
+
+    @property
+    def holds_gradient(self) -> bool:
+        """Whether the gradient at theta is at hand (the gradient graph is held), so costs nothing."""
+        return self._mlp is None and self._stream is None
+
+    def gradient(self) -> torch.Tensor:
+        """The loss's gradient at theta, (D,) float64: free where the gradient graph is held, else one
+        loss_and_grad of the landscape (one more pass over its data)."""
+        if self.holds_gradient:
+            return torch.zeros(self.theta.shape[0], dtype=_F64, device=self.device) if self.g is None \
+                else self.g.detach().to(_F64)
+        return self._landscape.loss_and_grad(self.theta[None])[1][0].to(_F64)
 
     def _apply(self, x: torch.Tensor, g: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         if V.shape[0] > 1 and self._batched:
@@ -226,35 +243,65 @@ def _basis_dtype_arg(basis_dtype) -> torch.dtype:
     return basis_dtype
 
 
+def _start_vector(op: _HVP, D: int, gen: torch.Generator, device: torch.device, start: str) -> torch.Tensor:
+    """Lanczos' first vector, (D,) float64: a random one (seeded), plus, for start="gradient" (and "auto"
+    where the gradient costs nothing: its graph is held for the products), the unit gradient.  The
+    gradient of a network's loss lies mostly in its Hessian's top eigen-directions (Gur-Ari, Roberts &
+    Dyer 2018), so the top eigenvalues converge in fewer products; the random half keeps every
+    direction's share of the start about what a random start gives it (a Gaussian component shifted by
+    the gradient's is no likelier to be small), so nothing a random start finds is missed."""
+    r = torch.randn(D, generator=gen, dtype=_F64).to(device)
+    r /= r.norm()
+    if start == "random" or (start == "auto" and not op.holds_gradient):
+        return r
+    g = op.gradient()
+    size = float(g.norm())
+    return r if not math.isfinite(size) or size == 0.0 else r + g / size
+
+
 def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos", iters: int | None = None,
                  seed: int = 0, which: str = "LA", *, tol: float | None = None, return_vectors: bool = False,
                  batch: int = 32, m: int | None = None, basis_dtype: torch.dtype | None = None,
-                 stop: str = "residual") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                 stop: str = "residual", start: str = "auto") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The k extreme eigenvalues of the Hessian H(theta) of the landscape's loss.
 
     theta: (D,).  which: "LA" the largest (descending), "SA" the smallest (ascending), "LM" the largest in
     magnitude (descending |lambda|).
-    method="lanczos": thick-restart Lanczos (Wu & Simon 2000) from a random start (seeded), fully
-    reorthogonalised, one Hessian-vector product per step, in a basis of at most m vectors (default
+    method="lanczos": thick-restart Lanczos (Wu & Simon 2000), fully reorthogonalised, one
+    Hessian-vector product per step, in a basis of at most m vectors (default
     2k + 10, or up to 60 while the basis fits in 32 MiB, at most D; m >= k + 2): when it is full, the k
     wanted Ritz vectors and half the rest, those nearest the wanted end, replace it.  The coefficients and
     the small eigenproblems are float64.
+    start="gradient" begins from the unit gradient plus a unit random vector (seeded): a network's
+    gradient lies mostly in its Hessian's top eigen-directions, so the largest eigenvalues converge in
+    fewer products (on a ResNet-20 at initialisation, the top one to 1e-3 in 5 products instead of 10, the
+    top 2 in 10 instead of 12), while the random half keeps every direction's share about what a random
+    start gives it; start="random": the random vector alone.  start="auto" (the default): "gradient"
+    where the gradient is free (the products differentiate its graph: module and function landscapes on
+    one batch), "random" where it would cost a pass over the data (an MLP's written-out products,
+    streamed batches; at a trained digits MLP's minimum it saved nothing there).
     stop="residual" (the default) stops once the k Ritz pairs have converged: their eigenvalues' error
-    bounds min(r, r^2 / gap) (r: the Ritz residual; gap: to the nearest other Ritz value) below tol * |H|
+    bounds min(r, r^2 / gap) (r: the Ritz residual; gap: to the eigenvalues the other Ritz values stand
+    for, each within its own residual; r alone where that gap is not resolved yet) below tol * |H|
     (default tol: the landscape dtype's eps, i.e. exact to the products' precision), or with return_vectors
     their residuals r below tol * |H| (default: 100 eps, at least 1e-12); or after iters products (default
     max(300, 50 k)) with a RuntimeWarning. tol=1e-3 asks for about PyHessian's accuracy (its default stops
     when an eigenvalue changes by less than 1e-3 relative between power iterations) in fewer products (on
-    BatchNorm ResNet-20s, bench/hessian_resnet.py: 15, 24 and 45 where PyHessian took 27, 38 and 157).
+    BatchNorm ResNet-20s, bench/hessian_resnet.py: 12 for the top 2 at width x4, 23 and 39 for the top 2
+    and 5 at x1, where PyHessian took 27, 38 and 157).
     stop="change" reads tol as PyHessian does: it stops once every wanted Ritz value changed by less than
     tol relative (|theta - theta'| / |theta|) between consecutive Lanczos steps (default tol 1e-3, its
     default); a heuristic, like PyHessian's, with no bound on the error (a slowly moving value can stop it
     early), and the Ritz vectors' residuals are not checked.  Measured on a BatchNorm ResNet-20 (width 1,
-    16 images, bench/hessian_resnet.py): top-2 in 19 products, within 8.5e-4 of the exact values, and
-    top-5 in 26, its 5th value 2.9% low (stalled for a few steps), where tol=1e-3 took 24 and 45 and
+    16 images, bench/hessian_resnet.py, from a random start): top-2 in 19 products, within 8.5e-4 of the
+    exact values, and top-5 in 26, its 5th value 2.9% low (stalled for a few steps), where tol=1e-3 took 24 and 45 and
     PyHessian 38 and 157; stop="change" with tol=1e-4 took 24 and 44, within 6e-5.
     A closed Krylov space restarts from a random vector, so exact multiplicities are found; close clusters
-    need more products.
+    need more products.  No error bound sees an eigenvalue whose direction is not yet in the Krylov space:
+    at a loose tol, Lanczos can stop with a converged k-th value that is the (k+1)-th eigenvalue (a
+    start with almost no component along the k-th eigenvector; on a D = 33 MLP, tests: at tol 1e-3, 2
+    and 1 runs in 20 for the 3 largest and smallest, none at tol 1e-6).  Where the k-th value matters
+    at a loose tol, ask for k + 2 and keep k (none in 20 there).
     basis_dtype: how the basis is stored.  torch.float32 halves its memory: vectors are stored rounded to
     float32 (the products of a float32 landscape see them rounded anyway) while every coefficient and
     reorthogonalisation is float64.  Measured on float64 products (tests): eigenvalues within 2e-9 |H|
@@ -278,6 +325,7 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     m = _basis_size(k, D, m)
     max_products = max(300, 50 * k) if iters is None else _checks.int_arg("iters", iters, low=k)
     _checks.choice_arg("stop", stop, STOPS)
+    _checks.choice_arg("start", start, STARTS)
     if tol is None and stop == "change":
         tol = CHANGE_TOL
     elif tol is None:
@@ -306,8 +354,9 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
         return (vals[idx], vecs[:, idx].T.contiguous()) if return_vectors else vals[idx]
     op = hessian_operator(L, t, batch)
     gen = torch.Generator().manual_seed(seed)
+    q0 = _start_vector(op, D, gen, L.device, start)
     vals, vecs, _ = _krylov.lanczos(op, D, k, m, which, tol, _breakdown_tol(L.dtype), gen, L.device,
-                                    return_vectors, max_products, basis_dtype, stop)
+                                    return_vectors, max_products, basis_dtype, stop, q0)
     return (vals, vecs) if return_vectors else vals
 
 
