@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_run_outputs, smoke_run_fixture
-from lscape import experiments
+from lscape import cli, experiments
 from lscape.experiments import common
 from lscape.experiments import intrinsic_dimension as idim
 
@@ -83,6 +83,50 @@ def test_paper_networks_have_li_et_al_sizes_and_init():
                 assert p.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.25), name
     assert cfg.dataset == "mnist" and cfg.seeds == 3
     assert (cfg.lr, cfg.beta2, cfg.l2, cfg.batch) == (1e-3, 0.99, 1e-4, 128)
+    # the stored sparse P by name (what "auto" picks may change), and d swept on both sides of Li et al.'s
+    assert cfg.storage == "indices" and cfg.fc_epochs == 100
+    for net in ("fc", "lenet"):
+        dims = getattr(cfg, f"{net}_dims")
+        assert min(dims) < idim.LI_ET_AL[net] < max(dims)
+
+
+def test_cli_set_overrides_reach_the_config_typed(monkeypatch, capsys, tmp_path):
+    seen = {}
+
+    def fake_run(**kw):
+        seen.update(kw)
+        cfg = idim.config(kw.pop("scale"), **{k: v for k, v in kw.items() if k in idim.Config.__dataclass_fields__})
+        seen["cfg"] = cfg
+        return {"figures": []}
+
+    monkeypatch.setattr(idim, "run", fake_run)
+    rc = cli.main(["reproduce", "intrinsic-dimension", "--scale", "paper", "--out", str(tmp_path / "r"),
+                   "--set", "fc_dims=600,800", "--set", "lenet_epochs=100", "--set", "networks=lenet",
+                   "--set", "threshold=0.85"])
+    assert rc == 0, capsys.readouterr().err
+    cfg = seen["cfg"]
+    assert cfg.fc_dims == (600, 800) and cfg.lenet_epochs == 100 and cfg.networks == ("lenet",)
+    assert cfg.threshold == 0.85 and cfg.fc_epochs == idim.SCALES["paper"].fc_epochs  # the rest as the scale
+    for bad, why in (("fc_epoch=3", "--set: got 'fc_epoch=3', expected FIELD=VALUE with FIELD one of"),
+                     ("fc_epochs", "--set: got 'fc_epochs', expected FIELD=VALUE"),
+                     ("fc_epochs=ten", "--set: fc_epochs='ten', expected an integer"),
+                     ("fc_dims=500,x", "--set: fc_dims='x', expected an integer"),
+                     ("scale=paper", "--set: got 'scale=paper'")):
+        rc = cli.main(["reproduce", "intrinsic-dimension", "--scale", "paper", "--out", str(tmp_path / "r"),
+                       "--set", bad])
+        assert rc == 2 and why in capsys.readouterr().err, bad
+
+
+def test_cli_resume_hint_repeats_the_overrides(monkeypatch, capsys, tmp_path):
+    def interrupted(**kw):
+        raise common.RunInterrupted("stopped")
+
+    monkeypatch.setattr(idim, "run", interrupted)
+    out = str(tmp_path / "r")
+    rc = cli.main(["reproduce", "intrinsic-dimension", "--scale", "smoke", "--out", out, "--set", "fc_epochs=2"])
+    assert rc == 130
+    assert (f"`lscape reproduce intrinsic-dimension --scale smoke --set fc_epochs=2 --out {out} --resume`"
+            in capsys.readouterr().err)
 
 
 def test_registered_and_bad_network_named():
