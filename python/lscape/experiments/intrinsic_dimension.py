@@ -86,12 +86,13 @@ config, replot = common.module_functions(__name__)  # config(scale, **overrides)
 
 
 def he_normal(model: nn.Module) -> nn.Module:
-    """Keras' he_normal on every kernel (normal, std sqrt(2 / fan_in); Keras truncates at 2 std, a
-    difference of 12% of the variance that Li et al.'s d_int does not hinge on) and zero biases: the
-    official code's initialisation."""
+    """The official code's initialisation (Keras 2.1.5, its requirements.txt): he_normal kernels, that is
+    a normal of std sqrt(2 / fan_in) truncated at 2 std (so the kernels' actual std is 0.88 of it: Keras
+    only rescaled for the truncation from 2.2.3 on), and zero biases."""
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            std = math.sqrt(2.0 / m.weight[0].numel())  # fan_in: inputs x kernel area
+            nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)
             nn.init.zeros_(m.bias)
     return model
 
