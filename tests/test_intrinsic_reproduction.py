@@ -135,3 +135,19 @@ def test_registered_and_bad_network_named():
     assert experiments.get("intrinsic-dimension") is idim
     with pytest.raises(ValueError, match="networks: got 'resnet'"):
         idim.run("smoke", "unused", networks=("resnet",), progress=False, figures=False)
+
+
+def test_without_the_full_space_runs_only_li_et_als_reading_is_made(tmp_path):
+    """full_space=False: no d = D runs (a CPU that cannot afford them); d_int90 at the absolute threshold
+    as usual, no measured baseline, no relative reading, and the figures still drawn."""
+    out = tmp_path / "run"
+    summary = idim.run("smoke", out, progress=False, networks=("fc",), fc_dims=(8, 512), full_space=False)
+    fc = summary["networks"]["fc"]
+    assert fc["baseline_acc"] is None and fc["baseline_acc_per_seed"] == [] and fc["relative"] is None
+    assert fc["baseline_acc_gain_last_20pct_epochs"] is None
+    with np.load(out / "results.npz") as r:
+        mean = r["fc_scores"].mean(axis=1)
+        assert r["fc_baseline_scores"].size == 0
+    hit = [d for d, m in zip((8, 512), mean, strict=True) if m >= 0.9]
+    assert fc["d_int90"] == (hit[0] if hit else None)
+    assert sorted(summary["figures"]) == ["fig1_accuracy_vs_d.png", "fig2_epochs.png"]
