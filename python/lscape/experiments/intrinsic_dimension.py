@@ -160,7 +160,8 @@ def study(ctx: common.Context, network: str, data: datasets.Split) -> tuple[Intr
     res = intrinsic_dimension(
         model_factory(cfg, network, data), F.cross_entropy, (data.x_train[:n], data.y_train[:n]),
         test_data=(data.x_test, data.y_test), dims=list(getattr(cfg, f"{network}_dims")),
-        threshold=cfg.threshold, baseline="measured" if cfg.full_space else cfg.baseline, seeds=cfg.seeds, epochs=epochs, batch_size=cfg.batch,
+        threshold=cfg.threshold, baseline="measured" if cfg.full_space else cfg.baseline,
+        seeds=cfg.seeds, epochs=epochs, batch_size=cfg.batch,
         lr=cfg.lr, optimizer="adam", optimizer_kwargs={"betas": (0.9, cfg.beta2)}, l2=cfg.l2,
         storage=cfg.storage, executor=ctx.executor, file=ctx.rd.ckpt / f"{network}.npz",
         progress=ctx.progress, history=True, on_run=on_run)
