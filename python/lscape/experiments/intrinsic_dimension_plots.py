@@ -60,7 +60,7 @@ def fig1_accuracy_vs_d(res, cfg, plt):
 
 def fig2_epochs(res, cfg, plt):
     """Test accuracy after every epoch, per network: the full-space runs and each swept d (mean over
-    seeds): how far the capped epoch budget is from a plateau."""
+    seeds): how far the capped epoch budget is from a plateau (the y axis zoomed on the last 80%)."""
     nets = _networks(res)
     fig, axes = plt.subplots(1, len(nets), figsize=(6.5 * len(nets), 4.5), squeeze=False)
     cmap = plt.get_cmap("viridis")
@@ -72,6 +72,9 @@ def fig2_epochs(res, cfg, plt):
         if np.isfinite(base).any():  # the full space was trained too (full_space=True)
             ax.plot(ep, np.nanmean(base, axis=0), color="k", lw=1.5, label="full space")
         ax.axhline(cfg.threshold * cfg.baseline, color="C3", ls="--", lw=1)
+        late = np.concatenate([hist.mean(axis=1)[:, hist.shape[2] // 5:].ravel(), base[:, base.shape[1] // 5:].ravel()])
+        if np.isfinite(late).any():  # zoom on the last 80% of the epochs, where a plateau shows or does not
+            ax.set_ylim(max(0.0, float(np.nanmin(late)) - 0.02), None)
         ax.xaxis.set_major_locator(plt.matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (mean over seeds)")
