@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_run_outputs, smoke_run_fixture
-from lscape import experiments
+from lscape import cli, experiments
 from lscape.experiments import common
 from lscape.experiments import intrinsic_dimension as idim
 
@@ -79,13 +79,74 @@ def test_paper_networks_have_li_et_al_sizes_and_init():
                 assert not p.any(), name
             else:
                 assert not torch.equal(p, q), name
-                fan_in = p[0].numel()
-                assert p.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.25), name
+                # Keras 2.1.5's he_normal: std sqrt(2 / fan_in), truncated at 2 std, not rescaled
+                std = (2 / p[0].numel()) ** 0.5
+                assert p.abs().max().item() <= 2 * std, name
+                assert p.std().item() == pytest.approx(0.8796 * std, rel=0.25 if p.numel() < 1000 else 0.03), name
     assert cfg.dataset == "mnist" and cfg.seeds == 3
     assert (cfg.lr, cfg.beta2, cfg.l2, cfg.batch) == (1e-3, 0.99, 1e-4, 128)
+    # the stored sparse P by name (what "auto" picks may change), and d swept above Li et al.'s crossing
+    assert cfg.storage == "indices"
+    for net in ("fc", "lenet"):
+        assert max(getattr(cfg, f"{net}_dims")) > idim.LI_ET_AL[net]
+
+
+def test_cli_set_overrides_reach_the_config_typed(monkeypatch, capsys, tmp_path):
+    seen = {}
+
+    def fake_run(**kw):
+        seen.update(kw)
+        cfg = idim.config(kw.pop("scale"), **{k: v for k, v in kw.items() if k in idim.Config.__dataclass_fields__})
+        seen["cfg"] = cfg
+        return {"figures": []}
+
+    monkeypatch.setattr(idim, "run", fake_run)
+    rc = cli.main(["reproduce", "intrinsic-dimension", "--scale", "paper", "--out", str(tmp_path / "r"),
+                   "--set", "fc_dims=600,800", "--set", "lenet_epochs=100", "--set", "networks=lenet",
+                   "--set", "threshold=0.85"])
+    assert rc == 0, capsys.readouterr().err
+    cfg = seen["cfg"]
+    assert cfg.fc_dims == (600, 800) and cfg.lenet_epochs == 100 and cfg.networks == ("lenet",)
+    assert cfg.threshold == 0.85 and cfg.fc_epochs == idim.SCALES["paper"].fc_epochs  # the rest as the scale
+    for bad, why in (("fc_epoch=3", "--set: got 'fc_epoch=3', expected FIELD=VALUE with FIELD one of"),
+                     ("fc_epochs", "--set: got 'fc_epochs', expected FIELD=VALUE"),
+                     ("fc_epochs=ten", "--set: fc_epochs='ten', expected an integer"),
+                     ("fc_dims=500,x", "--set: fc_dims='x', expected an integer"),
+                     ("scale=paper", "--set: got 'scale=paper'")):
+        rc = cli.main(["reproduce", "intrinsic-dimension", "--scale", "paper", "--out", str(tmp_path / "r"),
+                       "--set", bad])
+        assert rc == 2 and why in capsys.readouterr().err, bad
+
+
+def test_cli_resume_hint_repeats_the_overrides(monkeypatch, capsys, tmp_path):
+    def interrupted(**kw):
+        raise common.RunInterrupted("stopped")
+
+    monkeypatch.setattr(idim, "run", interrupted)
+    out = str(tmp_path / "r")
+    rc = cli.main(["reproduce", "intrinsic-dimension", "--scale", "smoke", "--out", out, "--set", "fc_epochs=2"])
+    assert rc == 130
+    assert (f"`lscape reproduce intrinsic-dimension --scale smoke --set fc_epochs=2 --out {out} --resume`"
+            in capsys.readouterr().err)
 
 
 def test_registered_and_bad_network_named():
     assert experiments.get("intrinsic-dimension") is idim
     with pytest.raises(ValueError, match="networks: got 'resnet'"):
         idim.run("smoke", "unused", networks=("resnet",), progress=False, figures=False)
+
+
+def test_without_the_full_space_runs_only_li_et_als_reading_is_made(tmp_path):
+    """full_space=False: no d = D runs (a CPU that cannot afford them); d_int90 at the absolute threshold
+    as usual, no measured baseline, no relative reading, and the figures still drawn."""
+    out = tmp_path / "run"
+    summary = idim.run("smoke", out, progress=False, networks=("fc",), fc_dims=(8, 512), full_space=False)
+    fc = summary["networks"]["fc"]
+    assert fc["baseline_acc"] is None and fc["baseline_acc_per_seed"] == [] and fc["relative"] is None
+    assert fc["baseline_acc_gain_last_20pct_epochs"] is None
+    with np.load(out / "results.npz") as r:
+        mean = r["fc_scores"].mean(axis=1)
+        assert r["fc_baseline_scores"].size == 0
+    hit = [d for d, m in zip((8, 512), mean, strict=True) if m >= 0.9]
+    assert fc["d_int90"] == (hit[0] if hit else None)
+    assert sorted(summary["figures"]) == ["fig1_accuracy_vs_d.png", "fig2_epochs.png"]

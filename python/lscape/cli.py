@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument("--num-cpus", type=int, default=None,
                        help="with --executor ray: CPUs (and threads) per task; default: the threads a local run uses, "
                             "which keeps the results bit-identical to local")
+    p_rep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
+                       help="replace a field of the scale's config (repeatable; tuples comma-separated), e.g. "
+                            "--set fc_epochs=100 --set fc_dims=500,750,1000; the fields are the module's Config")
     p_rep.add_argument("--chunk", type=int, default=None,
                        help="chunk size of experiments whose chunks can be resized (gamst-walker: models per "
                             "ensemble chunk)")
@@ -211,10 +214,19 @@ def _reproduce(ns: argparse.Namespace) -> int:
             print(f"lscape reproduce: --chunk: got {ns.chunk}; {why}", file=sys.stderr)
             return 2
         kwargs[field] = ns.chunk
+    if ns.overrides:
+        from .experiments.common import parse_overrides
+
+        try:
+            kwargs.update(parse_overrides(module, ns.overrides))
+        except ValueError as exc:
+            print(f"lscape reproduce: {exc}", file=sys.stderr)
+            return 2
     if ns.executor != "ray" and (ns.ray_address is not None or ns.num_cpus is not None):
         print("lscape reproduce: --ray-address and --num-cpus go with --executor ray", file=sys.stderr)
         return 2
-    again = f"`lscape reproduce {name} --scale {scale} --out {out} --resume`"
+    sets = "".join(f" --set {o}" for o in ns.overrides)
+    again = f"`lscape reproduce {name} --scale {scale}{sets} --out {out} --resume`"
     try:
         executor = get_executor(ns.executor, ray_address=ns.ray_address, num_cpus=ns.num_cpus)
         summary = module.run(scale=scale, out=out, resume=ns.resume, progress=True, executor=executor, **kwargs)

@@ -41,7 +41,8 @@ from .training import resolve_device, torch_threads
 
 __all__ = ["SCALES", "ChunkBudget", "Context", "DamagedCheckpointWarning", "RunDir", "RunInterrupted",
            "RunStopped", "atomic_savez", "config_of",
-           "module_functions", "config_dict", "finish_run", "load_npz", "replot", "require_matplotlib",
+           "module_functions", "config_dict", "finish_run", "load_npz", "parse_overrides", "replot",
+           "require_matplotlib",
            "resolve_device", "save_figures", "start", "torch_threads"]
 
 SCALES = ("smoke", "default", "large", "mnist", "paper-capped", "paper")  # every scale some experiment has
@@ -53,6 +54,43 @@ def config_of(module: types.ModuleType, scale: str, **overrides: Any):
     if scale not in module.SCALES:
         raise ValueError(f"scale: got {scale!r}, expected one of {', '.join(map(repr, module.SCALES))}")
     return dataclasses.replace(module.SCALES[scale], **overrides)
+
+
+def _parse_value(field: str, text: str, hint) -> Any:
+    """One --set value as the Config field's type: int, float, str, bool, or a tuple of those
+    (comma-separated); a named error otherwise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        item = args[0] if args else str
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        return tuple(_parse_value(field, p, item) for p in parts)
+    try:
+        if hint is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if hint in (int, float, str):
+            return hint(text)
+    except ValueError:
+        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[hint]
+        raise ValueError(f"--set: {field}={text!r}, expected {kind}") from None
+    raise ValueError(f"--set: {field} is a {hint} field, which --set cannot give; use the Python API "
+                     "(lscape.experiments.run(name, scale=..., out=..., **overrides))")
+
+
+def parse_overrides(module: types.ModuleType, items: Sequence[str]) -> dict[str, Any]:
+    """`--set FIELD=VALUE` items -> {field: value} typed as module.Config's fields (tuples comma-separated:
+    `--set fc_dims=500,750,1000`); a named error for an unknown field or a value of the wrong type."""
+    hints = typing.get_type_hints(module.Config)
+    names = [f.name for f in dataclasses.fields(module.Config) if f.name != "scale"]
+    out: dict[str, Any] = {}
+    for item in items:
+        field, eq, text = item.partition("=")
+        field = field.strip()
+        if not eq or field not in names:
+            raise ValueError(f"--set: got {item!r}, expected FIELD=VALUE with FIELD one of {', '.join(names)}")
+        out[field] = _parse_value(field, text.strip(), hints[field])
+    return out
 
 
 def module_functions(name: str) -> tuple[Callable[..., Any], Callable[[str], list[str]]]:

@@ -36,11 +36,12 @@ def fig1_accuracy_vs_d(res, cfg, plt):
         for s in range(scores.shape[1]):
             ax.plot(dims, scores[:, s], "o", ms=3, color=GREY, alpha=0.7, label="each seed" if s == 0 else None)
         ax.plot(dims, scores.mean(axis=1), "-o", ms=4, color="C0", label="mean over seeds")
-        base = float(np.mean(res[f"{net}_baseline_scores"]))
         li = reading(dict(res), net, cfg.threshold, cfg.baseline)
-        ax.axhline(base, color="k", lw=1, label=f"full space (d = D = {int(res[f'{net}_D']):,}): {base:.4f}")
+        if res[f"{net}_baseline_scores"].size:  # the full space was trained too (full_space=True)
+            base = float(np.mean(res[f"{net}_baseline_scores"]))
+            ax.axhline(base, color="k", lw=1, label=f"full space (d = D = {int(res[f'{net}_D']):,}): {base:.4f}")
+            ax.axhline(cfg.threshold * base, color="C1", ls=":", lw=1, label=f"{cfg.threshold:g} x measured baseline")
         ax.axhline(li.target, color="C3", ls="--", lw=1, label=f"{cfg.threshold:g} x {cfg.baseline:g} (Li et al.)")
-        ax.axhline(cfg.threshold * base, color="C1", ls=":", lw=1, label=f"{cfg.threshold:g} x measured baseline")
         if li.d_int is not None:
             ax.axvline(li.d_int_interpolated, color="C3", lw=1.5,
                        label=f"d_int90 = {li.d_int} (interpolated {li.d_int_interpolated:.0f})")
@@ -59,7 +60,7 @@ def fig1_accuracy_vs_d(res, cfg, plt):
 
 def fig2_epochs(res, cfg, plt):
     """Test accuracy after every epoch, per network: the full-space runs and each swept d (mean over
-    seeds): how far the capped epoch budget is from a plateau."""
+    seeds): how far the capped epoch budget is from a plateau (the y axis zoomed on the last 80%)."""
     nets = _networks(res)
     fig, axes = plt.subplots(1, len(nets), figsize=(6.5 * len(nets), 4.5), squeeze=False)
     cmap = plt.get_cmap("viridis")
@@ -68,8 +69,12 @@ def fig2_epochs(res, cfg, plt):
         ep = np.arange(1, hist.shape[2] + 1)
         for i, d in enumerate(dims):
             ax.plot(ep, hist[i].mean(axis=0), color=cmap(i / max(1, len(dims) - 1)), lw=1, label=f"d = {d}")
-        ax.plot(ep, np.nanmean(base, axis=0), color="k", lw=1.5, label="full space")
+        if np.isfinite(base).any():  # the full space was trained too (full_space=True)
+            ax.plot(ep, np.nanmean(base, axis=0), color="k", lw=1.5, label="full space")
         ax.axhline(cfg.threshold * cfg.baseline, color="C3", ls="--", lw=1)
+        late = np.concatenate([hist.mean(axis=1)[:, hist.shape[2] // 5:].ravel(), base[:, base.shape[1] // 5:].ravel()])
+        if np.isfinite(late).any():  # zoom on the last 80% of the epochs, where a plateau shows or does not
+            ax.set_ylim(max(0.0, float(np.nanmin(late)) - 0.02), None)
         ax.xaxis.set_major_locator(plt.matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (mean over seeds)")
