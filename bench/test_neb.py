@@ -16,14 +16,33 @@ update.  Side by side in one run:
 Group `neb-kernel-B100-n32`: the neb_step kernel alone on those shapes, C++ against the torch reference.
 The speed is band-steps per second (extra_info["model_steps"] holds bands * steps).  `cuda-` groups run
 10,000 bands at once on a CUDA device when there is one.
+
+Group `resnet20-neb-n16`: one band of 16 images (14 interior) of ResNet-20 (lscape.models.resnet20,
+BatchNorm in eval mode with non-trivial statistics, D = 272,474) on 64 CIFAR-shaped images (3 x 32 x 32,
+Gaussian pixels; 64 keeps a round near ten seconds on 2 shared cores), resumed from a fresh band and
+relaxed for RN_STEPS FIRE steps, then the interior energies refreshed, as lscape.neb returns them:
+  lscape               lscape.neb(resume=..., steps=RN_STEPS) on Landscape.from_module: every image's loss
+                       and gradient through lscape._modeleval (BatchNorm folded into the convolutions at
+                       each point, channels-last), then the fused neb_step kernel
+  plain image loop     each interior image by hand: vector_to_parameters into a model copy,
+                       CE(model(X), Y).backward(), parameters_to_vector of the .grad; the same neb_step
+                       kernel for the update and a plain forward per image for the final energies; its
+                       images are checked against lscape's
+The speed is band-steps per second; the target (issue 26) is lscape at least as fast as the plain loop.
 """
 from __future__ import annotations
+
+import copy
+import dataclasses
 
 import lscape
 import numpy as np
 import pytest
 import torch
 from lscape import TinyMLP
+from lscape._flat import FlatLayout
+from lscape.directions import random_directions
+from lscape.models import resnet20
 from lscape.ops import neb as neb_ops
 from lscape.reference.neb import NEBConfig
 from lscape.tinymlp import desymmetrize, wf_network, wf_training_set
@@ -172,6 +191,77 @@ def _bench_kernel(bench_run, contender, B, device):
 
     label = f"lscape {device}" if contender == "lscape" else "lscape torch ref"
     bench_run(fn, label, min_rounds=3, model_steps=B * steps, B=B, steps=steps, n=n, D=D, device=device)
+
+
+# ---- ResNet-20: lscape's band step against a plain loop over images -----------------------------------
+RN_IMAGES, RN_BAND, RN_STEPS = 64, 16, 2
+CE = torch.nn.functional.cross_entropy
+
+
+@pytest.fixture(scope="module")
+def resnet_band():
+    """ResNet-20, its data, and a fresh band (one NEB evaluation done) from its weights along a random
+    filter-normalised direction."""
+    m = resnet20(1, 10, 3, seed=0)
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(RN_IMAGES, 3, 32, 32, generator=g), torch.randint(0, 10, (RN_IMAGES,), generator=g)
+    start = FlatLayout.of(m).flatten(m).float()
+    end = start + torch.as_tensor(random_directions(m, 1, seed=1).vectors[0]).float()
+    L = lscape.Landscape.from_module(m, CE, (X, Y))
+    return m, X, Y, L, lscape.neb(L, start, end, n_images=RN_BAND, steps=0, fmax=0.0)
+
+
+def _rn_lscape(m, X, Y, L, r0):
+    def run():
+        return lscape.neb(L, None, None, resume=r0, steps=RN_STEPS).images
+    return run
+
+
+def _rn_plain(m, X, Y, L, r0):
+    """Each image's loss and gradient the way a user writes it, then the same update kernel."""
+    mm = copy.deepcopy(m).eval()
+    params = list(mm.parameters())
+
+    def energy(theta: torch.Tensor, grad: bool):
+        torch.nn.utils.vector_to_parameters(theta, params)
+        if not grad:
+            with torch.no_grad():
+                return CE(mm(X), Y), None
+        mm.zero_grad(set_to_none=True)
+        loss = CE(mm(X), Y)
+        loss.backward()
+        return loss.detach(), torch.nn.utils.parameters_to_vector([p.grad for p in params])
+
+    def run():
+        x, e, v = r0.images.clone(), r0.energies.clone(), r0.velocity.clone()
+        st = neb_ops.BandState(**{f.name: getattr(r0.state, f.name).clone() for f in dataclasses.fields(r0.state)})
+        g, x_out = torch.zeros_like(x), x.clone()
+        for _ in range(RN_STEPS):
+            for i in range(1, RN_BAND - 1):
+                e[0, i], g[0, i] = energy(x[0, i], True)
+            neb_ops.step(r0.config, x, e, g, v, x_out, st)
+            x, x_out = x_out, x
+        for i in range(1, RN_BAND - 1):
+            e[0, i] = energy(x[0, i], False)[0]
+        return x
+    return run
+
+
+RN_NEB = {"lscape": _rn_lscape, "plain image loop": _rn_plain}
+
+
+@pytest.mark.parametrize("contender", list(RN_NEB))
+def test_neb_resnet20(bench_run, benchmark, resnet_band, contender):
+    benchmark.group = f"resnet20-neb-n{RN_BAND}"
+    fn = RN_NEB[contender](*resnet_band)
+    if contender != "lscape":  # the same band: the plain loop's images equal lscape's
+        want, got = _rn_lscape(*resnet_band)(), fn()
+        step = float((want - resnet_band[4].images).abs().max())
+        err = float((got - want).abs().max())
+        assert step > 0 and err < 1e-2 * step, f"plain loop vs lscape.neb: {err:.2e} (step {step:.2e})"
+    D = resnet_band[3].dim
+    bench_run(fn, contender, min_rounds=2, model_steps=RN_STEPS, B=1, steps=RN_STEPS, n=RN_BAND, D=D,
+              P=RN_IMAGES, device="cpu")
 
 
 def _require_cuda():

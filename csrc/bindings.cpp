@@ -33,6 +33,7 @@ struct Cpu {
   static constexpr const char* kModule = "_C";
   static constexpr const char* kTail = "nthreads";
   static constexpr bool kNebDouble = true;
+  static constexpr bool kSegmentProducts = false;  // the stored kind's products run on SELL (bind_projection_sell)
 
   static const char* count(const Spec& s, uint32_t* seg_counts, int64_t* col_counts, int nt) {
     lscape::proj::count_cpu(s, seg_counts, col_counts, nt);
@@ -41,14 +42,6 @@ struct Cpu {
   static const char* fill(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr, int32_t* indices,
                           int nt) {
     lscape::proj::fill_cpu(s, seg_start, chunk_ptr, indices, nt);
-    return nullptr;
-  }
-  template <typename T>
-  static const char* product_indices(bool transpose, const Spec& s, const int32_t* seg_start,
-                                     const int64_t* chunk_ptr, const int32_t* indices, const T* scales, const T* x,
-                                     T* out, int64_t B, int nt) {
-    (transpose ? lscape::proj::rmatvec_indices_cpu<T> : lscape::proj::matvec_indices_cpu<T>)(
-        s, seg_start, chunk_ptr, indices, scales, x, out, B, nt);
     return nullptr;
   }
   template <typename T>

@@ -31,7 +31,7 @@ MODULES = ("probes", "directions", "plot", "data", "executor", "checkpoints")
 RECORDS = {"lscape.BackendInfo", "lscape.NEBResult", "lscape.TrainResult", "lscape.TrainState",
            "lscape.RandomWalkFit", "lscape.OffSphereError", "lscape.Surface", "lscape.probes.BasinResult",
            "lscape.probes.WalkResult", "lscape.data.Split", "lscape.executor.ExecutorLost",
-           "lscape.executor.Executor", "lscape.executor.LocalExecutor", "lscape.IntrinsicDimension",
+           "lscape.executor.Executor", "lscape.IntrinsicDimension",
            "lscape.checkpoints.CheckpointMismatchError", "lscape.checkpoints.CheckpointNotFound"}
 # Public names that are not callables to check (modules, constants, the version).
 NOT_CALLABLE = {"lscape.data", "lscape.probes", "lscape.checkpoints", "lscape.__version__", "lscape.executor.EXECUTORS"}
@@ -201,6 +201,7 @@ CALLS: dict[str, Call] = {
     "lscape.data.two_moons": Call(lambda: {}, checked=("n", "noise", "test_fraction")),
     "lscape.data.xor": Call(lambda: {}),
     "lscape.executor.RayExecutor": Call(lambda: {}, checked=("num_cpus",), none_ok=("num_cpus",)),
+    "lscape.executor.LocalExecutor": Call(lambda: {}, checked=("workers",), none_ok=("workers",)),
     "lscape.executor.get_executor": Call(lambda: {}, checked=("executor",), none_ok=("executor",)),
     "lscape.experiments.run": Call(lambda: {"name": "bosman"}),
     "lscape.intrinsic_dimension": Call(lambda: {"model": _model(), "loss_fn": nn.functional.cross_entropy,

@@ -135,6 +135,8 @@ def test_every_op_names_functions_the_cpu_extension_has():
         assert set(spec.dtypes) <= {"cpu", "cuda"}, op
         for fn in spec.functions:
             assert callable(getattr(ext, fn, None)), (op, fn)
+        for fn in spec.cuda_only:  # kernels no CPU path calls are not built there (leaner lscape._C)
+            assert not hasattr(ext, fn), (op, fn)
 
 
 @pytest.mark.parametrize("op,dtype,want", [

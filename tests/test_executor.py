@@ -67,6 +67,119 @@ def test_ray_unreachable_address_is_a_named_error():
         RayExecutor("127.0.0.1:1")
 
 
+# ---- the local executor: chunks that pin one thread run side by side --------------------------------------
+def _where(i: int, shared) -> dict[str, np.ndarray]:
+    import torch
+
+    return {"pid": np.array(os.getpid()), "threads": np.array(torch.get_num_threads()),
+            "omp": np.array(int(os.environ.get("OMP_NUM_THREADS", "0")))}
+
+
+def test_chunks_that_declare_threads_run_in_worker_processes_pinned_to_them():
+    got: dict[int, dict] = {}
+    LocalExecutor(workers=2).map_chunks(_where, range(6), on_result=got.__setitem__, threads=1)
+    assert sorted(got) == list(range(6))
+    pids = {int(r["pid"]) for r in got.values()}
+    assert len(pids) == 2 and os.getpid() not in pids  # two workers, neither of them the driver
+    assert all(int(r["threads"]) == 1 and int(r["omp"]) == 1 for r in got.values())
+    here: dict[int, dict] = {}
+    LocalExecutor(workers=2).map_chunks(_where, range(3), on_result=here.__setitem__)  # no threads declared
+    assert {int(r["pid"]) for r in here.values()} == {os.getpid()}
+    assert LocalExecutor().pool_size(1, 1) == 1 and LocalExecutor().pool_size(8, None) == 1
+    assert LocalExecutor(workers=3).pool_size(8, 1) == 3 and LocalExecutor(workers=3).pool_size(2, 1) == 2
+    with pytest.raises(ValueError, match="workers: got 0, expected None"):
+        LocalExecutor(workers=0)
+    with pytest.raises(ValueError, match=r"threads: got 0, expected None or a positive integer"):
+        LocalExecutor().map_chunks(_where, range(2), on_result=got.__setitem__, threads=0)
+
+
+def test_bosman_cells_side_by_side_are_bit_identical_to_one_after_another(tmp_path):
+    """Bosman's cells pin one thread and declare it: two worker processes give the same bits as the driver
+    alone (a cell's result depends only on its index)."""
+    run = experiments.get("bosman").run
+    for w in (1, 2):
+        run("smoke", tmp_path / f"w{w}", progress=False, figures=False, executor=LocalExecutor(workers=w))
+    with np.load(tmp_path / "w1" / "results.npz") as a, np.load(tmp_path / "w2" / "results.npz") as b:
+        assert a.files == b.files
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _fragile(i: int, shared) -> dict[str, np.ndarray]:
+    """Chunk i of a job that fails at chunk shared[1] as shared[0] says ("raise" / "die"), else computes."""
+    how, at = shared
+    if i == at and how == "raise":
+        raise ValueError(f"x: got {i}, expected anything else")
+    if i == at and how == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)  # the other worker is busy meanwhile
+    return {"v": np.arange(50, dtype=np.float64) * (i + 1)}
+
+
+def test_a_chunk_failing_in_a_worker_is_reported_by_chunk_and_a_resume_loses_nothing_finished(tmp_path):
+    from lscape.experiments import io as run_io
+
+    def job(out, how, at):
+        rd = run_io.RunDir(out, {"job": "fragile"}, resume=True)
+        return run_io.checkpointed_chunks(rd, [f"c{i}" for i in range(6)], _fragile, LocalExecutor(workers=2),
+                                          run_io.ChunkBudget(None), shared=(how, at), threads=1)
+
+    with pytest.raises(ValueError, match="x: got 3, expected anything else") as err:
+        job(tmp_path / "raise", "raise", 3)
+    notes = "\n".join(getattr(err.value, "__notes__", []))
+    assert "raised by chunk 3 in a local worker process" in notes and "_fragile" in notes  # its traceback
+    ckpt = tmp_path / "die" / "checkpoints"
+    with pytest.raises(run_io.RunStopped, match=r"local: the worker process computing chunk 4 died \(killed "
+                                                r"by signal 9\); [34] of 6 chunks finished.*resume the run"):
+        job(tmp_path / "die", "die", 4)
+    kept = {f.name: f.stat().st_mtime_ns for f in ckpt.glob("c*.npz")}
+    assert len(kept) >= 3 and "c4.npz" not in kept  # chunk 4 went out after three had finished
+    rows = job(tmp_path / "die", None, -1)  # resumed: only the missing chunks are computed
+    assert all((ckpt / n).stat().st_mtime_ns == t for n, t in kept.items())
+    for i, r in enumerate(rows):
+        np.testing.assert_array_equal(r["v"], np.arange(50, dtype=np.float64) * (i + 1))
+
+
+_KILLED_DRIVER = """
+import os, sys, time
+import numpy as np
+from lscape.executor import LocalExecutor
+
+def chunk(i, pids):
+    with open(os.path.join(pids, str(os.getpid())), "w"):
+        pass
+    time.sleep(60)
+    return {"v": np.array(i)}
+
+LocalExecutor(workers=2).map_chunks(chunk, range(4), shared=sys.argv[1], on_result=lambda i, r: None, threads=1)
+"""
+
+
+def test_workers_die_with_a_killed_driver(tmp_path):
+    """SIGKILL the driver mid-chunk: its workers do not compute on (PR_SET_PDEATHSIG)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_DRIVER, str(tmp_path)], env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(tmp_path.iterdir())) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    pids = [int(f.name) for f in tmp_path.iterdir()]
+    assert len(pids) == 2
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return state not in ("Z", "X")
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(map(alive, pids)):
+        time.sleep(0.05)
+    assert not any(map(alive, pids))
+
+
 # ---- faults, on the session's local Ray -----------------------------------------------------------------
 def _dies_once(i: int, marker_dir: str) -> dict[str, np.ndarray]:
     """Chunk 1's first attempt kills its worker process mid-chunk (as a lost node would)."""

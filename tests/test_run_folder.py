@@ -333,7 +333,7 @@ def test_a_full_disk_or_a_lost_cluster_stops_a_surface_by_name_and_the_same_call
     assert lscape.Surface.load(path).done.sum(1).tolist() == [3, 3, 0]  # two rows of three cells
 
     class LosesTheJob(LocalExecutor):
-        def map_chunks(self, fn, chunks, *, shared=None, on_result, label="", progress=False):
+        def map_chunks(self, fn, chunks, *, shared=None, on_result, label="", progress=False, threads=None):
             chunks = list(chunks)
             on_result(chunks[0], fn(chunks[0], shared))
             raise ex_mod.ExecutorLost("ray: the cluster lost the job (NodeDiedError: node died); 1 of 2 chunks "

@@ -7,6 +7,8 @@
 //   using Tail = ...;             the trailing argument: int threads (CPU) or uintptr_t stream (CUDA)
 //   static constexpr const char* kModule, kTail;     "_C" / "nthreads", "_cuda" / "stream"
 //   static constexpr bool kNebDouble;                whether its NEB kernel takes float64
+//   static constexpr bool kSegmentProducts;          whether it binds products on the stored kind's segments
+//                                                    (CUDA; the CPU's run on SELL, bind_projection_sell)
 //   static functions mirroring the family headers' kernels, each returning nullptr or an error string.
 #pragma once
 #include <cstdint>

@@ -1,5 +1,6 @@
 // The projection family's binding (projection.h), written once for both modules: B is the backend
-// (csrc/bind/common.h).  Python names: proj_count, proj_fill, proj_{matvec,rmatvec}_{indices,implicit}.
+// (csrc/bind/common.h).  Python names: proj_count, proj_fill, proj_{matvec,rmatvec}_implicit and, where
+// B::kSegmentProducts (CUDA), proj_{matvec,rmatvec}_indices.
 #pragma once
 #include <pybind11/pybind11.h>
 
@@ -31,28 +32,30 @@ void bind_projection(pybind11::module_& m) {
   }, "Packed indices into the storage layout of projection.h", py::arg("spec"), py::arg("seg_start"),
      py::arg("chunk_ptr"), py::arg("indices"), py::arg(B::kTail), nogil);
 
-  // The four products: (name, transpose, indices storage).
-  auto product = [&](const char* name, bool transpose) {
-    m.def(name, [transpose, name](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr, uintptr_t indices,
-                                  uintptr_t scales, uintptr_t x, uintptr_t out, int64_t batch, bool f64, Tail tail) {
-      const proj::Spec s = to_spec(st);
-      check_batch(batch);
-      for (auto [a, arg] : {std::pair{seg_start, "seg_start"}, {chunk_ptr, "chunk_ptr"}, {scales, "scales"},
-                            {x, "x"}, {out, "out"}})
-        need(a, arg, name);
-      const char* err = nullptr;
-      by_dtype(f64, [&](auto t) {
-        using T = decltype(t);
-        err = B::template product_indices<T>(transpose, s, ptr<const int32_t>(seg_start),
-                                             ptr<const int64_t>(chunk_ptr), ptr<const int32_t>(indices),
-                                             ptr<const T>(scales), ptr<const T>(x), ptr<T>(out), batch, tail);
-      });
-      check(err, B::kModule, name);
-    }, py::arg("spec"), py::arg("seg_start"), py::arg("chunk_ptr"), py::arg("indices"), py::arg("scales"),
-       py::arg("x"), py::arg("out"), py::arg("B"), py::arg("f64"), py::arg(B::kTail), nogil);
-  };
-  product("proj_matvec_indices", false);
-  product("proj_rmatvec_indices", true);
+  // The products on the stored kind's segments (CUDA only: the CPU re-lays them as SELL).
+  if constexpr (B::kSegmentProducts) {
+    auto product = [&](const char* name, bool transpose) {
+      m.def(name, [transpose, name](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr, uintptr_t indices,
+                                    uintptr_t scales, uintptr_t x, uintptr_t out, int64_t batch, bool f64, Tail tail) {
+        const proj::Spec s = to_spec(st);
+        check_batch(batch);
+        for (auto [a, arg] : {std::pair{seg_start, "seg_start"}, {chunk_ptr, "chunk_ptr"}, {scales, "scales"},
+                              {x, "x"}, {out, "out"}})
+          need(a, arg, name);
+        const char* err = nullptr;
+        by_dtype(f64, [&](auto t) {
+          using T = decltype(t);
+          err = B::template product_indices<T>(transpose, s, ptr<const int32_t>(seg_start),
+                                               ptr<const int64_t>(chunk_ptr), ptr<const int32_t>(indices),
+                                               ptr<const T>(scales), ptr<const T>(x), ptr<T>(out), batch, tail);
+        });
+        check(err, B::kModule, name);
+      }, py::arg("spec"), py::arg("seg_start"), py::arg("chunk_ptr"), py::arg("indices"), py::arg("scales"),
+         py::arg("x"), py::arg("out"), py::arg("B"), py::arg("f64"), py::arg(B::kTail), nogil);
+    };
+    product("proj_matvec_indices", false);
+    product("proj_rmatvec_indices", true);
+  }
 
   auto implicit = [&](const char* name, bool transpose) {
     m.def(name, [transpose, name](const SpecTuple& st, uintptr_t scales, uintptr_t x, uintptr_t out, int64_t batch,

@@ -24,18 +24,6 @@ void fill_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
   LSCAPE_ISA_DISPATCH(fill_cpu, s, seg_start, chunk_ptr, indices, nthreads);
 }
 template <typename T>
-void matvec_indices_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
-                        const int32_t* indices, const T* scales, const T* x, T* out, int64_t B,
-                        int nthreads) {
-  LSCAPE_ISA_DISPATCH(matvec_indices_cpu<T>, s, seg_start, chunk_ptr, indices, scales, x, out, B, nthreads);
-}
-template <typename T>
-void rmatvec_indices_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
-                         const int32_t* indices, const T* scales, const T* g, T* out, int64_t B,
-                         int nthreads) {
-  LSCAPE_ISA_DISPATCH(rmatvec_indices_cpu<T>, s, seg_start, chunk_ptr, indices, scales, g, out, B, nthreads);
-}
-template <typename T>
 void matvec_implicit_cpu(const Spec& s, const T* scales, const T* x, T* out, int64_t B, int nthreads) {
   LSCAPE_ISA_DISPATCH(matvec_implicit_cpu<T>, s, scales, x, out, B, nthreads);
 }

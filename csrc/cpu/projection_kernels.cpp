@@ -24,7 +24,7 @@ inline float implicit_segment_sum(const Spec&, int64_t, int64_t, const float*) {
 
 // Every segment is handed to a consumer as runs of packed indices (row | sign << 31):
 // consume(const uint32_t* packed, int count), called one or more times per segment in row order.
-// Stored segments come as one run; regenerated ones as blocks of up to kBlock.
+// Segments are regenerated as blocks of up to kBlock (the stored kind runs on SELL: projection_sell_kernels.cpp).
 
 #if defined(__AVX2__)
 inline __m256i vmix32(__m256i x) {
@@ -376,21 +376,6 @@ void rmatvec_driver(const Spec& s, const T* scales, const T* g, T* out, int64_t 
   }
 }
 
-// Stored segments: iterate a segment's packed indices.
-struct StoredSegments {
-  static constexpr bool kHasGatherSum = false;  // float B = 1 has its own path: rmatvec_stored_f32
-  const Spec& s;
-  const int32_t* seg_start;
-  const int64_t* chunk_ptr;
-  const int32_t* indices;
-  template <class Consume>
-  inline void operator()(int64_t j, int64_t c, Consume&& consume) const {
-    const int32_t* seg = seg_start + c * (s.d + 1);
-    const int cnt = seg[j + 1] - seg[j];
-    if (cnt) consume(reinterpret_cast<const uint32_t*>(indices + chunk_ptr[c] + seg[j]), cnt);
-  }
-};
-
 // Regenerated segments.
 struct ImplicitSegments {
   static constexpr bool kHasGatherSum = kAvx2;
@@ -402,53 +387,6 @@ struct ImplicitSegments {
   }
 };
 
-#if defined(__AVX2__)
-// ---- rmatvec of the stored kind, one float vector: two passes so that no data-dependent branch sits
-// among the long-latency loads of g (measured 25% faster here; the same split did not speed up matvec).  A segment's end is a branch that mispredicts about once per segment; with ~20
-// nonzeros per segment that cost as much as the memory accesses themselves.  Segments of columns
-// [jb, je) of chunk c are contiguous in `indices`, so one pass runs flat over their nonzeros, and the
-// per-segment pass handles the common length <= kRun with a fixed number of masked vector operations.
-constexpr int64_t kCols = 256;  // columns per pass: ~5k nonzeros at density 1/sqrt(D), held in L1
-constexpr int kRun = 24;        // segment lengths handled without a loop (3 vectors)
-
-inline __m256i lanes_below(int n) {  // lanes i < n set
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-void rmatvec_stored_f32(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr, const int32_t* indices,
-                        const float* scales, const float* g, float* out, int nthreads) {
-#pragma omp parallel num_threads(nthreads)
-  {
-    int64_t j0, j1;
-    my_range(s.d, j0, j1);
-    std::vector<float> acc(static_cast<size_t>(j1 - j0), 0.0f);
-    std::vector<float> vals;
-    for (int64_t c = 0; c < s.n_chunks; ++c) {
-      const int32_t* seg = seg_start + c * (s.d + 1);
-      const uint32_t* base = reinterpret_cast<const uint32_t*>(indices + chunk_ptr[c]);
-      for (int64_t jb = j0; jb < j1; jb += kCols) {
-        const int64_t je = std::min(jb + kCols, j1);
-        const int32_t q0 = seg[jb], q1 = seg[je];
-        if (vals.size() < static_cast<size_t>(q1 - q0 + kRun)) vals.resize(static_cast<size_t>(q1 - q0 + kRun));
-        float* v = vals.data() - q0;
-        // pass 1: one flat gather of the signed g[row]
-        for (int32_t q = q0; q < q1; ++q) v[q] = signed_value(g[base[q] & 0x7FFFFFFFu], base[q] >> 31);
-        // pass 2: per-segment sums, three masked vectors for lengths <= kRun
-        for (int64_t j = jb; j < je; ++j) {
-          const int32_t a = seg[j], n = seg[j + 1] - a;
-          __m256 sum = _mm256_maskload_ps(v + a, lanes_below(n));
-          sum = _mm256_add_ps(sum, _mm256_maskload_ps(v + a + 8, lanes_below(n - 8)));
-          sum = _mm256_add_ps(sum, _mm256_maskload_ps(v + a + 16, lanes_below(n - 16)));
-          float t = hsum(sum);
-          for (int32_t q = a + kRun; q < a + n; ++q) t += v[q];
-          acc[j - j0] += t;
-        }
-      }
-    }
-    for (int64_t j = j0; j < j1; ++j) out[j] = scales[j] * acc[j - j0];
-  }
-}
-#endif
 
 }  // namespace
 
@@ -477,25 +415,6 @@ void fill_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
       });
     }
   }
-}
-
-template <typename T>
-void matvec_indices_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
-                        const int32_t* indices, const T* scales, const T* theta, T* out, int64_t B,
-                        int nthreads) {
-  matvec_driver(s, scales, theta, out, B, nthreads, StoredSegments{s, seg_start, chunk_ptr, indices});
-}
-
-template <typename T>
-void rmatvec_indices_cpu(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
-                         const int32_t* indices, const T* scales, const T* g, T* out, int64_t B,
-                         int nthreads) {
-#if defined(__AVX2__)
-  if constexpr (std::is_same_v<T, float>) {
-    if (B == 1) return rmatvec_stored_f32(s, seg_start, chunk_ptr, indices, scales, g, out, nthreads);
-  }
-#endif
-  rmatvec_driver(s, scales, g, out, B, nthreads, StoredSegments{s, seg_start, chunk_ptr, indices});
 }
 
 template <typename T>

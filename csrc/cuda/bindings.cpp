@@ -29,6 +29,7 @@ struct Cuda {
   static constexpr const char* kModule = "_cuda";
   static constexpr const char* kTail = "stream";
   static constexpr bool kNebDouble = false;  // neb.h: the CUDA step is float32 only
+  static constexpr bool kSegmentProducts = true;  // the stored kind's products run on its segments
 
   static const char* count(const Spec& s, uint32_t* seg_counts, int64_t* col_counts, uintptr_t stream) {
     return lscape::proj::count_cuda(s, seg_counts, col_counts, stream_ptr(stream));

@@ -29,24 +29,27 @@ _F32, _F64 = torch.float32, torch.float64
 
 @dataclass(frozen=True)
 class Op:
-    """One op: the extension functions that serve it (the same names in lscape._C and lscape._cuda), and
-    per compiled backend the dtypes its kernel takes (None in the set: the op has no floating-point
-    operand).  The torch reference runs every op in every dtype."""
+    """One op: the extension functions that serve it (all of `functions` in lscape._C, which lacks the
+    cuda_only ones; lscape._cuda has the ones it serves), and per compiled backend the dtypes its kernel
+    takes (None in the set: the op has no floating-point operand).  The torch reference runs every op in
+    every dtype."""
 
     functions: tuple[str, ...]
     dtypes: dict[str, frozenset]
+    cuda_only: tuple[str, ...] = ()  # functions lscape._cuda has and lscape._C does not
 
 
 # Every op, declared once.  The CUDA NEB kernel is float32 only; the MLP kernels are float32 everywhere.
 OPS: dict[str, Op] = {
-    # (proj_sell_*, proj_*_sell and proj_*bands*: the CPU's layouts of the stored kind, in lscape._C only)
+    # (proj_sell_*, proj_*_sell and proj_*bands*: the CPU's layouts of the stored kind, in lscape._C only;
+    # the stored kind's products on its segments are CUDA's, cuda_only)
     "proj_build": Op(("proj_count", "proj_fill", "proj_sell_plan", "proj_sell_fill", "proj_bands_plan",
                       "proj_bands_fill"),
                      {"cpu": frozenset({None}), "cuda": frozenset({None})}),
-    "proj_product": Op(("proj_matvec_indices", "proj_rmatvec_indices", "proj_matvec_implicit",
-                        "proj_rmatvec_implicit", "proj_matvec_sell", "proj_rmatvec_sell", "proj_matvec_bands",
-                        "proj_rmatvec_bands"),
-                       {"cpu": frozenset({_F32, _F64}), "cuda": frozenset({_F32, _F64})}),
+    "proj_product": Op(("proj_matvec_implicit", "proj_rmatvec_implicit", "proj_matvec_sell", "proj_rmatvec_sell",
+                        "proj_matvec_bands", "proj_rmatvec_bands"),
+                       {"cpu": frozenset({_F32, _F64}), "cuda": frozenset({_F32, _F64})},
+                       cuda_only=("proj_matvec_indices", "proj_rmatvec_indices")),
     "mlp": Op(("mlp_loss_grad", "mlp_train"), {"cpu": frozenset({_F32}), "cuda": frozenset({_F32})}),
     "neb_step": Op(("neb_work_size", "neb_step"), {"cpu": frozenset({_F32, _F64}), "cuda": frozenset({_F32})}),
     # The fused walk step (walk.h): CPU only; on a GPU the walks' step runs in torch.

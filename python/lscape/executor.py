@@ -12,6 +12,15 @@ it, where, or in which order.  So the same job gives bit-identical results on ei
 order with Ray), which is where results are checkpointed (lscape.experiments.io.checkpointed_chunks
 skips chunks already on disk, so a run killed at any moment resumes losing only the chunks in flight).
 
+Chunks that declare `threads` (map_chunks(..., threads=1): each chunk runs torch and the kernels on that
+many threads, as Bosman's walk cells do) run side by side on a local machine with spare cores: a pool of
+min(cores // threads, chunks) forked worker processes (Linux), each pinned to `threads` threads, one chunk
+at a time each.  Their results are the same bits as one after another (a chunk's result depends only on
+its index and the thread count it declares); on_result still runs on the driver, so checkpoints are
+written there, one atomic file per chunk.  A chunk that raises fails the map with its own exception,
+noted with the chunk's index and the worker's traceback; a worker that dies (killed, out of memory) stops
+the map with an ExecutorLost naming the finished chunks, as a lost cluster does.
+
 Ray (an extra: pip install "lscape[ray]"): `ray.init()` starts a local Ray when no address is named;
 `ray_address` (or $RAY_ADDRESS) joins a cluster.  `shared` and `fn` go into the object store once, not
 once per task.  Each task declares `num_cpus` and runs torch and lscape's kernels on that
@@ -30,8 +39,12 @@ locally) computes only the others.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
+import signal
 import socket
+import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,14 +76,18 @@ class Executor:
     name = "executor"
 
     def map_chunks(self, fn: ChunkFn, chunks: Sequence[int], *, shared: Any = None, on_result: OnResult,
-                   label: str = "", progress: bool = False) -> None:
+                   label: str = "", progress: bool = False, threads: int | None = None) -> None:
         """Run fn(i, shared) for every index i in `chunks` and call on_result(i, result) on the driver as each
         finishes (in completion order, which need not be index order).
 
         fn: a function of (chunk index, shared) returning the chunk's result (picklable for Ray).
         shared: one object every chunk reads (sent once to a cluster's object store).
         label, progress: a tqdm bar on stderr named `label` when progress is True.
-        An exception raised by fn ends the map and propagates (after Ray's retries for dead workers).
+        threads: None, or the torch/kernel threads every chunk pins itself to (fn must give the same bits
+          whichever process runs it on that many threads); lets the local executor run chunks side by side
+          and Ray tasks ask for that many CPUs.
+        An exception raised by fn ends the map and propagates, noted with the chunk's index (after Ray's
+        retries for dead workers).
         """
         raise NotImplementedError
 
@@ -88,18 +105,51 @@ def progress_bar(total: int, label: str, enabled: bool):
 
 
 class LocalExecutor(Executor):
-    """Chunks one after another in this process, each using every core through the kernels' threads."""
+    """Chunks in this process one after another, each using every core through the kernels' threads; chunks
+    that declare `threads` run side by side in forked worker processes when the cores allow two or more.
+
+    workers: None (min(cores // threads, chunks) for chunks that declare threads, where cores are the ones
+      this process may run on), or a fixed number of worker processes (1: always in this process)."""
 
     name = "local"
 
+    def __init__(self, workers: int | None = None) -> None:
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers: got {workers!r}, expected None (as many as the cores allow) or a "
+                             "positive integer")
+        self.workers = workers
+
+    def __repr__(self) -> str:
+        return f"LocalExecutor(workers={self.workers!r})"
+
+    def pool_size(self, n_chunks: int, threads: int | None) -> int:
+        """How many worker processes a map of n_chunks chunks of `threads` threads each gets (1: none, the
+        chunks run in this process): only chunks that declare threads, and only where fork is available."""
+        if threads is None or n_chunks < 2 or not _CAN_FORK:
+            return 1
+        if self.workers is not None:
+            return min(self.workers, n_chunks)
+        return max(1, min(_cores() // threads, n_chunks))
+
     def map_chunks(self, fn: ChunkFn, chunks: Sequence[int], *, shared: Any = None, on_result: OnResult,
-                   label: str = "", progress: bool = False) -> None:
-        """Executor.map_chunks here, in this process, one chunk after another in index order."""
+                   label: str = "", progress: bool = False, threads: int | None = None) -> None:
+        """Executor.map_chunks here: one chunk after another in index order in this process, or, for
+        chunks that declare `threads`, pool_size() worker processes handed chunks in index order."""
+        _check_threads(threads)
         chunks = list(chunks)
+        workers = self.pool_size(len(chunks), threads)
+        if workers > 1:
+            _map_forked(fn, chunks, shared, on_result, label, progress, threads, workers)
+            return
         bar = progress_bar(len(chunks), label, progress)
         try:
             for i in chunks:
-                on_result(i, fn(i, shared))
+                try:
+                    result = fn(i, shared)
+                except Exception as exc:
+                    exc.add_note(f"lscape: raised by chunk {i}")
+                    raise
+                on_result(i, result)
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -107,12 +157,143 @@ class LocalExecutor(Executor):
                 bar.close()
 
 
-def _run_task(fn: ChunkFn, i: int, shared: Any, num_cpus: int) -> Any:
-    """A chunk inside a Ray worker: torch and lscape's kernels on the task's num_cpus threads."""
+_CAN_FORK = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads: got {threads!r}, expected None or a positive integer (threads per chunk)")
+
+
+def _pin_threads(threads: int) -> None:
+    """torch and lscape's kernels on `threads` threads in this process."""
     import torch
 
-    os.environ["OMP_NUM_THREADS"] = str(num_cpus)  # lscape._backend.num_threads reads it first
-    torch.set_num_threads(num_cpus)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # lscape._backend.num_threads reads it first
+    torch.set_num_threads(threads)
+
+
+def _worker(conn, fn: ChunkFn, shared: Any, threads: int, driver: int) -> None:
+    """A forked worker: pinned to `threads` threads, it computes the chunk indices the driver sends (None:
+    stop) and sends back (i, True, result) or (i, False, exception, traceback text)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle; it ends the workers
+    with contextlib.suppress(Exception):  # Linux: die with the driver, even a SIGKILLed one
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != driver:  # the driver died before prctl
+        os._exit(1)
+    _pin_threads(threads)
+    while True:
+        try:
+            i = conn.recv()
+        except EOFError:
+            break
+        if i is None:
+            break
+        try:
+            msg = (i, True, fn(i, shared))
+        except BaseException as exc:  # sent back whole: the driver raises it, noted with the chunk
+            msg = (i, False, exc, traceback.format_exc())
+        try:
+            conn.send(msg)
+        except Exception as exc:  # an unpicklable result or exception: its description instead
+            conn.send((i, False, RuntimeError(f"{type(exc).__name__}: {exc}"), traceback.format_exc()))
+    conn.close()
+    os._exit(0)  # no atexit handlers or finalizers inherited from the driver
+
+
+def _worker_lost(p, i: int, chunks: list[int], finished: list[int]) -> ExecutorLost:
+    """The ExecutorLost of a worker process that died while holding chunk i."""
+    p.join(timeout=5)
+    code = p.exitcode
+    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+    lost = sorted(set(chunks) - set(finished))
+    return ExecutorLost(f"local: the worker process computing chunk {i} died ({how}); {len(finished)} of "
+                        f"{len(chunks)} chunks finished, {len(lost)} not (chunks {_ranges(lost)})",
+                        finished=finished, pending=lost)
+
+
+def _map_forked(fn: ChunkFn, chunks: list[int], shared: Any, on_result: OnResult, label: str, progress: bool,
+                threads: int, workers: int) -> None:
+    """LocalExecutor.map_chunks on `workers` forked processes: chunks handed out in index order, one at a
+    time per worker, results to on_result on the driver as they arrive."""
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("fork")
+    procs = []
+    for _ in range(workers):  # fork before the bar exists: no tqdm thread is copied mid-lock
+        mine, theirs = ctx.Pipe()
+        p = ctx.Process(target=_worker, args=(theirs, fn, shared, threads, os.getpid()), daemon=True)
+        p.start()
+        theirs.close()
+        procs.append((p, mine))
+    bar = progress_bar(len(chunks), label, progress)
+    todo = iter(chunks)
+    busy: dict = {}  # connection -> (chunk index, process)
+    finished: list[int] = []
+    try:
+        for p, conn in procs:
+            i = next(todo, None)
+            if i is None:
+                break
+            conn.send(i)
+            busy[conn] = (i, p)
+        while busy:
+            sentinels = {p.sentinel: conn for conn, (_, p) in busy.items()}
+            for ready in wait(list(busy) + list(sentinels)):
+                conn = sentinels.get(ready, ready)
+                if conn not in busy:
+                    continue
+                i, p = busy.pop(conn)
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):  # the worker died mid-chunk
+                    raise _worker_lost(p, i, chunks, finished) from None
+                if not msg[1]:
+                    exc = msg[2]
+                    exc.add_note(f"lscape: raised by chunk {i} in a local worker process; its traceback:\n"
+                                 f"{msg[3].rstrip()}")
+                    raise exc
+                on_result(i, msg[2])
+                finished.append(i)
+                if bar is not None:
+                    bar.update(1)
+                nxt = next(todo, None)
+                if nxt is not None:
+                    try:
+                        conn.send(nxt)
+                    except OSError:  # the worker died between two chunks
+                        raise _worker_lost(p, nxt, chunks, finished) from None
+                    busy[conn] = (nxt, p)
+    finally:
+        for p, conn in procs:
+            if busy:  # an error or an interruption: what is still running is dropped (nothing of it saved)
+                p.kill()
+            else:
+                with contextlib.suppress(OSError):
+                    conn.send(None)
+        for p, conn in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+            conn.close()
+        if bar is not None:
+            bar.close()
+
+
+def _run_task(fn: ChunkFn, i: int, shared: Any, num_cpus: int) -> Any:
+    """A chunk inside a Ray worker: torch and lscape's kernels on the task's num_cpus threads."""
+    _pin_threads(num_cpus)
     return fn(i, shared)
 
 
@@ -155,13 +336,16 @@ class RayExecutor(Executor):
         return f"RayExecutor(address={self.address!r}, num_cpus={self.num_cpus})"
 
     def map_chunks(self, fn: ChunkFn, chunks: Sequence[int], *, shared: Any = None, on_result: OnResult,
-                   label: str = "", progress: bool = False) -> None:
-        """Executor.map_chunks as Ray tasks of num_cpus CPUs each, retried max_retries times on dead workers."""
+                   label: str = "", progress: bool = False, threads: int | None = None) -> None:
+        """Executor.map_chunks as Ray tasks of num_cpus CPUs each (`threads` each for chunks that declare
+        them), retried max_retries times on dead workers."""
+        _check_threads(threads)
         ray = self._ray
         chunks = list(chunks)
         if not chunks:
             return
-        task = ray.remote(num_cpus=self.num_cpus, max_retries=self.max_retries,
+        num_cpus = self.num_cpus if threads is None else threads
+        task = ray.remote(num_cpus=num_cpus, max_retries=self.max_retries,
                           retry_exceptions=list(RETRYABLE))(_run_task)
         bar = progress_bar(len(chunks), label, progress)
         finished: list[int] = []
@@ -169,14 +353,16 @@ class RayExecutor(Executor):
         try:
             # inside the try: a full object store or a lost cluster fails the puts too
             fn_ref, shared_ref = ray.put(fn), ray.put(shared)  # once, not once per task
-            pending = {task.remote(fn_ref, i, shared_ref, self.num_cpus): i for i in chunks}
+            pending = {task.remote(fn_ref, i, shared_ref, num_cpus): i for i in chunks}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 i = pending[done[0]]
                 try:
                     result = ray.get(done[0])
                 except ray.exceptions.RayTaskError as exc:
-                    raise exc.as_instanceof_cause() from None  # the chunk's own error, e.g. a ValueError
+                    cause = exc.as_instanceof_cause()  # the chunk's own error, e.g. a ValueError
+                    cause.add_note(f"lscape: raised by chunk {i} in a Ray task")
+                    raise cause from None
                 del pending[done[0]]
                 on_result(i, result)
                 finished.append(i)

@@ -275,7 +275,8 @@ def run(scale: str = "default", out: str = "bosman", *, resume: bool = False, pr
     ctx = common.start(cfg, out, resume=resume, progress=progress, stop_after_chunks=stop_after_chunks,
                        figures=figures, executor=executor)
     todo = cells(cfg)
-    rows = ctx.chunks([cell_name(*cell) for cell in todo], _cell, shared=(cfg, probs), label="bosman cells")
+    rows = ctx.chunks([cell_name(*cell) for cell in todo], _cell, shared=(cfg, probs), label="bosman cells",
+                      threads=1)  # _cell pins one thread: cells run side by side on spare cores
     res = _results(todo, rows)
     return ctx.finish(sys.modules[__name__], res, _summary(cfg, todo, rows, res))
 

@@ -123,10 +123,11 @@ class Context:
     t0: float
 
     def chunks(self, names: Sequence[str], fn: Callable[[int, Any], Mapping[str, Any]], *, shared: Any = None,
-               label: str = "") -> list[dict[str, np.ndarray]]:
-        """checkpointed_chunks on this run's folder, executor and budget: chunk i is fn(i, shared)."""
+               label: str = "", threads: int | None = None) -> list[dict[str, np.ndarray]]:
+        """checkpointed_chunks on this run's folder, executor and budget: chunk i is fn(i, shared); threads:
+        the threads each chunk pins itself to, if it does (then chunks may run side by side)."""
         return checkpointed_chunks(self.rd, names, fn, self.executor, self.budget, shared=shared,
-                                   label=f"{label:<16}", progress=self.progress)
+                                   label=f"{label:<16}", progress=self.progress, threads=threads)
 
     def finish(self, module: types.ModuleType, res: Mapping[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         """results.npz, the session's seconds, the figures (when matplotlib was asked for) and summary.json."""

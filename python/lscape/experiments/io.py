@@ -187,11 +187,12 @@ class ChunkBudget:
 
 def checkpointed_chunks(rd: RunDir, names: Sequence[str], fn: Callable[[int, Any], Mapping[str, Any]],
                         executor: Executor, budget: ChunkBudget, *, shared: Any = None, label: str = "",
-                        progress: bool = False) -> list[dict[str, np.ndarray]]:
+                        progress: bool = False, threads: int | None = None) -> list[dict[str, np.ndarray]]:
     """The arrays of every chunk in `names`: chunk i is fn(i, shared), run on `executor` unless its file
     checkpoints/<names[i]>.npz exists; each result is saved as it arrives (the budget ticking after each
     save), and every chunk is read back from its file, so fresh and resumed runs continue from the same
-    arrays.  The one loop behind every checkpointed stage of every experiment."""
+    arrays.  The one loop behind every checkpointed stage of every experiment.  threads: the threads each
+    chunk pins itself to, if it does (Executor.map_chunks), so chunks may run side by side."""
     todo = [i for i, n in enumerate(names) if rd.load(n) is None]
 
     def save(i: int, result: Mapping[str, Any]) -> None:
@@ -203,7 +204,8 @@ def checkpointed_chunks(rd: RunDir, names: Sequence[str], fn: Callable[[int, Any
         budget.tick()
 
     try:
-        executor.map_chunks(fn, todo, shared=shared, on_result=save, label=label, progress=progress)
+        executor.map_chunks(fn, todo, shared=shared, on_result=save, label=label, progress=progress,
+                            threads=threads)
     except ExecutorLost as exc:
         raise _stopped(rd, names, str(exc)) from exc
     return [rd.load(n) for n in names]

@@ -217,7 +217,7 @@ def product(P: Operands, x: torch.Tensor, transpose: bool) -> torch.Tensor:
         layout, held = "implicit", ()
     elif "cols" in b:
         layout, held = "sell", (ptr(b["perm"]), ptr(b["slice_ptr"]), ptr(b["cols"]))
-    else:
+    else:  # the segments: held on a CUDA device only (build re-lays them as SELL on the CPU)
         layout, held = "indices", (ptr(b["seg_start"]), ptr(b["chunk_ptr"]), ptr(b["indices"]))
     name = ("proj_rmatvec_" if transpose else "proj_matvec_") + layout
     call(k, name, spec.as_tuple(), *held, ptr(P.scales), ptr(x), ptr(out), B, x.dtype == torch.float64)
