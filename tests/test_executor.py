@@ -379,6 +379,15 @@ print("NOT STOPPED", flush=True)
 """
 
 
+def _ray_driver_log() -> str:
+    """The newest Ray session's driver log (where Ray says why it ended a driver)."""
+    import glob
+    import tempfile
+
+    logs = glob.glob(os.path.join(tempfile.gettempdir(), "ray", "session_latest", "logs", "python-core-driver-*"))
+    return "".join(open(p, errors="replace").read() for p in logs)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="kills a raylet by pid: Linux process semantics")
 def test_a_killed_raylet_stops_the_run_within_a_minute_and_a_local_resume_equals_local(tmp_path):
@@ -390,10 +399,20 @@ def test_a_killed_raylet_stops_the_run_within_a_minute_and_a_local_resume_equals
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", _RAYLET_KILLER, str(tmp_path / "run")], env=env,
                           capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 75, (proc.stdout, proc.stderr[-3000:])
-    assert "LocalRayletDiedError" in proc.stdout and "(c0, c1, c2) and are kept" in proc.stdout, proc.stdout
-    stopped_after = float(proc.stdout.split("STOPPED after ")[1].split(" s")[0])
-    assert stopped_after < 60, (stopped_after, time.monotonic() - t0)
+    elapsed = time.monotonic() - t0
+    if proc.returncode == 75:  # lscape saw the dead raylet first: a named stop, the finished chunks listed
+        assert "LocalRayletDiedError" in proc.stdout and "(c0, c1, c2) and are kept" in proc.stdout, proc.stdout
+        stopped_after = float(proc.stdout.split("STOPPED after ")[1].split(" s")[0])
+        assert stopped_after < 60, (stopped_after, elapsed)
+    else:
+        # A race inside Ray itself: when the driver's core worker reaches the dead node's object store first it
+        # ends the process ("connection to the plasma store is failed. Terminate the process", exit status 1)
+        # before any exception reaches Python.  Nothing finished may be lost then either: checked below.
+        assert proc.returncode == 1 and "NOT STOPPED" not in proc.stdout, (proc.returncode, proc.stdout[-2000:])
+        assert "plasma store is failed" in _ray_driver_log(), proc.stderr[-3000:]
+        assert elapsed < 90, elapsed  # the subprocess's start and Ray's own start-up included
+    kept = sorted(f.name for f in (tmp_path / "run" / "checkpoints").glob("c*.npz"))
+    assert kept == ["c0.npz", "c1.npz", "c2.npz"], kept
 
     def chunk(i, shared):
         return {"v": np.arange(50.0) * (i + 1)}
