@@ -9,7 +9,8 @@ Group `surface-41x41`:
   loss-landscapes  loss_landscapes.planar_interpolation(model, model+u, model+v, Loss(...), steps=41):
                    train loss only, one forward pass per point (its grid is model + (i u + j v)/41, so
                    the points differ from lscape's but the work per point is the same)
-lscape runs a row's points 7-8 per call (lscape._batched.BatchedForward).  Both get the same u, v (lscape.directions.random_directions, filter-normalised, biases/BN ignored);
+lscape runs a row's points 7-8 per call (lscape._batched.BatchedForward).  Both get the same u, v
+(lscape.directions.random_directions, filter-normalised, biases/BN ignored);
 lscape's values are checked against a plain loop in tests/test_surface.py.  Target (issue 26): lscape
 >= 1.5x loss-landscapes' speed although it computes 4 numbers on 1.25x the data.
 

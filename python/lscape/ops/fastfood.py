@@ -15,6 +15,7 @@ import torch
 from .. import _backend
 from ..reference import fastfood as ref
 from ._common import call, ptr
+from .projection import LinearProduct
 
 # Products with fewer transformed values than this run on one CPU thread: an OpenMP team costs more than
 # the work (as SERIAL_WORK in ops.projection)
@@ -90,14 +91,9 @@ def product(P: Operands, x: torch.Tensor, transpose: bool) -> torch.Tensor:
     return out
 
 
-class Product(torch.autograd.Function):
-    """matvec or, with transpose, rmatvec; the gradient of each is the other (any order of derivative)."""
+class Product:
+    """The Fastfood P's autograd product: Product.apply(x, P, transpose) (the gradient of each is the other)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, P: Operands, transpose: bool) -> torch.Tensor:
-        ctx.P, ctx.transpose = P, transpose
-        return product(P, x, transpose)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return Product.apply(grad.contiguous(), ctx.P, not ctx.transpose), None, None
+    def apply(x: torch.Tensor, P: Operands, transpose: bool) -> torch.Tensor:
+        return LinearProduct.apply(x, product, P, transpose)

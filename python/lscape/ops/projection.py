@@ -224,17 +224,26 @@ def product(P: Operands, x: torch.Tensor, transpose: bool) -> torch.Tensor:
     return out
 
 
-class Product(torch.autograd.Function):
-    """matvec (theta (B, d) -> (B, D)) or, with transpose, rmatvec (g (B, D) -> (B, d)).
+class LinearProduct(torch.autograd.Function):
+    """product(P, x, transpose): matvec (theta (B, d) -> (B, D)) or, with transpose, rmatvec (g (B, D) -> (B, d)),
+    for any linear P with such a `product` (the sparse and the Fastfood P).
 
     The gradient of each is the other, so derivatives of any order stay on the kernels.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, P: Operands, transpose: bool) -> torch.Tensor:
-        ctx.P, ctx.transpose = P, transpose
+    def forward(ctx, x: torch.Tensor, product, P, transpose: bool) -> torch.Tensor:
+        ctx.product, ctx.P, ctx.transpose = product, P, transpose
         return product(P, x, transpose)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return Product.apply(grad.contiguous(), ctx.P, not ctx.transpose), None, None
+        return LinearProduct.apply(grad.contiguous(), ctx.product, ctx.P, not ctx.transpose), None, None, None
+
+
+class Product:
+    """The sparse P's autograd product: Product.apply(x, P, transpose)."""
+
+    @staticmethod
+    def apply(x: torch.Tensor, P: Operands, transpose: bool) -> torch.Tensor:
+        return LinearProduct.apply(x, product, P, transpose)
