@@ -382,10 +382,11 @@ print("NOT STOPPED", flush=True)
 def _ray_driver_log() -> str:
     """The newest Ray session's driver log (where Ray says why it ended a driver)."""
     import glob
+    import pathlib
     import tempfile
 
     logs = glob.glob(os.path.join(tempfile.gettempdir(), "ray", "session_latest", "logs", "python-core-driver-*"))
-    return "".join(open(p, errors="replace").read() for p in logs)
+    return "".join(pathlib.Path(p).read_text(errors="replace") for p in logs)
 
 
 @pytest.mark.slow
