@@ -444,3 +444,31 @@ def test_a_run_stopped_by_a_lost_cluster_resumes_on_a_fresh_ray_to_the_local_res
         job(tmp_path / "run", lost)
     for a, b in zip(job(tmp_path / "run", ray_executor), job(tmp_path / "ref", LocalExecutor()), strict=True):
         np.testing.assert_array_equal(a["v"], b["v"])
+
+
+def test_chunks_with_costs_start_costliest_first_and_give_the_same_results(tmp_path):
+    """cost= only orders the work (costliest first, equal costs in index order); every chunk's result
+    is that of its index, the same as without costs; a cost list of the wrong length is named."""
+    from lscape.experiments import io as run_io
+
+    order = []
+
+    class Recording(LocalExecutor):
+        def map_chunks(self, fn, chunks, **kw):
+            order.extend(chunks)
+            return super().map_chunks(fn, chunks, **kw)
+
+    names = [f"c{i}" for i in range(5)]
+
+    def job(out, **kw):
+        rd = run_io.RunDir(out, {"job": "t"}, resume=True)
+        return run_io.checkpointed_chunks(rd, names, _square, Recording(), run_io.ChunkBudget(None), shared=2, **kw)
+
+    plain = job(tmp_path / "a")
+    assert order == [0, 1, 2, 3, 4]
+    order.clear()
+    costed = job(tmp_path / "b", cost=[1.0, 5.0, 3.0, 5.0, 0.5])
+    assert order == [1, 3, 2, 0, 4]
+    assert [int(r["v"][0]) for r in costed] == [int(r["v"][0]) for r in plain] == [i * i + 2 for i in range(5)]
+    with pytest.raises(ValueError, match=r"cost: got 2 values, expected one per chunk \(5\)"):
+        job(tmp_path / "c", cost=[1.0, 2.0])

@@ -298,6 +298,30 @@ def test_a_random_walker_reports_nan_and_walks_on():
     assert first1 == (int(torch.nonzero(nan_at[1])[0]) if nan_at[1].any() else -1)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("surface", ["rosenbrock", "wf-mlp"])
+def test_a_continued_walk_draws_as_one_uninterrupted_walk(monkeypatch, surface, fused):
+    """Walking 4 + 7 steps, the second call from the first's end with first_step=4, gives the same
+    samples and end, bit for bit, as 11 steps in one call (what bosman's chunked walks rely on)."""
+    if not fused:
+        monkeypatch.setattr(walks._backend, "kernel", lambda *a, **k: None)
+    if surface == "rosenbrock":
+        L, bound, x = rosenbrock(5), 0.05, torch.linspace(-1.5, 1.5, 6 * 5, dtype=torch.float64).reshape(6, 5)
+    else:
+        spec, wf = wf_network()
+        L, bound, x = Landscape.from_mlp(spec, *wf_training_set()), 0.02, wf.float() + 0.01 * TinyMLP(5, 5).init(
+            6, seed=2)
+    whole = progressive_walk(L, x, 11, bound, None, seed=9, first_walker=3, record_positions=True)
+    a = progressive_walk(L, x, 4, bound, None, seed=9, first_walker=3, record_positions=True)
+    b = progressive_walk(L, a.end, 7, bound, None, seed=9, first_walker=3, record_positions=True, first_step=4)
+    assert torch.equal(whole.end, b.end)
+    assert torch.equal(whole.positions, torch.cat([a.positions, b.positions[:, 1:]], 1))
+    assert torch.equal(whole.loss, torch.cat([a.loss, b.loss[:, 1:]], 1))
+    assert torch.equal(whole.grad_norm, torch.cat([a.grad_norm, b.grad_norm[:, 1:]], 1))
+    restarted = progressive_walk(L, a.end, 7, bound, None, seed=9, first_walker=3)  # first_step 0: new draws
+    assert not torch.equal(restarted.end, b.end)
+
+
 # ---- progress and errors -------------------------------------------------------------------------------
 def test_progress_callback_sees_every_step():
     seen = []
@@ -335,6 +359,9 @@ BAD = [
     (dict(first_walker=-2), ValueError, r"first_walker: got -2"),
     (dict(progress="loud"), TypeError, r"progress: got 'loud'"),
     (dict(record_positions=1), TypeError, r"record_positions: got int"),
+    (dict(first_step=-1), ValueError, r"first_step: got -1"),
+    (dict(first_step=1.5), TypeError, r"first_step: got float"),
+    (dict(first_step=3, gradient=False), ValueError, r"first_step: got 3 with gradient=False, expected 0"),
 ]
 
 

@@ -42,6 +42,7 @@ NAME = "bosman"
 CLASSES = ("convex", "concave", "saddle", "flat")
 PROBLEMS = ("xor", "digits")
 _CAP = 1 << 22  # float64 values of recorded positions held at once (32 MiB): walker groups x step chunks
+_MIN_CHUNK = 32  # steps per chunk the walker groups are sized for (where D allows)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ def walk_cell(land: Landscape, acc_land: Landscape, *, walkers: int, steps: int,
     """`walkers` unbounded gradient walks from uniform starts in [-r, r]^D, recorded in walker groups and
     step chunks (so positions never take more than _CAP values): loss, grad_norm, acc (W, steps + 1)
     float32, end (W, D), and the positions of n_random random sampled points ("picked", (n, D)).  A step
-    chunk k walks with seed + k; walker w draws from its own stream (first_walker), whatever the grouping."""
+    chunk continues the walk (first_step) and walker w draws from its own stream (first_walker): the draws
+    are those of one uninterrupted walk of every walker, whatever the grouping and chunking."""
     from ..probes import progressive_walk
 
     D, W = land.dim, walkers
@@ -152,21 +154,28 @@ def walk_cell(land: Landscape, acc_land: Landscape, *, walkers: int, steps: int,
     starts = torch.from_numpy(rng.uniform(-r, r, (W, D))).to(land.dtype)
     n_pts = W * (steps + 1)
     pick = np.sort(rng.choice(n_pts, size=min(n_random, n_pts), replace=False))
-    # all walkers step together (a step is one batched call); steps are chunked to bound memory
-    g = max(1, min(W, _CAP // (2 * D)))  # walkers per group
-    c = max(1, min(steps, _CAP // (g * D) - 1))  # steps per chunk
+    # Positions are recorded only where something reads them (the random Hessian points; the accuracy
+    # when the walk does not record it), in walker groups and step chunks that bound their memory.  A chunk
+    # evaluates its first point again (the previous chunk's last), so groups are sized for chunks of at
+    # least _MIN_CHUNK steps: 1-step chunks of the width-100 MNIST nets doubled their cost.
+    record = n_random > 0 or "acc" not in getattr(land, "metric_names", ())
+    if record:
+        g = max(1, min(W, _CAP // ((_MIN_CHUNK + 1) * D)))  # walkers per group
+        c = max(1, min(steps, _CAP // (g * D) - 1))  # steps per chunk
+    else:
+        g, c = W, steps  # all walkers step together (a step is one batched call), in one call
     loss = np.empty((W, steps + 1), np.float32)
     gnorm, acc = np.empty_like(loss), np.empty_like(loss)
     end = np.empty((W, D), np.float64)
     picked = np.empty((len(pick), D), np.float64)
     finite = np.ones(W, bool)
     for w0 in range(0, W, g):
-        x, s0, k = starts[w0:w0 + g], 0, 0
+        x, s0 = starts[w0:w0 + g], 0
         n = x.shape[0]
         while True:
             ck = min(c, steps - s0)
-            res = progressive_walk(land, x, ck, step_bound, None, True, seed + k, first_walker=w0,
-                                   record_positions=True)
+            res = progressive_walk(land, x, ck, step_bound, None, True, seed, first_walker=w0,
+                                   record_positions=record, first_step=s0)
             sl = (slice(w0, w0 + n), slice(s0, s0 + ck + 1))
             loss[sl], gnorm[sl] = res.loss.numpy(), res.grad_norm.numpy()
             pos = res.positions
@@ -175,11 +184,11 @@ def walk_cell(land: Landscape, acc_land: Landscape, *, walkers: int, steps: int,
             else:
                 acc[sl] = acc_land.loss(pos.reshape(-1, D)).reshape(n, ck + 1).numpy()
             finite[w0:w0 + n] &= res.finite.numpy()
-            # the random Hessian points that fall in this (group, chunk)
-            wi, si = pick // (steps + 1), pick % (steps + 1)
-            m = (wi >= w0) & (wi < w0 + n) & (si >= s0) & (si <= s0 + ck)
-            picked[m] = pos[wi[m] - w0, si[m] - s0].double().numpy()
-            x, s0, k = res.end, s0 + ck, k + 1
+            if len(pick):  # the random Hessian points that fall in this (group, chunk)
+                wi, si = pick // (steps + 1), pick % (steps + 1)
+                m = (wi >= w0) & (wi < w0 + n) & (si >= s0) & (si <= s0 + ck)
+                picked[m] = pos[wi[m] - w0, si[m] - s0].double().numpy()
+            x, s0 = res.end, s0 + ck
             if s0 >= steps:
                 break
         end[w0:w0 + n] = x.double().numpy()
@@ -191,8 +200,7 @@ def curvature(land: Landscape, pts: torch.Tensor, rtol: float) -> dict[str, np.n
     tolerance (n_pos, n_neg) and min |lambda| / max |lambda| (to reclassify at another tolerance)."""
     from ..probes import classify_stationary, hessian
 
-    D = land.dim
-    H = hessian(land, pts, chunk=max(1, (1 << 22) // (D * D)))
+    H = hessian(land, pts)
     eigs = torch.linalg.eigvalsh(H.double()).numpy()
     a = np.abs(eigs)
     amax = a.max(1)
@@ -257,6 +265,23 @@ def run_cell(cfg: Config, probs: dict[str, dict[str, Any]], i: int, cell) -> dic
     return ck
 
 
+def cell_cost(cfg: Config, probs: dict[str, dict[str, Any]], cell) -> float:
+    """A cell's rough cost in flops, to start the costliest first: its walker-steps' forward and backward
+    passes (6 flops a weight and pattern, plus about 3e6 of per-call overhead: measured 130-280 us a
+    walker-step on the smallest nets) and, for XOR, its dense Hessians (reverse over reverse, D passes) and
+    their eigenvalues (4/3 D^3)."""
+    prob, w, dp, _r, micro = cell
+    p = probs[prob]
+    sizes = (p["n_in"], *([w] * dp), p["n_out"])
+    D = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+    cap = cfg.digits_max_walkers if prob == "digits" and cfg.digits_max_walkers is not None else cfg.max_walkers
+    W = D if cap is None else min(D, cap)
+    steps = cfg.micro_steps if micro else cfg.macro_steps
+    n = len(p["data"][0])
+    hess = cfg.hessian_points * (6.0 * D * D * n + 4 / 3 * D ** 3) if prob == "xor" else 0.0
+    return W * (steps + 1) * (6.0 * D * n + 3e6) + hess
+
+
 def _cell(i: int, job: tuple[Config, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """Chunk i: the walks (and Hessians or accuracies) of cell cells(cfg)[i], on one torch thread (tiny
     networks only lose to a thread pool)."""
@@ -276,7 +301,8 @@ def run(scale: str = "default", out: str = "bosman", *, resume: bool = False, pr
                        figures=figures, executor=executor)
     todo = cells(cfg)
     rows = ctx.chunks([cell_name(*cell) for cell in todo], _cell, shared=(cfg, probs), label="bosman cells",
-                      threads=1)  # _cell pins one thread: cells run side by side on spare cores
+                      threads=1,  # _cell pins one thread: cells run side by side on spare cores
+                      cost=[cell_cost(cfg, probs, cell) for cell in todo])
     res = _results(todo, rows)
     return ctx.finish(sys.modules[__name__], res, _summary(cfg, todo, rows, res))
 

@@ -123,11 +123,13 @@ class Context:
     t0: float
 
     def chunks(self, names: Sequence[str], fn: Callable[[int, Any], Mapping[str, Any]], *, shared: Any = None,
-               label: str = "", threads: int | None = None) -> list[dict[str, np.ndarray]]:
+               label: str = "", threads: int | None = None,
+               cost: Sequence[float] | None = None) -> list[dict[str, np.ndarray]]:
         """checkpointed_chunks on this run's folder, executor and budget: chunk i is fn(i, shared); threads:
-        the threads each chunk pins itself to, if it does (then chunks may run side by side)."""
+        the threads each chunk pins itself to, if it does (then chunks may run side by side); cost: a rough
+        cost per chunk (the costliest start first)."""
         return checkpointed_chunks(self.rd, names, fn, self.executor, self.budget, shared=shared,
-                                   label=f"{label:<16}", progress=self.progress, threads=threads)
+                                   label=f"{label:<16}", progress=self.progress, threads=threads, cost=cost)
 
     def finish(self, module: types.ModuleType, res: Mapping[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         """results.npz, the session's seconds, the figures (when matplotlib was asked for) and summary.json."""

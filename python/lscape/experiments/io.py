@@ -187,13 +187,20 @@ class ChunkBudget:
 
 def checkpointed_chunks(rd: RunDir, names: Sequence[str], fn: Callable[[int, Any], Mapping[str, Any]],
                         executor: Executor, budget: ChunkBudget, *, shared: Any = None, label: str = "",
-                        progress: bool = False, threads: int | None = None) -> list[dict[str, np.ndarray]]:
+                        progress: bool = False, threads: int | None = None,
+                        cost: Sequence[float] | None = None) -> list[dict[str, np.ndarray]]:
     """The arrays of every chunk in `names`: chunk i is fn(i, shared), run on `executor` unless its file
     checkpoints/<names[i]>.npz exists; each result is saved as it arrives (the budget ticking after each
     save), and every chunk is read back from its file, so fresh and resumed runs continue from the same
     arrays.  The one loop behind every checkpointed stage of every experiment.  threads: the threads each
-    chunk pins itself to, if it does (Executor.map_chunks), so chunks may run side by side."""
+    chunk pins itself to, if it does (Executor.map_chunks), so chunks may run side by side.  cost: a rough
+    cost per chunk; the costliest are handed out first, so chunks side by side end together (a chunk's
+    result depends on its index only, never on the order)."""
     todo = [i for i, n in enumerate(names) if rd.load(n) is None]
+    if cost is not None:
+        if len(cost) != len(names):
+            raise ValueError(f"cost: got {len(cost)} values, expected one per chunk ({len(names)})")
+        todo.sort(key=lambda i: -cost[i])  # stable: equal costs keep their order
 
     def save(i: int, result: Mapping[str, Any]) -> None:
         try:

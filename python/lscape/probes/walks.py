@@ -160,7 +160,7 @@ def _bounds_arg(bounds, D: int, like: torch.Tensor) -> tuple[torch.Tensor, torch
 def progressive_walk(landscape: Landscape, starts: torch.Tensor | np.ndarray | int, steps: int,
                      step_bound: VectorLike, bounds: Bounds = None, gradient: bool = True, seed: int = 0,
                      progress: ProgressArg = False, *, first_walker: int = 0,
-                     record_positions: bool = False) -> WalkResult:
+                     record_positions: bool = False, first_step: int = 0) -> WalkResult:
     """W progressive gradient walks (gradient=True) or progressive random walks (gradient=False) at once.
 
     landscape: the Landscape to sample (dimension D).
@@ -174,10 +174,13 @@ def progressive_walk(landscape: Landscape, starts: torch.Tensor | np.ndarray | i
     seed, first_walker: walker w draws from stream (seed, first_walker + w).
     progress: True for a progress bar on stderr, or a callable (done, total) called after each step.
     record_positions: keep every position ((W, steps + 1, D): memory W * (steps + 1) * D values).
+    first_step: the steps this walk already took (gradient walks): step s draws as step first_step + s, so
+        a walk continued from its end (starts = res.end) draws exactly as one uninterrupted walk.
 
     Returns a WalkResult.  Every step is one landscape.loss_and_grad call on all W walkers.
     """
-    a = _walk_args(landscape, starts, steps, step_bound, bounds, gradient, seed, first_walker, record_positions)
+    a = _walk_args(landscape, starts, steps, step_bound, bounds, gradient, seed, first_walker, record_positions,
+                   first_step)
     return _walk(landscape, a, as_callback(progress, "gradient walk" if gradient else "random walk"))
 
 
@@ -195,10 +198,11 @@ class _WalkArgs:
     box: tuple[torch.Tensor, torch.Tensor] | None
     bound: torch.Tensor
     x: torch.Tensor | None
+    first_step: int = 0
 
 
 def _walk_args(landscape, starts, steps, step_bound, bounds, gradient, seed, first_walker,
-               record_positions) -> _WalkArgs:
+               record_positions, first_step=0) -> _WalkArgs:
     """Every argument of progressive_walk checked, with an error naming it, before any evaluation."""
     if not isinstance(landscape, Landscape):
         raise TypeError(f"landscape: got {_checks.describe(landscape)}, expected a lscape.Landscape")
@@ -212,6 +216,10 @@ def _walk_args(landscape, starts, steps, step_bound, bounds, gradient, seed, fir
                         "(random walk)")
     if not isinstance(record_positions, bool):
         raise TypeError(f"record_positions: got {_checks.describe(record_positions)}, expected a bool")
+    first_step = _checks.int_arg("first_step", first_step, low=0, high=2**63)
+    if first_step and not gradient:  # its turn bits restart from the starts' halves: not a continuation
+        raise ValueError(f"first_step: got {first_step} with gradient=False, expected 0: a random walk "
+                         "cannot be continued (its direction bits are not carried from call to call)")
     box = _bounds_arg(bounds, D, like)
     if box is None and not gradient:
         raise ValueError("bounds: got None, expected (low, high): the random walk turns at the bounds")
@@ -225,7 +233,7 @@ def _walk_args(landscape, starts, steps, step_bound, bounds, gradient, seed, fir
             raise ValueError(f"step_bound: got {float(bound[j])} in dimension {j}, expected at most the width "
                              f"of bounds there ({float(width[j])}), so one reflection keeps a walker inside")
     x, W = _starts_arg(landscape, starts, box, first_walker)
-    return _WalkArgs(D, W, like, steps, seed, first_walker, gradient, record_positions, box, bound, x)
+    return _WalkArgs(D, W, like, steps, seed, first_walker, gradient, record_positions, box, bound, x, first_step)
 
 
 def _starts_arg(landscape, starts, box, first_walker: int) -> tuple[torch.Tensor | None, int]:
@@ -320,17 +328,18 @@ def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
             positions[:, s] = x
         if s == steps:
             break
+        tag = a.first_step + s + 1  # this step's draws (continued walks: as one uninterrupted walk)
         if fused is not None:  # the same bits as the passes below, in one
             if gradient:
                 stopped |= bad
-            x = _fused_step(fused, keys, s + 1, bound, grad if gradient else None, None if gradient else up,
+            x = _fused_step(fused, keys, tag, bound, grad if gradient else None, None if gradient else up,
                             stopped if gradient else None, x)
         else:
             # r <= bound: u < 1 (it may round up to 1 in float32), bound is exact in this dtype
             if cpu:
-                r = _step_sizes(keys, s + 1, bound, counters, r_buf)
+                r = _step_sizes(keys, tag, bound, counters, r_buf)
             else:
-                u = torch.from_numpy(_uniform(_draws(keys, s + 1, D))).to(dtype=like.dtype, device=like.device)
+                u = torch.from_numpy(_uniform(_draws(keys, tag, D))).to(dtype=like.dtype, device=like.device)
                 r = u * bound
             if gradient:
                 stopped |= bad  # no direction from a non-finite gradient: this walker stops, the others go on
