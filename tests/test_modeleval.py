@@ -348,3 +348,58 @@ def test_bad_metrics_are_named():
     with pytest.raises(TypeError, match="metrics: got 'acc'"):
         Landscape.from_module(model, F.cross_entropy, (torch.zeros(2, 6), torch.zeros(2, dtype=torch.long)),
                               metrics={"acc": 3})
+
+
+def test_hessian_products_are_sliced_only_where_slices_stay_large():
+    import lscape.landscape as landscape_mod
+
+    rn = resnet20(1, num_classes=3, in_channels=3, seed=0).train()
+    assert landscape_mod._slice_rows(rn, torch.randn(64, 3, 32, 32)) == 32  # 0.6 M activations a sample
+    assert rn.training and all(m.training for m in rn.modules())  # its modes put back
+    assert landscape_mod._slice_rows(rn, torch.randn(32, 3, 32, 32)) is None  # one slice anyway
+    mlp = nn.Sequential(nn.Linear(64, 200), nn.ReLU(), nn.Linear(200, 10))
+    assert landscape_mod._slice_rows(mlp, torch.randn(1437, 64)) is None  # 410 a sample: calls would cost
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", ["cnn2d-bn", "residual", "linear-bn1d"])
+def test_hessian_products_in_slices_equal_autograd_on_the_plain_module(name, reduction, monkeypatch):
+    """Hessian-vector products differentiate the loss built in slices of HVP_ROWS samples (75 samples: 32,
+    32, 11; these small nets are sliced by lowering HVP_SLICE_ELEMS); with a mean loss that is the same
+    function, and a sum loss (not a mean over samples) is detected and kept whole.  Both equal torch's own
+    HVP of the plain module on the whole batch."""
+    import lscape.landscape as landscape_mod
+    from lscape.probes.spectrum import hvp
+
+    monkeypatch.setattr(landscape_mod, "HVP_SLICE_ELEMS", 1)
+    model, layout, theta, X, Y = _setup(name, n=75)
+    assert landscape_mod.HVP_ROWS == 32
+
+    def loss_fn(out, y):
+        return F.cross_entropy(out, y, reduction=reduction)
+
+    L = Landscape.from_module(model, loss_fn, (X, Y))
+    rows = []  # the samples of every forward pass that builds the products' graph
+    real = landscape_mod._sliced_loss
+
+    def spy(forward, fn, Xb, Yb, size):
+        def counted(x):
+            rows.append(x.shape[0])
+            return forward(x)
+        return real(counted, fn, Xb, Yb, size)
+
+    V = torch.randn(2, layout.dim, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    orig = landscape_mod._sliced_loss
+    try:
+        landscape_mod._sliced_loss = spy
+        got = hvp(L, theta, V)
+    finally:
+        landscape_mod._sliced_loss = orig
+
+    def plain(t):
+        return loss_fn(_plain(model, layout, t, X), Y)
+
+    for v, g in zip(V, got, strict=True):
+        want = torch.func.jvp(torch.func.grad(plain), (theta,), (v.float(),))[1]
+        torch.testing.assert_close(g, want, rtol=RTOL, atol=RTOL * float(want.abs().max()))
+    assert rows == ([32, 32, 11] if reduction == "mean" else [32, 32, 11, 75])  # a sum: checked, kept whole

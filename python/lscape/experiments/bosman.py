@@ -75,7 +75,7 @@ SCALES: dict[str, Config] = {
     # seconds: two XOR architectures, one digits one, 8 walkers of 30 / 10 steps
     "smoke": Config("smoke", xor_widths=(2,), xor_depths=(1, 2), digits_widths=(10,), digits_depths=(1,),
                     micro_steps=30, macro_steps=10, max_walkers=8, hessian_points=8),
-    # about 4 minutes on a 2-core CPU: all 9 XOR architectures (tiny), digits widths 10, 20 and 100 at
+    # about 1.5 minutes on a 2-core CPU: all 9 XOR architectures (tiny), digits widths 10, 20 and 100 at
     # depths 1 and 2; walks capped at 64 per cell, micro walks at 300 steps (the paper: D walks, 1000
     # steps), 32 Hessians per XOR cell
     "default": Config("default"),
@@ -83,10 +83,10 @@ SCALES: dict[str, Config] = {
     # (MNIST from --data-dir).  Far beyond a CPU: MNIST width 100, depth 3 alone has D = 99,710 walkers.
     "paper": Config("paper", dataset="mnist", digits_widths=(10, 20, 100), digits_depths=(1, 2, 3),
                     micro_steps=1000, max_walkers=None, eval_patterns=10_000, hessian_points=1000),
-    # what 2 cores can do of it in about 1.5 hours: the paper's networks, steps, ranges and MNIST batches, and
+    # what 2 cores can do of it in about 13 minutes: the paper's networks, steps, ranges and MNIST batches, and
     # D walks per XOR cell, but 64 walks per MNIST cell (D walks of the width-100 depth-3 net, 99,710 x 1000
-    # steps at ~8 ms a walker-step, would take ~9 days a cell) and 256 Hessians per XOR cell (~0.2 s each at
-    # D = 921)
+    # steps at ~2 ms a walker-step, would take ~2.4 days a cell) and 256 Hessians per XOR cell (~0.1 s each
+    # with the eigenvalues at D = 921)
     "paper-capped": Config("paper-capped", dataset="mnist", digits_widths=(10, 20, 100), digits_depths=(1, 2, 3),
                            micro_steps=1000, max_walkers=None, digits_max_walkers=64, eval_patterns=10_000,
                            hessian_points=256),
