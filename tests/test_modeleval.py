@@ -360,6 +360,14 @@ def test_hessian_products_are_sliced_only_where_slices_stay_large():
     mlp = nn.Sequential(nn.Linear(64, 200), nn.ReLU(), nn.Linear(200, 10))
     assert landscape_mod._slice_rows(mlp, torch.randn(1437, 64)) is None  # 410 a sample: calls would cost
 
+    class NeedsFour(nn.Module):
+        def forward(self, x):
+            if x.shape[0] < 4:
+                raise RuntimeError("needs four rows")
+            return x
+
+    assert landscape_mod._slice_rows(NeedsFour(), torch.randn(64, 3)) is None  # refuses two rows: whole
+
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("name", ["cnn2d-bn", "residual", "linear-bn1d"])

@@ -304,6 +304,8 @@ def _slice_rows(model: nn.Module, X) -> int | None:
     model.eval()  # forward_cost runs the module itself: no BatchNorm statistics may move
     try:
         elems = forward_cost(model, X[:2])[1]
+    except (RuntimeError, ValueError, TypeError, IndexError):  # a model that refuses two rows: left whole
+        return None
     finally:
         for m, mode in modes.items():
             m.training = mode
