@@ -273,13 +273,13 @@ class Landscape:
             # one piece (smaller activations stay in cache and in malloc's heap).  Only for a loss that is
             # the mean of its samples' terms (checked on the outputs, else the batch in one piece) and only
             # where a slice's activations are large enough that the extra calls cost nothing.
-            total, out = 0, 0.0
+            total, out, params = 0, 0.0, layout.split(theta)
             with narrow_linears(model):
                 for X, Y in batches:
                     if not rows:
                         rows.append(_slice_rows(model, X))
                     n = X.shape[0]
-                    out = out + _sliced_loss(lambda x: fast(layout.split(theta), x, buffers, channels_last=cl),
+                    out = out + _sliced_loss(lambda x: fast(params, x, buffers, channels_last=cl),
                                              loss_fn, X, Y, rows[0]) * n
                     total += n
             return out / total

@@ -242,9 +242,7 @@ def run_cell(cfg: Config, probs: dict[str, dict[str, Any]], i: int, cell) -> dic
     land = Landscape.from_module(model, p["loss"], p["data"], chunk=chunk, metrics={"acc": p["acc"]})
     acc_land = Landscape.from_module(model, p["acc"], p["data"], chunk=256)
     D = land.dim
-    cap = cfg.digits_max_walkers if prob == "digits" and cfg.digits_max_walkers is not None else cfg.max_walkers
-    W = D if cap is None else min(D, cap)
-    steps = cfg.micro_steps if micro else cfg.macro_steps
+    W, steps = _walks(cfg, prob, D, micro)
     bound = (cfg.micro_fraction if micro else cfg.macro_fraction) * 2 * r
     n_hess = cfg.hessian_points if prob == "xor" else 0
     n_end = min(W, n_hess // 2)
@@ -265,6 +263,12 @@ def run_cell(cfg: Config, probs: dict[str, dict[str, Any]], i: int, cell) -> dic
     return ck
 
 
+def _walks(cfg: Config, prob: str, D: int, micro: bool) -> tuple[int, int]:
+    """(walkers, steps) of a cell: D walkers capped by the problem's cap, the granularity's steps."""
+    cap = cfg.digits_max_walkers if prob == "digits" and cfg.digits_max_walkers is not None else cfg.max_walkers
+    return (D if cap is None else min(D, cap)), (cfg.micro_steps if micro else cfg.macro_steps)
+
+
 def cell_cost(cfg: Config, probs: dict[str, dict[str, Any]], cell) -> float:
     """A cell's rough cost in flops, to start the costliest first: its walker-steps' forward and backward
     passes (6 flops a weight and pattern, plus about 3e6 of per-call overhead: measured 130-280 us a
@@ -272,11 +276,8 @@ def cell_cost(cfg: Config, probs: dict[str, dict[str, Any]], cell) -> float:
     their eigenvalues (4/3 D^3)."""
     prob, w, dp, _r, micro = cell
     p = probs[prob]
-    sizes = (p["n_in"], *([w] * dp), p["n_out"])
-    D = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
-    cap = cfg.digits_max_walkers if prob == "digits" and cfg.digits_max_walkers is not None else cfg.max_walkers
-    W = D if cap is None else min(D, cap)
-    steps = cfg.micro_steps if micro else cfg.macro_steps
+    D = sum(t.numel() for t in make_model(p["n_in"], w, dp, p["n_out"], p["dtype"]).parameters())
+    W, steps = _walks(cfg, prob, D, micro)
     n = len(p["data"][0])
     hess = cfg.hessian_points * (6.0 * D * D * n + 4 / 3 * D ** 3) if prob == "xor" else 0.0
     return W * (steps + 1) * (6.0 * D * n + 3e6) + hess
