@@ -4,8 +4,10 @@
 
 Contenders, each timed over the same vectors after one untimed warm-up call, all checked against the first:
   double backward       the gradient's graph built once (create_graph), one backward pass through it per
-                        vector (what PyHessian and lscape.probes.spectrum do)
+                        vector (what PyHessian does), torch's own derivatives throughout
   double backward, K    the same, K vectors in one pass (autograd.grad is_grads_batched: vmap inside)
+  ..., _hvpops        the same two with the convolutions' and ReLUs' double backward written out
+                        (lscape._hvpops.hvp_mode: what lscape.probes.spectrum does)
   jvp of grad           torch.func.jvp(torch.func.grad(loss)): forward-over-reverse, forward and backward
                         repeated per vector
   vmap jvp of grad, K   the same vmapped over K vectors
@@ -14,10 +16,12 @@ Prints seconds per vector and the largest relative difference from the first con
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
 from lscape import Landscape
+from lscape._hvpops import hvp_mode
 from lscape.models import resnet20
 from torch import nn
 
@@ -39,17 +43,20 @@ def main() -> None:
     print(f"ResNet-20 width {a.width}: D = {theta.numel():,}, {a.images} images, {a.vectors} vectors, "
           f"{a.threads} thread(s)")
 
-    def graph():
+    def graph(second_order: bool = False):
         x = theta.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(L.point_loss(x), x, create_graph=True)
+        with hvp_mode(model) if second_order else contextlib.nullcontext():
+            (g,) = torch.autograd.grad(L.point_loss(x), x, create_graph=True)
         return x, g
 
-    x, g = graph()
+    graphs = {False: graph(), True: graph(True)}
 
-    def double_backward():
+    def double_backward(second_order: bool = False):
+        x, g = graphs[second_order]
         return torch.stack([torch.autograd.grad(g, x, v, retain_graph=True)[0] for v in V])
 
-    def double_backward_k():
+    def double_backward_k(second_order: bool = False):
+        x, g = graphs[second_order]
         return torch.autograd.grad(g, x, V, retain_graph=True, is_grads_batched=True)[0]
 
     grad = torch.func.grad(L.point_loss)
@@ -63,12 +70,19 @@ def main() -> None:
     def graph_build():  # the one-time cost of the held graph, per point
         return graph()[1][None]
 
-    ref = None
+    def graph_build_hvpops():
+        return graph(True)[1][None]
+
+    ref = ref_g = None
     for name, fn, per in (("double backward", double_backward, a.vectors),
                           (f"double backward, {a.vectors} batched", double_backward_k, a.vectors),
+                          ("double backward, _hvpops", lambda: double_backward(True), a.vectors),
+                          (f"double backward, {a.vectors} batched, _hvpops", lambda: double_backward_k(True),
+                           a.vectors),
                           ("jvp of grad", jvp_of_grad, a.vectors),
                           (f"vmap jvp of grad, {a.vectors}", vmap_jvp_of_grad, a.vectors),
-                          ("(gradient graph, once per point)", graph_build, 1)):
+                          ("(gradient graph, once per point)", graph_build, 1),
+                          ("(the same, _hvpops)", graph_build_hvpops, 1)):
         try:
             out = fn()
             t0 = time.perf_counter()
@@ -79,7 +93,12 @@ def main() -> None:
             continue
         if ref is None:
             ref = out
-        err = float((out - ref).norm() / ref.norm()) if out.shape == ref.shape else float("nan")
+        out = out.detach()
+        if name.startswith("("):
+            ref_g = out if ref_g is None else ref_g
+            err = float((out - ref_g).norm() / ref_g.norm())
+        else:
+            err = float((out - ref).norm() / ref.norm())
         print(f"  {name:34s} {dt:8.3f} s per vector   rel. diff {err:.1e}")
 
 

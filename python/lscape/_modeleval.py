@@ -33,6 +33,8 @@ import torch.fx
 from torch import nn
 from torch.nn import functional as F
 
+from . import _hvpops
+
 __all__ = ["FastForward", "fold_pairs", "forward_cost", "prefers_channels_last"]
 
 _CONVS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
@@ -104,10 +106,20 @@ def _scale_shift(b, g, beta, mean, var, eps: float):
 
 
 def _conv_bn(x, w, b, g, beta, mean, var, *, eps: float, dims: int, stride, padding, dilation, groups):
-    """conv(x) followed by eval-mode BatchNorm, as one convolution with folded weights."""
+    """conv(x) followed by eval-mode BatchNorm, as one convolution with folded weights.  Inside
+    lscape._hvpops.hvp_mode (Hessian-vector products): folded once per block, the double backward written
+    out."""
+    if _hvpops.active():
+        w, shift = _hvpops.once(_fold_conv, w, b, g, beta, mean, var, eps)
+        return _hvpops.conv(x, w, shift, stride, padding, dilation, groups)
+    w, shift = _fold_conv(w, b, g, beta, mean, var, eps)
+    return (F.conv1d, F.conv2d, F.conv3d)[dims - 1](x, w, shift, stride, padding, dilation, groups)
+
+
+def _fold_conv(w, b, g, beta, mean, var, eps: float):
+    """(the convolution's weight with the BatchNorm folded in, its bias)."""
     s, shift = _scale_shift(b, g, beta, mean, var, eps)
-    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
-    return conv(x, w * s.reshape(-1, *([1] * (w.dim() - 1))), shift, stride, padding, dilation, groups)
+    return w * s.reshape(-1, *([1] * (w.dim() - 1))), shift
 
 
 def _mkldnn_conv_relu():
@@ -125,10 +137,9 @@ def _conv_bn_relu(x, w, b, g, beta, mean, var, *, eps: float, dims: int, stride,
     (a float32 2-D convolution on the CPU with numeric padding), else the two steps, the ReLU in place."""
     if _CONV_RELU is not None and dims == 2 and x.device.type == "cpu" and x.dtype == torch.float32 \
             and not isinstance(padding, str) and x.dim() == 4:
-        s, shift = _scale_shift(b, g, beta, mean, var, eps)
+        wf, shift = _fold_conv(w, b, g, beta, mean, var, eps)
         try:
-            return _CONV_RELU(x, w * s.reshape(-1, 1, 1, 1), shift, list(padding), list(stride), list(dilation),
-                              groups, "relu", [], "")
+            return _CONV_RELU(x, wf, shift, list(padding), list(stride), list(dilation), groups, "relu", [], "")
         except (RuntimeError, TypeError):  # an input (or a torch version) this private op refuses: two steps
             pass
     return torch.relu_(_conv_bn(x, w, b, g, beta, mean, var, eps=eps, dims=dims, stride=stride, padding=padding,
@@ -263,6 +274,18 @@ def _inplace_graph(gm: torch.fx.GraphModule, exclude: Collection[str] = ()) -> t
     return torch.fx.GraphModule(gm, graph)
 
 
+def _hvp_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """gm with its out-of-place ReLUs running lscape._hvpops.relu (the graphs Hessian-vector products
+    differentiate twice; its folded convolutions switch to _hvpops.conv by themselves)."""
+    graph = copy.deepcopy(gm.graph)
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in _RELUS and len(node.args) == 1 \
+                and not node.kwargs.get("inplace", False):
+            node.target, node.kwargs = _hvpops.relu, {}
+    graph.lint()
+    return torch.fx.GraphModule(gm, graph)
+
+
 class FastForward:
     """`model`'s forward as f(params, X), BatchNorm folded and 2-D convolutions channels-last (module
     docstring).  params: {name: tensor} as for torch.func.functional_call (a FlatLayout.split of a point),
@@ -277,6 +300,7 @@ class FastForward:
         self.model = model
         self.graph_module, self.folded, self.reason = _folded_graph(model, set(exclude))
         self._inplace = None if self.graph_module is None else _inplace_graph(self.graph_module, set(exclude))
+        self._hvp: torch.fx.GraphModule | None = None  # _hvp_graph's, built on first use
         bn_names = {b for _, b in self.folded}
         self._bns = [m for n, m in model.named_modules() if n in bn_names]
         if self.graph_module is not None:
@@ -298,8 +322,12 @@ class FastForward:
             X = X.contiguous(memory_format=torch.channels_last)
         fold = self.active
         module = self.graph_module if fold else self.model
-        if fold and not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
-            module = self._inplace  # nothing will differentiate: ReLUs and residual sums in place
+        if fold and not torch._C._are_functorch_transforms_active():
+            if not torch.is_grad_enabled():
+                module = self._inplace  # nothing will differentiate: ReLUs and residual sums in place
+            elif _hvpops.active():  # a graph to differentiate twice: ReLUs with their double backward written out
+                self._hvp = self._hvp or _hvp_graph(self.graph_module)
+                module = self._hvp
         if params is None and buffers is None:
             return module(X)
         state = {**({} if buffers is None else buffers), **({} if params is None else params)}

@@ -17,7 +17,10 @@ A module landscape builds that graph NCHW when it has a convolution of >= 128 ch
 backward ran 8% faster so on a ResNet-20 at width x4, channels-last 11% faster at x1; `hvp_point_loss`).
 On a BatchNorm ResNet-20 (width 1, 32 images, one thread, bench/hessian_hvp_methods.py) double backward
 took 0.50 s a vector, four batched 0.63 s a vector, torch.func.jvp of grad (forward-over-reverse) 0.94 s
-and its vmap over four vectors 0.92 s: double backward is the product used.  A module landscape over
+and its vmap over four vectors 0.92 s: double backward is the product used.  A module's graph is built
+with its convolutions' and ReLUs' double backward written out (lscape._hvpops.hvp_mode: torch's computes
+a convolution's weight term as a transposed convolution at half oneDNN's rate, and a ReLU's as zeros):
+at width x4 (32 images, one thread) 1.63 s a vector against torch's own 2.33 s.  A module landscape over
 several batches streams instead: per product, each batch's gradient graph is built, differentiated and
 dropped.  The products run in the landscape's dtype; everything else (Lanczos coefficients,
 reorthogonalisation, tridiagonal eigenproblems, sums of probes) is float64.
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 
 from .. import _checks
+from .._hvpops import hvp_mode
 from ..landscape import Landscape
 from . import _krylov
 from .hessian import hessian
@@ -88,7 +92,13 @@ class _HVP:
         if self._stream is not None:
             return
         # a module landscape's loss in the layout its double backward runs fastest in (Landscape.from_module)
-        self.x, self.g = _gradient_graph(getattr(landscape, "hvp_point_loss", None) or landscape.point_loss, theta)
+        self.x, self.g = self._graph(getattr(landscape, "hvp_point_loss", None) or landscape.point_loss)
+
+    def _graph(self, loss_fn: Callable[[torch.Tensor], torch.Tensor]):
+        """_gradient_graph at theta, its convolutions and ReLUs with their double backward written out
+        (lscape._hvpops)."""
+        with hvp_mode(getattr(self._landscape, "module", None)):
+            return _gradient_graph(loss_fn, self.theta)
 
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
         out = torch.empty(V.shape, dtype=_F64, device=self.device)
@@ -99,7 +109,7 @@ class _HVP:
         if self._stream is not None:
             out.zero_()
             for loss in self._stream():  # one batch's graph at a time
-                x, g = _gradient_graph(loss, self.theta)
+                x, g = self._graph(loss)
                 if g is not None:
                     for i in range(0, V.shape[0], self.batch):
                         out[i:i + self.batch] += self._apply(
