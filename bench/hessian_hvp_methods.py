@@ -6,7 +6,7 @@ Contenders, each timed over the same vectors after one untimed warm-up call, all
   double backward       the gradient's graph built once (create_graph), one backward pass through it per
                         vector (what PyHessian does), torch's own derivatives throughout
   double backward, K    the same, K vectors in one pass (autograd.grad is_grads_batched: vmap inside)
-  ..., _hvpops        the same two with the convolutions' and ReLUs' double backward written out
+  ..., _hvpops          the same two with the convolutions' and ReLUs' double backward written out
                         (lscape._hvpops.hvp_mode: what lscape.probes.spectrum does)
   jvp of grad           torch.func.jvp(torch.func.grad(loss)): forward-over-reverse, forward and backward
                         repeated per vector
@@ -91,9 +91,9 @@ def main() -> None:
         except (RuntimeError, NotImplementedError) as exc:
             print(f"  {name:34s} failed: {type(exc).__name__}: {str(exc)[:80]}")
             continue
+        out = out.detach()
         if ref is None:
             ref = out
-        out = out.detach()
         if name.startswith("("):
             ref_g = out if ref_g is None else ref_g
             err = float((out - ref_g).norm() / ref_g.norm())
