@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._fastops import narrow_linears
+from ._fastops import instance_forwards, narrow_linears
 from ._flat import FlatLayout
 from ._modeleval import FastForward, prefers_channels_last
 
@@ -211,14 +211,12 @@ class AffineCache:
         if self._installed:
             yield
             return
-        for name, m in self.mods.items():
-            m.forward = (lambda key: lambda *a, **k: self._now[key])(name)
         self._installed = True
         try:
-            yield
+            with instance_forwards({m: (lambda key: lambda *a, **k: self._now[key])(name)
+                                    for name, m in self.mods.items()}):
+                yield
         finally:
-            for m in self.mods.values():
-                del m.forward
             self._installed = False
             self._now.clear()
 

@@ -17,13 +17,13 @@ derivative.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["fast_loss", "cross_entropy_rows", "narrow_linears", "NARROW"]
+__all__ = ["fast_loss", "cross_entropy_rows", "instance_forwards", "narrow_linears", "NARROW"]
 
 NARROW = range(5, 16)  # output widths whose transposed product measured faster (1.1-2.5x, 256-10,000 rows)
 
@@ -83,17 +83,24 @@ def _narrow_forward(m: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 @contextlib.contextmanager
+def instance_forwards(forwards: Mapping[nn.Module, Callable]):
+    """While entered, each module runs its given forward (set on the instance, so Module.__call__ and its
+    hooks still run); removed on exit, whatever happens inside.  The modules must not have one of their
+    own already."""
+    for m, fn in forwards.items():
+        m.forward = fn
+    try:
+        yield
+    finally:
+        for m in forwards:
+            del m.forward
+
+
 def narrow_linears(model: nn.Module, skip: Collection[nn.Module] = ()):
     """While entered, every nn.Linear of `model` with an output width in NARROW (not in `skip`, and
     without a forward of its own already) computes its (N, out) output as (W X^T + b)^T: the same
     values, in a column-major layout.  Reads m.weight at call time, so torch.func.functional_call's
     parameters are the ones used."""
-    mods = [m for m in model.modules() if type(m) is nn.Linear and m.out_features in NARROW
-            and m not in skip and "forward" not in m.__dict__]
-    for m in mods:
-        m.forward = _narrow_forward(m)
-    try:
-        yield
-    finally:
-        for m in mods:
-            del m.forward
+    return instance_forwards({m: _narrow_forward(m) for m in model.modules()
+                              if type(m) is nn.Linear and m.out_features in NARROW
+                              and m not in skip and "forward" not in m.__dict__})

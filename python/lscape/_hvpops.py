@@ -41,6 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._fastops import instance_forwards
+
 __all__ = ["active", "conv", "hvp_mode", "once", "relu"]
 
 _aten = torch.ops.aten
@@ -198,13 +200,10 @@ def _swapped(m: nn.Module) -> bool:
 def hvp_mode(model: nn.Module | None = None):
     """While entered, convolutions and ReLUs run `conv` and `relu` (module docstring): `model`'s modules
     (None: none of a module's, only lscape._modeleval's folded graph)."""
-    mods = [] if model is None else [m for m in model.modules() if _swapped(m)]
-    for m in mods:
-        m.forward = _module_forward(m)
+    mods = () if model is None else [m for m in model.modules() if _swapped(m)]
     token = _ACTIVE.set({})
     try:
-        yield
+        with instance_forwards({m: _module_forward(m) for m in mods}):
+            yield
     finally:
         _ACTIVE.reset(token)
-        for m in mods:
-            del m.forward

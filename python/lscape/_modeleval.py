@@ -326,7 +326,8 @@ class FastForward:
             if not torch.is_grad_enabled():
                 module = self._inplace  # nothing will differentiate: ReLUs and residual sums in place
             elif _hvpops.active():  # a graph to differentiate twice: ReLUs with their double backward written out
-                self._hvp = self._hvp or _hvp_graph(self.graph_module)
+                if self._hvp is None:
+                    self._hvp = _hvp_graph(self.graph_module)
                 module = self._hvp
         if params is None and buffers is None:
             return module(X)
