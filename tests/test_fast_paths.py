@@ -169,7 +169,8 @@ def test_mlp_hvp_steps_aside_where_it_does_not_apply(case):
         Y = Y.clone()
         Y[3] = -100
     elif case == "3d-input":
-        X, Y = torch.randn(30, 2, 5, generator=gen, dtype=F64), torch.randint(0, 7, (30, 2), generator=gen)
+        # (30, 2, 7) outputs: F.cross_entropy reads 2 classes over 7 positions
+        X, Y = torch.randn(30, 2, 5, generator=gen, dtype=F64), torch.randint(0, 2, (30, 7), generator=gen)
     elif case == "float-targets":
         Y = torch.softmax(torch.randn(30, 7, generator=gen, dtype=F64), 1)
     elif case == "two-activations":

@@ -351,7 +351,7 @@ def test_bad_metrics_are_named():
 
 
 def test_hessian_products_are_sliced_only_where_slices_stay_large():
-    import lscape.landscape as landscape_mod
+    import lscape._moduleloss as landscape_mod
 
     rn = resnet20(1, num_classes=3, in_channels=3, seed=0).train()
     assert landscape_mod._slice_rows(rn, torch.randn(64, 3, 32, 32)) == 32  # 0.6 M activations a sample
@@ -376,7 +376,7 @@ def test_hessian_products_in_slices_equal_autograd_on_the_plain_module(name, red
     32, 11; these small nets are sliced by lowering HVP_SLICE_ELEMS); with a mean loss that is the same
     function, and a sum loss (not a mean over samples) is detected and kept whole.  Both equal torch's own
     HVP of the plain module on the whole batch."""
-    import lscape.landscape as landscape_mod
+    import lscape._moduleloss as landscape_mod
     from lscape.probes.spectrum import hvp
 
     monkeypatch.setattr(landscape_mod, "HVP_SLICE_ELEMS", 1)
@@ -390,11 +390,11 @@ def test_hessian_products_in_slices_equal_autograd_on_the_plain_module(name, red
     rows = []  # the samples of every forward pass that builds the products' graph
     real = landscape_mod._sliced_loss
 
-    def spy(forward, fn, Xb, Yb, size):
+    def spy(forward, objective, b, size):
         def counted(x):
-            rows.append(x.shape[0])
+            rows.append(x.rows)
             return forward(x)
-        return real(counted, fn, Xb, Yb, size)
+        return real(counted, objective, b, size)
 
     V = torch.randn(2, layout.dim, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     orig = landscape_mod._sliced_loss

@@ -29,7 +29,7 @@ from ._fastops import instance_forwards, narrow_linears
 from ._flat import FlatLayout
 from ._modeleval import FastForward, prefers_channels_last
 
-__all__ = ["input_layers", "AffineCache", "landscape_losses", "MAX_CACHED", "MIN_FAN_IN_PER_TERM"]
+__all__ = ["input_layers", "AffineCache", "NotCached", "landscape_losses", "MAX_CACHED", "MIN_FAN_IN_PER_TERM"]
 
 # cached layer outputs beyond this many floats fall back to plain evaluation (memory bound)
 MAX_CACHED = 1 << 26
@@ -96,6 +96,10 @@ def input_layers(model: nn.Module, layout: FlatLayout, X: torch.Tensor, terms: i
     return tuple(n for n, c in calls.items() if c == [True])
 
 
+class NotCached(Exception):
+    """The cache does not apply to these batches (inputs other than one tensor): evaluate plainly."""
+
+
 class _Captured(Exception):
     """Raised by the capturing hooks once every layer's input is in hand: the rest need not run."""
 
@@ -118,7 +122,8 @@ def _combine(parts: list, coeffs, out: torch.Tensor | None = None) -> torch.Tens
 class AffineCache:
     """The input layers' outputs of every batch at the centre and along each direction.
 
-    center (D,), dirs (k, D) in the model's dtype; batches: a re-iterable of (X, Y), read once here (the
+    center (D,), dirs (k, D) in the model's dtype; batches: a re-iterable of lscape._modelio.Batch with
+    one input tensor each (else NotCached), read once here (the
     cache holds that pass, so a shuffling DataLoader is fixed to one order).  Raises MemoryError when the
     cache would pass max_cached floats.  channels_last: 4-D outputs are stored channels-last, so the layers
     after them (lscape._modeleval.FastForward's channels-last convolutions) read them without a reorder;
@@ -138,7 +143,10 @@ class AffineCache:
         size = 0
         self.batches = []
         with torch.no_grad():
-            for X, Y in batches:
+            for batch in batches:
+                X = batch.tensor
+                if X is None or batch.labels_kw:
+                    raise NotCached("affine cache: a batch's inputs are not one tensor")
                 inputs = self._inputs(X)
                 parts = {}
                 for n, m in self.mods.items():
@@ -151,8 +159,7 @@ class AffineCache:
                     parts[n] = ps
                 if size > max_cached:
                     raise MemoryError(f"affine cache: over {max_cached} floats")
-                self.batches.append((X, Y, X.shape[0], parts))
-        self.samples = sum(b[2] for b in self.batches)
+                self.batches.append((batch, parts))
 
     @staticmethod
     def _nonzero(v: dict, name: str) -> bool:
@@ -181,14 +188,15 @@ class AffineCache:
 
     def outputs(self, coeffs, params: dict[str, torch.Tensor] | None = None,
                 buffers: dict[str, torch.Tensor] | None = None, forward=None):
-        """(outputs, targets, n) of every cached batch at center + sum_k coeffs[k] dirs[k].
+        """(outputs, batch) of every cached batch at center + sum_k coeffs[k] dirs[k].
 
         coeffs: k floats, or a (k,) tensor (inside torch.func.vmap).  params/buffers: that point's
         parameters for torch.func.functional_call, or None to run the model with the parameters it holds
         (which must be the same point).  forward: the model's forward as f(params, X, buffers), e.g. a
         lscape._modeleval.FastForward built with exclude=self.mods (default: the model itself)."""
         with self.installed():
-            for b, (X, Y, n, parts) in enumerate(self.batches):
+            for b, (batch, parts) in enumerate(self.batches):
+                X = batch.tensor
                 for name, p in parts.items():
                     buf = None
                     if not isinstance(coeffs, torch.Tensor):
@@ -202,7 +210,7 @@ class AffineCache:
                     out = self.model(X)
                 else:
                     out = torch.func.functional_call(self.model, (params, buffers or {}), (X,))
-                yield out, Y, n
+                yield out, batch
 
     @contextlib.contextmanager
     def installed(self):
@@ -225,14 +233,14 @@ class AffineCache:
            batches: Iterable, channels_last: bool | None = None) -> AffineCache | None:
         """The cache, or None where the trick does not apply (no input layer, or too large)."""
         first = next(iter(batches), None)
-        if first is None:
+        if first is None or first.tensor is None:
             return None
-        names = input_layers(model, layout, first[0], terms=1 + dirs.shape[0])
+        names = input_layers(model, layout, first.tensor, terms=1 + dirs.shape[0])
         if not names:
             return None
         try:
             return cls(model, layout, names, center, dirs, batches, channels_last=channels_last)
-        except MemoryError:
+        except (MemoryError, NotCached):
             return None
 
 
@@ -265,7 +273,9 @@ def landscape_losses(landscape, origin: torch.Tensor, coeffs: torch.Tensor, dirs
                            channels_last=None if landscape.per_point else False)
     if cache is None:
         return None
-    loss_fn, total = landscape.loss_fn, cache.samples
+    objective = landscape.objective
+    counts = [objective.count(b) for b, _ in cache.batches]
+    total = sum(counts)
     fast = FastForward(model, exclude=cache.mods)  # the layers after the cached ones, BatchNorm folded
 
     def vfast(params, X, bufs):  # inside vmap: batched weights, standard layout
@@ -273,12 +283,12 @@ def landscape_losses(landscape, origin: torch.Tensor, coeffs: torch.Tensor, dirs
 
     def mean_loss(outputs) -> torch.Tensor:
         if len(cache.batches) == 1:  # one batch: its loss is the mean (two tensor ops fewer per point)
-            out, Y, _ = next(outputs)
+            out, b = next(outputs)
             outputs.close()
-            return loss_fn(out, Y)
+            return objective.loss(out, b)
         s = 0.0
-        for out, Y, n in outputs:
-            s = s + loss_fn(out, Y) * n
+        for (out, b), n in zip(outputs, counts, strict=True):
+            s = s + objective.loss(out, b) * n
         return s / total
 
     coeffs = coeffs.to(dev)

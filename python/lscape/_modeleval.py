@@ -48,11 +48,12 @@ def prefers_channels_last(model: nn.Module) -> bool:
     return first is not None and first.device.type == "cpu" and any(type(m) is nn.Conv2d for m in model.modules())
 
 
-def forward_cost(model: nn.Module, X: torch.Tensor) -> tuple[float, float]:
-    """(multiply-adds, activation elements) per sample of one forward pass of `model` on X (a few rows
-    suffice): the Linear and Conv layers' outputs times their fan-in, and every leaf module's output size.
-    Counted with temporary forward hooks, under no_grad, the model left as it was (eval mode assumed: a
-    BatchNorm in train mode would move its statistics).  Functional ops outside modules are not counted."""
+def forward_cost(model: nn.Module, X) -> tuple[float, float]:
+    """(multiply-adds, activation elements) per sample of one forward pass of `model` on X (a tensor or an
+    lscape._modelio.Batch; a few rows suffice): the Linear and Conv layers' outputs times their fan-in, and
+    every leaf module's output size.  Counted with temporary forward hooks, under no_grad, the model left as
+    it was (eval mode assumed: a BatchNorm in train mode would move its statistics).  Functional ops outside
+    modules are not counted."""
     macs, elems = [0.0], [0.0]
 
     def hook(m, _args, out):
@@ -67,11 +68,11 @@ def forward_cost(model: nn.Module, X: torch.Tensor) -> tuple[float, float]:
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         with torch.no_grad():
-            model(X)
+            model(X) if isinstance(X, torch.Tensor) else X.call(model)
     finally:
         for h in handles:
             h.remove()
-    n = max(1, X.shape[0])
+    n = max(1, X.shape[0] if isinstance(X, torch.Tensor) else X.rows)
     return macs[0] / n, elems[0] / n
 
 
@@ -313,14 +314,17 @@ class FastForward:
         """Whether the folded graph is used now (its BatchNorms still in eval mode)."""
         return self.graph_module is not None and not any(bn.training for bn in self._bns)
 
-    def __call__(self, params: Mapping[str, torch.Tensor] | None, X: torch.Tensor,
+    def __call__(self, params: Mapping[str, torch.Tensor] | None, X,
                  buffers: Mapping[str, torch.Tensor] | None = None, *,
-                 channels_last: bool | None = None) -> torch.Tensor:
-        """The model's output on X at params (see the class docstring); channels_last: None for the
-        evaluator's choice, False inside torch.func.vmap (batched weights)."""
-        if (self.channels_last if channels_last is None else channels_last) and X.dim() == 4:
-            X = X.contiguous(memory_format=torch.channels_last)
-        fold = self.active
+                 channels_last: bool | None = None):
+        """The model's output on X at params (see the class docstring); X a tensor or an
+        lscape._modelio.Batch (a tuple or mapping of inputs: the model runs plainly, nothing folded);
+        channels_last: None for the evaluator's choice, False inside torch.func.vmap (batched weights)."""
+        args, kwargs = ((X,), {}) if isinstance(X, torch.Tensor) else X.args()
+        one = len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
+        if one and (self.channels_last if channels_last is None else channels_last) and args[0].dim() == 4:
+            args = (args[0].contiguous(memory_format=torch.channels_last),)
+        fold = self.active and one
         module = self.graph_module if fold else self.model
         if fold and not torch._C._are_functorch_transforms_active():
             if not torch.is_grad_enabled():
@@ -330,8 +334,8 @@ class FastForward:
                     self._hvp = _hvp_graph(self.graph_module)
                 module = self._hvp
         if params is None and buffers is None:
-            return module(X)
+            return module(*args, **kwargs)
         state = {**({} if buffers is None else buffers), **({} if params is None else params)}
         if fold:
             state = {k: v for k, v in state.items() if k in self._names}
-        return torch.func.functional_call(module, state, (X,))
+        return torch.func.functional_call(module, state, args, kwargs)

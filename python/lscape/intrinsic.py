@@ -39,12 +39,11 @@ import torch
 from torch import nn
 
 from . import _checks
+from ._modelio import Batch, Batches, Objective, as_batch, one_batch
 from ._runlock import hold_file
 from .executor import get_executor
 from .experiments.io import atomic_savez, load_npz
-from .landscape import _Batches
 from .subspace import Subspace
-from .surface import _check_batch
 
 __all__ = ["IntrinsicDimension", "intrinsic_dimension", "OPTIMIZERS", "METRICS"]
 
@@ -179,7 +178,7 @@ class _Study:
     """Everything a run needs; shipped once to the executor's workers (picklable when model, loss_fn,
     metric and data are)."""
     model: Any  # an nn.Module (theta0 for every run) or a zero-argument factory (theta0 drawn per seed)
-    loss_fn: Callable
+    loss_fn: Callable | None
     metric: Any  # "acc" or fn(outputs, targets) -> float
     train: Any  # (X, Y) tensors, or a re-iterable of batches
     test: Any
@@ -193,6 +192,12 @@ class _Study:
     storage: str
     history: bool
     jobs: list = field(default_factory=list)  # [(d or None for the full space, seed)] of the current stage
+    shift: bool = False  # the model's own loss is a causal LM's (lscape._modelio.Objective.check)
+
+    def objective(self) -> Objective:
+        obj = Objective(self.loss_fn)
+        obj.shift = self.shift
+        return obj
 
 
 def _fresh_model(model, seed: int) -> nn.Module:
@@ -221,54 +226,61 @@ def _storage(storage: str, D: int, d: int) -> str:
 
 
 def _is_pair(data) -> bool:
-    return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+    """One batch given whole (tensors, or a mapping of them): minibatches are cut from it."""
+    return one_batch(data)
 
 
-def _epoch_batches(data, batch_size: int, seed: int, epoch: int) -> Iterable:
+def _epoch_batches(data, batch_size: int, seed: int, epoch: int, own: bool) -> Iterable[Batch]:
     """One epoch's minibatches, reshuffled from a generator seeded by (seed, epoch): tensors are permuted
     and cut into batch_size batches; a sequence of batches is visited in a permuted order; any other
     re-iterable (a DataLoader) is iterated with torch's global generator seeded, which is where a
     DataLoader with shuffle=True draws its order from."""
     gen = torch.Generator().manual_seed(_mix(seed, epoch, 7))
     if _is_pair(data):
-        X, Y = data
-        order = torch.randperm(X.shape[0], generator=gen)
-        for i in range(0, X.shape[0], batch_size):
+        b = as_batch(data, own)
+        order = torch.randperm(b.rows, generator=gen)
+        for i in range(0, b.rows, batch_size):
             idx = order[i:i + batch_size]
-            yield X[idx], Y[idx]
+            yield b.select(idx, idx.shape[0])
     elif isinstance(data, Sequence):
         for k in torch.randperm(len(data), generator=gen).tolist():
-            yield data[k]
+            yield as_batch(data[k], own, "data", k)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_mix(seed, epoch, 7))
-            yield from data
+            yield from Batches(data, "data", own_loss=own)
 
 
-def _eval_batches(data) -> Iterable:
-    """The scored data in order: tensors in slices of EVAL_BATCH rows, batches as they come."""
+def _eval_batches(data, own: bool) -> Iterable[Batch]:
+    """The scored data in order: one batch in slices of EVAL_BATCH rows, batches as they come."""
     if _is_pair(data):
-        X, Y = data
-        for i in range(0, X.shape[0], EVAL_BATCH):
-            yield X[i:i + EVAL_BATCH], Y[i:i + EVAL_BATCH]
+        b = as_batch(data, own, "test_data")
+        for i in range(0, b.rows, EVAL_BATCH):
+            yield b.take(i, i + EVAL_BATCH)
     else:
-        yield from _Batches(data, "test_data", None)
+        yield from Batches(data, "test_data", own_loss=own)
 
 
 def _score(model: nn.Module, sh: _Study) -> tuple[float, float]:
     """(metric, loss_fn) on the scored data, batch-size-weighted means, in eval mode."""
     model.eval()
     tot = loss = score = 0.0
+    obj = sh.objective()
     with torch.no_grad():
-        for X, Y in _eval_batches(sh.test):
-            out = model(X)
-            n = X.shape[0]
+        for b in _eval_batches(sh.test, obj.own):
+            out = b.call(model)
+            n = obj.count(b)
             tot += n
-            loss += float(sh.loss_fn(out, Y)) * n
+            loss += float(obj.loss(out, b)) * n
             if sh.metric == "acc":
-                score += float((out.argmax(1) == Y).double().mean()) * n
+                acc = obj.accuracy(out, b.targets)
+                if acc is None:
+                    raise ValueError(f"metric: got 'acc' but the outputs {type(out).__name__} and targets "
+                                     f"{_checks.describe(b.targets)} are not classes or tokens (logits (N, ..., C), "
+                                     "integer targets (N, ...)), expected a metric fn(outputs, targets)")
+                score += float(acc) * n
             else:
-                score += float(sh.metric(out, Y)) * n
+                score += float(sh.metric(out, b.targets)) * n
     model.train()
     return score / tot, loss / tot
 
@@ -321,15 +333,17 @@ def _epoch(run: _Run, sh: _Study, seed: int, epoch: int) -> float:
     torch.optim.LBFGS, which re-evaluates the loss, steps with the closure; every other optimizer sees the
     gradient computed before its step() (so a hypersphere's SphereConstraint hooks act on it)."""
     total, count = 0.0, 0
-    for X, Y in _epoch_batches(sh.train, sh.batch_size, seed, epoch):
+    obj = sh.objective()
+    for b in _epoch_batches(sh.train, sh.batch_size, seed, epoch, obj.own):
         first: list[float] = []
 
-        def closure(X=X, Y=Y, first=first) -> torch.Tensor:
+        def closure(b=b, first=first) -> torch.Tensor:
             run.opt.zero_grad(set_to_none=True)
             params = run.params()
-            out = torch.func.functional_call(run.model, params, (X,), strict=False) if run.subspace \
-                else run.model(X)
-            loss = sh.loss_fn(out, Y)
+            args, kwargs = b.args()
+            out = torch.func.functional_call(run.model, params, args, kwargs, strict=False) if run.subspace \
+                else b.call(run.model)
+            loss = obj.loss(out, b)
             if not first:
                 first.append(float(loss.detach()))
             if sh.l2:
@@ -342,7 +356,8 @@ def _epoch(run: _Run, sh: _Study, seed: int, epoch: int) -> float:
         else:  # the gradient first: a hypersphere's step pre-hook projects it before the optimizer reads it
             closure()
             run.opt.step()
-        total, count = total + first[0] * X.shape[0], count + X.shape[0]
+        n = obj.count(b)
+        total, count = total + first[0] * n, count + n
     return total / max(count, 1)
 
 
@@ -441,9 +456,8 @@ def _data_arg(name: str, data):
     """data as given (a pair of tensors or a re-iterable of batches), after checking its first batch."""
     if data is None:
         raise TypeError(f"{name}: got None, expected (inputs, targets) tensors or a re-iterable of batches")
-    batches = _Batches(data, name, None)  # the type checks; no batch, or one of no rows, is a ValueError there
-    X, _ = next(iter(batches))
-    return data, X
+    batches = Batches(data, name)  # the type checks; no batch, or one of no rows, is a ValueError there
+    return data, next(iter(batches))
 
 
 def _dims_arg(dims, D: int) -> list[int] | None:
@@ -494,11 +508,22 @@ def _data_digest(data) -> str:
     """Tensors: all of them; batches: the first batch and its type (streaming a whole loader to hash it
     would cost a pass)."""
     if _is_pair(data):
-        return _digest(*data)
+        return _digest(*_tensors(data))
     with torch.random.fork_rng(devices=[]):  # a shuffling DataLoader draws its order from torch's generator
         torch.manual_seed(0)
-        X, Y = next(iter(_Batches(data, "data", None)))
-    return f"{type(data).__name__}:{_digest(X, Y)}"
+        first = next(iter(Batches(data, "data", own_loss=True)))
+    return f"{type(data).__name__}:{_digest(*_tensors((first.inputs, first.targets)))}"
+
+
+def _tensors(x) -> list[torch.Tensor]:
+    """Every tensor in a batch, in order (a mapping's by key)."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict) or hasattr(x, "keys"):
+        return [t for k in sorted(x.keys()) for t in _tensors(x[k])]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in _tensors(v)]
+    return []
 
 
 def _name(fn) -> str:
@@ -557,13 +582,12 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
     d_int_interpolated, per_seed, runs (the training runs taken, baseline included), summary()."""
     probe = _model_arg(model)
     D = sum(p.numel() for p in probe.parameters())
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn: got {_checks.describe(loss_fn)}, expected fn(outputs, targets) -> scalar")
+    objective = Objective(loss_fn)  # a named error for a loss_fn neither callable nor None
     data, _ = _data_arg("data", data)
     test = data if test_data is None else _data_arg("test_data", test_data)[0]
     for name, given in (("data", data), ("test_data", test_data)):
         if given is not None:
-            _check_batch(name, probe, loss_fn, _Batches(given, name, None))
+            objective.check(probe, Batches(given, name, own_loss=objective.own))
     dims = _dims_arg(dims, D)
     threshold = _checks.float_arg("threshold", threshold, low=0.0, high=1.0, low_open=True)
     base = _baseline_arg(baseline)
@@ -599,6 +623,7 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
                    "storage": storage, "history": history}
     sh = _Study(model, loss_fn, metric, data, test, epochs, batch_size, lr, optimizer, opt_kwargs, l2, kind,
                 storage, history)
+    sh.shift = objective.shift
     search = _Search(search_start, search_factor, search_rtol, search_atol)
     # one writer per study file: a second live process is refused, a dead one's lock taken over (_runlock)
     with contextlib.nullcontext() if file is None else hold_file(file, "file"):

@@ -13,15 +13,16 @@ import torch
 from torch import nn
 
 from . import _checks
-from ._affine import AffineCache, input_layers
+from ._affine import AffineCache, NotCached, input_layers
 from ._batched import BatchedForward, Unsupported
 from ._fastops import fast_loss
 from ._flat import FlatLayout
 from ._modeleval import FastForward, forward_cost
+from ._modelio import Batch, Batches, Objective
+from ._moduleloss import BN_MODES, recompute_bn
 from ._runlock import locks_file
 from .directions import Directions, random_directions
 from .executor import ExecutorLost, get_executor
-from .landscape import BN_MODES, _Batches
 from .surface_io import DamagedSurfaceFile, read_surface, write_surface, write_vtp
 
 __all__ = ["Surface", "surface"]
@@ -144,31 +145,9 @@ def _directions(directions, model: nn.Module, D: int) -> Directions:
     return directions
 
 
-def _check_batch(name: str, model: nn.Module, loss_fn: Callable, batches) -> None:
-    """A named error, before any work, when the model or loss_fn cannot take the first batch of `name`
-    (inputs of the wrong shape or dtype, targets the loss does not accept)."""
-    if batches is None:
-        return
-    X, Y = next(iter(batches))
-    was_training = model.training
-    model.eval()  # a BatchNorm in training mode would move its running statistics
-    try:
-        with torch.no_grad():
-            try:  # two rows show a shape or dtype error as well as all of them, at a fraction of the cost
-                loss_fn(model(X[:2]), Y[:2])  # (a whole 512-image batch of ResNet-20 cost a grid point)
-            except (RuntimeError, ValueError, TypeError, IndexError):
-                loss_fn(model(X), Y)  # a model or loss that needs the whole batch: the error is the batch's
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        raise ValueError(f"{name}: got a batch of inputs {_checks.describe(X)} and targets {_checks.describe(Y)} "
-                         f"that the model and loss_fn cannot evaluate ({exc}); expected batches of the shape "
-                         "the model takes") from None
-    finally:
-        model.train(was_training)
-
-
-def _batches(name: str, data, max_batches: int | None):
-    """A re-iterable of (inputs, targets) batches, streamed (never concatenated), or None."""
-    return None if data is None else _Batches(data, name, max_batches)
+def _batches(name: str, data, max_batches: int | None, own_loss: bool = False) -> Batches | None:
+    """A re-iterable of batches (lscape._modelio.Batches), streamed (never concatenated), or None."""
+    return None if data is None else Batches(data, name, max_batches, own_loss=own_loss)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------
@@ -176,7 +155,7 @@ def _batches(name: str, data, max_batches: int | None):
 class _Shared:
     """Everything a row chunk needs; picklable when model, loss_fn, metrics and data are."""
     model: nn.Module
-    loss_fn: Callable
+    loss_fn: Callable | None
     metrics: dict
     train: object
     test: object
@@ -188,6 +167,7 @@ class _Shared:
     y: np.ndarray | None
     todo: np.ndarray
     compile: bool | str = False  # True, False or "auto" (surface's compile=)
+    shift: bool = False  # the model's own loss is a causal LM's (lscape._modelio.Objective.check)
 
     def __getstate__(self) -> dict:
         # a process's evaluation state (_state) stays in that process: Ray sends the surface's inputs only
@@ -195,81 +175,76 @@ class _Shared:
 
 
 def _plain(forward: FastForward, data):
-    """(outputs, targets, n) of every streamed batch, at the parameters the model holds."""
+    """(outputs, batch) of every streamed batch, at the parameters the model holds."""
     with torch.no_grad():
-        for X, Y in data:
-            yield forward(None, X), Y, X.shape[0]
+        for b in data:
+            yield forward(None, b), b
 
 
-def _values(out: torch.Tensor, Y, loss_fn, metrics: dict) -> dict:
-    """{name: scalar} of one batch's outputs: loss, accuracy (classification: integer targets, outputs
-    (N, C)) and the custom metrics."""
-    vals = {"loss": loss_fn(out, Y)}
-    if out.ndim == 2 and not Y.is_floating_point() and Y.ndim == 1:
-        vals["acc"] = (out.argmax(1) == Y).double().mean()
+def _values(out, b: Batch, objective: Objective, metrics: dict) -> dict:
+    """{name: scalar} of one batch's outputs: loss, accuracy (classification or tokens: (N, ..., C) logits,
+    (N, ...) integer targets, lscape._modelio.Objective.accuracy) and the custom metrics."""
+    vals = {"loss": objective.loss(out, b)}
+    acc = objective.accuracy(out, b.targets)
+    if acc is not None:
+        vals["acc"] = acc
     for name, fn in metrics.items():
-        vals[name] = fn(out, Y)
+        vals[name] = fn(out, b.targets)
     return vals
 
 
-def _values_many(st: _State, out: torch.Tensor, Y, loss_fn, metrics: dict) -> dict[str, np.ndarray]:
-    """_values of each point's outputs out[b] (out: (B, N, ...)) as {name: (B,) float64}: one vmapped call,
+def _values_many(st: _State, out: torch.Tensor, b: Batch, metrics: dict) -> dict[str, np.ndarray]:
+    """_values of each point's outputs out[k] (out: (B, N, ...)) as {name: (B,) float64}: one vmapped call,
     or point by point where the loss or a metric cannot run under torch.func.vmap (a metric calling .item()
     or returning a float); that is remembered in st."""
     if st.vmap_values:
         try:
-            vals = torch.func.vmap(lambda o: _values(o, Y, loss_fn, metrics))(out)
+            vals = torch.func.vmap(lambda o: _values(o, b, st.objective, metrics))(out)
             return {k: v.detach().double().cpu().numpy() for k, v in vals.items()}
         except Exception:  # noqa: BLE001 - any refusal of vmap: the same functions point by point below
             st.vmap_values = False
-    rows = [_values(o, Y, loss_fn, metrics) for o in out]
+    rows = [_values(o, b, st.objective, metrics) for o in out]
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
-def _evaluate(outputs, loss_fn, metrics: dict, prefix: str, many: _State | None = None) -> dict:
-    """Batch-size-weighted means of _values over one pass of (outputs, targets, n): floats, or with
-    `many` (outputs with a leading point axis) (B,) arrays."""
+def _evaluate(outputs, objective: Objective, metrics: dict, prefix: str, many: _State | None = None) -> dict:
+    """Means of _values over one pass of (outputs, batch), each batch weighted by the targets it counts:
+    floats, or with `many` (outputs with a leading point axis) (B,) arrays."""
     sums: dict = {}
     total = 0
     with torch.no_grad():
-        for out, Y, n in outputs:
+        for out, b in outputs:
+            n = objective.count(b)
             total += n
             if many is None:
-                vals = {k: float(v) for k, v in _values(out, Y, loss_fn, metrics).items()}
+                vals = {k: float(v) for k, v in _values(out, b, objective, metrics).items()}
             else:
-                vals = _values_many(many, out, Y, loss_fn, metrics)
+                vals = _values_many(many, out, b, metrics)
             for k, v in vals.items():
                 sums[k] = sums.get(k, 0.0) + v * n
     return {f"{prefix}_{k}": v / total for k, v in sums.items()}
 
 
-def _single(batches) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The one (inputs, targets) pair that `batches` (a _Batches) streams when it was given as a pair."""
-    data = getattr(batches, "data", None)
-    return data[0] if isinstance(data, list) and len(data) == 1 and isinstance(data[0], tuple) else None
-
-
 def _joined(sh: _Shared) -> tuple[torch.Tensor, int] | None:
-    """(train and test inputs as one tensor, the train count) when both are one pair of tensors of the same
-    kind and BatchNorm runs in eval mode: the two passes then run as one, half the calls per point (what
-    costs on small networks).  In eval mode a module's output on a sample depends on that sample alone,
-    so the values equal the two passes' to float rounding."""
+    """(train and test inputs as one tensor, the train count) when both are one batch of one input tensor
+    of the same kind and BatchNorm runs in eval mode: the two passes then run as one, half the calls per
+    point (what costs on small networks).  In eval mode a module's output on a sample depends on that
+    sample alone, so the values equal the two passes' to float rounding."""
     if sh.bn != "eval" or sh.test is None:
         return None
-    a, b = _single(sh.train), _single(sh.test)
-    if a is None or b is None:
+    a, b = sh.train.single(), sh.test.single()
+    if a is None or b is None or a.tensor is None or b.tensor is None or a.labels_kw or b.labels_kw:
         return None
-    (X, _), (Xt, _) = a, b
+    X, Xt = a.tensor, b.tensor
     same = X.shape[1:] == Xt.shape[1:] and X.dtype == Xt.dtype and X.device == Xt.device
     return (torch.cat([X, Xt]), X.shape[0]) if same and X.shape[0] > 0 and Xt.shape[0] > 0 else None
 
 
 def _split(out: torch.Tensor, sh: _Shared, n: int, dim: int = 0):
-    """The joined pass's outputs as the train and test passes' (outputs, targets, n); dim: the samples'
-    axis (1 with a leading point axis)."""
-    (_, Y), (_, Yt) = _single(sh.train), _single(sh.test)
-    return iter([(out.narrow(dim, 0, n), Y, n)]), iter([(out.narrow(dim, n, out.shape[dim] - n), Yt,
-                                                         out.shape[dim] - n)])
+    """The joined pass's outputs as the train and test passes' (outputs, batch); dim: the samples' axis (1
+    with a leading point axis)."""
+    return iter([(out.narrow(dim, 0, n), sh.train.single())]), \
+        iter([(out.narrow(dim, n, out.shape[dim] - n), sh.test.single())])
 
 
 # A row's points run `batch` at a time through one forward pass (lscape._batched.BatchedForward: the
@@ -289,7 +264,7 @@ class _State:
     copy and its traced FastForward, the affine caches, the joined inputs, the points per call."""
     model: nn.Module
     layout: FlatLayout
-    loss_fn: Callable
+    objective: Objective
     affine: tuple | None
     fast: FastForward
     forward: Callable  # fast, or its compiled form (_compiled): what _point evaluates with
@@ -305,14 +280,16 @@ def _batch_size(sh: _Shared, model: nn.Module, affine, batched: BatchedForward |
     bn='recompute' (buffers updated at each point) and models BatchedForward does not run (its reason)."""
     if sh.y is None or affine or sh.bn != "eval" or batched is None or not batched.supported:
         return 1
-    X = next(iter(sh.train))[0]
+    X = next(iter(sh.train)).tensor
+    if X is None:
+        return 1
     try:
         macs, elems = forward_cost(model, X[:_PROBE_ROWS])
     except Exception:  # noqa: BLE001 - a model this pass cannot run is evaluated one point at a time
         return 1
     passes = [b for b in (sh.train, sh.test) if b is not None]
     samples = sum(b.samples() for b in passes)
-    rows = max(X.shape[0] for b in passes for X, _ in b)
+    rows = max(batch.rows for b in passes for batch in b)
     per_call = max(elems, 1.0) * rows * X.element_size()
     if macs * samples >= BATCH_MAX_MACS:
         return 1
@@ -328,9 +305,9 @@ COMPILE_MIN_MACS = 2e14
 
 def _compile_pays(sh: _Shared, model: nn.Module) -> bool:
     """Whether compile="auto" compiles this surface (COMPILE_MIN_MACS)."""
-    X = next(iter(sh.train))[0]
+    first = next(iter(sh.train))
     try:
-        macs, _ = forward_cost(model, X[:_PROBE_ROWS])
+        macs, _ = forward_cost(model, first.take(0, _PROBE_ROWS))
     except Exception:  # noqa: BLE001 - a model this pass cannot run is not compiled either
         return False
     samples = sum(b.samples() for b in (sh.train, sh.test) if b is not None)
@@ -384,7 +361,9 @@ def _state(sh: _Shared) -> _State:
     # the faster cross-entropy, here on the worker's copy (Ray pickles sh).  Not _fastops.narrow_linears:
     # on the benchmark's CNN surface it made the whole pass slower (0.87 s against 0.60 s, 21 x 21 grid)
     batched = None if affine or sh.bn != "eval" or sh.y is None or sh.compile is True else BatchedForward(fast)
-    st = _State(model, layout, fast_loss(sh.loss_fn), affine, fast, fast, batched, None if affine else _joined(sh),
+    objective = Objective(None if sh.loss_fn is None else fast_loss(sh.loss_fn))
+    objective.shift = sh.shift
+    st = _State(model, layout, objective, affine, fast, fast, batched, None if affine else _joined(sh),
                 dict(model.named_buffers()), _batch_size(sh, model, affine, batched))
     if sh.compile is True or sh.compile == "auto" and st.batch == 1 and not affine and _compile_pays(sh, model):
         st.forward = _Compiled(fast)
@@ -398,19 +377,23 @@ def _point(st: _State, theta: torch.Tensor, sh: _Shared, coeffs) -> dict:
     joined train and test inputs (_joined) or on each pass."""
     st.layout.load(st.model, theta)
     if sh.bn == "recompute":
-        # one pass over the training data in train mode with cumulative averages (momentum None)
-        torch.optim.swa_utils.update_bn(sh.train, st.model)
+        # one pass over the training data in train mode with cumulative averages (momentum None), as
+        # torch.optim.swa_utils.update_bn does
+        fresh = recompute_bn(st.model, dict(st.model.named_parameters()), dict(st.model.named_buffers()), sh.train)
+        with torch.no_grad():
+            for k, v in st.model.named_buffers():
+                v.copy_(fresh[k])
     st.model.eval()
-    affine, fast, loss_fn = st.affine, st.forward, st.loss_fn
+    affine, fast, obj = st.affine, st.forward, st.objective
     if st.joined is not None:
         with torch.no_grad():
             train, test = _split(fast(None, st.joined[0]), sh, st.joined[1])
-        return {**_evaluate(train, loss_fn, sh.metrics, "train"), **_evaluate(test, loss_fn, sh.metrics, "test")}
+        return {**_evaluate(train, obj, sh.metrics, "train"), **_evaluate(test, obj, sh.metrics, "test")}
     train = affine[0].outputs(coeffs, forward=fast) if affine else _plain(fast, sh.train)
-    out = _evaluate(train, loss_fn, sh.metrics, "train")
+    out = _evaluate(train, obj, sh.metrics, "train")
     if sh.test is not None:
         test = affine[1].outputs(coeffs, forward=fast) if affine else _plain(fast, sh.test)
-        out.update(_evaluate(test, loss_fn, sh.metrics, "test"))
+        out.update(_evaluate(test, obj, sh.metrics, "test"))
     return out
 
 
@@ -420,11 +403,13 @@ def _points(st: _State, thetas: torch.Tensor, sh: _Shared) -> list[dict] | None:
     then evaluates them one by one, which raises any error that is the data's or the model's."""
     params = st.layout.split(thetas)
 
-    def outputs(X: torch.Tensor) -> torch.Tensor:  # (B, N, ...)
+    def outputs(X: torch.Tensor | None) -> torch.Tensor:  # (B, N, ...)
+        if X is None:
+            raise Unsupported("inputs other than one tensor")
         return st.batched(params, X, st.buffers)
 
     def passes(data):
-        return ((outputs(X), Y, X.shape[0]) for X, Y in data)
+        return ((outputs(b.tensor), b) for b in data)
 
     try:
         with torch.no_grad():
@@ -432,9 +417,9 @@ def _points(st: _State, thetas: torch.Tensor, sh: _Shared) -> list[dict] | None:
                 train, test = _split(outputs(st.joined[0]), sh, st.joined[1], dim=1)
             else:
                 train, test = passes(sh.train), None if sh.test is None else passes(sh.test)
-            vals = _evaluate(train, st.loss_fn, sh.metrics, "train", many=st)
+            vals = _evaluate(train, st.objective, sh.metrics, "train", many=st)
             if test is not None:
-                vals.update(_evaluate(test, st.loss_fn, sh.metrics, "test", many=st))
+                vals.update(_evaluate(test, st.objective, sh.metrics, "test", many=st))
     except (Unsupported, RuntimeError):  # a shape its rules refuse: one by one, which raises a real error
         return None
     return [{k: float(v[b]) for k, v in vals.items()} for b in range(thetas.shape[0])]
@@ -447,7 +432,7 @@ def _affine_caches(model, layout, center, dirs, sh: _Shared):
     try:
         return tuple(AffineCache(model, layout, sh.affine, center, dirs, d) if d is not None else None
                      for d in (sh.train, sh.test))
-    except MemoryError:
+    except (MemoryError, NotCached):
         return None
 
 
@@ -541,8 +526,7 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     Returns a Surface with values train_loss, train_acc, test_loss, test_acc, train_<name>, ..."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: got {type(model).__name__}, expected a torch.nn.Module")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn: got {_checks.describe(loss_fn)}, expected a callable loss_fn(outputs, targets)")
+    objective = Objective(loss_fn)  # a named error for a loss_fn that is neither callable nor None
     if data is None:
         raise TypeError("data: got None, expected (inputs, targets) or a re-iterable of such batches")
     if compile not in (True, False, "auto") or isinstance(compile, (int, float)) and not isinstance(compile, bool):
@@ -563,15 +547,17 @@ def surface(model: nn.Module, loss_fn: Callable, data, *, directions, grid, cent
     shape = x.shape if y is None else (x.shape[0], y.shape[0])
     s = _resume(file, x, y, center, dirs.vectors, overwrite) or Surface(
         x, y, {}, np.zeros(shape, bool), dirs.vectors, center, dict(dirs.info, bn=bn), dirs.trajectory, dirs.points)
-    train = _batches("data", data, max_batches)
+    train = _batches("data", data, max_batches, objective.own)
     model = copy.deepcopy(model)
-    test = _batches("test_data", test_data, max_batches)
-    for name, batches in (("data", train), ("test_data", test)):
-        _check_batch(name, model, loss_fn, batches)
-    layers = input_layers(model, layout, next(iter(train))[0], terms=1 + dirs.vectors.shape[0]) \
-        if affine and bn == "eval" and compile is not True else ()
+    test = _batches("test_data", test_data, max_batches, objective.own)
+    for batches in (train, test):
+        if batches is not None:
+            objective.check(model, batches)
+    X = next(iter(train)).tensor
+    layers = input_layers(model, layout, X, terms=1 + dirs.vectors.shape[0]) \
+        if affine and bn == "eval" and compile is not True and X is not None else ()
     sh = _Shared(model, loss_fn, metrics, train, test, layers, bn,
-                 center, dirs.vectors, x, y, ~s.done, compile)
+                 center, dirs.vectors, x, y, ~s.done, compile, objective.shift)
     rows = [i for i in range(x.shape[0]) if sh.todo[i].any()]
 
     def on_result(i: int, cells: dict) -> None:

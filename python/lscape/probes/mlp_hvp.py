@@ -130,13 +130,18 @@ class MLPHessian:
         if offsets is None:
             return None
         n_out = layers[-1][0].out_features
+        pairs = []
         with torch.no_grad():
-            for X, Y in landscape.data:
+            for b in landscape.data:
+                X, Y = b.tensor, b.targets
+                if X is None or Y is None or b.labels_kw:
+                    return None
+                pairs.append((X, Y))
                 if X.dim() != 2 or X.dtype != landscape.dtype or X.shape[1] != layers[0][0].in_features:
                     return None
                 if not _covered(X.new_empty(X.shape[0], n_out), Y) or int(Y.max()) >= n_out:
                     return None
-            return cls(layers, offsets, theta.detach(), landscape.data)
+            return cls(layers, offsets, theta.detach(), pairs)
 
     def _views(self, v: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         """Each linear's weight (out, in) and bias (out,) (None without one) as views of a flat (D,) vector."""

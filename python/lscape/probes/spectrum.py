@@ -166,26 +166,25 @@ def _second_derivative(x: torch.Tensor, g: torch.Tensor, v: torch.Tensor, batche
 
 def _batch_loss_terms(landscape: Landscape):
     """For a Landscape.from_module over more than one batch (BatchNorm in eval mode): a callable that
-    streams, per batch, theta -> (its mean loss) * (its share of the samples), whose sum over batches is
-    the landscape's loss.  None for any other landscape (its point_loss is one graph)."""
-    data = getattr(landscape, "data", None)
-    if getattr(landscape, "module", None) is None or getattr(landscape, "bn", None) != "eval" or data is None:
+    streams, per batch, theta -> (its mean loss) * (its share of the counted targets), whose sum over
+    batches is the landscape's loss.  None for any other landscape (its point_loss is one graph)."""
+    ml = getattr(landscape, "module_loss", None)
+    if ml is None or ml.bn != "eval":
         return None
-    n = len(data.data) if hasattr(data.data, "__len__") else None
-    if n is not None and (n if data.max is None else min(n, data.max)) <= 1:
+    data = ml.batches
+    n = data.known_length()
+    if n is not None and n <= 1:
         return None
     from .._fastops import narrow_linears
-    from .._flat import FlatLayout
 
-    model, loss_fn = landscape.module, landscape.loss_fn
-    layout, buffers, total = FlatLayout.of(model), dict(model.named_buffers()), data.samples()
+    total = sum(ml.objective.count(b) for b in data)
 
     def terms():
-        for X, Y in data:
-            def loss(theta, X=X, Y=Y):
-                with narrow_linears(model):
-                    out = torch.func.functional_call(model, (layout.split(theta), buffers), (X,))
-                return loss_fn(out, Y) * (X.shape[0] / total)
+        for b in data:
+            def loss(theta, b=b):
+                with narrow_linears(ml.model):
+                    out = torch.func.functional_call(ml.model, (ml.layout.split(theta), ml.buffers), *b.args())
+                return ml.objective.loss(out, b) * (ml.objective.count(b) / total)
             yield loss
     return terms
 
