@@ -129,6 +129,8 @@ def test_grokking_transformer_shape():
     ({"activation": "tanh"}, ValueError, "activation: got 'tanh', expected one of 'gelu'"),
     ({"attention": "flash"}, ValueError, "attention: got 'flash', expected one of 'sdpa', 'math'"),
     ({"tied": 1}, TypeError, "tied: got int 1, expected True or False"),
+    ({"layer_norm": None}, TypeError, "layer_norm: got NoneType None, expected True or False"),
+    ({"seed": "0"}, TypeError, "seed: got str '0', expected an integer"),
 ])
 def test_nanogpt_refuses_bad_arguments_by_name(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -28,6 +28,8 @@ ATTENTIONS = ("sdpa", "math")
 
 def _seeded(seed: int | None, build: Callable[[], nn.Module]) -> nn.Module:
     """build() with torch's global generator seeded by `seed` (None: as it stands), restored afterwards."""
+    if seed is not None:
+        seed = _checks.int_arg("seed", seed)
     with torch.random.fork_rng(enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
@@ -86,8 +88,8 @@ def resnet20(width: int = 1, num_classes: int = 10, in_channels: int = 3, *, see
     """
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"width: expected a positive int, got {width!r}")
+    model = _seeded(seed, lambda: ResNet(3, width, num_classes, in_channels))  # checks seed
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    model = _seeded(seed, lambda: ResNet(3, width, num_classes, in_channels))
     if eval_mode:
         with torch.no_grad():
             for m in model.modules():
@@ -182,12 +184,6 @@ def _transformer_args(d_model, n_layers, n_heads, mlp_ratio, attention) -> tuple
     return d_model, n_layers, n_heads, mlp_ratio, _checks.choice_arg("attention", attention, ATTENTIONS)
 
 
-def _bool_arg(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: got {_checks.describe(value)}, expected True or False")
-    return value
-
-
 class GPT(nn.Module):
     """A nanoGPT-style decoder: token (wte) + learned position (wpe) embeddings, pre-LN blocks of causal
     self-attention and an MLP, final LayerNorm (ln_f), LM head (tied to wte when `tied`).
@@ -245,8 +241,8 @@ def nanogpt(vocab_size: int = 65, context: int = 64, d_model: int = 128, n_layer
     d_model, n_layers, n_heads, mlp_ratio, attention = _transformer_args(d_model, n_layers, n_heads, mlp_ratio,
                                                                          attention)
     activation = _checks.choice_arg("activation", activation, tuple(ACTIVATIONS))
-    layer_norm, tied, bias = (_bool_arg(n, v) for n, v in (("layer_norm", layer_norm), ("tied", tied),
-                                                            ("bias", bias)))
+    layer_norm, tied, bias = (_checks.bool_arg(n, v) for n, v in (("layer_norm", layer_norm), ("tied", tied),
+                                                                   ("bias", bias)))
     model = _seeded(seed, lambda: GPT(vocab_size, context, d_model, n_layers, n_heads, mlp_ratio,
                                       activation=activation, layer_norm=layer_norm, tied=tied, bias=bias,
                                       attention=attention))
