@@ -198,6 +198,7 @@ CALLS: dict[str, Call] = {
     "lscape.data.fashion_mnist": Call(lambda: {"data_dir": "."}),
     "lscape.data.load": Call(lambda: {"name": "digits"}),
     "lscape.data.mnist": Call(lambda: {"data_dir": "."}),
+    "lscape.data.modular_arithmetic": Call(lambda: {"p": 5}, checked=("p", "op", "train_fraction", "seed")),
     "lscape.data.two_moons": Call(lambda: {}, checked=("n", "noise", "test_fraction")),
     "lscape.data.xor": Call(lambda: {}),
     "lscape.executor.RayExecutor": Call(lambda: {}, checked=("num_cpus",), none_ok=("num_cpus",)),

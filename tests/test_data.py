@@ -134,3 +134,54 @@ def test_real_fashion_mnist_from_debian(monkeypatch):
     d = data.fashion_mnist()
     assert d.x_train.shape == (60_000, 784) and d.x_test.shape == (10_000, 784) and d.n_classes == 10
     assert torch.bincount(d.y_train).tolist() == [6000] * 10  # Fashion-MNIST is balanced
+
+
+def _pairs(x: torch.Tensor) -> list[tuple[int, int]]:
+    return [tuple(r) for r in x[:, :2].tolist()]
+
+
+@pytest.mark.parametrize("op", ["+", "/"])
+def test_modular_arithmetic_holds_every_pair_once(op):
+    p = 13
+    d = data.modular_arithmetic(p, op)
+    assert d.x_train.dtype == torch.int64 and d.y_train.dtype == torch.int64 and d.x_train.shape[1] == 3
+    assert (d.x_train[:, 2] == p).all() and (d.x_test[:, 2] == p).all()  # the "=" token
+    train, test = _pairs(d.x_train), _pairs(d.x_test)
+    every = {(a, b) for a in range(p) for b in range(1 if op == "/" else 0, p)}
+    assert len(train) + len(test) == len(every) and set(train) | set(test) == every
+    assert not set(train) & set(test)
+    assert len(train) == round(0.3 * len(every))
+
+
+def test_modular_arithmetic_split_is_seeded():
+    a, b, c = (data.modular_arithmetic(31, seed=s) for s in (0, 0, 1))
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert set(_pairs(a.x_train)) != set(_pairs(c.x_train))
+    assert len(data.modular_arithmetic(5, train_fraction=0.001).x_train) == 1  # at least one on each side
+    assert len(data.modular_arithmetic(5, train_fraction=0.999).x_test) == 1
+    assert data.load("modular_arithmetic").x_train.shape == (round(0.3 * 113 ** 2), 3)
+
+
+@pytest.mark.parametrize("op,f", [
+    ("+", lambda a, b, p: (a + b) % p), ("-", lambda a, b, p: (a - b) % p), ("*", lambda a, b, p: a * b % p),
+    ("/", lambda a, b, p: a * pow(b, -1, p) % p), ("x^2+y^2", lambda a, b, p: (a * a + b * b) % p),
+    ("x^2+xy+y^2", lambda a, b, p: (a * a + a * b + b * b) % p)])
+def test_modular_arithmetic_labels(op, f):
+    p = 17
+    d = data.modular_arithmetic(p, op, train_fraction=0.5)
+    for x, y in ((d.x_train, d.y_train), (d.x_test, d.y_test)):
+        assert y.tolist() == [f(a, b, p) for a, b, _ in x.tolist()]
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"p": 15}, ValueError, "p: got 15, expected a prime"),
+    ({"p": 2}, ValueError, "p: got 2, expected an integer in"),
+    ({"p": 7.0}, TypeError, "p: got float 7.0, expected an integer"),
+    ({"op": "^"}, ValueError, "op: got '\\^', expected one of '\\+'"),
+    ({"train_fraction": 0.0}, ValueError, "train_fraction: got 0.0, expected a number in \\(0"),
+    ({"train_fraction": 1.0}, ValueError, "train_fraction: got 1.0, expected a number in \\(0, 1\\)"),
+    ({"seed": -1}, ValueError, "seed: got -1"),
+])
+def test_modular_arithmetic_refuses_bad_arguments_by_name(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        data.modular_arithmetic(**kwargs)

@@ -41,6 +41,13 @@ def float_arg(name: str, value, *, low: float, high: float, low_open: bool = Fal
     return v
 
 
+def bool_arg(name: str, value) -> bool:
+    """True or False (not 0, 1 or None)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: got {describe(value)}, expected True or False")
+    return value
+
+
 def choice_arg(name: str, value, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name}: got {value!r}, expected one of {', '.join(map(repr, choices))}")

@@ -7,9 +7,10 @@ CIFAR-10), and small synthetic sets for tests and toy problems.  Nothing is ever
     d = lscape.data.fashion_mnist()           # data_dir, $LSCAPE_DATA, or Debian's dataset-fashion-mnist
     d = lscape.data.cifar10("~/data")         # cifar-10-batches-py/ (the "python version")
     d = lscape.data.load("digits" | "mnist" | "cifar10", data_dir=None)
+    d = lscape.data.modular_arithmetic(113, "+")   # grokking's task: x int64 tokens (a, b, =), y (a + b) mod p
 
 Every loader returns a `Split` (x_train, y_train, x_test, y_test): x float32 (N, features) scaled to
-[0, 1], y int64 class labels.
+[0, 1], y int64 class labels; modular_arithmetic's x holds int64 token ids instead (a transformer's input).
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import torch
 
 from .. import _checks
 
-__all__ = ["Split", "cifar10", "digits", "fashion_mnist", "load", "mnist", "two_moons", "xor"]
+__all__ = ["Split", "cifar10", "digits", "fashion_mnist", "load", "mnist", "modular_arithmetic", "two_moons",
+           "xor"]
 
 _HERE = Path(__file__).resolve().parent
 MNIST_URL = "http://yann.lecun.com/exdb/mnist/ (or any mirror of the four IDX files)"
@@ -55,7 +57,9 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (unpack it 
 
 
 class Split(NamedTuple):
-    """x_train (N, F) float32, y_train (N,) int64, x_test (M, F) float32, y_test (M,) int64."""
+    """x_train (N, F) float32, y_train (N,) int64, x_test (M, F) float32, y_test (M,) int64.
+
+    modular_arithmetic() is the exception: its x_train (N, 3) and x_test (M, 3) are int64 token ids."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -220,9 +224,10 @@ def cifar10(data_dir) -> Split:
 
 def load(name: str, data_dir=None) -> Split:
     """A dataset by name: "digits" (embedded), "mnist" or "fashion_mnist" (data_dir, $LSCAPE_DATA or a
-    packaged copy) or "cifar10" (from data_dir)."""
+    packaged copy), "cifar10" (from data_dir) or "modular_arithmetic" (generated: p = 113, "+", token ids)."""
     loaders = {"digits": lambda: digits(), "mnist": lambda: mnist(data_dir),
-               "fashion_mnist": lambda: fashion_mnist(data_dir), "cifar10": lambda: cifar10(data_dir)}
+               "fashion_mnist": lambda: fashion_mnist(data_dir), "cifar10": lambda: cifar10(data_dir),
+               "modular_arithmetic": lambda: modular_arithmetic()}
     if name not in loaders:
         raise ValueError(f"name: got {name!r}, expected one of {', '.join(map(repr, loaders))}")
     return loaders[name]()
@@ -241,6 +246,43 @@ def two_moons(n: int = 200, *, noise: float = 0.1, test_fraction: float = 0.5, s
     x = x + noise * rng.standard_normal(x.shape)
     y = np.concatenate([np.zeros(a, np.int64), np.ones(n - a, np.int64)])
     return _split(x, y, test_fraction, seed + 1)
+
+
+MODULAR_OPS = ("+", "-", "*", "/", "x^2+y^2", "x^2+xy+y^2")
+
+
+def modular_arithmetic(p: int = 113, op: str = "+", train_fraction: float = 0.3, seed: int = 0) -> Split:
+    """The algorithmic task of grokking (Power et al. 2022; Nanda et al. 2023): every pair (a, b), a and b
+    in [0, p) (for "/" b != 0), exactly once, as the three tokens `a b =` with `=` the token id p (so a
+    vocabulary of p + 1), labelled (a op b) mod p.
+
+    x int64 (N, 3) token ids (not float features), y int64 (N,) in [0, p).  op: "+", "-", "*", "/" (times
+    the modular inverse of b), "x^2+y^2" or "x^2+xy+y^2" (x = a, y = b).  p must be a prime >= 3.  The
+    pairs are split at random by a torch.Generator seeded with `seed`: round(train_fraction * N) of them
+    (at least one, at most N - 1) are train, the rest test; both sides keep the drawn (shuffled) order.
+    p = 113 gives 12,769 pairs (12,656 for "/").
+    """
+    p = _checks.int_arg("p", p, low=3)
+    if any(p % d == 0 for d in range(2, math.isqrt(p) + 1)):
+        raise ValueError(f"p: got {p}, expected a prime (the residues mod p must form a field)")
+    op = _checks.choice_arg("op", op, MODULAR_OPS)
+    f = _checks.float_arg("train_fraction", train_fraction, low=0.0, high=1.0, low_open=True)
+    if f == 1.0:
+        raise ValueError(f"train_fraction: got {f!r}, expected a number in (0, 1)")
+    seed = _checks.int_arg("seed", seed, low=0)
+    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(1 if op == "/" else 0, p)).unbind(1)
+    if op == "/":
+        inverse = torch.tensor([0] + [pow(v, -1, p) for v in range(1, p)])
+        y = a * inverse[b]
+    else:
+        y = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "x^2+y^2": lambda: a * a + b * b,
+             "x^2+xy+y^2": lambda: a * a + a * b + b * b}[op]()
+    x = torch.stack([a, b, torch.full_like(a, p)], dim=1)
+    y = torch.remainder(y, p)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_train = min(max(round(f * len(y)), 1), len(y) - 1)
+    tr, te = order[:n_train], order[n_train:]
+    return Split(x[tr], y[tr], x[te], y[te])
 
 
 def xor() -> Split:
