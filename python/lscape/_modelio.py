@@ -110,13 +110,18 @@ class Batch:
                      None if self.targets is None else _take(self.targets, self.rows, sel), rows, self.labels_kw)
 
     def describe(self) -> str:
-        def one(x) -> str:
-            if isinstance(x, Mapping):
-                return "{" + ", ".join(f"{k!r}: {one(v)}" for k, v in x.items()) + "}"
-            if isinstance(x, (tuple, list)):
-                return "(" + ", ".join(one(v) for v in x) + ")"
-            return _checks.describe(x) if isinstance(x, torch.Tensor) else type(x).__name__
-        return f"inputs {one(self.inputs)} and targets {one(self.targets)}"
+        return f"inputs {brief(self.inputs)} and targets {brief(self.targets)}"
+
+
+def brief(x) -> str:
+    """A short description of a batch's part: tensors by shape and dtype, containers by their parts."""
+    if isinstance(x, Mapping):
+        return "{" + ", ".join(f"{k!r}: {brief(v)}" for k, v in x.items()) + "}"
+    if isinstance(x, (tuple, list)):
+        return "(" + ", ".join(brief(v) for v in x) + ")"
+    if isinstance(x, torch.Tensor):
+        return f"tensor {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
+    return "None" if x is None else type(x).__name__
 
 
 def as_batch(item, own_loss: bool, name: str = "data", index: int = 0) -> Batch:
@@ -134,13 +139,13 @@ def as_batch(item, own_loss: bool, name: str = "data", index: int = 0) -> Batch:
         try:
             inputs, targets = item
         except (TypeError, ValueError):
-            raise TypeError(f"{name}: batch {index} is {_checks.describe(item)}, expected an (inputs, targets) "
+            raise TypeError(f"{name}: batch {index} is {brief(item)}, expected an (inputs, targets) "
                             "pair or a mapping of model inputs (with 'labels')") from None
     if targets is not None and not isinstance(targets, torch.Tensor):
-        raise TypeError(f"{name}: batch {index} has targets {_checks.describe(targets)}, expected a tensor")
+        raise TypeError(f"{name}: batch {index} has targets {brief(targets)}, expected a tensor")
     lead = _first_tensor(inputs)
     if lead is None or lead.dim() == 0:
-        raise TypeError(f"{name}: batch {index} has inputs {_checks.describe(inputs)}, expected a tensor, a tuple "
+        raise TypeError(f"{name}: batch {index} has inputs {brief(inputs)}, expected a tensor, a tuple "
                         "or a mapping holding at least one tensor with a leading batch dimension")
     rows = lead.shape[0]
     # the model's own loss reads its labels from the call
@@ -211,7 +216,8 @@ def one_batch(data) -> bool:
         return False
     inputs, targets = data
     return isinstance(targets, torch.Tensor) and (isinstance(inputs, (torch.Tensor, Mapping)) or (
-        isinstance(inputs, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in inputs)))
+        isinstance(inputs, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in inputs)
+        and all(t is None or isinstance(t, torch.Tensor) for t in inputs)))
 
 
 # ---- outputs ------------------------------------------------------------------------------------------

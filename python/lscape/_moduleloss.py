@@ -129,8 +129,9 @@ class ModuleLoss:
 
 
 def _slice_rows(model: nn.Module, b: Batch | torch.Tensor) -> int | None:
-    """HVP_ROWS where slicing a batch like b (or inputs b) pays (a slice's activations, counted by _modeleval.forward_cost
-    on two rows, reach HVP_SLICE_ELEMS: a ResNet-20's do, an MLP's on 8 x 8 digits do not), else None."""
+    """HVP_ROWS where slicing a batch like b (or inputs b) pays (a slice's activations, counted by
+    _modeleval.forward_cost on two rows, reach HVP_SLICE_ELEMS: a ResNet-20's do, an MLP's on 8 x 8 digits
+    do not), else None."""
     from ._modeleval import forward_cost
 
     X = b if isinstance(b, torch.Tensor) else b.tensor

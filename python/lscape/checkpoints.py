@@ -1,9 +1,12 @@
 """Checkpoints as flat parameter vectors of a model, for the directions of a loss surface.
 
 A checkpoint is any of: an nn.Module; a flat vector (D,); a state_dict, also nested as {"state_dict": ...}
-or {"model": ...} (the training loop's other entries, such as the optimizer's, are left alone) and with
-DataParallel's "module." prefix; or the path of a file written by torch.save, loaded with
-torch.load(weights_only=True).  A sequence of checkpoints may also be a folder or a glob pattern of such
+or {"model": ...} (the training loop's other entries, such as the optimizer's, are left alone), with
+DataParallel's "module." prefix or a LightningModule's one prefix ("model.": the network it holds), its
+"_extra_state" entries skipped; the path of a file written by torch.save, loaded with
+torch.load(weights_only=True), or of a .safetensors file; or a Hugging Face save_pretrained folder (its
+model.safetensors or pytorch_model.bin; tied weights, saved once, count once).  A sequence of checkpoints may
+also be a folder or a glob pattern of such
 files, in natural order (epoch_2 before epoch_10) or sorted by a key the user gives.
 
 State_dicts are matched to `model` by parameter name: buffers (BatchNorm's running statistics) are
@@ -28,8 +31,13 @@ from ._flat import FlatLayout
 
 __all__ = ["CheckpointMismatchError", "CheckpointNotFound", "load_checkpoint", "load_checkpoints", "checkpoint_files"]
 
-# file names a folder of checkpoints is read for (torch.save has no fixed suffix; these are the usual ones)
-SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin")
+# file names a folder of checkpoints is read for (torch.save has no fixed suffix; these are the usual ones;
+# .safetensors: Hugging Face's save_pretrained)
+SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin", ".safetensors")
+# the weights file of a save_pretrained folder (one checkpoint), in the order looked for
+PRETRAINED_FILES = ("model.safetensors", "pytorch_model.bin")
+# state_dict entries that are never parameters: modules' get_extra_state() (TransformerEngine, quantisers)
+EXTRA_STATE = "_extra_state"
 # the entries a training loop nests the model's state_dict under
 NESTED = ("state_dict", "model_state_dict", "model")
 # prefixes that wrappers add to every name: DataParallel / DistributedDataParallel, torch.compile
@@ -56,13 +64,16 @@ def checkpoint_files(checkpoints: str | os.PathLike, sort_key: Callable[[str], o
     if not isinstance(checkpoints, (str, os.PathLike)):
         raise TypeError(f"checkpoints: got {type(checkpoints).__name__}, expected a folder or a glob pattern")
     src = os.fspath(checkpoints)
-    if os.path.isdir(src):
-        files = [os.path.join(src, f) for f in os.listdir(src) if f.endswith(SUFFIXES) and not f.startswith(".")]
-        where = f"folder {src!r} (files ending in {', '.join(SUFFIXES)})"
+    if os.path.isdir(src) and _pretrained_file(src) is None:
+        entries = [os.path.join(src, f) for f in os.listdir(src) if not f.startswith(".")]
+        # files, or save_pretrained folders (a Hugging Face Trainer's checkpoint-500/, checkpoint-1000/)
+        files = [f for f in entries if f.endswith(SUFFIXES) and os.path.isfile(f)
+                 or os.path.isdir(f) and _pretrained_file(f) is not None]
+        where = f"folder {src!r} (files ending in {', '.join(SUFFIXES)}, or save_pretrained folders)"
     else:
         files = glob.glob(src)
         where = f"glob {src!r}"
-    files = [f for f in files if os.path.isfile(f)]
+    files = [f for f in files if os.path.isfile(f) or os.path.isdir(f) and _pretrained_file(f) is not None]
     if not files:
         raise CheckpointNotFound(f"checkpoints: got {where}, which holds no checkpoint file; expected at least one")
     return sorted(files, key=natural_key if sort_key is None else sort_key)
@@ -72,7 +83,21 @@ def _is_pattern(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
+def _pretrained_file(folder: str) -> str | None:
+    """The weights file of a save_pretrained folder (PRETRAINED_FILES), or None."""
+    return next((os.path.join(folder, f) for f in PRETRAINED_FILES if os.path.isfile(os.path.join(folder, f))), None)
+
+
 def _read(path: str):
+    if os.path.isdir(path):
+        path = _pretrained_file(path)
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ValueError(f"checkpoint {path!r}: reading .safetensors needs the safetensors package (pip install "
+                             "safetensors; transformers brings it)") from None
+        return load_file(path, device="cpu")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... depending on what it found
@@ -110,8 +135,9 @@ def _from_state_dict(sd: Mapping, layout: FlatLayout, ignored: set[str], where: 
     """The model's parameters out of a state_dict, by name (wrapper prefixes stripped on both sides); names
     in `ignored` (buffers, second names of tied parameters) are skipped."""
     sd = {_strip(str(k)): v for k, v in _unwrap(sd).items()}
-    sd = {k: v for k, v in sd.items() if k not in ignored}
+    sd = {k: v for k, v in sd.items() if k not in ignored and not k.endswith(EXTRA_STATE)}
     keys = [_strip(n) for n in layout.names]
+    sd = _wrapped(sd, keys)
     missing = [k for k in keys if k not in sd]
     extra = sorted(k for k in sd if k not in set(keys))
     wrong = [f"{k} {tuple(sd[k].shape)} (model {tuple(s)})" for k, s in zip(keys, layout.shapes, strict=True)
@@ -120,6 +146,19 @@ def _from_state_dict(sd: Mapping, layout: FlatLayout, ignored: set[str], where: 
         parts = [_listed(k, v) for k, v in (("missing", missing), ("extra", extra), ("shape differs", wrong)) if v]
         raise CheckpointMismatchError(f"{where}: does not match model's parameters; " + "; ".join(parts))
     return torch.cat([sd[k].detach().reshape(-1).to("cpu", torch.float64) for k in keys]).numpy()
+
+
+def _wrapped(sd: dict, keys: list[str]) -> dict:
+    """sd with the one prefix every name shares removed ("model." of a LightningModule holding the network as
+    self.model, "net." ...) where the model's names are found only so; sd itself otherwise."""
+    if not sd or all(k in sd for k in keys):
+        return sd
+    heads = {k.split(".", 1)[0] for k in sd}
+    if len(heads) != 1 or not all("." in k for k in sd):
+        return sd
+    inner = {k.split(".", 1)[1]: v for k, v in sd.items()}
+    inner = {k: v for k, v in inner.items() if k in set(keys)} if all(k in inner for k in keys) else inner
+    return inner if all(k in inner for k in keys) else sd
 
 
 def _ignored(model: nn.Module, layout: FlatLayout) -> set[str]:
@@ -133,7 +172,7 @@ def _ignored(model: nn.Module, layout: FlatLayout) -> set[str]:
 def _flat(item, layout: FlatLayout, model: nn.Module, where: str) -> np.ndarray:
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
-        if not os.path.isfile(path):
+        if not (os.path.isfile(path) or os.path.isdir(path) and _pretrained_file(path) is not None):
             raise CheckpointNotFound(f"{where}: got {path!r}, expected an existing checkpoint file")
         return _flat(_read(path), layout, model, f"{where} ({path!r})")
     if isinstance(item, nn.Module):

@@ -11,6 +11,7 @@ Hessian-vector products); `loss` and `loss_and_grad` may run on faster non-diffe
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -191,7 +192,15 @@ class Landscape:
         def batch_fn(thetas: torch.Tensor) -> torch.Tensor:
             if not state["per_point"]:
                 try:
-                    return ml.vmapped(thetas)
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        out = ml.vmapped(thetas)
+                    if any("batching rule" in str(w.message) for w in caught):
+                        state["per_point"] = True  # an op vmap runs in a slow loop (SDPA): one by one from now
+                    for w in caught:
+                        if "batching rule" not in str(w.message):
+                            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                    return out
                 except (RuntimeError, NotImplementedError):  # an op vmap cannot batch: one by one from now
                     state["per_point"] = True
             return torch.stack([ml.one(t) for t in thetas])
