@@ -1,5 +1,12 @@
 """lscape's Hessian spectra against PyHessian's on BatchNorm ResNet-20s (eval mode, 3x32x32 inputs, float32
-on the CPU), each case alone in its own process so that its peak memory (ru_maxrss) is its own.
+on the CPU) and on the reference nanoGPT (--model nanogpt), each case alone in its own process so that its
+peak memory (ru_maxrss) is its own.
+
+    # issue 36's rows: the nanoGPT-style model (4 blocks, d_model 128, 4 heads, context 64, vocab 65, tied
+    # head; D = 809,856) on 64 sequences of 64 tokens, top-2: lscape differentiates the model as it is
+    # (F.scaled_dot_product_attention), PyHessian its twin with attention written out (attention="math",
+    # the same weights), which is the only form it can differentiate twice
+    PYTHONPATH=python nice -n 19 python bench/hessian_resnet.py compare --model nanogpt --images 64 --ks 2 --threads 2
 
     # the issue-30 table: width x4 (D = 4.33 M), 128 images, top-2 and top-5, lscape at its default
     # (exact) tolerance, at 1e-3 and at 1e-3 with stop="change", against PyHessian at its defaults
@@ -48,14 +55,22 @@ from torch import nn
 CE = nn.functional.cross_entropy
 
 
-def _case(width: int, images: int):
+def _case(a: argparse.Namespace):
+    """(lscape's model, PyHessian's model, inputs, targets, loss): the same function for both."""
+    if a.model == "nanogpt":
+        from lscape import token_cross_entropy
+        from lscape.models import nanogpt
+
+        gen = torch.Generator().manual_seed(1)
+        seq = torch.randint(0, 65, (a.images, 65), generator=gen)
+        return nanogpt(), nanogpt(attention="math"), seq[:, :-1], seq[:, 1:], token_cross_entropy
     from lscape.models import resnet20
 
-    model = resnet20(width)
+    model = resnet20(a.width)
     gen = torch.Generator().manual_seed(1)
-    X = torch.randn(images, 3, 32, 32, generator=gen)
-    Y = torch.randint(0, 10, (images,), generator=gen)
-    return model, X, Y
+    X = torch.randn(a.images, 3, 32, 32, generator=gen)
+    Y = torch.randint(0, 10, (a.images,), generator=gen)
+    return model, model, X, Y, CE
 
 
 def _cpu() -> float:
@@ -71,7 +86,7 @@ def _progress(products: int) -> None:
 
 def one(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
-    model, X, Y = _case(a.width, a.images)
+    model, twin, X, Y, loss = _case(a)
     D = sum(p.numel() for p in model.parameters())
     counter = [0]
     tol = None if a.tol == "default" else float(a.tol)
@@ -87,7 +102,7 @@ def one(a: argparse.Namespace) -> dict:
             return call(self, V)
 
         spectrum._HVP.__call__ = counting
-        L = Landscape.from_module(model, CE, (X, Y))
+        L = Landscape.from_module(model, loss, (X, Y))
         theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         t0, c0 = time.perf_counter(), _cpu()
         with warnings.catch_warnings(record=True) as caught:
@@ -128,7 +143,7 @@ def one(a: argparse.Namespace) -> dict:
         t0, c0 = time.perf_counter(), _cpu()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # backward(create_graph=True)'s reference-cycle warning
-            H = ph.hessian(model, CE, data=(X, Y), cuda=False)
+            H = ph.hessian(twin, loss, data=(X, Y), cuda=False)
             vals, _ = H.eigenvalues(top_n=a.k, **kw)
         secs, cpu = time.perf_counter() - t0, _cpu() - c0
         vals = sorted((float(v) for v in vals), reverse=True)
@@ -144,7 +159,7 @@ def one(a: argparse.Namespace) -> dict:
 def compare(a: argparse.Namespace) -> None:
     rows = []
     base = [sys.executable, os.path.abspath(__file__), "one", "--width", str(a.width), "--images",
-            str(a.images), "--threads", str(a.threads)]
+            str(a.images), "--threads", str(a.threads), "--model", a.model]
     if a.products_only is not None:
         base += ["--products-only", str(a.products_only)]
     if a.maxiter is not None:
@@ -157,7 +172,10 @@ def compare(a: argparse.Namespace) -> None:
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\nResNet-20 width x{a.width} (D = {rows[0]['D']:,}), {a.images} images, float32, CPU, "
+    what = "nanoGPT (SDPA; PyHessian: its math-attention twin)" if a.model == "nanogpt" else \
+        f"ResNet-20 width x{a.width}"
+    print(f"\n{what} (D = {rows[0]['D']:,}), {a.images} {'sequences' if a.model == 'nanogpt' else 'images'}, "
+          f"float32, CPU, "
           f"{a.threads} thread(s){' (partial: cost per product only)' if a.products_only else ''}")
     print("| k | case | tol | CPU s | wall s | products | CPU s/product | peak GB | speed-up vs PyHessian (CPU) |"
           " products: PyHessian / this | memory / PyHessian | eigenvalues | largest relative error |")
@@ -180,6 +198,7 @@ def main() -> None:
     ap.add_argument("mode", choices=("one", "compare"))
     ap.add_argument("--who", choices=("lscape", "lscape-f64", "lscape-change", "lscape-slq", "pyhessian"),
                     default="lscape")
+    ap.add_argument("--model", choices=("resnet20", "nanogpt"), default="resnet20")
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--k", type=int, default=2)

@@ -140,3 +140,70 @@ def test_surface_resnet20(bench_run, benchmark, resnet_case, contender):
     fn = RN_CONTENDERS[contender](m, X, Y, dirs)
     bench_run(fn, contender, min_rounds=2, model_steps=RN_GRID * RN_GRID, D=FlatLayout.of(m).dim, P=RN_IMAGES,
               device="cpu")
+
+
+# ---- transformers -------------------------------------------------------------------------------------------
+# Group `surface-nanogpt-5x5`: the reference nanoGPT (lscape.models.nanogpt: 4 blocks, d_model 128, 4 heads,
+# context 64, vocab 65, tied head, F.scaled_dot_product_attention; D = 809,856) on 64 sequences of 64
+# tokens, shifted targets, token cross-entropy and token accuracy, at 5 x 5 points; group
+# `surface-gpt2-2x2`: Hugging Face GPT-2 small from its configuration (124 M parameters, 8 sequences of
+# 128 tokens, its own loss, mapping batches with labels) at 2 x 2 points.  Each against the plain loop a
+# user writes (vector_to_parameters into a copy, then the model).  Targets (issue 36): nanoGPT >= 1.3x the
+# plain loop, GPT-2 never slower than it.
+TF_CASES = {"nanogpt": 5, "gpt2": 2}
+
+
+@pytest.fixture(scope="module", params=list(TF_CASES))
+def transformer_case(request):
+    from lscape.models import nanogpt
+
+    g = torch.Generator().manual_seed(0)
+    if request.param == "nanogpt":
+        m = nanogpt()
+        seq = torch.randint(0, 65, (64, 65), generator=g)
+        batch = (seq[:, :-1], seq[:, 1:])
+        return "nanogpt", m, lscape.token_cross_entropy, batch, lambda mm: lscape.token_cross_entropy(mm(batch[0]),
+                                                                                                      batch[1])
+    transformers = pytest.importorskip("transformers", reason="the GPT-2 row builds transformers' GPT2Config()")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    m = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
+    ids = torch.randint(0, 50257, (8, 128), generator=g)
+    batch = {"input_ids": ids, "labels": ids}
+    return "gpt2", m, None, batch, lambda mm: mm(**batch).loss
+
+
+def _tf_plain(m, probe, dirs, grid):
+    mm = copy.deepcopy(m)
+    c = FlatLayout.of(m).flatten(m).double()
+    u, v = (torch.as_tensor(d) for d in dirs.vectors)
+    axis = np.linspace(-1.0, 1.0, grid)
+
+    def run():
+        out = np.zeros((grid, grid))
+        with torch.no_grad():
+            for i, a in enumerate(axis):
+                for j, b in enumerate(axis):
+                    torch.nn.utils.vector_to_parameters((c + a * u + b * v).float(), mm.parameters())
+                    out[i, j] = float(probe(mm))
+        return out
+    return run
+
+
+@pytest.mark.parametrize("contender", ["lscape", "plain model(X) loop"])
+def test_surface_transformer(bench_run, benchmark, transformer_case, contender):
+    name, m, loss, batch, probe = transformer_case
+    grid = TF_CASES[name]
+    benchmark.group = f"surface-{name}-{grid}x{grid}"
+    dirs = random_directions(m, 2, seed=0)
+    plain = _tf_plain(m, probe, dirs, grid)
+    if contender == "lscape":
+        want = plain()
+
+        def fn():
+            got = lscape.surface(m, loss, batch, directions=dirs, grid=grid)["train_loss"]
+            np.testing.assert_allclose(got, want, rtol=1e-4)  # the plain loop's values
+            return got
+    else:
+        fn = plain
+    bench_run(fn, contender, min_rounds=2, model_steps=grid * grid, D=FlatLayout.of(m).dim, P=64, device="cpu")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import checkpoints, data, probes
 from ._backend import BackendInfo, backends, use_backend
+from ._modelio import token_cross_entropy
 from .ensemble import TrainResult, TrainState, mlp_loss, mlp_loss_grad, train_ensemble
 from .intrinsic import IntrinsicDimension, intrinsic_dimension
 from .landscape import Landscape
@@ -48,6 +49,7 @@ __all__ = [
     "r_x",
     "radius",
     "surface",
+    "token_cross_entropy",
     "train_ensemble",
     "use_backend",
     "__version__",

@@ -332,11 +332,13 @@ class _Compiled:
         self.fn = torch.compile(run, dynamic=False)
         self.failed = False
 
-    def __call__(self, params, X: torch.Tensor, buffers=None) -> torch.Tensor:
-        if params is not None or buffers is not None or self.failed:
+    def __call__(self, params, X, buffers=None):
+        """X: a tensor or an lscape._modelio.Batch (one whose inputs are not one tensor runs uncompiled)."""
+        x = X if isinstance(X, torch.Tensor) else X.tensor if not X.labels_kw else None
+        if params is not None or buffers is not None or self.failed or x is None:
             return self.fast(params, X, buffers)
         try:
-            return self.fn(X)
+            return self.fn(x)
         except Exception as exc:  # noqa: BLE001 - compilation is an optimisation: plain evaluation instead
             self.failed = True
             warnings.warn(f"compile: torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); evaluating "
