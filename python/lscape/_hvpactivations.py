@@ -3,9 +3,10 @@ transformers).
 
 For y = f(x) the first backward is gx = gO f'(x) (torch's fused gelu_backward / silu_backward) and the second,
 for a cotangent gg of gx, is d/d(gO) = gg f'(x) (the same fused kernel) and d/dx = gg gO f''(x).  torch's own
-double backward recomputes f'' from x in a chain of elementwise ops at every product; here gO f''(x) is
-computed at the first product and kept (one activation-sized tensor per activation, for as long as the
-gradient's graph lives), so each further product is one fused kernel and one multiply.  Under create_graph
+double backward recomputes f'' from x in a chain of elementwise ops at every product; here f'(x) and gO f''(x)
+are computed at the first product and kept (two activation-sized tensors per activation, for as long as the
+gradient's graph lives), so each further product is three multiplies (the forward graph's backward, which
+every product runs again, reads f'(x) too, instead of the fused kernel that recomputes it).  Under create_graph
 (a third derivative) f' and f'' run as differentiable formulas instead, so every order stays exact:
 
     GELU (erf):  f' = Phi + x phi,  f'' = phi (2 - x^2)
@@ -53,13 +54,14 @@ def _derivatives(kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 class _ActGrad(torch.autograd.Function):
-    """(gO, x) -> gO f'(x), differentiable once more in gO and x."""
+    """(gO, x) -> gO f'(x), differentiable once more in gO and x.  cache: the activation's f'(x), once a
+    product has computed it (the forward graph's backward runs again at every product, and reads it too)."""
 
     @staticmethod
-    def forward(ctx, gO, x, kind):
+    def forward(ctx, gO, x, kind, cache):
         ctx.save_for_backward(gO, x)
-        ctx.kind, ctx.curv = kind, None
-        return _first(kind, gO, x)
+        ctx.kind, ctx.cache, ctx.curv = kind, cache, None
+        return _first(kind, gO, x) if cache.d1 is None else gO * cache.d1
 
     @staticmethod
     def backward(ctx, gg):
@@ -67,23 +69,28 @@ class _ActGrad(torch.autograd.Function):
         want_gO, want_x = ctx.needs_input_grad[:2]
         if torch.is_grad_enabled():  # a third derivative: differentiable formulas
             d1, d2 = _derivatives(ctx.kind, x)
-            return gg * d1 if want_gO else None, gg * gO * d2 if want_x else None, None
-        if want_x and ctx.curv is None:  # gO f''(x): the same at every product through this graph
-            ctx.curv = _derivatives(ctx.kind, x)[1].mul_(gO)
-        return _first(ctx.kind, gg, x) if want_gO else None, gg * ctx.curv if want_x else None, None
+            return gg * d1 if want_gO else None, gg * gO * d2 if want_x else None, None, None
+        if ctx.curv is None:  # f'(x) and gO f''(x): the same at every product through this graph
+            d1, d2 = _derivatives(ctx.kind, x)
+            ctx.cache.d1, ctx.curv = d1, d2.mul_(gO)
+        return gg * ctx.cache.d1 if want_gO else None, gg * ctx.curv if want_x else None, None, None
+
+
+class _Cache:
+    d1: torch.Tensor | None = None
 
 
 class _Act(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kind, value):
         ctx.save_for_backward(x)
-        ctx.kind = kind
+        ctx.kind, ctx.cache = kind, _Cache()
         return value()
 
     @staticmethod
     def backward(ctx, gO):
         (x,) = ctx.saved_tensors
-        return _ActGrad.apply(gO, x, ctx.kind), None, None
+        return _ActGrad.apply(gO, x, ctx.kind, ctx.cache), None, None
 
 
 def activation_with_value(x: torch.Tensor, kind: str, value: Callable[[], torch.Tensor]) -> torch.Tensor:

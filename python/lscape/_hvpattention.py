@@ -34,11 +34,15 @@ class HessianDropoutError(RuntimeError):
 
 
 class _Spec:
-    """The non-tensor arguments of one attention call, and the inner graph of its forward."""
+    """The non-tensor arguments of one attention call, the rows every key is masked from (None: none), and the
+    inner graph of its forward."""
 
     def __init__(self, mask, is_causal, scale, groups):
         self.mask, self.is_causal, self.scale, self.groups = mask, is_causal, scale, groups
-        self.inner = None
+        self.dead, self.inner = None, None
+        if mask is not None:  # top-left causal masks leave no row empty; other masks may
+            dead = (~mask if mask.dtype == torch.bool else torch.isneginf(mask)).all(-1, keepdim=True)
+            self.dead = dead if bool(dead.any()) else None
 
 
 def _expand(t: torch.Tensor, groups: int) -> torch.Tensor:
@@ -50,58 +54,81 @@ def _fold(t: torch.Tensor, groups: int) -> torch.Tensor:
     return t if groups == 1 else t.unflatten(-3, (t.shape[-3] // groups, groups)).sum(-3)
 
 
-def _probs(spec: _Spec, q: torch.Tensor, k: torch.Tensor, rows: slice) -> torch.Tensor:
-    """P = softmax(s q k^T + mask) for query rows `rows` (q already sliced): (..., rows, Lk); rows every key
-    is masked from are 0."""
-    S = torch.matmul(q, k.transpose(-1, -2)).mul_(spec.scale) if not torch.is_grad_enabled() \
-        else torch.matmul(q, k.transpose(-1, -2)) * spec.scale
-    m = spec.mask
+def _rows_of(m: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    return m if m is None or m.dim() < 2 or m.shape[-2] == 1 else m[..., rows, :]
+
+
+def _probs(spec: _Spec, sq: torch.Tensor, k: torch.Tensor, rows: slice, batch: torch.Size) -> torch.Tensor:
+    """P = softmax(s q k^T + mask) for query rows `rows`: sq = s q[rows] (BH, rows, E), k (BH, Lk, E) ->
+    (BH, rows, Lk); rows every key is masked from are 0.  In place where nothing is differentiated."""
+    ip = not torch.is_grad_enabled()
+    S = torch.bmm(sq, k.transpose(1, 2))
+    m, dead = spec.mask, _rows_of(spec.dead, rows)
     if spec.is_causal:
-        i = torch.arange(rows.start, rows.stop, device=q.device)[:, None]
-        m = i >= torch.arange(k.shape[-2], device=q.device)
-    elif m is not None and m.dim() >= 2 and m.shape[-2] > 1:
-        m = m[..., rows, :]
+        m = torch.arange(rows.start, rows.stop, device=sq.device)[:, None] >= torch.arange(k.shape[1],
+                                                                                         device=sq.device)
+    elif m is not None:
+        m = _rows_of(m, rows)
+        S = S.view(*batch, *S.shape[1:])  # the mask broadcasts against (..., H, rows, Lk)
     if m is not None:
-        S = S.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else S + m
-        dead = torch.isneginf(S).all(-1, keepdim=True)
-        if bool(dead.any()):
-            return torch.softmax(S.masked_fill(dead, 0.0), -1).masked_fill(dead, 0.0)
-    return torch.softmax(S, -1)
+        if m.dtype == torch.bool:
+            S = S.masked_fill_(~m, float("-inf")) if ip else S.masked_fill(~m, float("-inf"))
+        else:
+            S = S.add_(m) if ip else S + m
+        if dead is not None:
+            S = S.masked_fill(dead, 0.0)
+        S = S.reshape(-1, *S.shape[-2:])
+    P = torch.softmax(S, -1)
+    return P if dead is None else P.view(*batch, *P.shape[1:]).masked_fill(dead, 0.0).view(P.shape)
 
 
 def _rowsum(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x * y).sum(-1, keepdim=True)
 
 
+def _acc(total: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """total + x @ y (batched), in place where nothing is differentiated."""
+    if total is None:
+        return torch.bmm(x, y)
+    return total.baddbmm_(x, y) if not torch.is_grad_enabled() else torch.baddbmm(total, x, y)
+
+
 def _second_backward(spec: _Spec, dO, q, k, v, out, a, b, c):
     """(d/d(dO), d/dq, d/dk, d/dv) of <a, dQ> + <b, dK> + <c, dV> (module docstring), in chunks of query
-    rows; k, v (and b, c) at q's heads (expanded)."""
+    rows, on (batch x heads, L, E) views; k, v (and b, c) at q's heads (expanded).  Temporaries are reused
+    in place where nothing is differentiated; under create_graph every op is out of place."""
     s, grad = spec.scale, torch.is_grad_enabled()
+    batch, shapes = q.shape[:-2], (dO.shape, q.shape, k.shape, v.shape)
+    flat = [None if t is None else t.reshape(-1, *t.shape[-2:]) for t in (dO, q, k, v, out, a, b, c)]
+    dO, q, k, v, out, a, b, c = flat
     a = torch.zeros_like(q) if a is None else a
     b = torch.zeros_like(k) if b is None else b
     c = torch.zeros_like(v) if c is None else c
-    kT, vT = k.transpose(-1, -2), v.transpose(-1, -2)
+    sq, sk, sa, sb = q * s, k * s, a * s, b * s
+    kb = torch.cat([k, sb], -1).transpose(1, 2)  # R = s (a k^T + q b^T) = [s a, q] [k, s b]^T: one product
+    vT, cT = v.transpose(1, 2), c.transpose(1, 2)
     parts_dO, parts_q, dk, dv = [], [], None, None
-    rows_all = q.shape[-2]
-    for rows in row_chunks(rows_all, k.shape[-2] * (q.numel() // max(1, q.shape[-1] * rows_all))):
-        qc, dOc, ac = q[..., rows, :], dO[..., rows, :], a[..., rows, :]
-        P = _probs(spec, qc, k, rows)
-        dP = torch.matmul(dOc, vT)
-        D = _rowsum(P, dP) if grad else _rowsum(dOc, out[..., rows, :])  # equal; the second is cheaper
-        dS = P * (dP - D)
-        R = (torch.matmul(ac, kT) + torch.matmul(qc, b.transpose(-1, -2))) * s
-        Rr = R - _rowsum(P, R)
+    for rows in row_chunks(q.shape[1], k.shape[1] * q.shape[0]):
+        dOc = dO[:, rows]
+        P = _probs(spec, sq[:, rows], k, rows, batch)
+        dP = torch.bmm(dOc, vT)
+        D = _rowsum(P, dP) if grad else _rowsum(dOc, out[:, rows])  # equal; the second is cheaper
+        delta = dP - D if grad else dP.sub_(D)
+        dS = P * delta
+        R = torch.bmm(torch.cat([sa[:, rows], q[:, rows]], -1), kb)
+        r = _rowsum(P, R)
+        Rr = R - r if grad else R.sub_(r)
         G = P * Rr
-        Z = dP * Rr - D * R + torch.matmul(dOc, c.transpose(-1, -2))
-        W = P * (Z - _rowsum(P, Z))
-        parts_dO.append(torch.matmul(G, v) + torch.matmul(P, c))
-        parts_q.append((torch.matmul(dS, b) + torch.matmul(W, k)) * s)
-        dv_c = torch.matmul(G.transpose(-1, -2), dOc)
-        dk_c = (torch.matmul(dS.transpose(-1, -2), ac) + torch.matmul(W.transpose(-1, -2), qc)) * s
-        dv = dv_c if dv is None else dv + dv_c
-        dk = dk_c if dk is None else dk + dk_c
-    cat = (lambda ps: ps[0]) if len(parts_q) == 1 else (lambda ps: torch.cat(ps, -2))
-    return cat(parts_dO), cat(parts_q), dk, dv
+        E = torch.bmm(dOc, cT)  # Z = (dP - D)(R - r) - r D + dO c^T
+        Z = E + delta * Rr - r * D if grad else E.addcmul_(delta, Rr).sub_(r * D)
+        pz = _rowsum(P, Z)
+        W = (Z - pz) * P if grad else Z.sub_(pz).mul_(P)
+        parts_dO.append(_acc(torch.bmm(P, c), G, v))
+        parts_q.append(_acc(torch.bmm(dS, sb), W, sk))
+        dv = _acc(dv, G.transpose(1, 2), dOc)
+        dk = _acc(_acc(dk, dS.transpose(1, 2), sa[:, rows]), W.transpose(1, 2), sq[:, rows])
+    cat = (lambda ps: ps[0]) if len(parts_q) == 1 else (lambda ps: torch.cat(ps, 1))
+    return tuple(t.view(shape) for t, shape in zip((cat(parts_dO), cat(parts_q), dk, dv), shapes, strict=True))
 
 
 class _SDPAGrad(torch.autograd.Function):

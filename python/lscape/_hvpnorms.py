@@ -45,17 +45,25 @@ def _stats(spec: _Spec, x2: torch.Tensor):
 
 
 def _normalised(x2, mu, r):
-    return (x2 if mu is None else x2 - mu) * r
+    if mu is None:
+        return x2 * r
+    return (x2 - mu) * r if torch.is_grad_enabled() else torch.sub(x2, mu).mul_(r)
 
 
 def _mean(t: torch.Tensor) -> torch.Tensor:
     return t.mean(-1, keepdim=True)
 
 
-def _nback(u, xh, r, centered):
-    """N(u) = r (u - mean(u) - x^ mean(u x^)) over each row (RMSNorm: centered False, no mean(u))."""
-    t = u - xh * _mean(u * xh)
-    return (t - _mean(u) if centered else t) * r
+def _nback(u, xh, r, centered, k=None, fresh=False):
+    """N(u) = r (u - mean(u) - x^ k) over each row, k = mean(u x^) unless given (RMSNorm: centered False, no
+    mean(u)); fresh: u is a temporary of the caller's, overwritten where nothing is differentiated."""
+    k = _mean(u * xh) if k is None else k
+    m = _mean(u) if centered else None
+    if fresh and not torch.is_grad_enabled():
+        t = u.addcmul_(xh, k, value=-1)
+        return (t if m is None else t.sub_(m)).mul_(r)
+    t = torch.addcmul(u, xh, k, value=-1)
+    return (t if m is None else t - m) * r
 
 
 class _NormGrad(torch.autograd.Function):
@@ -79,27 +87,28 @@ class _NormGrad(torch.autograd.Function):
         spec = ctx.spec
         K, cen = spec.K, spec.centered
         x2, g2, w1 = x.reshape(-1, K), gy.reshape(-1, K), w.reshape(-1)
-        if torch.is_grad_enabled():  # a third derivative: x^ and r as functions of x
+        grad = torch.is_grad_enabled()
+        if grad:  # a third derivative: x^ and r as functions of x
             mu, r = _stats(spec, x2)
         xh = _normalised(x2, mu, r)
         a2 = torch.zeros_like(x2) if a is None else a.reshape(-1, K)
         c1 = None if c is None else c.reshape(-1)
-        ah = _nback(a2, xh, r, cen)
+        A2 = _mean(a2 * xh)
+        ah = _nback(a2, xh, r, cen, A2)
         dgy = ah * w1
         if c1 is not None:
-            dgy = dgy + xh * c1
+            dgy = torch.addcmul(dgy, xh, c1) if grad else dgy.addcmul_(xh, c1)
         if e is not None:
-            dgy = dgy + e.reshape(-1)
+            dgy = dgy + e.reshape(-1) if grad else dgy.add_(e.reshape(-1))
         dw = (g2 * ah).sum(0)
         u = g2 * w1
-        A2, U2 = _mean(a2 * xh), _mean(u * xh)
-        G = (u * A2 + a2 * U2) * (-r)
+        U2, T = _mean(u * xh), _mean(u * a2)
+        T = T - U2 * A2 - _mean(u) * _mean(a2) if cen else T - U2 * A2
+        # G = -r (u A2 + U2 a) + gy c, in u's place; d/dx = N(G) - r^2 x^ T
+        G = torch.addcmul(u * (-r * A2), a2, -r * U2) if grad else u.mul_(-r * A2).addcmul_(a2, -r * U2)
         if c1 is not None:
-            G = G + g2 * c1
-        T = _mean(u * a2) - U2 * A2
-        if cen:
-            T = T - _mean(u) * _mean(a2)
-        dx = _nback(G, xh, r, cen) - xh * (r * r * T)
+            G = torch.addcmul(G, g2, c1) if grad else G.addcmul_(g2, c1)
+        dx = _nback(G, xh, r, cen, _mean(G * xh) + r * T, fresh=True)
         return dgy.reshape(gy.shape), dx.reshape(x.shape), dw.reshape(w.shape), None, None, None
 
 
