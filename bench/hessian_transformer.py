@@ -103,10 +103,13 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _timed(fn):
+def _timed(fn, keep: bool = False):
+    """(fn's output if keep else None, wall seconds, CPU seconds): an output not kept is dropped before the
+    next call, so the peak memory counts one call's."""
     t0, c0 = time.perf_counter(), _cpu()
     out = fn()
-    return out, time.perf_counter() - t0, _cpu() - c0
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    return (out if keep else None), wall, cpu
 
 
 def one(a: argparse.Namespace) -> dict:
@@ -132,9 +135,10 @@ def one(a: argparse.Namespace) -> dict:
                 return torch.autograd.grad(loss(), params, create_graph=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            g, *build = _timed(graph)
+            g, *build = _timed(graph, keep=True)
             gen = torch.Generator().manual_seed(2)
             for _ in range(a.reps + 1):
+                vs = None  # one set of vectors at a time
                 vs = [torch.randn(p.shape, generator=gen) for p in params]
                 _, w, c = _timed(lambda vs=vs: torch.autograd.grad(g, params, vs, retain_graph=True))
                 walls.append(w)

@@ -119,8 +119,9 @@ def _second_backward(spec: _Spec, dO, q, k, v, out, a, b, c):
         r = _rowsum(P, R)
         Rr = R - r if grad else R.sub_(r)
         G = P * Rr
-        E = torch.bmm(dOc, cT)  # Z = (dP - D)(R - r) - r D + dO c^T
-        Z = E + delta * Rr - r * D if grad else E.addcmul_(delta, Rr).sub_(r * D)
+        # Z = (dP - D)(R - r) - r D + dO c^T; the row constant -r D cancels in W (rows of P sum to 1): dropped
+        E = torch.bmm(dOc, cT)
+        Z = E + delta * Rr if grad else E.addcmul_(delta, Rr)
         pz = _rowsum(P, Z)
         W = (Z - pz) * P if grad else Z.sub_(pz).mul_(P)
         parts_dO.append(_acc(torch.bmm(P, c), G, v))

@@ -65,10 +65,10 @@ def _checked(verdicts: dict, m: nn.Module, own: Callable, formula: Callable, x_r
 def _gelu_forward(m: nn.Module, verdicts: dict) -> Callable:
     own = type(m).forward.__get__(m)
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if not differentiating(x) or not _checked(verdicts, m, own, lambda t: F.gelu(t, approximate="tanh"),
-                                                  x.detach().reshape(-1)[:512 * _CHECK_ROWS]):
-            return own(x)
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs or not differentiating(x) or not _checked(
+                verdicts, m, own, lambda t: F.gelu(t, approximate="tanh"), x.detach().reshape(-1)[:512 * _CHECK_ROWS]):
+            return own(x, *args, **kwargs)  # a call the formula does not describe: the module's own
         return activation_with_value(x, "gelu_tanh", lambda: own(x))
     return forward
 
@@ -81,12 +81,12 @@ def _rms_eps(m: nn.Module) -> float | None:
 def _rms_forward(m: nn.Module, verdicts: dict) -> Callable:
     own = type(m).forward.__get__(m)
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         w, eps = m.weight, _rms_eps(m)
-        if (not differentiating(x, w) or w.dim() != 1 or x.shape[-1] != w.shape[0]
+        if (args or kwargs or not differentiating(x, w) or w.dim() != 1 or x.shape[-1] != w.shape[0]
                 or not _checked(verdicts, m, own, lambda t: F.rms_norm(t, (w.shape[0],), w, eps),
                                 x.detach().reshape(-1, w.shape[0])[:_CHECK_ROWS])):
-            return own(x)
+            return own(x, *args, **kwargs)
         return norm_with_value(x, w, eps, lambda: own(x))
     return forward
 

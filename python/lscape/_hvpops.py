@@ -29,6 +29,13 @@ folding each BatchNorm into its convolution once per block (`once`) instead of o
 graph's slices share it).  Only where autograd builds the graph: under torch.func transforms (vmap,
 jacrev) the plain ops run, whose batching rules those need.  Past the second order, derivatives are
 torch's own (the backwards are made of differentiable aten ops), so every order stays exact.
+
+Transformers (issue 36): while entered, hvp_mode also runs, wherever the model calls them, attention
+(F.scaled_dot_product_attention, whose fused kernels have no double backward in torch: lscape._hvpattention),
+LayerNorm and RMSNorm (_hvpnorms), GELU and SiLU (_hvpactivations), embeddings (_hvpembedding) and softmax
+cross-entropy (_hvploss) with their double backwards written out, and `model`'s Hugging Face-style GELU and
+RMSNorm modules too (_hvpintercept, which says how they are caught).  Each calls the original op for its
+value, so the model computes bit for bit what it computes outside the block.
 """
 from __future__ import annotations
 
