@@ -19,7 +19,8 @@ Cases:
   torch      the same on the twin with attention by hand (softmax(QK^T / sqrt(d) + causal mask) V; for GPT-2,
              transformers' attn_implementation="eager"), torch's own double backward everywhere
 Each prints the median wall and CPU seconds (of --reps) of a gradient / a product, the graph build's, and
-the process's peak resident memory (GB; imports, model and data included, the same in every case);
+the process's peak resident memory (GB; imports, model and data included, the same in every case; and
+build_peak_gb, the peak once the graph is built, before any product);
 `compare` adds the ratios to the gradient.
 """
 from __future__ import annotations
@@ -123,7 +124,7 @@ def one(a: argparse.Namespace) -> dict:
     def loss():
         z = logits(x)
         return F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1))
-    walls, cpus, build = [], [], (0.0, 0.0)
+    walls, cpus, build, build_peak = [], [], (0.0, 0.0), 0.0
     if a.case == "grad":
         for _ in range(a.reps + 1):  # the first is a warm-up
             _, w, c = _timed(lambda: torch.autograd.grad(loss(), params))
@@ -136,6 +137,7 @@ def one(a: argparse.Namespace) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             g, *build = _timed(graph, keep=True)
+            build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
             gen = torch.Generator().manual_seed(2)
             for _ in range(a.reps + 1):
                 vs = None  # one set of vectors at a time
@@ -146,7 +148,8 @@ def one(a: argparse.Namespace) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GB
     return {"model": a.model, "case": a.case, "threads": a.threads, "D": sum(p.numel() for p in params),
             "wall": statistics.median(walls[1:]), "cpu": statistics.median(cpus[1:]), "first_wall": walls[0],
-            "build_wall": build[0], "build_cpu": build[1], "peak_gb": peak, "reps": a.reps}
+            "build_wall": build[0], "build_cpu": build[1], "build_peak_gb": build_peak, "peak_gb": peak,
+            "reps": a.reps}
 
 
 def compare(a: argparse.Namespace) -> None:
