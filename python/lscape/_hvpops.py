@@ -29,6 +29,13 @@ folding each BatchNorm into its convolution once per block (`once`) instead of o
 graph's slices share it).  Only where autograd builds the graph: under torch.func transforms (vmap,
 jacrev) the plain ops run, whose batching rules those need.  Past the second order, derivatives are
 torch's own (the backwards are made of differentiable aten ops), so every order stays exact.
+
+Transformers (issue 36): while entered, hvp_mode also runs, wherever the model calls them, attention
+(F.scaled_dot_product_attention, whose fused kernels have no double backward in torch: lscape._hvpattention),
+LayerNorm and RMSNorm (_hvpnorms), GELU and SiLU (_hvpactivations), embeddings (_hvpembedding) and softmax
+cross-entropy (_hvploss) with their double backwards written out, and `model`'s Hugging Face-style GELU and
+RMSNorm modules too (_hvpintercept, which says how they are caught).  Each calls the original op for its
+value, so the model computes bit for bit what it computes outside the block.
 """
 from __future__ import annotations
 
@@ -42,8 +49,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._fastops import instance_forwards
+from ._hvpattention import HessianDropoutError
+from ._hvpintercept import Intercept, module_forwards
 
-__all__ = ["active", "conv", "hvp_mode", "once", "relu"]
+__all__ = ["HessianDropoutError", "active", "conv", "hvp_mode", "once", "relu"]
 
 _aten = torch.ops.aten
 _ACTIVE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("lscape_hvp_mode", default=None)  # once's memo
@@ -199,11 +208,15 @@ def _swapped(m: nn.Module) -> bool:
 @contextlib.contextmanager
 def hvp_mode(model: nn.Module | None = None):
     """While entered, convolutions and ReLUs run `conv` and `relu` (module docstring): `model`'s modules
-    (None: none of a module's, only lscape._modeleval's folded graph)."""
-    mods = () if model is None else [m for m in model.modules() if _swapped(m)]
+    (None: none of a module's, only lscape._modeleval's folded graph); attention, LayerNorm / RMSNorm, GELU,
+    SiLU, embeddings and cross-entropy run theirs wherever they are called (lscape._hvpintercept), and so do
+    `model`'s Hugging Face-style GELU and RMSNorm modules.  Attention dropout is HessianDropoutError."""
+    forwards = {} if model is None else {m: _module_forward(m) for m in model.modules() if _swapped(m)}
+    if model is not None:
+        forwards.update(module_forwards(model))
     token = _ACTIVE.set({})
     try:
-        with instance_forwards({m: _module_forward(m) for m in mods}):
+        with instance_forwards(forwards), Intercept():
             yield
     finally:
         _ACTIVE.reset(token)

@@ -95,8 +95,8 @@ class _HVP:
         self.x, self.g = self._graph(getattr(landscape, "hvp_point_loss", None) or landscape.point_loss)
 
     def _graph(self, loss_fn: Callable[[torch.Tensor], torch.Tensor]):
-        """_gradient_graph at theta, its convolutions and ReLUs with their double backward written out
-        (lscape._hvpops)."""
+        """_gradient_graph at theta, its convolutions and ReLUs (and a transformer's attention, norms,
+        activations, embeddings and cross-entropy) with their double backward written out (lscape._hvpops)."""
         with hvp_mode(getattr(self._landscape, "module", None)):
             return _gradient_graph(loss_fn, self.theta)
 

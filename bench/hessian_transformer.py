@@ -1,0 +1,192 @@
+"""Hessian-vector products of transformers (float32, CPU): lscape's (attention through
+F.scaled_dot_product_attention, its double backward and LayerNorm's, GELU's, embeddings' and cross-entropy's
+written out: lscape._hvpops.hvp_mode) against one gradient and against torch's own double backward on the
+same model with attention written by hand (the only way torch has one), each case alone in its own process
+so that its peak memory (ru_maxrss) is its own.
+
+    # nanoGPT-style (4 blocks, d_model 128, 4 heads, context 64, vocab 65, tied head; 64 sequences of 64)
+    PYTHONPATH=python nice -n 19 python bench/hessian_transformer.py compare --threads 1
+    PYTHONPATH=python nice -n 19 python bench/hessian_transformer.py compare --threads 2
+    # GPT-2 small (transformers.GPT2Config(): 124 M parameters; 8 sequences of 128 tokens)
+    PYTHONPATH=python nice -n 19 python bench/hessian_transformer.py compare --model gpt2 --threads 2 --reps 3
+    # one case in this process (what `compare` runs in each subprocess); prints one JSON line
+    PYTHONPATH=python python bench/hessian_transformer.py one --case lscape
+
+Cases:
+  grad       one gradient of the mean cross-entropy (F.scaled_dot_product_attention, the backend torch picks)
+  lscape     the gradient's graph built inside hvp_mode (create_graph), then Hessian-vector products through it
+             (the graph held, retain_graph): what lscape.probes.spectrum's products do
+  torch      the same on the twin with attention by hand (softmax(QK^T / sqrt(d) + causal mask) V; for GPT-2,
+             transformers' attn_implementation="eager"), torch's own double backward everywhere
+Each prints the median wall and CPU seconds (of --reps) of a gradient / a product, the graph build's, and
+the process's peak resident memory (GB; imports, model and data included, the same in every case; and
+build_peak_gb, the peak once the graph is built, before any product);
+`compare` adds the ratios to the gradient.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _math_attention(q, k, v, is_causal=True):
+    T = q.shape[-2]
+    S = (q @ k.transpose(-1, -2)) * (1.0 / q.shape[-1] ** 0.5)
+    S = S.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    return torch.softmax(S, -1) @ v
+
+
+class _Block(nn.Module):
+    def __init__(self, d, heads, attention):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.c_fc, self.mlp_proj, self.gelu = nn.Linear(d, 4 * d), nn.Linear(4 * d, d), nn.GELU()
+        self.heads, self.attention = heads, attention
+
+    def forward(self, x):
+        B, T, d = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).view(B, T, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        x = x + self.c_proj(self.attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, d))
+        return x + self.mlp_proj(self.gelu(self.c_fc(self.ln_2(x))))
+
+
+class NanoGPT(nn.Module):
+    """nanoGPT's model without dropout: token + position embeddings, pre-LayerNorm blocks (causal attention,
+    GELU MLP), a final LayerNorm, the head tied to the token embedding."""
+
+    def __init__(self, attention, vocab=65, context=64, d=128, heads=4, blocks=4):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(context, d)
+        self.blocks = nn.ModuleList(_Block(d, heads, attention) for _ in range(blocks))
+        self.ln_f = nn.LayerNorm(d)
+        for p in self.parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for b in self.blocks:
+            x = b(x)
+        return F.linear(self.ln_f(x), self.wte.weight)
+
+
+def _model(name: str, twin: bool):
+    """(model, its logits function, token batch): the twin has attention written by hand."""
+    gen = torch.Generator().manual_seed(1)
+    torch.manual_seed(0)
+    if name == "nanogpt":
+        model = NanoGPT(_math_attention if twin else F.scaled_dot_product_attention)
+        idx = torch.randint(0, 65, (64, 65), generator=gen)
+        return model.eval(), (lambda x: model(x)), idx
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    cfg = transformers.GPT2Config(attn_implementation="eager" if twin else "sdpa")
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    idx = torch.randint(0, cfg.vocab_size, (8, 129), generator=gen)
+    return model, (lambda x: model(x).logits), idx
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(fn, keep: bool = False):
+    """(fn's output if keep else None, wall seconds, CPU seconds): an output not kept is dropped before the
+    next call, so the peak memory counts one call's."""
+    t0, c0 = time.perf_counter(), _cpu()
+    out = fn()
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    return (out if keep else None), wall, cpu
+
+
+def one(a: argparse.Namespace) -> dict:
+    from lscape import _hvpops
+
+    torch.set_num_threads(a.threads)
+    model, logits, idx = _model(a.model, twin=a.case == "torch")
+    params = [p for p in model.parameters() if p.requires_grad]
+    x, y = idx[:, :-1], idx[:, 1:]
+
+    def loss():
+        z = logits(x)
+        return F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1))
+    walls, cpus, build, build_peak = [], [], (0.0, 0.0), 0.0
+    if a.case == "grad":
+        for _ in range(a.reps + 1):  # the first is a warm-up
+            _, w, c = _timed(lambda: torch.autograd.grad(loss(), params))
+            walls.append(w)
+            cpus.append(c)
+    else:
+        def graph():
+            with _hvpops.hvp_mode(model) if a.case == "lscape" else torch.enable_grad():
+                return torch.autograd.grad(loss(), params, create_graph=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            g, *build = _timed(graph, keep=True)
+            build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            gen = torch.Generator().manual_seed(2)
+            for _ in range(a.reps + 1):
+                vs = None  # one set of vectors at a time
+                vs = [torch.randn(p.shape, generator=gen) for p in params]
+                _, w, c = _timed(lambda vs=vs: torch.autograd.grad(g, params, vs, retain_graph=True))
+                walls.append(w)
+                cpus.append(c)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GB
+    return {"model": a.model, "case": a.case, "threads": a.threads, "D": sum(p.numel() for p in params),
+            "wall": statistics.median(walls[1:]), "cpu": statistics.median(cpus[1:]), "first_wall": walls[0],
+            "build_wall": build[0], "build_cpu": build[1], "build_peak_gb": build_peak, "peak_gb": peak,
+            "reps": a.reps}
+
+
+def compare(a: argparse.Namespace) -> None:
+    rows = {}
+    for case in a.cases:
+        cmd = [sys.executable, os.path.abspath(__file__), "one", "--case", case, "--model", a.model,
+               "--threads", str(a.threads), "--reps", str(a.reps)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows[case] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(json.dumps(rows[case]), flush=True)
+    g = rows.get("grad")
+    print(f"\n{a.model} (D = {next(iter(rows.values()))['D']:,}), float32, CPU, {a.threads} thread(s), "
+          f"median of {a.reps}")
+    print("| case | wall s | CPU s | / gradient (wall) | / gradient (CPU) | graph build wall s | peak GB |"
+          " peak / gradient's |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows.values():
+        rel = (f"{r['wall'] / g['wall']:.2f}x | {r['cpu'] / g['cpu']:.2f}x" if g else "— | —")
+        mem = f"{r['peak_gb'] / g['peak_gb']:.2f}" if g else "—"
+        build = f"{r['build_wall']:.3f}" if r["case"] != "grad" else "—"
+        print(f"| {r['case']} | {r['wall']:.3f} | {r['cpu']:.3f} | {rel} | {build} | {r['peak_gb']:.2f} | {mem} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=("one", "compare"))
+    ap.add_argument("--case", choices=("grad", "lscape", "torch"), default="lscape")
+    ap.add_argument("--cases", nargs="+", default=["grad", "lscape", "torch"])
+    ap.add_argument("--model", choices=("nanogpt", "gpt2"), default="nanogpt")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=5, help="timed repetitions (after one warm-up); the median")
+    a = ap.parse_args()
+    if a.mode == "one":
+        print(json.dumps(one(a)))
+    else:
+        compare(a)
+
+
+if __name__ == "__main__":
+    main()
