@@ -195,6 +195,28 @@ def test_hessian_of_a_hugging_face_model_equals_autograd_eager():
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 
+def test_hessian_through_sdpa_equals_the_eager_twin():
+    """The issue's wall: torch cannot differentiate F.scaled_dot_product_attention's fused backward (first
+    asserted, so the test shows the failure it removes); lscape's products through it equal the eager
+    twin's autograd in float64, and so does the top eigenvalue."""
+    sdpa, eager = _gpt2("sdpa").double(), _gpt2("eager").double()
+    ids = _tokens(3, 8)
+    layout = FlatLayout.of(sdpa)
+    theta = layout.flatten(sdpa).double()
+    v = torch.randn(layout.dim, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def f(model):
+        return lambda t: _logits_ce(torch.func.functional_call(model, layout.split(t), (ids,)), ids)
+    with pytest.raises(RuntimeError, match="derivative for .*scaled_dot_product"):
+        torch.autograd.functional.hvp(f(sdpa), theta, v)
+    want = torch.autograd.functional.hvp(f(eager), theta, v)[1]
+    L = lscape.Landscape.from_module(sdpa, _logits_ce, (ids, ids))
+    torch.testing.assert_close(probes.hvp(L, theta, v[None])[0], want, rtol=1e-9, atol=1e-11)
+    top = probes.hessian_eigs(L, theta, k=1)
+    top_eager = probes.hessian_eigs(lscape.Landscape.from_module(eager, _logits_ce, (ids, ids)), theta, k=1)
+    torch.testing.assert_close(top, top_eager, rtol=1e-8, atol=0)
+
+
 def test_neb_between_two_fine_tunes_converges():
     base, ids = _gpt2(), _tokens(6, 8)
     data = {"input_ids": ids, "labels": ids}
@@ -264,6 +286,16 @@ def test_reference_nanogpt_surface_and_hvp_with_sdpa():
     with torch.no_grad():
         acc = float((model(X).argmax(-1) == Y).double().mean())
     assert s["train_acc"][1, 1] == pytest.approx(acc)
+    model, twin = model.double(), nanogpt(vocab_size=11, context=8, d_model=16, n_layers=2, n_heads=2,
+                                          attention="math").double()
+    layout = FlatLayout.of(model)
+    theta = layout.flatten(model)
+    torch.testing.assert_close(theta, layout.flatten(twin))  # the same weights: the same function
+    v = torch.randn(layout.dim, generator=gen, dtype=torch.float64)
+    want = torch.autograd.functional.hvp(
+        lambda t: token_cross_entropy(torch.func.functional_call(twin, layout.split(t), (X,)), Y), theta, v)[1]
+    L = lscape.Landscape.from_module(model, token_cross_entropy, (X, Y))
+    torch.testing.assert_close(probes.hvp(L, theta, v[None])[0], want, rtol=1e-9, atol=1e-11)
 
 
 # ---- named errors before any work --------------------------------------------------------------------------
