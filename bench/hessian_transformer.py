@@ -36,50 +36,7 @@ import time
 import warnings
 
 import torch
-from torch import nn
 from torch.nn import functional as F
-
-
-def _math_attention(q, k, v, is_causal=True):
-    T = q.shape[-2]
-    S = (q @ k.transpose(-1, -2)) * (1.0 / q.shape[-1] ** 0.5)
-    S = S.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=q.device).tril(), float("-inf"))
-    return torch.softmax(S, -1) @ v
-
-
-class _Block(nn.Module):
-    def __init__(self, d, heads, attention):
-        super().__init__()
-        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.c_fc, self.mlp_proj, self.gelu = nn.Linear(d, 4 * d), nn.Linear(4 * d, d), nn.GELU()
-        self.heads, self.attention = heads, attention
-
-    def forward(self, x):
-        B, T, d = x.shape
-        q, k, v = self.c_attn(self.ln_1(x)).view(B, T, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        x = x + self.c_proj(self.attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, d))
-        return x + self.mlp_proj(self.gelu(self.c_fc(self.ln_2(x))))
-
-
-class NanoGPT(nn.Module):
-    """nanoGPT's model without dropout: token + position embeddings, pre-LayerNorm blocks (causal attention,
-    GELU MLP), a final LayerNorm, the head tied to the token embedding."""
-
-    def __init__(self, attention, vocab=65, context=64, d=128, heads=4, blocks=4):
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(context, d)
-        self.blocks = nn.ModuleList(_Block(d, heads, attention) for _ in range(blocks))
-        self.ln_f = nn.LayerNorm(d)
-        for p in self.parameters():
-            if p.dim() == 2:
-                nn.init.normal_(p, std=0.02)
-
-    def forward(self, idx):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
-        for b in self.blocks:
-            x = b(x)
-        return F.linear(self.ln_f(x), self.wte.weight)
 
 
 def _model(name: str, twin: bool):
@@ -87,7 +44,9 @@ def _model(name: str, twin: bool):
     gen = torch.Generator().manual_seed(1)
     torch.manual_seed(0)
     if name == "nanogpt":
-        model = NanoGPT(_math_attention if twin else F.scaled_dot_product_attention)
+        from lscape.models import nanogpt  # the reference model; its twin, the same weights
+
+        model = nanogpt(attention="math" if twin else "sdpa")
         idx = torch.randint(0, 65, (64, 65), generator=gen)
         return model.eval(), (lambda x: model(x)), idx
     import transformers
