@@ -166,7 +166,7 @@ def test_bert_masked_lm_loss_accuracy_and_streaming():
     assert not L.objective.shift
 
 
-def test_vit_surface_equals_plain_loop_and_hessian_runs():
+def test_vit_own_loss_surface_and_accuracy():
     model = _hf_vit()
     gen = torch.Generator().manual_seed(2)
     X, Y = torch.randn(10, 1, 8, 8, generator=gen), torch.randint(0, 5, (10,), generator=gen)
@@ -337,3 +337,88 @@ def test_vit_reference_model_on_images():
     want = _plain_grid(model, lambda m, x: F.cross_entropy(m(x), Y), X, s.directions, s.x)
     np.testing.assert_allclose(s["train_loss"], want, rtol=1e-5)
     assert set(s.values) == {"train_loss", "train_acc", "test_loss", "test_acc"}
+
+
+# ---- each Hugging Face family: causal LM, masked LM, image classification ---------------------------------
+def _hf(name: str, attn: str = "sdpa"):
+    """(model, its batch with labels inside, a float64-exact loss on its logits, that loss's (inputs, targets)
+    batch): GPT-2 (causal LM), BERT (masked LM, labels -100 where not masked), ViT (classification)."""
+    gen = torch.Generator().manual_seed(7)
+    if name == "gpt2":
+        model, ids = _gpt2(attn), _tokens(4, 8)
+        return model, {"input_ids": ids, "labels": ids}, _logits_ce, (ids, ids)
+    if name == "bert":
+        torch.manual_seed(0)
+        cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, vocab_size=V, max_position_embeddings=16,
+                                      attn_implementation=attn)
+        model, ids = transformers.BertForMaskedLM(cfg).eval(), _tokens(4, 8)
+        labels = torch.where(torch.rand(ids.shape, generator=gen) < 0.3, ids, torch.full_like(ids, -100))
+        labels[:, 0] = ids[:, 0]
+
+        def mlm(out, y):
+            return F.cross_entropy(out.logits.reshape(-1, V), y.reshape(-1), ignore_index=-100)
+        return model, {"input_ids": ids, "labels": labels}, mlm, (ids, labels)
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                 image_size=8, patch_size=4, num_channels=1, num_labels=5, attn_implementation=attn)
+    model = transformers.ViTForImageClassification(cfg).eval()
+    X, Y = torch.randn(6, 1, 8, 8, generator=gen), torch.randint(0, 5, (6,), generator=gen)
+
+    def cls(out, y):
+        return F.cross_entropy(out.logits, y)
+    return model, {"pixel_values": X, "labels": Y}, cls, (X, Y)
+
+
+HF = ["gpt2", "bert", "vit"]
+
+
+@pytest.mark.parametrize("name", HF)
+def test_hf_surface_equals_a_plain_loop(name):
+    model, batch, _, _ = _hf(name)
+    s = lscape.surface(model, None, batch, directions="filter", grid=3)
+    want = _plain_grid(model, lambda m, b: m(**b).loss, batch, s.directions, s.x)
+    np.testing.assert_allclose(s["train_loss"], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", HF)
+def test_hf_hessian_products_through_sdpa_equal_the_eager_twin(name):
+    model, _, loss, (X, Y) = _hf(name, "sdpa")
+    twin = _hf(name, "eager")[0].double()
+    model = model.double()
+    X = X.double() if X.is_floating_point() else X
+    layout = FlatLayout.of(model)
+    theta = layout.flatten(model)
+    torch.testing.assert_close(theta, layout.flatten(twin))
+    v = torch.randn(layout.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    want = torch.autograd.functional.hvp(
+        lambda t: loss(torch.func.functional_call(twin, layout.split(t), (X,)), Y), theta, v)[1]
+    L = lscape.Landscape.from_module(model, loss, (X, Y))
+    # ViT's eager attention takes its softmax in float32 (transformers upcasts, then casts back): its twin is
+    # float32-exact only
+    tol = 1e-6 if name == "vit" else 1e-9
+    torch.testing.assert_close(probes.hvp(L, theta, v[None])[0], want, rtol=tol, atol=tol * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("name", HF)
+def test_hf_neb_between_two_fine_tunes_and_intrinsic_dimension(name):
+    base, batch, _, _ = _hf(name)
+    ends = []
+    for seed in (0, 1):
+        m = copy.deepcopy(base)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        opt = torch.optim.Adam(m.parameters(), 3e-3)
+        for _ in range(15):
+            opt.zero_grad()
+            m(**batch).loss.backward()
+            opt.step()
+        ends.append(FlatLayout.of(m).flatten(m))
+    L = lscape.Landscape.from_module(base, None, batch)
+    res = lscape.neb(L, ends[0], ends[1], n_images=4, steps=40, fmax=0.5, climb=False, maxstep=0.05)
+    assert not bool(res.diverged[0]) and float(res.fmax[0]) < float(res.fmax_history[0, 0])
+    torch.testing.assert_close(res.energies[0, -1].double(), L.loss(ends[1][None])[0].double(), rtol=1e-6, atol=0)
+    res = lscape.intrinsic_dimension(base, None, batch, dims=[8], epochs=2, batch_size=4, lr=1e-2, baseline=0.5)
+    assert res.scores.shape == (1, 1) and 0.0 <= float(res.scores[0, 0]) <= 1.0
