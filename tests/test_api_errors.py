@@ -140,6 +140,8 @@ CALLS: dict[str, Call] = {
                        tensors={"start": 3, "end": 3}, checked=("n_images", "optimizer")),
     "lscape.r_x": Call(lambda: {"model": _model()}, checked=("init",)),
     "lscape.radius": Call(lambda: {"model": _model()}),
+    "lscape.token_cross_entropy": Call(lambda: {"outputs": torch.randn(2, 3, 5),
+                                                "targets": torch.zeros(2, 3, dtype=torch.long)}),
     "lscape.surface": Call(lambda: {"model": _model(), "loss_fn": nn.functional.cross_entropy, "data": _batch(),
                                     "directions": "filter", "grid": 3}, batches=("data",),
                            checked=("bn", "grid", "compile")),

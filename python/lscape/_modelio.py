@@ -259,8 +259,11 @@ def token_cross_entropy(outputs, targets: torch.Tensor, ignore_index: int = IGNO
     indices, over the targets other than ignore_index: the loss of a language model whose targets are
     already shifted (nanoGPT's x, y), of a masked LM (labels -100 where not masked), or of a classifier."""
     z = logits_of(outputs)
-    if z is None:
-        raise TypeError(f"outputs: got {type(outputs).__name__}, expected a tensor or outputs holding logits")
+    if z is None or z.dim() < 2 or not z.is_floating_point():
+        raise TypeError(f"outputs: got {brief(outputs)}, expected (N, ..., C) floating logits or outputs holding them")
+    if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or targets.is_complex():
+        raise TypeError(f"targets: got {brief(targets)}, expected an integer tensor of class indices")
+    ignore_index = _checks.int_arg("ignore_index", ignore_index)
     if z.shape[:-1] != targets.shape:
         raise ValueError(f"targets: got {_checks.describe(targets)}, expected shape {tuple(z.shape[:-1])} to match "
                          f"logits {tuple(z.shape)}")
