@@ -633,3 +633,15 @@ def test_module_hvp_in_either_layout_matches_plain_autograd(channels):
     want = torch.stack([torch.cat([h.reshape(-1) for h in torch.autograd.grad(g, params, v, retain_graph=True)])
                         for v in V])
     torch.testing.assert_close(hvp(L, theta, V), want, rtol=1e-9, atol=1e-11)
+
+
+def test_a_very_large_model_basis_stays_within_its_memory_cap():
+    """The default basis: 2k + 10 vectors, more for small models, fewer (down to k + 2) where 2k + 10 would pass
+    LARGE_BASIS_BYTES (GPT-2 small's top eigenvalue held 6 GB of basis)."""
+    from lscape.probes import spectrum
+
+    assert spectrum._basis_size(2, 4_327_754, None) == 14  # a x4 ResNet-20: unchanged
+    assert spectrum._basis_size(1, 124_439_808, None) == 4  # GPT-2 small: 2 GiB of float32 vectors
+    assert spectrum._basis_size(1, 124_439_808, None, itemsize=8) == 3  # at least k + 2
+    assert spectrum._basis_size(5, 100, None) == 60  # small: up to 60
+    assert spectrum._basis_size(3, 10**9, None) == 5

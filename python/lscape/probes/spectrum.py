@@ -27,7 +27,8 @@ reorthogonalisation, tridiagonal eigenproblems, sums of probes) is float64.
 
 Memory, beyond the model and its gradient graph (which PyHessian holds too), for D parameters:
 hessian_eigs m * D * b bytes (the basis: m = 2k + 10 by default, more, up to 60, while it fits in
-32 MiB; b = 4 on a float32 landscape once the float64 basis would pass 256 MiB, else 8)
+32 MiB, fewer, down to k + 2, where it would pass 2 GiB; b = 4 on a float32 landscape once the float64 basis
+would pass 256 MiB, else 8)
 plus about three float64 vectors (24 D bytes); spectral_density 8 * steps * D bytes per run when it
 reorthogonalises, 32 D bytes per run when not; hutchinson_trace one pass of vectors plus Hutch++'s sketch
 (at most 1 GiB).
@@ -235,14 +236,19 @@ def _default_tol(dtype: torch.dtype, vectors: bool) -> float:
 
 SMALL_BASIS_BYTES = 32 << 20
 SMALL_BASIS_MAX = 60
+# the default basis of a very large model stays within this many bytes (at least k + 2 vectors): GPT-2 small
+# (D = 124 M) held 12 float32 vectors, 6 GB, twice its gradient's whole footprint, for its top eigenvalue
+LARGE_BASIS_BYTES = 2 << 30
 
 
-def _basis_size(k: int, D: int, m) -> int:
+def _basis_size(k: int, D: int, m, itemsize: int = 4) -> int:
     """The Lanczos basis size: m in [k + 2, D]; D itself when D < k + 2.  The default is 2k + 10, or more
     (up to SMALL_BASIS_MAX) while the basis fits in SMALL_BASIS_BYTES: restarts cost little memory on
-    small models but many products (a digits MLP's two smallest took over 300 products at m = 14, 60 at m = 60)."""
+    small models but many products (a digits MLP's two smallest took over 300 products at m = 14, 60 at m = 60);
+    fewer (down to k + 2) where 2k + 10 vectors of `itemsize` bytes would pass LARGE_BASIS_BYTES."""
     if m is None:
-        return min(D, max(2 * k + 10, min(SMALL_BASIS_MAX, SMALL_BASIS_BYTES // (8 * D))))
+        m = max(2 * k + 10, min(SMALL_BASIS_MAX, SMALL_BASIS_BYTES // (8 * D)))
+        return min(D, max(k + 2, min(m, LARGE_BASIS_BYTES // (itemsize * D))))
     return _checks.int_arg("m", m, low=min(k + 2, D), high=D)
 
 
@@ -278,7 +284,8 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     magnitude (descending |lambda|).
     method="lanczos": thick-restart Lanczos (Wu & Simon 2000), fully reorthogonalised, one
     Hessian-vector product per step, in a basis of at most m vectors (default
-    2k + 10, or up to 60 while the basis fits in 32 MiB, at most D; m >= k + 2): when it is full, the k
+    2k + 10, or up to 60 while the basis fits in 32 MiB, fewer where it would pass 2 GiB, at most D; m >= k + 2):
+    when it is full, the k
     wanted Ritz vectors and half the rest, those nearest the wanted end, replace it.  The coefficients and
     the small eigenproblems are float64.
     start="gradient" begins from the unit gradient plus a unit random vector (seeded): a network's
@@ -331,7 +338,7 @@ def hessian_eigs(landscape: Landscape, theta, k: int = 5, method: str = "lanczos
     _checks.choice_arg("which", which, WHICH)
     seed = _checks.int_arg("seed", seed, low=0, high=2**63 - 1)
     batch = _batch_arg(batch)
-    m = _basis_size(k, D, m)
+    m = _basis_size(k, D, m, 4 if L.dtype == torch.float32 and basis_dtype != _F64 else 8)
     max_products = max(300, 50 * k) if iters is None else _checks.int_arg("iters", iters, low=k)
     _checks.choice_arg("stop", stop, STOPS)
     _checks.choice_arg("start", start, STARTS)
