@@ -177,7 +177,7 @@ def provenance() -> list[str]:
         binary = any(("manylinux" in t or "musllinux" in t or "macosx" in t or "win" in t) for t in tags)
         kind = "a binary wheel (" + ", ".join(tags) + ")" if binary else "a local build (" + ", ".join(tags) + ")"
         if url is None:
-            origin = "from a package index"
+            origin = "from an index or a --find-links folder"
             if not binary:
                 kind = "built here from the sdist (" + ", ".join(tags) + ")"
         elif "dir_info" in url:
