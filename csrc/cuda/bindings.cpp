@@ -3,9 +3,11 @@
 // device addresses (Python ints, 0 = null) of C-contiguous buffers and the stream as an int holding a
 // cudaStream_t.  Launches are asynchronous on that stream; a launch error is raised as RuntimeError.
 // The family bindings live in csrc/bind/ (shared with lscape._C); this file says how CUDA runs them.
+#include <cuda_runtime_api.h>  // plain C: the driver queries below (the static runtime is linked in)
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
 
 #include "bind/common.h"
 #include "bind/mlp.h"
@@ -84,6 +86,17 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("runtime_version", &lscape::proj::cuda_runtime_version,
         "CUDA runtime version the extension was built with (e.g. 13000)");
   m.def("device_count", &lscape::proj::cuda_device_count, "Number of CUDA devices visible (0 on error)");
+  m.def("driver_version", [] {
+    int v = 0;
+    if (cudaDriverGetVersion(&v) != cudaSuccess) v = 0;
+    return v;
+  }, "CUDA version the installed driver supports (e.g. 13000; 0: no driver)");
+  m.def("device_error", [] {
+    int n = 0;
+    const cudaError_t err = cudaGetDeviceCount(&n);
+    cudaGetLastError();
+    return err == cudaSuccess ? std::string() : std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
+  }, "Why the runtime lscape._cuda was built with sees no device ('' when it sees them)");
   lscape::bind::bind_projection<Cuda>(m);
   lscape::bind::bind_mlp<Cuda>(m);
   lscape::bind::bind_neb<Cuda>(m);

@@ -74,10 +74,20 @@ class BackendInfo:
         return f"{self.name}: {'available' if self.available else 'unavailable'} ({self.reason})"
 
 
+def _build_info() -> ModuleType | None:
+    """lscape._build_info (written by CMake at build time), or None in a tree that was never built."""
+    try:
+        return importlib.import_module(f"{__package__}._build_info")
+    except ImportError:
+        return None
+
+
 def _import_extension(name: str):
     """(module, "") or (None, why it cannot be used)."""
     if importlib.util.find_spec(f"{__package__}.{name}") is None:
-        why = "no CUDA compiler at build time, or LSCAPE_CUDA=off" if name == "_cuda" else "build failed?"
+        why = "build failed?"
+        if name == "_cuda":
+            why = getattr(_build_info(), "cuda_why_not", "") or "no CUDA compiler at build time, or LSCAPE_CUDA=off"
         return None, f"lscape.{name} is not built ({why})"
     try:
         return importlib.import_module(f"{__package__}.{name}"), ""
@@ -102,12 +112,90 @@ def cuda_extension():
     return _CUDA
 
 
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def arch_runs(capability: tuple[int, int], architectures: str) -> bool:
+    """Whether a GPU of compute `capability` (major, minor) runs a build for `architectures` (CMake's
+    list, e.g. "80-real;90-real;90-virtual"): a cubin runs on its own major version at an equal or higher
+    minor one, PTX (-virtual, or a bare number: both) is compiled by the driver for any newer GPU."""
+    have = capability[0] * 10 + capability[1]
+    for entry in filter(None, (a.strip() for a in architectures.split(";"))):
+        num, _, kind = entry.partition("-")
+        digits = "".join(c for c in num if c.isdigit())
+        if not digits:
+            continue
+        arch = int(digits)
+        if kind in ("", "virtual") and arch <= have:
+            return True
+        if kind in ("", "real") and arch // 10 == have // 10 and arch <= have:
+            return True
+    return False
+
+
 def _cuda_reason() -> tuple[bool, str]:
     if _CUDA is None:
         return False, _CUDA_ERROR or "lscape was built without CUDA"
     if not torch.cuda.is_available():
         return False, "lscape._cuda is built but torch sees no CUDA device"
-    return True, f"CUDA runtime {_CUDA.runtime_version()}, {torch.cuda.device_count()} device(s)"
+    built = _CUDA.runtime_version()
+    fallback = "CUDA tensors run on the torch reference"
+    if _CUDA.device_count() < 1:  # torch sees a GPU, the runtime lscape._cuda carries does not
+        driver = _CUDA.driver_version()
+        if 0 < driver < built:
+            return False, (f"the driver supports CUDA {_cuda_version(driver)} but lscape._cuda carries the CUDA "
+                           f"{_cuda_version(built)} runtime: update the driver; {fallback}")
+        return False, f"lscape._cuda's CUDA {_cuda_version(built)} runtime sees no device ({_CUDA.device_error()}); " \
+                      f"{fallback}"
+    info = _build_info()
+    archs = getattr(info, "cuda_architectures", "")
+    cap = torch.cuda.get_device_capability()
+    if archs and not arch_runs(cap, archs):
+        return False, (f"lscape._cuda has no kernels for this GPU (sm_{cap[0]}{cap[1]}; built for {archs}); "
+                       f"{fallback}")
+    return True, f"CUDA runtime {built} (static), {torch.cuda.device_count()} device(s)"
+
+
+def provenance() -> list[str]:
+    """Where the installed lscape came from (a binary wheel, an sdist, a source tree) and how its extensions
+    were built, as lines of text: the distribution's WHEEL and direct_url.json metadata and lscape._build_info."""
+    import importlib.metadata as md
+    import json
+
+    lines = []
+    try:
+        dist = md.distribution("lscape")
+    except md.PackageNotFoundError:
+        dist = None
+    if dist is None:
+        lines.append("installed: not as a distribution (the package is imported from a source folder)")
+    else:
+        wheel = dist.read_text("WHEEL") or ""
+        tags = [ln.split(":", 1)[1].strip() for ln in wheel.splitlines() if ln.startswith("Tag:")]
+        url = json.loads(dist.read_text("direct_url.json") or "null")
+        binary = any(("manylinux" in t or "musllinux" in t or "macosx" in t or "win" in t) for t in tags)
+        kind = "a binary wheel (" + ", ".join(tags) + ")" if binary else "a local build (" + ", ".join(tags) + ")"
+        if url is None:
+            origin = "from an index or a --find-links folder"
+            if not binary:
+                kind = "built here from the sdist (" + ", ".join(tags) + ")"
+        elif "dir_info" in url:
+            origin = f"from the source folder {url['url'].removeprefix('file://')}"
+            if url["dir_info"].get("editable"):
+                origin += " (editable)"
+        else:
+            origin = f"from {url.get('url', '?')}"
+        lines.append(f"installed: {kind}, {origin}")
+    info = _build_info()
+    if info is None:
+        lines.append("build: no lscape._build_info (the extensions were not built by this package's CMake)")
+    else:
+        cuda = (f"lscape._cuda by {info.cuda_compiler} for {info.cuda_architectures}, {info.cuda_runtime} runtime"
+                if info.cuda_architectures else f"no lscape._cuda: {info.cuda_why_not}")
+        lines.append(f"build: {info.system}, {info.cxx_compiler}, OpenMP {'on' if info.openmp else 'off'}, "
+                     f"ISA builds {', '.join(info.cpu_isas)}; {cuda}")
+    return lines
 
 
 def backends() -> dict[str, BackendInfo]:

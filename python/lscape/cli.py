@@ -18,6 +18,7 @@ def info() -> str:
     """Versions, backends (and why one is missing) and thread counts, as text."""
     lines = [f"lscape {__version__}  (python {platform.python_version()}, torch {torch.__version__}, "
              f"numpy {np.__version__}, {platform.machine()})"]
+    lines.extend(_backend.provenance())
     lines.append("backends:")
     for b in _backend.backends().values():
         lines.append(f"  {b.name:<6} {'yes' if b.available else 'no ':<4} {b.reason}")
@@ -29,12 +30,33 @@ def info() -> str:
             isa = f"{ext.isa()} kernels run"
         except RuntimeError as exc:  # LSCAPE_CPU_ISA forces one this CPU cannot run
             isa = f"refused: {exc}"
-        lines.append(f"cpu isa: {isa}  (LSCAPE_CPU_ISA={os.environ.get('LSCAPE_CPU_ISA', 'auto')})")
+        lines.append(f"cpu isa: {isa}  (LSCAPE_CPU_ISA={os.environ.get('LSCAPE_CPU_ISA', 'auto')}); "
+                     f"ISA paths: {_isa_paths(ext)}")
     omp = ext.omp_max_threads() if ext is not None else "n/a"
     lines.append(f"threads: lscape kernels {_backend.num_threads()} (OMP_NUM_THREADS="
                  f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, torch {torch.get_num_threads()}, "
                  f"OpenMP default {omp}), cores {os.cpu_count()}")
     return "\n".join(lines)
+
+
+def _isa_paths(ext) -> str:
+    """Each ISA build in lscape._C and whether this CPU runs it (probed with set_isa, then restored)."""
+    try:
+        current = ext.isa()
+    except RuntimeError:
+        return "not probed (LSCAPE_CPU_ISA is refused)"
+    info = _backend._build_info()
+    out = []
+    try:
+        for name in getattr(info, "cpu_isas", ("baseline", "avx2", "avx512")):
+            try:
+                ext.set_isa(name)
+                out.append(f"{name} runs")
+            except RuntimeError:
+                out.append(f"{name} not on this CPU")
+    finally:
+        ext.set_isa(current)
+    return ", ".join(out)
 
 
 def _time(fn, repeat: int = 5) -> float:
