@@ -351,7 +351,9 @@ def _state(sh: _Shared) -> _State:
     st = sh.__dict__.get("_state")
     if st is not None:
         return st
-    model = copy.deepcopy(sh.model)
+    # sh.model is already this process's own copy (lscape.surface copies the caller's; a Ray worker unpickles
+    # its own): a second copy cost a GPT-2 small's surface 0.5 GB and a second
+    model = sh.model
     layout = FlatLayout.of(model)
     p0 = next(model.parameters())
     model.eval()
@@ -362,7 +364,10 @@ def _state(sh: _Shared) -> _State:
     fast = FastForward(model, exclude=sh.affine if affine else ())
     # the faster cross-entropy, here on the worker's copy (Ray pickles sh).  Not _fastops.narrow_linears:
     # on the benchmark's CNN surface it made the whole pass slower (0.87 s against 0.60 s, 21 x 21 grid)
-    batched = None if affine or sh.bn != "eval" or sh.y is None or sh.compile is True else BatchedForward(fast)
+    # BatchedForward traces the model (torch.fx): only where it could run, on inputs that are one tensor
+    one_tensor = next(iter(sh.train)).tensor is not None
+    batched = None if affine or sh.bn != "eval" or sh.y is None or sh.compile is True or not one_tensor \
+        else BatchedForward(fast)
     objective = Objective(None if sh.loss_fn is None else fast_loss(sh.loss_fn))
     objective.shift = sh.shift
     st = _State(model, layout, objective, affine, fast, fast, batched, None if affine else _joined(sh),
@@ -448,8 +453,11 @@ def _eval_row(i: int, sh: _Shared) -> dict[int, dict[str, float]]:
     cells = [j for j in range(len(ys)) if (sh.todo[i] if sh.y is None else sh.todo[i, j])]
 
     def theta(j: int) -> torch.Tensor:
-        b = ys[j]
-        t = center + sh.x[i] * dirs[0] + (0.0 if b is None else b * dirs[1])
+        # float64, then the model's dtype; one temporary, updated in place: at GPT-2 small's D = 124 M the
+        # out-of-place sum's five passes over float64 vectors took 1.3 s a point, as long as its forward pass
+        t = torch.add(center, dirs[0], alpha=float(sh.x[i]))
+        if ys[j] is not None:
+            t.add_(dirs[1], alpha=float(ys[j]))
         return t.to(dtype=p0.dtype, device=p0.device)
 
     out: dict[int, dict[str, float]] = {}
