@@ -101,22 +101,26 @@ def resnet_case():
     return m, X, Y, random_directions(m, 2, seed=0)
 
 
-def _rn_plain(m, X, Y, dirs):
-    """What a user writes by hand: load each point into a model copy, model(X) under no_grad."""
+def _plain_loop(m, probe, dirs, grid: int):
+    """What a user writes by hand: load each point into a model copy, then probe(model) under no_grad."""
     mm = copy.deepcopy(m)
     c = FlatLayout.of(m).flatten(m).double()
     u, v = (torch.as_tensor(d) for d in dirs.vectors)
-    axis = np.linspace(-1.0, 1.0, RN_GRID)
+    axis = np.linspace(-1.0, 1.0, grid)
 
     def run():
-        out = np.zeros((RN_GRID, RN_GRID))
+        out = np.zeros((grid, grid))
         with torch.no_grad():
             for i, a in enumerate(axis):
                 for j, b in enumerate(axis):
                     torch.nn.utils.vector_to_parameters((c + a * u + b * v).float(), mm.parameters())
-                    out[i, j] = float(CE(mm(X), Y))
+                    out[i, j] = float(probe(mm))
         return out
     return run
+
+
+def _rn_plain(m, X, Y, dirs):
+    return _plain_loop(m, lambda mm: CE(mm(X), Y), dirs, RN_GRID)
 
 
 def _rn_lscape(m, X, Y, dirs):
@@ -173,30 +177,13 @@ def transformer_case(request):
     return "gpt2", m, None, batch, lambda mm: mm(**batch).loss
 
 
-def _tf_plain(m, probe, dirs, grid):
-    mm = copy.deepcopy(m)
-    c = FlatLayout.of(m).flatten(m).double()
-    u, v = (torch.as_tensor(d) for d in dirs.vectors)
-    axis = np.linspace(-1.0, 1.0, grid)
-
-    def run():
-        out = np.zeros((grid, grid))
-        with torch.no_grad():
-            for i, a in enumerate(axis):
-                for j, b in enumerate(axis):
-                    torch.nn.utils.vector_to_parameters((c + a * u + b * v).float(), mm.parameters())
-                    out[i, j] = float(probe(mm))
-        return out
-    return run
-
-
 @pytest.mark.parametrize("contender", ["lscape", "plain model(X) loop"])
 def test_surface_transformer(bench_run, benchmark, transformer_case, contender):
     name, m, loss, batch, probe = transformer_case
     grid = TF_CASES[name]
     benchmark.group = f"surface-{name}-{grid}x{grid}"
     dirs = random_directions(m, 2, seed=0)
-    plain = _tf_plain(m, probe, dirs, grid)
+    plain = _plain_loop(m, probe, dirs, grid)
     if contender == "lscape":
         want = plain()
 

@@ -217,23 +217,28 @@ def test_hessian_through_sdpa_equals_the_eager_twin():
     torch.testing.assert_close(top, top_eager, rtol=1e-8, atol=0)
 
 
-def test_neb_between_two_fine_tunes_converges():
-    base, ids = _gpt2(), _tokens(6, 8)
-    data = {"input_ids": ids, "labels": ids}
+def _fine_tunes(base: nn.Module, batch: dict, noise: float, steps: int) -> list[torch.Tensor]:
+    """Two fine-tunes of one model (seeds 0 and 1: a perturbation, then Adam on its own loss), flat."""
     ends = []
     for seed in (0, 1):
         m = copy.deepcopy(base)
         torch.manual_seed(seed)
         with torch.no_grad():
             for p in m.parameters():
-                p.add_(0.01 * torch.randn_like(p))
+                p.add_(noise * torch.randn_like(p))
         opt = torch.optim.Adam(m.parameters(), 3e-3)
-        m.train()
-        for _ in range(25):
+        for _ in range(steps):
             opt.zero_grad()
-            m(**data).loss.backward()
+            m(**batch).loss.backward()
             opt.step()
         ends.append(FlatLayout.of(m).flatten(m))
+    return ends
+
+
+def test_neb_between_two_fine_tunes_converges():
+    base, ids = _gpt2(), _tokens(6, 8)
+    data = {"input_ids": ids, "labels": ids}
+    ends = _fine_tunes(base, data, 0.01, 25)
     L = lscape.Landscape.from_module(base, None, data)
     res = lscape.neb(L, ends[0], ends[1], n_images=5, steps=60, fmax=0.5, climb=False, maxstep=0.05)
     e = res.energies[0].double()
@@ -403,19 +408,7 @@ def test_hf_hessian_products_through_sdpa_equal_the_eager_twin(name):
 @pytest.mark.parametrize("name", HF)
 def test_hf_neb_between_two_fine_tunes_and_intrinsic_dimension(name):
     base, batch, _, _ = _hf(name)
-    ends = []
-    for seed in (0, 1):
-        m = copy.deepcopy(base)
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            for p in m.parameters():
-                p.add_(0.02 * torch.randn_like(p))
-        opt = torch.optim.Adam(m.parameters(), 3e-3)
-        for _ in range(15):
-            opt.zero_grad()
-            m(**batch).loss.backward()
-            opt.step()
-        ends.append(FlatLayout.of(m).flatten(m))
+    ends = _fine_tunes(base, batch, 0.02, 15)
     L = lscape.Landscape.from_module(base, None, batch)
     res = lscape.neb(L, ends[0], ends[1], n_images=4, steps=40, fmax=0.5, climb=False, maxstep=0.05)
     assert not bool(res.diverged[0]) and float(res.fmax[0]) < float(res.fmax_history[0, 0])
