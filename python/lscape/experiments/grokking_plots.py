@@ -33,15 +33,19 @@ def _marks(ax, res, step, rec) -> None:
             ax.axvline(max(s, 0.5), color=c, ls=":", lw=1, label=f"{label} (epoch {s})")
 
 
+def _pair(ax, x, rec: np.ndarray, column: int, what: str) -> None:
+    """Train (rec[:, column]) and test (rec[:, column + 2]) curves of a records array (REC_COLUMNS)."""
+    ax.plot(x, rec[:, column], color=TRAIN, label=f"train {what}")
+    ax.plot(x, rec[:, column + 2], color=TEST, label=f"test {what}")
+
+
 def fig1_grokking(res, cfg, plt):
     step, rec = res["mod_rec_step"], res["mod_rec"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
     x = _x(step)
-    axes[0].plot(x, rec[:, 1], color=TRAIN, label="train")
-    axes[0].plot(x, rec[:, 3], color=TEST, label="test")
+    _pair(axes[0], x, rec, 1, "accuracy")
     axes[0].set_ylabel("accuracy")
-    axes[1].plot(x, rec[:, 0], color=TRAIN, label="train")
-    axes[1].plot(x, rec[:, 2], color=TEST, label="test")
+    _pair(axes[1], x, rec, 0, "loss")
     axes[1].set_yscale("log")
     axes[1].set_ylabel("cross-entropy")
     axes[2].plot(x, rec[:, 4], color=NORM, label="weight norm r(t)")
@@ -49,6 +53,7 @@ def fig1_grokking(res, cfg, plt):
     tw = axes[2].twinx()
     tw.plot(x, rec[:, 3], color=TEST, lw=0.8, alpha=0.6)
     tw.set_ylabel("test accuracy", color=TEST)
+    tw.set_ylim(-0.02, 1.02)
     for ax, title in zip(axes, ("(a) accuracy", "(b) loss", "(c) weight norm r(t), test accuracy"), strict=True):
         _marks(ax, res, step, rec)
         ax.set_xscale("log")
@@ -73,6 +78,7 @@ def fig2_hessian(res, cfg, plt):
         tw.plot(_x(step), rec[:, 3], color=TEST, lw=0.8, alpha=0.6)
         tw.plot(_x(step), rec[:, 1], color=TRAIN, lw=0.8, alpha=0.6)
         tw.set_ylabel("accuracy (train blue, test red)")
+        tw.set_ylim(-0.02, 1.02)
         _marks(ax, res, step, rec)
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=1e-2)
@@ -145,8 +151,7 @@ def fig6_mnist(res, cfg, plt):
     step, rec = res["mnist_rec_step"], res["mnist_rec"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.3))
     x = _x(step)
-    axes[0].plot(x, rec[:, 1], color=TRAIN, label="train accuracy")
-    axes[0].plot(x, rec[:, 3], color=TEST, label="test accuracy")
+    _pair(axes[0], x, rec, 1, "accuracy")
     tw = axes[0].twinx()
     tw.plot(x, rec[:, 4], color=NORM, label="r(t)")
     tw.set_ylabel("weight norm r(t)", color=NORM)
