@@ -16,7 +16,7 @@ from ..neb import neb
 from ..probes import hessian_eigs, hutchinson_trace, interpolate
 from ..surface import surface
 from . import grokking_train as gt
-from .training import resolve_device
+from .training import resolve_device, torch_threads
 
 # Hessian products need a double backward through attention; F.scaled_dot_product_attention has none yet
 # (being added), so the Hessian chunks run the same network with attention written out.
@@ -37,11 +37,12 @@ def hessian_chunk(j: int, job: tuple[Any, datasets.Split, np.ndarray]) -> dict[s
     cfg, split, snap = job
     L = _landscape(cfg, split, True, HESSIAN_ATTENTION)
     theta = torch.from_numpy(np.ascontiguousarray(snap[j])).to(L.device)
-    with warnings.catch_warnings():  # not converged within hessian_iters: the Ritz values so far are kept
+    # one torch thread (grokking_stages.side_by_side)
+    with torch_threads(1), warnings.catch_warnings():  # not converged in hessian_iters: Ritz values so far
         warnings.simplefilter("ignore", RuntimeWarning)
         eigs = hessian_eigs(L, theta, k=cfg.hessian_k, tol=cfg.hessian_tol, iters=cfg.hessian_iters,
                             seed=cfg.seed + j)
-    trace, se = hutchinson_trace(L, theta, n_samples=cfg.hutchinson_samples, seed=cfg.seed + j)
+        trace, se = hutchinson_trace(L, theta, n_samples=cfg.hutchinson_samples, seed=cfg.seed + j)
     return {"eigs": eigs.double().cpu().numpy(), "trace": np.array(trace), "trace_se": np.array(se)}
 
 

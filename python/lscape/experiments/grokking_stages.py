@@ -12,7 +12,7 @@ import torch
 from .. import data as datasets
 from . import grokking_probes as probes
 from . import grokking_train as gt
-from .training import resolve_device
+from .training import resolve_device, torch_threads
 
 REC_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc", "norm")  # columns of the *_rec arrays
 LU_COLUMNS = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -26,6 +26,7 @@ class Data(NamedTuple):
 
 
 def load_data(cfg, data_dir: str | None) -> Data:
+    """Both studies' data, checked before any training (a missing MNIST or too large a subset fails here)."""
     mod = datasets.modular_arithmetic(cfg.p, "+", cfg.train_fraction, cfg.seed)
     m = datasets.load(cfg.mnist_dataset, data_dir)
     for name, have, want in (("mnist_train", len(m.y_train), cfg.mnist_train),
@@ -52,6 +53,12 @@ def schedule(total: int, n_log: int, every: int | None = None, n_linear: int = 0
 def _segment_chunk(_: int, job: tuple[gt.Run, int, int, gt.State | None]) -> dict[str, np.ndarray]:
     run, start, stop, state = job
     return gt.segment(run, start, stop, state)
+
+
+def side_by_side(cfg) -> int | None:
+    """1 on the CPU: the chunk pins one torch thread, so chunks run side by side on the cores (small networks
+    gain more from that than from a thread pool); None on a GPU (no forked workers after CUDA starts)."""
+    return 1 if resolve_device(cfg.device).type == "cpu" else None
 
 
 def train_in_segments(ctx, prefix: str, run: gt.Run, total: int, per_chunk: int) -> dict[str, np.ndarray]:
@@ -84,7 +91,7 @@ def hessians(ctx, data: Data, res: dict[str, Any]) -> dict[str, np.ndarray]:
     """Top Hessian eigenvalues and the trace of the training loss at every snapshot, one chunk each."""
     snap = res["mod_snap"]
     rows = ctx.chunks([f"hessian_{j}" for j in range(len(snap))], probes.hessian_chunk,
-                      shared=(ctx.cfg, data.mod, snap), label="hessian")
+                      shared=(ctx.cfg, data.mod, snap), label="hessian", threads=side_by_side(ctx.cfg))
     return {"hess_eigs": np.stack([r["eigs"] for r in rows]), "hess_trace": np.array([float(r["trace"]) for r in rows]),
             "hess_trace_se": np.array([float(r["trace_se"]) for r in rows])}
 
@@ -115,8 +122,13 @@ def lu_cells(cfg) -> list[tuple[str, int]]:
 
 
 def _lu_chunk(c: int, job: tuple[Any, Data]) -> dict[str, Any]:
+    """LU cell c, on one torch thread (see side_by_side)."""
+    with torch_threads(1):
+        return _lu_cell(c, *job)
+
+
+def _lu_cell(c: int, cfg, data: Data) -> dict[str, Any]:
     """LU cell c: one network trained on the sphere |theta| = s w0 (s = lu_scales[k])."""
-    cfg, data = job
     net, k = lu_cells(cfg)[c]
     dev = resolve_device(cfg.device)
     s = float(cfg.lu_scales[k])
@@ -141,7 +153,7 @@ def lu_sweeps(ctx, data: Data) -> dict[str, np.ndarray]:
     cells = lu_cells(cfg)
     cost = [cfg.lu_epochs * 10.0 if net == "mod" else cfg.mnist_lu_steps for net, _ in cells]
     rows = ctx.chunks([f"lu_{net}_{k}" for net, k in cells], _lu_chunk, shared=(cfg, data), label="LU cells",
-                      cost=cost)
+                      cost=cost, threads=side_by_side(cfg))
     out: dict[str, np.ndarray] = {"lu_scales": np.array(cfg.lu_scales, np.float64)}
     for net in ("mod", "mnist"):
         mine = [r for (n, _), r in zip(cells, rows, strict=True) if n == net]
