@@ -10,7 +10,8 @@ from typing import Any
 
 # name on the command line -> module under lscape.experiments (imported lazily: matplotlib etc.)
 EXPERIMENTS = {"bosman": "bosman", "gamst-walker": "gamst_walker", "goodfellow": "goodfellow", "huang": "huang",
-               "goldilocks": "goldilocks", "intrinsic-dimension": "intrinsic_dimension"}
+               "goldilocks": "goldilocks", "grokking": "grokking",
+               "intrinsic-dimension": "intrinsic_dimension"}
 
 
 def get(name: str):
