@@ -18,9 +18,9 @@ from ..surface import surface
 from . import grokking_train as gt
 from .training import resolve_device, torch_threads
 
-# Hessian products need a double backward through attention; F.scaled_dot_product_attention has none yet
-# (being added), so the Hessian chunks run the same network with attention written out.
-HESSIAN_ATTENTION = "math"
+# Hessian products go through F.scaled_dot_product_attention (lscape._hvpattention writes out its double
+# backward), the network exactly as it is trained
+HESSIAN_ATTENTION = "sdpa"
 
 
 def _landscape(cfg, split: datasets.Split, train: bool, attention: str = "sdpa") -> Landscape:
