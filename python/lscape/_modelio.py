@@ -200,13 +200,6 @@ class Batches:
             self._samples = sum(b.rows for b in self)
         return self._samples
 
-    def with_own_loss(self, own_loss: bool) -> Batches:
-        if own_loss == self.own_loss:
-            return self
-        out = Batches.__new__(Batches)
-        out.__dict__.update(self.__dict__, own_loss=own_loss, _samples=None)
-        return out
-
 
 def one_batch(data) -> bool:
     """Whether data is one batch (an (inputs, targets) pair or a mapping of inputs), not a sequence of them."""
@@ -280,7 +273,7 @@ class Objective:
     finds whether the loss is a causal LM's (its value equals the token cross-entropy of the logits shifted
     by one against the labels), which shifts the counted targets and the accuracy the same way."""
 
-    def __init__(self, loss_fn: Callable | None) -> None:
+    def __init__(self, loss_fn: Callable | None, shift: bool = False) -> None:
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn: got {_checks.describe(loss_fn)}, expected fn(outputs, targets) -> scalar, "
                             "or None for the model's own loss")
@@ -288,7 +281,7 @@ class Objective:
         self.own = loss_fn is None
         ignore = getattr(loss_fn, "ignore_index", IGNORE_INDEX)
         self.ignore_index = ignore if isinstance(ignore, int) else IGNORE_INDEX
-        self.shift = False  # the model's own loss is a causal LM's (found by check)
+        self.shift = shift  # the model's own loss is a causal LM's (found by check, or given by a worker's driver)
 
     def loss(self, out, batch: Batch) -> torch.Tensor:
         """The batch's loss (its mean over what it counts)."""

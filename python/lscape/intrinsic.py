@@ -195,9 +195,7 @@ class _Study:
     shift: bool = False  # the model's own loss is a causal LM's (lscape._modelio.Objective.check)
 
     def objective(self) -> Objective:
-        obj = Objective(self.loss_fn)
-        obj.shift = self.shift
-        return obj
+        return Objective(self.loss_fn, self.shift)
 
 
 def _fresh_model(model, seed: int) -> nn.Module:
@@ -225,18 +223,13 @@ def _storage(storage: str, D: int, d: int) -> str:
     return "indices" if 5 * nnz <= STORED_P_BYTES else "implicit"
 
 
-def _is_pair(data) -> bool:
-    """One batch given whole (tensors, or a mapping of them): minibatches are cut from it."""
-    return one_batch(data)
-
-
 def _epoch_batches(data, batch_size: int, seed: int, epoch: int, own: bool) -> Iterable[Batch]:
     """One epoch's minibatches, reshuffled from a generator seeded by (seed, epoch): tensors are permuted
     and cut into batch_size batches; a sequence of batches is visited in a permuted order; any other
     re-iterable (a DataLoader) is iterated with torch's global generator seeded, which is where a
     DataLoader with shuffle=True draws its order from."""
     gen = torch.Generator().manual_seed(_mix(seed, epoch, 7))
-    if _is_pair(data):
+    if one_batch(data):
         b = as_batch(data, own)
         order = torch.randperm(b.rows, generator=gen)
         for i in range(0, b.rows, batch_size):
@@ -253,7 +246,7 @@ def _epoch_batches(data, batch_size: int, seed: int, epoch: int, own: bool) -> I
 
 def _eval_batches(data, own: bool) -> Iterable[Batch]:
     """The scored data in order: one batch in slices of EVAL_BATCH rows, batches as they come."""
-    if _is_pair(data):
+    if one_batch(data):
         b = as_batch(data, own, "test_data")
         for i in range(0, b.rows, EVAL_BATCH):
             yield b.take(i, i + EVAL_BATCH)
@@ -507,7 +500,7 @@ def _digest(*tensors: torch.Tensor) -> str:
 def _data_digest(data) -> str:
     """Tensors: all of them; batches: the first batch and its type (streaming a whole loader to hash it
     would cost a pass)."""
-    if _is_pair(data):
+    if one_batch(data):
         return _digest(*_tensors(data))
     with torch.random.fork_rng(devices=[]):  # a shuffling DataLoader draws its order from torch's generator
         torch.manual_seed(0)

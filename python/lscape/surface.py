@@ -368,8 +368,7 @@ def _state(sh: _Shared) -> _State:
     one_tensor = next(iter(sh.train)).tensor is not None
     batched = None if affine or sh.bn != "eval" or sh.y is None or sh.compile is True or not one_tensor \
         else BatchedForward(fast)
-    objective = Objective(None if sh.loss_fn is None else fast_loss(sh.loss_fn))
-    objective.shift = sh.shift
+    objective = Objective(None if sh.loss_fn is None else fast_loss(sh.loss_fn), sh.shift)
     st = _State(model, layout, objective, affine, fast, fast, batched, None if affine else _joined(sh),
                 dict(model.named_buffers()), _batch_size(sh, model, affine, batched))
     if sh.compile is True or sh.compile == "auto" and st.batch == 1 and not affine and _compile_pays(sh, model):
