@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
-from lscape import Landscape, _hvpops
+import lscape
+from lscape import Landscape, _hvphead, _hvpops
 from lscape._hvpactivations import _ActGrad, gelu, silu
 from lscape._hvpattention import HessianDropoutError, _SDPAGrad, sdpa
 from lscape._hvpembedding import _EmbeddingGrad, embedding
+from lscape._hvphead import _HeadGrad
 from lscape._hvploss import _CEGrad, cross_entropy
 from lscape._hvpnorms import _NormGrad, layer_norm, rms_norm
 from lscape.probes import spectrum
@@ -18,7 +20,7 @@ from torch.nn import functional as F
 
 F64 = torch.float64
 GRADS = {"attention": _SDPAGrad, "norm": _NormGrad, "activation": _ActGrad, "embedding": _EmbeddingGrad,
-         "loss": _CEGrad}
+         "loss": _CEGrad, "head": _HeadGrad}
 
 
 def _math_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
@@ -145,7 +147,8 @@ def test_twin_gradients_and_products_equal_torch_autograd(counted):
     assert float(hv_ref.abs().max()) > 1e-2
     # per product: 4 attentions, 7 norms (2 LayerNorm, 2 nn.RMSNorm, 2 LlamaRMSNorm, ln_f; Gemma's left
     # alone), 3 activations by F.* and 1 by NewGELU's swapped forward, 2 embeddings, the loss
-    assert counted == {"attention": 8, "norm": 14, "activation": 8, "embedding": 4, "loss": 2}
+    # (its head is a matmul, not an F.linear: the loss is not fused with it)
+    assert counted == {"attention": 8, "norm": 14, "activation": 8, "embedding": 4, "loss": 2, "head": 0}
     assert not torch._C._is_torch_function_mode_enabled()
     assert not any("forward" in m.__dict__ for m in new.modules())
 
@@ -358,3 +361,97 @@ def test_hugging_face_gpt2_sdpa_products_equal_eager(counted):
     torch.testing.assert_close(g_new, g_ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(hv_new, ref[:1], rtol=1e-9, atol=1e-10)
     assert counted["activation"] == 2
+
+
+# ---- a language model's head fused with its loss (_hvphead) ---------------------------------------------
+@pytest.fixture
+def small_heads(monkeypatch):
+    """Heads of 6 classes count as a language model's (the fused path runs on test-sized vocabularies)."""
+    monkeypatch.setattr(_hvphead, "HEAD_MIN_CLASSES", 6)
+
+
+_HW = torch.randn(6, 6, generator=torch.Generator().manual_seed(8), dtype=F64)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_head_fused_three_orders_equal_torch_autograd(small_heads, counted, reduction, bias):
+    ins = [_X, _HW] + ([_W * 0.3] if bias else [])
+
+    def fused(h, W, b=None):
+        return _hvphead.cross_entropy(_hvphead.linear(h, W, b).view(-1, 6), _Y, reduction=reduction)
+
+    def ref(h, W, b=None):
+        return F.cross_entropy(F.linear(h, W, b).view(-1, 6), _Y, reduction=reduction)
+    _third_order(fused, ref, ins)
+    # plain second backwards (hv_plain) by the chunked path, third derivatives by the differentiable one
+    assert counted["head"] >= 2 and counted["loss"] == 0
+
+
+def test_head_fused_chunks_and_finite_differences(small_heads, monkeypatch):
+    monkeypatch.setattr(_hvphead, "HEAD_CHUNK_ELEMS", 6 * 5)  # 5 rows a chunk: 12 rows in three chunks
+    ins = [_X.detach().clone().requires_grad_(True), _HW.clone().requires_grad_(True),
+           (_W * 0.3).requires_grad_(True)]
+
+    def fused(h, W, b):
+        return _hvphead.cross_entropy(_hvphead.linear(h, W, b).view(-1, 6), _Y)
+    _third_order(fused, lambda h, W, b: F.cross_entropy(F.linear(h, W, b).view(-1, 6), _Y), [t.detach() for t in ins])
+    assert torch.autograd.gradcheck(fused, tuple(ins))
+    assert torch.autograd.gradgradcheck(fused, tuple(ins))
+
+
+def test_head_not_fused_where_rows_do_not_line_up(small_heads, counted):
+    """Logits sliced before the loss (a copy), or a head below the size of a language model's: the plain
+    written-out cross-entropy, the same derivatives."""
+    h, W = _X.clone().requires_grad_(True), _HW.clone().requires_grad_(True)
+    with _hvpops.hvp_mode():
+        z = F.linear(h, W)
+        loss = F.cross_entropy(z[:, :-1].reshape(-1, 6), _Y[:9])
+        (gh,) = torch.autograd.grad(loss, h, create_graph=True)
+        (hv,) = torch.autograd.grad(gh, W, torch.ones_like(gh))
+    z = F.linear(h, W)
+    (gh_ref,) = torch.autograd.grad(F.cross_entropy(z[:, :-1].reshape(-1, 6), _Y[:9]), h, create_graph=True)
+    (hv_ref,) = torch.autograd.grad(gh_ref, W, torch.ones_like(gh_ref))
+    torch.testing.assert_close(hv, hv_ref, rtol=1e-10, atol=1e-12)
+    assert counted["head"] == 0 and counted["loss"] == 1
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_hugging_face_gpt2_head_fused_products_equal_eager(counted, monkeypatch):
+    """GPT-2's lm_head (an nn.Linear tied to the embedding) fused with the loss, from logits and from the
+    model's own loss (labels in the batch), against torch's autograd on the eager twin."""
+    monkeypatch.setattr(_hvphead, "HEAD_MIN_CLASSES", 97)
+    sdpa_model, eager = _gpt2("sdpa"), _gpt2("eager")
+    idx = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(6))
+    y = idx.roll(-1, 1)
+    y[:, -1] = -100
+    loss_new, theta = _flat_loss(sdpa_model, idx, y)
+    loss_ref, _ = _flat_loss(eager, idx, y)
+    V = torch.randn(2, theta.numel(), dtype=F64, generator=torch.Generator().manual_seed(7))
+    g_ref, hv_ref = _grad_hvp(loss_ref, theta, V, torch.enable_grad())
+    g_new, hv_new = _grad_hvp(loss_new, theta, V, _hvpops.hvp_mode(sdpa_model))
+    torch.testing.assert_close(g_new, g_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(hv_new, hv_ref, rtol=1e-9, atol=1e-10)
+    assert counted["head"] == 2 and counted["loss"] == 0
+    # through Landscape.from_module and probes.hvp, targets given apart
+    L = Landscape.from_module(sdpa_model, lscape.token_cross_entropy, (idx, y))
+    got = spectrum.hvp(L, theta, V[:1])
+    torch.testing.assert_close(got, hv_ref[:1], rtol=1e-9, atol=1e-10)
+    assert counted["head"] == 3
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_hugging_face_gpt2_own_loss_head_fused(counted, monkeypatch):
+    """The model's own causal-LM loss (labels in the batch, shifted inside; float32, where its upcast
+    `.float()` is the logits themselves): fused, and the same product as unfused to float32 rounding."""
+    idx = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(6))
+    model = _gpt2("sdpa").float()
+    L = Landscape.from_module(model, None, {"input_ids": idx, "labels": idx})
+    theta = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    V = torch.randn(1, theta.numel(), generator=torch.Generator().manual_seed(7))
+    plain = spectrum.hvp(L, theta, V)
+    assert counted["head"] == 0 and counted["loss"] == 1
+    monkeypatch.setattr(_hvphead, "HEAD_MIN_CLASSES", 97)
+    fused = spectrum.hvp(L, theta, V)
+    assert counted["head"] == 1 and counted["loss"] == 1
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5 * float(plain.abs().max()))

@@ -1,9 +1,9 @@
 """Where hvp_mode catches a transformer's attention, norms, activations, embeddings and loss.
 
 Functional calls (F.scaled_dot_product_attention, F.layer_norm, F.rms_norm, F.gelu, F.silu, F.embedding,
-F.cross_entropy) are caught by a TorchFunctionMode, however the model imported them (nn.LayerNorm, nn.GELU,
-nn.Embedding, nn.CrossEntropyLoss call them too): each runs its lscape version, which calls the original for
-the value.  Hugging Face modules that compose GELU (tanh form) or RMSNorm from elementwise ops
+F.cross_entropy, and F.linear for a language model's head: _hvphead) are caught by a TorchFunctionMode,
+however the model imported them (nn.LayerNorm, nn.GELU, nn.Embedding, nn.Linear, nn.CrossEntropyLoss call
+them too): each runs its lscape version, which calls the original for the value.  Hugging Face modules that compose GELU (tanh form) or RMSNorm from elementwise ops
 (NewGELUActivation, GELUTanh, LlamaRMSNorm, ...) get an instance-level forward that calls the module's own
 forward for the value and attaches the formula's derivatives.  Such a class is matched by its name, so on its
 first call each module is checked once, on a slice of its actual input, against the formula; a module whose
@@ -22,14 +22,14 @@ from ._hvpactivations import activation_with_value, gelu, silu
 from ._hvpattention import sdpa
 from ._hvpbase import differentiating
 from ._hvpembedding import embedding
-from ._hvploss import cross_entropy
+from ._hvphead import cross_entropy, linear
 from ._hvpnorms import layer_norm, norm_with_value, rms_norm
 
 __all__ = ["Intercept", "module_forwards"]
 
 _HANDLERS: dict[Callable, Callable] = {
     F.scaled_dot_product_attention: sdpa, F.layer_norm: layer_norm, F.gelu: gelu, F.silu: silu,
-    F.embedding: embedding, F.cross_entropy: cross_entropy,
+    F.embedding: embedding, F.cross_entropy: cross_entropy, F.linear: linear,
 }
 if hasattr(F, "rms_norm"):
     _HANDLERS[F.rms_norm] = rms_norm

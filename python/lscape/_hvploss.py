@@ -15,6 +15,8 @@ F.cross_entropy's.  Under create_graph (a third derivative) the same formulas ru
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.nn import functional as F
 
@@ -98,10 +100,12 @@ class _CE(torch.autograd.Function):
 
 def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                   size_average=None, ignore_index: int = -100, reduce=None, reduction: str = "mean",
-                  label_smoothing: float = 0.0) -> torch.Tensor:
+                  label_smoothing: float = 0.0, *, fused: Callable | None = None) -> torch.Tensor:
     """F.cross_entropy (input (N, C, *d) logits, target (N, *d) class indices) with the double backward
     written out (module docstring).  Class weights, label smoothing, probability targets, the legacy
-    size_average / reduce, 1-D input, and calls where nothing is differentiated run the plain function."""
+    size_average / reduce, 1-D input, and calls where nothing is differentiated run the plain function.
+    fused(input, y, spec, plain): a version for special logits (_hvphead's, of a language model's head) that
+    returns None where input is not such logits."""
     def plain():
         return F.cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing)
     if (weight is not None or size_average is not None or reduce is not None or label_smoothing != 0.0
@@ -111,4 +115,6 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     y = target.reshape(-1)
     valid = y != ignore_index
     spec = _Spec(tuple(input.shape), reduction, valid, valid.sum())
-    return _CE.apply(input, torch.where(valid, y, 0), spec, plain)
+    y = torch.where(valid, y, 0)
+    out = None if fused is None else fused(input, y, spec, plain)
+    return _CE.apply(input, y, spec, plain) if out is None else out

@@ -157,11 +157,15 @@ def lanczos(op: Callable[[torch.Tensor], torch.Tensor], D: int, k: int, m: int, 
     after max_products products (with a RuntimeWarning).  When the
     Krylov space closes (an invariant subspace: residual ~ 0) it continues from a fresh random vector
     orthogonal to the basis, so repeated eigenvalues are found.
-    start: a (D,) vector (float64, nonzero) to begin from instead of a random one.
+    start: a (D,) vector (float64, nonzero) to begin from instead of a random one; it is taken over
+    (normalised in place), so the caller should not keep it.
     Returns (eigenvalues (k,) float64, Ritz vectors (k, D) float64 or None, products used)."""
     B = Basis(m, D, basis_dtype, device)
     T = np.zeros((m, m))
-    q = torch.randn(D, generator=gen, dtype=_F64).to(device) if start is None else start.to(_F64).clone()
+    # start is taken over (normalised in place, stored, dropped): a copy would be D float64 more at the
+    # first product
+    q = torch.randn(D, generator=gen, dtype=_F64).to(device) if start is None else start.to(_F64)
+    del start
     q /= q.norm()
     scale = 0.0
     by_change = stop == "change"
