@@ -4,9 +4,9 @@ torch's autograd on the same model with attention written by hand (float64), and
 (gradcheck / gradgradcheck)."""
 import math
 
+import lscape
 import pytest
 import torch
-import lscape
 from lscape import Landscape, _hvphead, _hvpops
 from lscape._hvpactivations import _ActGrad, gelu, silu
 from lscape._hvpattention import HessianDropoutError, _SDPAGrad, sdpa

@@ -38,7 +38,8 @@ _TAG = "_lscape_head"  # the attribute on an F.linear's output holding (input, w
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, its output tagged with its operands where it may be a head's logits (module docstring)."""
     z = F.linear(input, weight, bias)
-    if weight.dim() == 2 and weight.shape[0] >= HEAD_MIN_CLASSES and input.dim() >= 2 and differentiating(input, weight):
+    if (weight.dim() == 2 and weight.shape[0] >= HEAD_MIN_CLASSES and input.dim() >= 2
+            and differentiating(input, weight)):
         # on the view's root too: a view of z (logits.view(-1, C)) has z's root as its _base, not z
         for t in (z, z._base):
             if t is not None:

@@ -3,11 +3,12 @@
 Functional calls (F.scaled_dot_product_attention, F.layer_norm, F.rms_norm, F.gelu, F.silu, F.embedding,
 F.cross_entropy, and F.linear for a language model's head: _hvphead) are caught by a TorchFunctionMode,
 however the model imported them (nn.LayerNorm, nn.GELU, nn.Embedding, nn.Linear, nn.CrossEntropyLoss call
-them too): each runs its lscape version, which calls the original for the value.  Hugging Face modules that compose GELU (tanh form) or RMSNorm from elementwise ops
-(NewGELUActivation, GELUTanh, LlamaRMSNorm, ...) get an instance-level forward that calls the module's own
-forward for the value and attaches the formula's derivatives.  Such a class is matched by its name, so on its
-first call each module is checked once, on a slice of its actual input, against the formula; a module whose
-output differs (beyond rounding) is left alone.
+them too): each runs its lscape version, which calls the original for the value.  Hugging Face modules that
+compose GELU (tanh form) or RMSNorm from elementwise ops (NewGELUActivation, GELUTanh, LlamaRMSNorm, ...)
+get an instance-level forward that calls the module's own forward for the value and attaches the formula's
+derivatives.  Such a class is matched by its name, so on its first call each module is checked once, on a
+slice of its actual input, against the formula; a module whose output differs (beyond rounding) is left
+alone.
 """
 from __future__ import annotations
 

@@ -395,7 +395,7 @@ def _rademacher(n: int, D: int, gen: torch.Generator) -> torch.Tensor:
 
 def _quadratic_forms(op, Z: torch.Tensor) -> torch.Tensor:
     """z_i^T H z_i for the rows of Z (n, D) float64, (n,): row by row, with no (n, D) product of the two."""
-    return torch.stack([z @ hz for z, hz in zip(Z, op(Z))])
+    return torch.stack([z @ hz for z, hz in zip(Z, op(Z), strict=True)])
 
 
 TRACE_METHODS = ("hutch++", "hutchinson")
