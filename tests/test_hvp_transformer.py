@@ -231,6 +231,34 @@ def test_attention_three_orders_equal_torch_autograd(kw, gqa):
     _third_order(lambda *t: sdpa(*t, **kw, **extra), lambda *t: _math_attention(*t, **kw, **extra), ins)
 
 
+@pytest.mark.parametrize("kw", [{"is_causal": True}, {"attn_mask": _masks()["float"]["attn_mask"]}],
+                         ids=["causal", "float"])
+def test_attention_vector_free_terms_kept_between_products(monkeypatch, kw):
+    """P, dP - D and dS are computed by the first product of a graph and reused by the next ones, with the
+    same products as when every product recomputes them."""
+    from lscape import _hvpattention
+
+    calls = [0]
+    probs = _hvpattention._probs
+
+    def counting(*a):
+        calls[0] += 1
+        return probs(*a)
+    monkeypatch.setattr(_hvpattention, "_probs", counting)
+    q, k, v = (t.requires_grad_(True) for t in _qkv())
+    U = [torch.randn(2, *t.shape, generator=torch.Generator().manual_seed(9), dtype=F64) for t in (q, k, v)]
+    out = {}
+    for elems in (0, 1 << 20):
+        monkeypatch.setattr(_hvpattention, "FIXED_ELEMS", elems)
+        g = torch.autograd.grad((sdpa(q, k, v, **kw) ** 2).sum(), (q, k, v), create_graph=True)
+        calls[0] = 0
+        out[elems] = [torch.autograd.grad(g, (q, k, v), [u[i] for u in U], retain_graph=True) for i in range(2)]
+        assert calls[0] == (2 if elems == 0 else 1)
+    for a, b in zip(out[0], out[1 << 20], strict=True):
+        for x, y in zip(a, b, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
 def test_attention_chunks_of_query_rows(monkeypatch):
     from lscape import _hvpbase
     ins = _qkv(L=7, Lk=7)

@@ -5,8 +5,9 @@ torch has no double backward for its fused attention kernels (flash, efficient):
 F.scaled_dot_product_attention (which picks its own backend, so the values are bit for bit the model's)
 on detached inputs with grad enabled and keeps that small inner graph; the first backward (`_SDPAGrad`'s
 forward) is torch's own fused backward taken from it, and the second is written out in math form,
-recomputing P = softmax(s QK^T + M) from q and k (no Lq x Lk tensor is kept between products), in chunks of
-query rows (rows are independent) so its temporaries stay bounded.  With (a, b, c) the cotangents of
+recomputing P = softmax(s QK^T + M) from q and k, in chunks of query rows (rows are independent) so its
+temporaries stay bounded; where P is small (FIXED_ELEMS) it and the other vector-free terms are kept with the
+graph after the first product instead.  With (a, b, c) the cotangents of
 (dQ, dK, dV):
 
     R = s (a K^T + Q b^T)   r = rowsum(P R)   G = P (R - r)   E = dO c^T   D = rowsum(dO O)
@@ -27,6 +28,10 @@ from ._hvpbase import differentiating, row_chunks
 __all__ = ["HessianDropoutError", "sdpa"]
 
 _PLAIN = F.scaled_dot_product_attention
+# P, dP - D and dS depend on the gradient's graph, not on the vector: where each has at most this many entries
+# (4 MiB of float32; nanoGPT's 64 x 4 heads x 64 x 64) they are kept with the graph after the first product
+# instead of recomputed by every one (two batched products, the mask and softmax: ~1/3 of this backward)
+FIXED_ELEMS = 1 << 20
 
 
 class HessianDropoutError(RuntimeError):
@@ -93,10 +98,11 @@ def _acc(total: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor) -> torch.
     return total.baddbmm_(x, y) if not torch.is_grad_enabled() else torch.baddbmm(total, x, y)
 
 
-def _second_backward(spec: _Spec, dO, q, k, v, out, a, b, c):
+def _second_backward(spec: _Spec, dO, q, k, v, out, a, b, c, fixed: dict | None = None):
     """(d/d(dO), d/dq, d/dk, d/dv) of <a, dQ> + <b, dK> + <c, dV> (module docstring), in chunks of query
     rows, on (batch x heads, L, E) views; k, v (and b, c) at q's heads (expanded).  Temporaries are reused
-    in place where nothing is differentiated; under create_graph every op is out of place."""
+    in place where nothing is differentiated; under create_graph every op is out of place.  fixed: where
+    the vector-free terms (P, dP - D, dS) of this first backward (this dO) are kept between products."""
     s, grad = spec.scale, torch.is_grad_enabled()
     batch, shapes = q.shape[:-2], (dO.shape, q.shape, k.shape, v.shape)
     flat = [None if t is None else t.reshape(-1, *t.shape[-2:]) for t in (dO, q, k, v, out, a, b, c)]
@@ -108,13 +114,19 @@ def _second_backward(spec: _Spec, dO, q, k, v, out, a, b, c):
     kb = torch.cat([k, sb], -1).transpose(1, 2)  # R = s (a k^T + q b^T) = [s a, q] [k, s b]^T: one product
     vT, cT = v.transpose(1, 2), c.transpose(1, 2)
     parts_dO, parts_q, dk, dv = [], [], None, None
-    for rows in row_chunks(q.shape[1], k.shape[1] * q.shape[0]):
+    chunks = row_chunks(q.shape[1], k.shape[1] * q.shape[0])
+    for rows in chunks:
         dOc = dO[:, rows]
-        P = _probs(spec, sq[:, rows], k, rows, batch)
-        dP = torch.bmm(dOc, vT)
-        D = _rowsum(P, dP) if grad else _rowsum(dOc, out[:, rows])  # equal; the second is cheaper
-        delta = dP - D if grad else dP.sub_(D)
-        dS = P * delta
+        if fixed and not grad:
+            P, delta, dS = fixed["terms"]
+        else:
+            P = _probs(spec, sq[:, rows], k, rows, batch)
+            dP = torch.bmm(dOc, vT)
+            D = _rowsum(P, dP) if grad else _rowsum(dOc, out[:, rows])  # equal; the second is cheaper
+            delta = dP - D if grad else dP.sub_(D)
+            dS = P * delta
+            if fixed is not None and not grad and len(chunks) == 1 and P.numel() <= FIXED_ELEMS:
+                fixed["terms"] = (P, delta, dS)  # read-only below: the next product of this graph reuses them
         R = torch.bmm(torch.cat([sa[:, rows], q[:, rows]], -1), kb)
         r = _rowsum(P, R)
         Rr = R - r if grad else R.sub_(r)
@@ -139,7 +151,8 @@ class _SDPAGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dO, q, k, v, out, spec):
         ctx.save_for_backward(dO, q, k, v, out)
-        ctx.spec = spec
+        # per node, not per attention call: a product runs this first backward again with another dO
+        ctx.spec, ctx.fixed = spec, {}
         o, qi, ki, vi = spec.inner
         return torch.autograd.grad(o, (qi, ki, vi), dO, retain_graph=True)
 
@@ -147,8 +160,8 @@ class _SDPAGrad(torch.autograd.Function):
     def backward(ctx, a, b, c):
         dO, q, k, v, out = ctx.saved_tensors
         spec, g = ctx.spec, ctx.spec.groups
-        ddO, dq, dk, dv = _second_backward(spec, dO, q, _expand(k, g), _expand(v, g), out, a,
-                                           None if b is None else _expand(b, g), None if c is None else _expand(c, g))
+        b, c = (None if t is None else _expand(t, g) for t in (b, c))
+        ddO, dq, dk, dv = _second_backward(spec, dO, q, _expand(k, g), _expand(v, g), out, a, b, c, ctx.fixed)
         return ddO, dq, _fold(dk, g), _fold(dv, g), None, None
 
 
