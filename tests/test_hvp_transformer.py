@@ -483,3 +483,19 @@ def test_hugging_face_gpt2_own_loss_head_fused(counted, monkeypatch):
     fused = spectrum.hvp(L, theta, V)
     assert counted["head"] == 1 and counted["loss"] == 1
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5 * float(plain.abs().max()))
+
+
+def test_activation_inputs_let_go_after_the_first_product():
+    """After a plain product only f'(x) and gO f''(x) are kept (x and gO are let go): further products are
+    unchanged, and a third derivative through that graph is a named error instead of a wrong number."""
+    x = _X.clone().requires_grad_(True)
+    u = torch.randn(_X.shape, generator=torch.Generator().manual_seed(10), dtype=F64)
+    (g,) = torch.autograd.grad((gelu(x) ** 3).sum(), x, create_graph=True)
+    (first,) = torch.autograd.grad(g, x, u, retain_graph=True)
+    (again,) = torch.autograd.grad(g, x, u, retain_graph=True)
+    (g_ref,) = torch.autograd.grad((F.gelu(x) ** 3).sum(), x, create_graph=True)
+    (want,) = torch.autograd.grad(g_ref, x, u)
+    torch.testing.assert_close(first, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(again, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="build the graph again"):
+        torch.autograd.grad(g, x, u, retain_graph=True, create_graph=True)

@@ -54,43 +54,52 @@ def _derivatives(kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 class _ActGrad(torch.autograd.Function):
-    """(gO, x) -> gO f'(x), differentiable once more in gO and x.  cache: the activation's f'(x), once a
-    product has computed it (the forward graph's backward runs again at every product, and reads it too)."""
+    """(gO, x) -> gO f'(x), differentiable once more in gO and x.  cache: the activation's x, and f'(x) once
+    a product has computed it (the forward graph's backward runs again at every product, and reads it too).
+    After the first product only f'(x) and gO f''(x) are needed, so x and gO are let go: two activation-sized
+    tensors less for as long as the graph lives (288 MiB on GPT-2 small)."""
 
     @staticmethod
     def forward(ctx, gO, x, kind, cache):
-        ctx.save_for_backward(gO, x)
-        ctx.kind, ctx.cache, ctx.curv = kind, cache, None
+        # not saved tensors, so that they can be let go below
+        ctx.kind, ctx.cache, ctx.curv, ctx.gO, ctx.x = kind, cache, None, gO, x
         return _first(kind, gO, x) if cache.d1 is None else gO * cache.d1
 
     @staticmethod
     def backward(ctx, gg):
-        gO, x = ctx.saved_tensors
         want_gO, want_x = ctx.needs_input_grad[:2]
+        cache = ctx.cache
         if torch.is_grad_enabled():  # a third derivative: differentiable formulas
-            d1, d2 = _derivatives(ctx.kind, x)
-            return gg * d1 if want_gO else None, gg * gO * d2 if want_x else None, None, None
+            if ctx.x is None:
+                raise RuntimeError(
+                    "hvp_mode: a third derivative through a gradient graph that has already served a plain "
+                    "Hessian-vector product (its activations' inputs were let go): build the graph again")
+            d1, d2 = _derivatives(ctx.kind, ctx.x)
+            return gg * d1 if want_gO else None, gg * ctx.gO * d2 if want_x else None, None, None
         if ctx.curv is None:  # f'(x) and gO f''(x): the same at every product through this graph
-            d1, d2 = _derivatives(ctx.kind, x)
-            ctx.cache.d1, ctx.curv = d1, d2.mul_(gO)
-        return gg * ctx.cache.d1 if want_gO else None, gg * ctx.curv if want_x else None, None, None
+            d1, d2 = _derivatives(ctx.kind, ctx.x)
+            cache.d1, ctx.curv = d1, d2.mul_(ctx.gO)
+            cache.x = ctx.x = ctx.gO = None
+        return gg * cache.d1 if want_gO else None, gg * ctx.curv if want_x else None, None, None
 
 
 class _Cache:
-    d1: torch.Tensor | None = None
+    """One activation call's input x (until a product has its f'(x)) and f'(x)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x, self.d1 = x, None
 
 
 class _Act(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kind, value):
-        ctx.save_for_backward(x)
-        ctx.kind, ctx.cache = kind, _Cache()
+        ctx.kind, ctx.cache = kind, _Cache(x)  # x on the cache, not saved: let go after the first product
         return value()
 
     @staticmethod
     def backward(ctx, gO):
-        (x,) = ctx.saved_tensors
-        return _ActGrad.apply(gO, x, ctx.kind, ctx.cache), None, None
+        cache = ctx.cache
+        return _ActGrad.apply(gO, cache.x, ctx.kind, cache), None, None  # x is None once f'(x) is kept
 
 
 def activation_with_value(x: torch.Tensor, kind: str, value: Callable[[], torch.Tensor]) -> torch.Tensor:
