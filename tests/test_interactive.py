@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("plotly", reason="lscape.plot.interactive needs plotly (the `plot` extra)")
 
 from browser import chromium, open_page  # noqa: E402
+from conftest import missing_dependency  # noqa: E402
 from lscape import Surface, plot  # noqa: E402
 from lscape._interactive import _LIFT, figure  # noqa: E402
 from lscape.cli import main  # noqa: E402
@@ -136,8 +137,8 @@ def test_cli_writes_a_page_per_quantity(tmp_path, capsys):
 def browser():
     exe = chromium()
     if exe is None:
-        pytest.skip("no Chromium on PATH (Debian: apt-get install chromium; .ci/run installs it), so the page "
-                    "cannot be opened in a browser here")
+        missing_dependency("chromium", "no Chromium on PATH (Debian: apt-get install chromium; .ci/run installs "
+                                       "it), so the page cannot be opened in a browser here")
     return exe
 
 
