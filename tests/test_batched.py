@@ -200,7 +200,26 @@ def test_batch_size_follows_the_work_and_memory_rules(monkeypatch):
 
 
 @pytest.mark.slow  # torch.compile's first compilation: 10-60 s of inductor on this 2-core machine
-def test_compiled_surface_equals_the_uncompiled_one():
+def test_compiled_surface_equals_the_uncompiled_one(monkeypatch):
+    """compile=True evaluates its points through the compiled function (a spy on _Compiled.fn counts the
+    calls that returned, dynamo's counters the graphs it built), and the values equal the uncompiled ones."""
+    from torch._dynamo.utils import counters
+
+    ran: list[int] = []
+
+    class Spied(S._Compiled):
+        def __init__(self, fast):
+            super().__init__(fast)
+            compiled = self.fn
+
+            def counted(x):
+                out = compiled(x)
+                ran.append(len(x))
+                return out
+
+            self.fn = counted
+
+    monkeypatch.setattr(S, "_Compiled", Spied)
     torch.manual_seed(0)
     m = _stats(MODELS["cnn-bn"][0]())
     g = torch.Generator().manual_seed(3)
@@ -211,7 +230,10 @@ def test_compiled_surface_equals_the_uncompiled_one():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, when inductor is first imported
         warnings.simplefilter("error", RuntimeWarning)  # a failed compilation warns: that fails here
+        counters.clear()
         comp = lscape.surface(m, nn.functional.cross_entropy, (X, Y), compile=True, **kw)
+    assert ran, "compile=True never called the compiled function"
+    assert counters["stats"]["unique_graphs"] >= 1, dict(counters["stats"])  # torch.compile built a graph
     for k in plain.values:
         np.testing.assert_allclose(comp[k], plain[k], rtol=1e-5)
 

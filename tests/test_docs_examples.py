@@ -1,5 +1,6 @@
-"""Every Python example in README.md and docs/ runs, the guides each have one and their figures exist,
-and the documentation site builds with `mkdocs build --strict` (the CI runs both)."""
+"""Every Python example in README.md and docs/ runs and prints what the page says it prints (`# prints:`
+comments and "prints" output blocks: tests/markdown_examples.py), the guides each have one and their
+figures exist, and the documentation site builds with `mkdocs build --strict` (the CI runs both)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import lscape
 import pytest
 import torch
 from lscape import checkpoints, data, directions, executor, models, plot, probes
-from markdown_examples import ROOT, images, pages, python_blocks, run_page
+from markdown_examples import ROOT, Printed, images, pages, printed_mismatches, python_blocks, run_page
 
 PUBLIC_MODULES = (checkpoints, data, directions, executor, models, plot, probes)
 RUNNABLE = [p for p in pages() if python_blocks(p)]
@@ -28,6 +29,38 @@ def test_the_extractor_finds_and_skips_the_right_blocks(tmp_path):
                     "- a list item:\n\n    ```python\n    y = x + 1\n    ```\n", encoding="utf-8")
     blocks = python_blocks(page)
     assert [(b.line, b.code) for b in blocks] == [(3, "x = 1"), (17, "y = x + 1")]
+    assert all(b.prints == () for b in blocks)
+
+
+QUOTING = ("# quoting\n\n```python\nimport math\nprint(f'pi {math.pi:.4f}')  # prints: pi 3.1416\n"
+           "for k in (1, 2):\n    print(k * 1000.5)  # prints (±0.1%): 1000 ...\n"
+           "print('e', math.e)  # e is about 2.7\n```\n\n"
+           '```text title="prints (±0.01)"\npi 3.14\n1000.5\n2001.0\ne 2.718\n```\n')
+
+
+def test_quoted_prints_are_found_with_their_tolerance(tmp_path):
+    page = tmp_path / "quoting.md"
+    page.write_text(QUOTING, encoding="utf-8")
+    (block,) = python_blocks(page)
+    assert block.prints == (Printed(5, "pi 3.1416"), Printed(7, "1000 ...", rtol=1e-3),
+                            Printed(3, "pi 3.14\n1000.5\n2001.0\ne 2.718", atol=0.01, whole=True))
+    _, printed = run_page(page, tmp_path)
+    assert printed_mismatches(page, printed) == []
+
+
+@pytest.mark.parametrize(("quoted", "why"), [
+    ("pi 3.1416", "pi 3.1417"),  # one digit off, no tolerance stated
+    ("pi 3.1416", "tau 3.1416"),  # the words differ
+    ("1000 ...", "1100 ..."),  # a number outside its ±0.1%
+    ("pi 3.14\n", "pi 3.12\n"),  # the output block's number outside its ±0.01
+])
+def test_a_wrong_quote_names_its_file_and_line(tmp_path, quoted, why):
+    page = tmp_path / "quoting.md"
+    page.write_text(QUOTING.replace(quoted, why, 1), encoding="utf-8")
+    _, printed = run_page(page, tmp_path)
+    (wrong,) = printed_mismatches(page, printed)
+    line = 3 if "\n" in quoted else 5 if "pi" in quoted else 7
+    assert f"quoting.md line {line}: printed " in wrong, wrong
 
 
 def test_a_failing_example_names_its_file_and_line(tmp_path):
@@ -55,10 +88,12 @@ def test_examples_run(page, tmp_path):
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
     try:
-        run_page(page, tmp_path)
+        _, printed = run_page(page, tmp_path)
     finally:
         torch.set_num_threads(threads)  # an example may set its own
     print(f"{page.relative_to(ROOT)}: {time.perf_counter() - t0:.1f} s")
+    wrong = printed_mismatches(page, printed)
+    assert not wrong, "what the page says its examples print is not what they printed:\n" + "\n".join(wrong)
 
 
 def test_docs_build_strict(tmp_path):

@@ -58,10 +58,11 @@ def test_kernel_fwht_is_the_reference_bit_for_bit(n, dtype):
     rows = 3 if n <= 8192 else 1
     x = torch.randn(rows, n, dtype=dtype, generator=g)
     x[0, : min(n, 5)] = torch.tensor([0.0, -0.0, 1e30, -1e-30, 3.0], dtype=dtype)[: min(n, 5)]
+    before, want = x.clone(), ref.fwht(x)  # both taken before the kernel runs
     with lscape.use_backend("cpu"):
         got = ff_ops.fwht(x)
-    assert torch.equal(got, ref.fwht(x))
-    assert torch.equal(x, x.clone())  # out of place
+    assert torch.equal(got, want)
+    assert torch.equal(x, before) and torch.equal(x.signbit(), before.signbit())  # out of place: x untouched
 
 
 def test_fwht_refuses_a_length_that_is_not_a_power_of_two():

@@ -147,19 +147,29 @@ def test_hvp_mode_patches_and_restores():
 
 
 def test_relu_derivatives_equal_torch_autograd():
-    # including x exactly 0, where torch's ReLU gradient is 0 (threshold_backward: y > 0)
+    # including ReLU inputs exactly 0, where torch's ReLU gradient is 0 (threshold_backward: y > 0):
+    # x[0] = (1, -1, 0, 0, 0) and w's rows 0 and 1 equal in columns 0 and 1 make (x @ w)[0, :2] = a - a = 0
+    # exactly, in any summation order.  (relu + 1/2)^3, not relu^3: its derivative at a ReLU output of 0 is
+    # 3/4 relu'(0), so the convention at 0 shows in every order
     g = torch.Generator().manual_seed(7)
     x = torch.randn(4, 5, generator=g, dtype=torch.float64)
-    x[0, :2] = 0.0
+    x[0] = torch.tensor([1.0, -1.0, 0.0, 0.0, 0.0])
     w = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    w[1, :2] = w[0, :2]
     u = torch.randn(4, 5, generator=g, dtype=torch.float64)
-    out = []
+    out, zeros = [], []
+
+    def spied(relu):
+        """relu, recording how many of its inputs are exactly 0."""
+        return lambda z: zeros.append(int((z == 0).sum())) or relu(z)
+
     for relu in (torch.relu, _hvpops.relu):
         xs = x.clone().requires_grad_(True)
-        (gx,) = torch.autograd.grad((relu(xs @ w) ** 3).sum(), xs, create_graph=True)
+        (gx,) = torch.autograd.grad(((spied(relu)(xs @ w) + 0.5) ** 3).sum(), xs, create_graph=True)
         (hv,) = torch.autograd.grad(gx, xs, u, create_graph=True)
         (third,) = torch.autograd.grad((hv * u).sum(), xs)
         out.append((gx.detach(), hv.detach(), third))
+    assert zeros == [2, 2]  # both ReLUs saw the two exact zeros
     for a, r in zip(out[1], out[0], strict=True):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
     xs = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)

@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("plotly", reason="lscape.plot.interactive needs plotly (the `plot` extra)")
 
 from browser import chromium, open_page  # noqa: E402
+from conftest import missing_dependency  # noqa: E402
 from lscape import Surface, plot  # noqa: E402
 from lscape._interactive import _LIFT, figure  # noqa: E402
 from lscape.cli import main  # noqa: E402
@@ -136,8 +137,8 @@ def test_cli_writes_a_page_per_quantity(tmp_path, capsys):
 def browser():
     exe = chromium()
     if exe is None:
-        pytest.skip("no Chromium on PATH (Debian: apt-get install chromium; .ci/run installs it), so the page "
-                    "cannot be opened in a browser here")
+        missing_dependency("chromium", "no Chromium on PATH (Debian: apt-get install chromium; .ci/run installs "
+                                       "it), so the page cannot be opened in a browser here")
     return exe
 
 
@@ -170,6 +171,13 @@ def test_the_page_draws_in_headless_chromium_offline(browser, tmp_path):
 def test_the_browser_check_fails_a_page_that_needs_the_network(browser, tmp_path):
     # the same figure with plotly.js from its CDN: refused, so nothing is drawn and the failure is seen
     figure(surface_2d()).write_html(tmp_path / "cdn.html", include_plotlyjs="cdn")
-    shot = open_page(tmp_path / "cdn.html", tmp_path / "cdn.png", wait=2.0)
-    assert any("cdn.plot.ly" in u for u in shot.requests)
-    assert shot.errors and not shot.drawn and shot.scene is None
+    w, h = 1100, 620
+    shot = open_page(tmp_path / "cdn.html", tmp_path / "cdn.png", width=w, height=h, wait=2.0)
+    scripts = [u for u in shot.requests if re.fullmatch(r"https://cdn\.plot\.ly/plotly-[\w.-]+\.js", u)]
+    assert len(scripts) == 1, shot.requests
+    # the failed load of that very script is reported, not just some error (its absence also throws
+    # "Plotly is not defined", which alone would not say why)
+    assert any(e.startswith("network: ") and "ERR_" in e and scripts[0] in e for e in shot.errors), shot.errors
+    assert not shot.drawn and shot.scene is None and shot.area is None
+    share, colours = coloured(shot.png, (0, 0, w, h))  # the whole viewport: nothing drawn (the drawn
+    assert share < 1e-3 and colours <= 1, (share, colours)  # page's viewport reads ~0.3, over 1000 colours

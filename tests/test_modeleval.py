@@ -3,6 +3,8 @@ give the plain module's values, gradients and Hessian-vector products (autograd 
 oracle), and every graph it cannot fold is evaluated plainly."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from lscape import Landscape
@@ -13,6 +15,8 @@ from torch import nn
 from torch.nn import functional as F
 
 RTOL = 1e-5
+# float64 sees what float32's 1e-5 hides: the BatchNorm's eps (1e-5 of var ~1) moves the values by ~5e-6
+RTOL64 = 1e-10
 
 
 def _stats(model: nn.Module, seed: int = 1) -> nn.Module:
@@ -66,13 +70,16 @@ FOLDS = {"cnn2d-bn": 3, "cnn2d-plain": 0, "residual": 2, "conv1d-bn": 1, "conv3d
          "resnet20": 21}
 
 
-def _setup(name: str, n: int = 6):
+def _setup(name: str, n: int = 6, dtype: torch.dtype = torch.float32):
+    """(model, layout, theta, X, Y) of case `name` in `dtype` (float64: a copy, CASES stays float32)."""
     model, shape = CASES[name]
     _stats(model)
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)
     layout = FlatLayout.of(model)
     g = torch.Generator().manual_seed(2)
-    theta = layout.flatten(model) + 0.05 * torch.randn(layout.dim, generator=g)  # off the model's own point
-    X = torch.randn(n, *shape, generator=g)
+    theta = layout.flatten(model) + 0.05 * torch.randn(layout.dim, generator=g, dtype=dtype)  # off its point
+    X = torch.randn(n, *shape, generator=g, dtype=dtype)
     Y = torch.randint(0, 3, (n,), generator=g)
     return model, layout, theta, X, Y
 
@@ -84,23 +91,31 @@ def _plain(model, layout, theta, X):
 # ResNet-20 channels-last only: its first channels-last passes warm up oneDNN's kernels (seconds)
 @pytest.mark.parametrize(("name", "channels_last"), [(n, c) for n in CASES for c in (False, True)
                                                      if n != "resnet20" or c])
-def test_values_equal_the_plain_module(name, channels_last):
-    model, layout, theta, X, _ = _setup(name)
+@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, RTOL), (torch.float64, RTOL64)],
+                         ids=["float32", "float64"])
+def test_values_equal_the_plain_module(name, channels_last, dtype, rtol):
+    model, layout, theta, X, _ = _setup(name, dtype=dtype)
     fast = FastForward(model, channels_last=channels_last)
     assert len(fast.folded) == FOLDS[name]
     with torch.no_grad():
         want = _plain(model, layout, theta, X)
         got = fast(layout.split(theta), X)
-        torch.testing.assert_close(got, want, rtol=RTOL, atol=RTOL * float(want.abs().max()))
-        torch.testing.assert_close(fast(None, X), model(X), rtol=RTOL, atol=RTOL * float(want.abs().max()))
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+        torch.testing.assert_close(fast(None, X), model(X), rtol=rtol, atol=rtol * float(want.abs().max()))
 
 
-@pytest.mark.parametrize("name", ["cnn2d-bn", "cnn2d-plain", "residual", "conv1d-bn", "conv3d-bn", "linear-bn1d",
-                                  "resnet20"])
-def test_gradients_and_hvps_equal_autograd_on_the_plain_module(name):
-    model, layout, theta, X, Y = _setup(name, n=2 if name == "resnet20" else 4)  # ResNet-20: the slow case
+# float64 on the small cases (they hold every kind of fold); ResNet-20, the slow case, in float32 only
+@pytest.mark.parametrize(("name", "dtype", "rtol"),
+                         [pytest.param(n, torch.float32, RTOL, id=f"{n}-float32")
+                          for n in ["cnn2d-bn", "cnn2d-plain", "residual", "conv1d-bn", "conv3d-bn", "linear-bn1d",
+                                    "resnet20"]]
+                         + [pytest.param(n, torch.float64, RTOL64, id=f"{n}-float64")
+                            for n in ["cnn2d-bn", "residual", "conv1d-bn", "conv3d-bn", "linear-bn1d"]])
+def test_gradients_and_hvps_equal_autograd_on_the_plain_module(name, dtype, rtol):
+    model, layout, theta, X, Y = _setup(name, n=2 if name == "resnet20" else 4, dtype=dtype)
     fast = FastForward(model)
-    v = torch.randn(layout.dim, generator=torch.Generator().manual_seed(3))
+    v = torch.randn(layout.dim, generator=torch.Generator().manual_seed(3), dtype=dtype)
 
     def grad_hvp(forward):
         t = theta.clone().requires_grad_()
@@ -112,7 +127,7 @@ def test_gradients_and_hvps_equal_autograd_on_the_plain_module(name):
     want = grad_hvp(lambda t: _plain(model, layout, t, X))
     got = grad_hvp(lambda t: fast(layout.split(t), X))
     for w, g in zip(want, got, strict=True):
-        torch.testing.assert_close(g, w, rtol=RTOL, atol=RTOL * float(w.abs().max()))
+        torch.testing.assert_close(g, w, rtol=rtol, atol=rtol * float(w.abs().max()))
 
 
 def test_vmapped_points_equal_one_by_one():

@@ -150,6 +150,16 @@ def _flip_a_bit_in_the_data(path: Path, value: np.ndarray) -> None:
     path.write_bytes(bytes(raw))
 
 
+def _change_the_data_keep_the_checksum(path: Path) -> None:
+    """Re-save a checkpoint with its arrays changed and its old checksum: a valid zip (every CRC right)
+    whose contents no longer match the digest recorded inside, so only the SHA-256 check can catch it."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["v"] = arrays["v"].copy()
+    arrays["v"][17] += 1.0
+    run_io.atomic_savez(path, arrays)
+
+
 def test_damaged_chunks_are_named_recomputed_and_never_loaded(tmp_path):
     ref = _job(tmp_path / "ref", [])
     out = tmp_path / "run"
@@ -161,16 +171,17 @@ def test_damaged_chunks_are_named_recomputed_and_never_loaded(tmp_path):
     (ck / "chunk_2.npz").write_bytes(b"")  # torn: a crash before the data reached the disk
     _flip_a_bit_in_the_data(ck / "chunk_3.npz", np.arange(2000, dtype=np.float64) * 4)  # a bad sector
     run_io.atomic_savez(ck / "chunk_4.npz", {"v": np.zeros(3), "i": np.array(4)})  # no checksum: not ours
+    _change_the_data_keep_the_checksum(ck / "chunk_5.npz")  # rewritten by hand: the zip is fine, the data not
     calls: list[int] = []
     with pytest.warns(run_io.DamagedCheckpointWarning) as rec:
         got = _job(out, calls)
     msgs = [str(w.message) for w in rec]
     for i, why in ((1, "unreadable"), (2, "unreadable"), (3, "checksum mismatch|unreadable"),
-                   (4, "no checksum inside")):
+                   (4, "no checksum inside"), (5, "checksum mismatch")):
         assert any(f"chunk_{i}.npz is damaged" in m and any(w in m for w in why.split("|")) for m in msgs), (i, msgs)
-    assert sorted(calls) == [1, 2, 3, 4]  # only the damaged ones were recomputed
+    assert sorted(calls) == [1, 2, 3, 4, 5]  # only the damaged ones were recomputed
     _assert_same(got, ref)
-    assert {p.name for p in ck.glob("*.damaged")} == {f"chunk_{i}.npz.damaged" for i in (1, 2, 3, 4)}
+    assert {p.name for p in ck.glob("*.damaged")} == {f"chunk_{i}.npz.damaged" for i in (1, 2, 3, 4, 5)}
 
 
 def test_a_damaged_checkpoint_of_a_reproduction_resumes_to_the_uninterrupted_results(tmp_path):
