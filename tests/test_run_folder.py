@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from lscape import _runlock, cli, experiments
+from lscape._atomicfiles import atomic_savez
 from lscape.executor import LocalExecutor
 from lscape.experiments import bosman, common
 from lscape.experiments import io as run_io
@@ -160,7 +161,7 @@ def test_damaged_chunks_are_named_recomputed_and_never_loaded(tmp_path):
         f.truncate(size // 2)
     (ck / "chunk_2.npz").write_bytes(b"")  # torn: a crash before the data reached the disk
     _flip_a_bit_in_the_data(ck / "chunk_3.npz", np.arange(2000, dtype=np.float64) * 4)  # a bad sector
-    run_io.atomic_savez(ck / "chunk_4.npz", {"v": np.zeros(3), "i": np.array(4)})  # no checksum: not ours
+    atomic_savez(ck / "chunk_4.npz", {"v": np.zeros(3), "i": np.array(4)})  # no checksum: not ours
     calls: list[int] = []
     with pytest.warns(run_io.DamagedCheckpointWarning) as rec:
         got = _job(out, calls)
