@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ._hvpbase import differentiating, row_chunks
+from ._hvpbase import differentiating, keep, row_chunks
 
 __all__ = ["HessianDropoutError", "sdpa"]
 
@@ -138,8 +138,7 @@ class _SDPAGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, dO, q, k, v, out, spec):
-        ctx.save_for_backward(dO, q, k, v, out)
-        ctx.spec = spec
+        keep(ctx, spec, dO, q, k, v, out)
         o, qi, ki, vi = spec.inner
         return torch.autograd.grad(o, (qi, ki, vi), dO, retain_graph=True)
 
@@ -160,8 +159,7 @@ class _SDPA(torch.autograd.Function):
             o = _PLAIN(*inner, **kwargs)
         spec.inner = (o, *inner)
         out = o.detach()
-        ctx.save_for_backward(q, k, v, out)
-        ctx.spec = spec
+        keep(ctx, spec, q, k, v, out)
         return out
 
     @staticmethod
