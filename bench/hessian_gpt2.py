@@ -13,19 +13,12 @@ Hessian-vector products taken, and the process's peak resident memory (GB).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
 import time
 
+import _isolated
 import torch
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def one(a: argparse.Namespace) -> dict:
@@ -47,11 +40,11 @@ def one(a: argparse.Namespace) -> dict:
 
     def counting(self, V):
         products[0] += V.shape[0]
-        print(f"products {products[0]} cpu {_cpu():.0f}", file=sys.stderr, flush=True)
+        print(f"products {products[0]} cpu {_isolated.cpu_seconds():.0f}", file=sys.stderr, flush=True)
         return call(self, V)
 
     spectrum._HVP.__call__ = counting
-    t0, c0 = time.perf_counter(), _cpu()
+    t0, c0 = time.perf_counter(), _isolated.cpu_seconds()
     if a.case == "grad":
         value = float(L.loss_and_grad(theta[None])[0][0])
     elif a.case == "top1":
@@ -59,8 +52,8 @@ def one(a: argparse.Namespace) -> dict:
     else:
         est, se = probes.hutchinson_trace(L, theta, n_samples=100)
         value = [float(est), float(se)]
-    wall, cpu = time.perf_counter() - t0, _cpu() - c0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    wall, cpu = time.perf_counter() - t0, _isolated.cpu_seconds() - c0
+    peak = _isolated.peak_gb()
     return {"case": a.case, "D": L.dim, "wall_s": wall, "cpu_s": cpu, "products": products[0], "peak_gb": peak,
             "value": value, "threads": a.threads, "load": os.getloadavg()[0]}
 
@@ -68,10 +61,7 @@ def one(a: argparse.Namespace) -> dict:
 def compare(a: argparse.Namespace) -> None:
     rows = []
     for case in a.cases:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "one", "--case", case, "--threads",
-                              str(a.threads)], capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
+        rows.append(_isolated.one_in_a_process(__file__, ["--case", case, "--threads", str(a.threads)]))
     grad = next((r for r in rows if r["case"] == "grad"), None)
     print(f"\nGPT-2 small (D = {rows[0]['D']:,}), 8 x 128 tokens, float32, CPU, {a.threads} thread(s)")
     print("| case | wall s | CPU s | products | peak GB | peak / gradient's | value |")
@@ -83,16 +73,11 @@ def compare(a: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=("one", "compare"))
+    ap = _isolated.parser(__doc__)
     ap.add_argument("--case", choices=("grad", "top1", "trace"), default="top1")
     ap.add_argument("--cases", nargs="+", default=["grad", "top1", "trace"])
     ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
-    if a.mode == "one":
-        print(json.dumps(one(a)))
-    else:
-        compare(a)
+    _isolated.main(ap, one, compare)
 
 
 if __name__ == "__main__":

@@ -41,14 +41,11 @@ product and the memory on a machine too slow for the full solve; the row is then
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import subprocess
 import sys
 import time
 import warnings
 
+import _isolated
 import torch
 from torch import nn
 
@@ -73,15 +70,9 @@ def _case(a: argparse.Namespace):
     return model, model, X, Y, CE
 
 
-def _cpu() -> float:
-    """CPU seconds of this process (user + system): on a shared machine, the work done, whatever the load."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def _progress(products: int) -> None:
     """A line on stderr per product (products so far, CPU seconds): what a long case had done when stopped."""
-    print(f"product {products} cpu {_cpu():.1f}", file=sys.stderr, flush=True)
+    print(f"product {products} cpu {_isolated.cpu_seconds():.1f}", file=sys.stderr, flush=True)
 
 
 def one(a: argparse.Namespace) -> dict:
@@ -104,7 +95,7 @@ def one(a: argparse.Namespace) -> dict:
         spectrum._HVP.__call__ = counting
         L = Landscape.from_module(model, loss, (X, Y))
         theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-        t0, c0 = time.perf_counter(), _cpu()
+        t0, c0 = time.perf_counter(), _isolated.cpu_seconds()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if a.who == "lscape-slq":
@@ -117,7 +108,7 @@ def one(a: argparse.Namespace) -> dict:
                 if a.who == "lscape-change":
                     kw["stop"] = "change"
                 vals = spectrum.hessian_eigs(L, theta, a.k, tol=tol, **kw).tolist()
-        secs, cpu = time.perf_counter() - t0, _cpu() - c0
+        secs, cpu = time.perf_counter() - t0, _isolated.cpu_seconds() - c0
         converged = not any("not converged" in str(w.message) for w in caught)
     else:
         import pyhessian  # noqa: F401 - the package's __init__ shadows its `hessian` module with the class
@@ -140,15 +131,15 @@ def one(a: argparse.Namespace) -> dict:
             kw["maxIter"] = a.maxiter
         if a.products_only is not None:
             kw["maxIter"] = a.products_only
-        t0, c0 = time.perf_counter(), _cpu()
+        t0, c0 = time.perf_counter(), _isolated.cpu_seconds()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # backward(create_graph=True)'s reference-cycle warning
             H = ph.hessian(twin, loss, data=(X, Y), cuda=False)
             vals, _ = H.eigenvalues(top_n=a.k, **kw)
-        secs, cpu = time.perf_counter() - t0, _cpu() - c0
+        secs, cpu = time.perf_counter() - t0, _isolated.cpu_seconds() - c0
         vals = sorted((float(v) for v in vals), reverse=True)
         converged = True  # PyHessian does not say
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GB
+    peak = _isolated.peak_gb()
     return {"who": a.who, "width": a.width, "D": D, "images": a.images, "k": a.k, "tol": a.tol,
             "seconds": secs, "cpu_seconds": cpu, "products": counter[0],
             "s_per_product": cpu / max(1, counter[0]),
@@ -158,8 +149,7 @@ def one(a: argparse.Namespace) -> dict:
 
 def compare(a: argparse.Namespace) -> None:
     rows = []
-    base = [sys.executable, os.path.abspath(__file__), "one", "--width", str(a.width), "--images",
-            str(a.images), "--threads", str(a.threads), "--model", a.model]
+    base = ["--width", str(a.width), "--images", str(a.images), "--threads", str(a.threads), "--model", a.model]
     if a.products_only is not None:
         base += ["--products-only", str(a.products_only)]
     if a.maxiter is not None:
@@ -167,11 +157,7 @@ def compare(a: argparse.Namespace) -> None:
     for k in a.ks:
         for case in a.cases:
             who, tol = case.split(":")
-            out = subprocess.run([*base, "--who", who, "--k", str(k), "--tol", tol], capture_output=True,
-                                 text=True, check=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            rows.append(_isolated.one_in_a_process(__file__, [*base, "--who", who, "--k", str(k), "--tol", tol]))
     what = "nanoGPT (SDPA; PyHessian: its math-attention twin)" if a.model == "nanogpt" else \
         f"ResNet-20 width x{a.width}"
     print(f"\n{what} (D = {rows[0]['D']:,}), {a.images} {'sequences' if a.model == 'nanogpt' else 'images'}, "
@@ -194,8 +180,7 @@ def compare(a: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=("one", "compare"))
+    ap = _isolated.parser(__doc__)
     ap.add_argument("--who", choices=("lscape", "lscape-f64", "lscape-change", "lscape-slq", "pyhessian"),
                     default="lscape")
     ap.add_argument("--model", choices=("resnet20", "nanogpt"), default="resnet20")
@@ -211,11 +196,7 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["pyhessian:default", "lscape:default", "lscape:1e-3",
                                                    "lscape-change:1e-3"],
                     help="who:tol pairs that `compare` runs, in order")
-    a = ap.parse_args()
-    if a.mode == "one":
-        print(json.dumps(one(a)))
-    else:
-        compare(a)
+    _isolated.main(ap, one, compare)
 
 
 if __name__ == "__main__":

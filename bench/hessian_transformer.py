@@ -26,15 +26,11 @@ build_peak_gb, the peak once the graph is built, before any product);
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
 import warnings
 
+import _isolated
 import torch
 from torch.nn import functional as F
 
@@ -58,17 +54,12 @@ def _model(name: str, twin: bool):
     return model, (lambda x: model(x).logits), idx
 
 
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def _timed(fn, keep: bool = False):
     """(fn's output if keep else None, wall seconds, CPU seconds): an output not kept is dropped before the
     next call, so the peak memory counts one call's."""
-    t0, c0 = time.perf_counter(), _cpu()
+    t0, c0 = time.perf_counter(), _isolated.cpu_seconds()
     out = fn()
-    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    wall, cpu = time.perf_counter() - t0, _isolated.cpu_seconds() - c0
     return (out if keep else None), wall, cpu
 
 
@@ -96,7 +87,7 @@ def one(a: argparse.Namespace) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             g, *build = _timed(graph, keep=True)
-            build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            build_peak = _isolated.peak_gb()
             gen = torch.Generator().manual_seed(2)
             for _ in range(a.reps + 1):
                 vs = None  # one set of vectors at a time
@@ -104,7 +95,7 @@ def one(a: argparse.Namespace) -> dict:
                 _, w, c = _timed(lambda vs=vs: torch.autograd.grad(g, params, vs, retain_graph=True))
                 walls.append(w)
                 cpus.append(c)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GB
+    peak = _isolated.peak_gb()
     return {"model": a.model, "case": a.case, "threads": a.threads, "D": sum(p.numel() for p in params),
             "wall": statistics.median(walls[1:]), "cpu": statistics.median(cpus[1:]), "first_wall": walls[0],
             "build_wall": build[0], "build_cpu": build[1], "build_peak_gb": build_peak, "peak_gb": peak,
@@ -114,11 +105,8 @@ def one(a: argparse.Namespace) -> dict:
 def compare(a: argparse.Namespace) -> None:
     rows = {}
     for case in a.cases:
-        cmd = [sys.executable, os.path.abspath(__file__), "one", "--case", case, "--model", a.model,
-               "--threads", str(a.threads), "--reps", str(a.reps)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rows[case] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(json.dumps(rows[case]), flush=True)
+        rows[case] = _isolated.one_in_a_process(__file__, ["--case", case, "--model", a.model, "--threads",
+                                                            str(a.threads), "--reps", str(a.reps)])
     g = rows.get("grad")
     print(f"\n{a.model} (D = {next(iter(rows.values()))['D']:,}), float32, CPU, {a.threads} thread(s), "
           f"median of {a.reps}")
@@ -133,18 +121,13 @@ def compare(a: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=("one", "compare"))
+    ap = _isolated.parser(__doc__)
     ap.add_argument("--case", choices=("grad", "lscape", "torch"), default="lscape")
     ap.add_argument("--cases", nargs="+", default=["grad", "lscape", "torch"])
     ap.add_argument("--model", choices=("nanogpt", "gpt2"), default="nanogpt")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions (after one warm-up); the median")
-    a = ap.parse_args()
-    if a.mode == "one":
-        print(json.dumps(one(a)))
-    else:
-        compare(a)
+    _isolated.main(ap, one, compare)
 
 
 if __name__ == "__main__":

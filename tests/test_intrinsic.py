@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 from lscape import intrinsic
+from lscape._atomicfiles import load_npz
 from lscape._runlock import RunLocked, StaleLockWarning, hold_file
-from lscape.experiments.io import load_npz
 from torch import nn
 from torch.nn import functional as F
 

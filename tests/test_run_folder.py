@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from lscape import _runlock, cli, experiments
+from lscape._atomicfiles import atomic_savez
 from lscape.executor import LocalExecutor
 from lscape.experiments import bosman, common
 from lscape.experiments import io as run_io
@@ -157,7 +158,7 @@ def _change_the_data_keep_the_checksum(path: Path) -> None:
         arrays = {k: z[k] for k in z.files}
     arrays["v"] = arrays["v"].copy()
     arrays["v"][17] += 1.0
-    run_io.atomic_savez(path, arrays)
+    atomic_savez(path, arrays)
 
 
 def test_damaged_chunks_are_named_recomputed_and_never_loaded(tmp_path):
@@ -170,7 +171,7 @@ def test_damaged_chunks_are_named_recomputed_and_never_loaded(tmp_path):
         f.truncate(size // 2)
     (ck / "chunk_2.npz").write_bytes(b"")  # torn: a crash before the data reached the disk
     _flip_a_bit_in_the_data(ck / "chunk_3.npz", np.arange(2000, dtype=np.float64) * 4)  # a bad sector
-    run_io.atomic_savez(ck / "chunk_4.npz", {"v": np.zeros(3), "i": np.array(4)})  # no checksum: not ours
+    atomic_savez(ck / "chunk_4.npz", {"v": np.zeros(3), "i": np.array(4)})  # no checksum: not ours
     _change_the_data_keep_the_checksum(ck / "chunk_5.npz")  # rewritten by hand: the zip is fine, the data not
     calls: list[int] = []
     with pytest.warns(run_io.DamagedCheckpointWarning) as rec:

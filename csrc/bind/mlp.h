@@ -1,23 +1,16 @@
 // The tiny-MLP ensemble family's binding (mlp.h), written once for both modules: B is the backend
 // (csrc/bind/common.h).  Python names: mlp_loss_grad, mlp_train.
 #pragma once
-#include <pybind11/pybind11.h>
-
 #include <utility>
 
-#include "bind/common.h"
+#include "bind/pybind.h"
 
-namespace lscape {
-namespace bind {
+namespace lscape::bind {
 
 template <class B>
-void bind_mlp(pybind11::module_& m) {
-  namespace py = pybind11;
-  using Tail = typename B::Tail;
-  const auto nogil = py::call_guard<py::gil_scoped_release>();
-
+void bind_mlp(py::module_& m) {
   m.def("mlp_loss_grad", [](int K, int N, int64_t M, int64_t P, uintptr_t params, uintptr_t x, uintptr_t y,
-                            uintptr_t loss, uintptr_t grad, Tail tail) {
+                            uintptr_t loss, uintptr_t grad, Tail<B> tail) {
     const mlp::Spec s = mlp_spec(K, N, M, P);
     if (M == 0) return;
     for (auto [a, name] : {std::pair{params, "params"}, {x, "x"}, {y, "y"}, {loss, "loss"}}) need(a, name, "mlp");
@@ -30,7 +23,7 @@ void bind_mlp(pybind11::module_& m) {
 
   m.def("mlp_train", [](int K, int N, const OptTuple& opt, int64_t M, int64_t P, uintptr_t params,
                         uintptr_t state0, uintptr_t state1, uintptr_t diverged, uintptr_t x, uintptr_t y,
-                        int64_t step0, int64_t steps, int64_t record_every, uintptr_t history, Tail tail) {
+                        int64_t step0, int64_t steps, int64_t record_every, uintptr_t history, Tail<B> tail) {
     const mlp::Spec s = mlp_spec(K, N, M, P);
     const mlp::OptConfig o = to_opt(opt);
     if (steps < 0) throw std::invalid_argument("mlp: steps must be >= 0");
@@ -49,5 +42,4 @@ void bind_mlp(pybind11::module_& m) {
      py::arg("history"), py::arg(B::kTail), nogil);
 }
 
-}  // namespace bind
-}  // namespace lscape
+}  // namespace lscape::bind

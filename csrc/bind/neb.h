@@ -1,22 +1,16 @@
 // The NEB family's binding (neb.h), written once for both modules: B is the backend (csrc/bind/common.h).
 // Python names: neb_work_size, neb_step.
 #pragma once
-#include <pybind11/pybind11.h>
-
 #include <string>
 #include <type_traits>
 #include <utility>
 
-#include "bind/common.h"
+#include "bind/pybind.h"
 
-namespace lscape {
-namespace bind {
+namespace lscape::bind {
 
 template <class B>
-void bind_neb(pybind11::module_& m) {
-  namespace py = pybind11;
-  using Tail = typename B::Tail;
-
+void bind_neb(py::module_& m) {
   m.def("neb_work_size", [](int64_t B_, int64_t n, int64_t D) {
     neb_sizes(B_, n, D);
     return B::neb_work_size(B_, n, D);
@@ -25,7 +19,7 @@ void bind_neb(pybind11::module_& m) {
 
   m.def("neb_step", [](const NebTuple& cfg, int64_t B_, int64_t n, int64_t D, uintptr_t x, uintptr_t e,
                        uintptr_t g, uintptr_t v, uintptr_t x_out, uintptr_t dt, uintptr_t a, uintptr_t nsteps,
-                       uintptr_t status, uintptr_t fmax, uintptr_t imax, uintptr_t work, bool f64, Tail tail) {
+                       uintptr_t status, uintptr_t fmax, uintptr_t imax, uintptr_t work, bool f64, Tail<B> tail) {
     if (f64 && !B::kNebDouble)
       throw std::invalid_argument(std::string("neb: the ") + B::kModule +
                                   " NEB kernel takes float32; float64 runs on the reference");
@@ -51,5 +45,4 @@ void bind_neb(pybind11::module_& m) {
      py::call_guard<py::gil_scoped_release>());
 }
 
-}  // namespace bind
-}  // namespace lscape
+}  // namespace lscape::bind

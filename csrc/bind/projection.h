@@ -2,20 +2,13 @@
 // (csrc/bind/common.h).  Python names: proj_count, proj_fill, proj_{matvec,rmatvec}_implicit and, where
 // B::kSegmentProducts (CUDA), proj_{matvec,rmatvec}_indices.
 #pragma once
-#include <pybind11/pybind11.h>
+#include "bind/pybind.h"
 
-#include "bind/common.h"
-
-namespace lscape {
-namespace bind {
+namespace lscape::bind {
 
 template <class B>
-void bind_projection(pybind11::module_& m) {
-  namespace py = pybind11;
-  using Tail = typename B::Tail;
-  const auto nogil = py::call_guard<py::gil_scoped_release>();
-
-  m.def("proj_count", [](const SpecTuple& st, uintptr_t seg_counts, uintptr_t col_counts, Tail tail) {
+void bind_projection(py::module_& m) {
+  m.def("proj_count", [](const SpecTuple& st, uintptr_t seg_counts, uintptr_t col_counts, Tail<B> tail) {
     const proj::Spec s = to_spec(st);
     need(col_counts, "col_counts", "proj_count");
     check(B::count(s, ptr<uint32_t>(seg_counts), ptr<int64_t>(col_counts), tail), B::kModule, "proj_count");
@@ -23,7 +16,7 @@ void bind_projection(pybind11::module_& m) {
      py::arg("col_counts"), py::arg(B::kTail), nogil);
 
   m.def("proj_fill", [](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr, uintptr_t indices,
-                        Tail tail) {
+                        Tail<B> tail) {
     const proj::Spec s = to_spec(st);
     need(seg_start, "seg_start", "proj_fill");
     need(chunk_ptr, "chunk_ptr", "proj_fill");
@@ -36,7 +29,8 @@ void bind_projection(pybind11::module_& m) {
   if constexpr (B::kSegmentProducts) {
     auto product = [&](const char* name, bool transpose) {
       m.def(name, [transpose, name](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr, uintptr_t indices,
-                                    uintptr_t scales, uintptr_t x, uintptr_t out, int64_t batch, bool f64, Tail tail) {
+                                    uintptr_t scales, uintptr_t x, uintptr_t out, int64_t batch, bool f64,
+                                    Tail<B> tail) {
         const proj::Spec s = to_spec(st);
         check_batch(batch);
         for (auto [a, arg] : {std::pair{seg_start, "seg_start"}, {chunk_ptr, "chunk_ptr"}, {scales, "scales"},
@@ -59,7 +53,7 @@ void bind_projection(pybind11::module_& m) {
 
   auto implicit = [&](const char* name, bool transpose) {
     m.def(name, [transpose, name](const SpecTuple& st, uintptr_t scales, uintptr_t x, uintptr_t out, int64_t batch,
-                                  bool f64, Tail tail) {
+                                  bool f64, Tail<B> tail) {
       const proj::Spec s = to_spec(st);
       check_batch(batch);
       for (auto [a, arg] : {std::pair{scales, "scales"}, {x, "x"}, {out, "out"}}) need(a, arg, name);
@@ -82,13 +76,9 @@ void bind_projection(pybind11::module_& m) {
 // proj_{matvec,rmatvec}_bands.  B provides sell_plan, sell_fill, product_sell, bands_plan, bands_fill and
 // product_bands.
 template <class B>
-void bind_projection_sell(pybind11::module_& m) {
-  namespace py = pybind11;
-  using Tail = typename B::Tail;
-  const auto nogil = py::call_guard<py::gil_scoped_release>();
-
+void bind_projection_sell(py::module_& m) {
   m.def("proj_sell_plan", [](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr, uintptr_t indices,
-                             uintptr_t perm, uintptr_t widths, Tail tail) {
+                             uintptr_t perm, uintptr_t widths, Tail<B> tail) {
     const proj::Spec s = to_spec(st);
     for (auto [a, arg] : {std::pair{seg_start, "seg_start"}, {chunk_ptr, "chunk_ptr"}, {perm, "perm"},
                           {widths, "widths"}})
@@ -99,7 +89,7 @@ void bind_projection_sell(pybind11::module_& m) {
      py::arg("chunk_ptr"), py::arg("indices"), py::arg("perm"), py::arg("widths"), py::arg(B::kTail), nogil);
 
   m.def("proj_sell_fill", [](const SpecTuple& st, uintptr_t seg_start, uintptr_t chunk_ptr, uintptr_t indices,
-                             uintptr_t perm, uintptr_t slice_ptr, uintptr_t cols, Tail tail) {
+                             uintptr_t perm, uintptr_t slice_ptr, uintptr_t cols, Tail<B> tail) {
     const proj::Spec s = to_spec(st);
     for (auto [a, arg] : {std::pair{seg_start, "seg_start"}, {chunk_ptr, "chunk_ptr"}, {perm, "perm"},
                           {slice_ptr, "slice_ptr"}})
@@ -112,7 +102,7 @@ void bind_projection_sell(pybind11::module_& m) {
 
   auto product = [&](const char* name, bool transpose) {
     m.def(name, [transpose, name](const SpecTuple& st, uintptr_t perm, uintptr_t slice_ptr, uintptr_t cols,
-                                  uintptr_t scales, uintptr_t x, uintptr_t out, int64_t batch, bool f64, Tail tail) {
+                                  uintptr_t scales, uintptr_t x, uintptr_t out, int64_t batch, bool f64, Tail<B> tail) {
       const proj::Spec s = to_spec(st);
       check_batch(batch);
       for (auto [a, arg] : {std::pair{perm, "perm"}, {slice_ptr, "slice_ptr"}, {scales, "scales"}, {x, "x"},
@@ -134,7 +124,7 @@ void bind_projection_sell(pybind11::module_& m) {
 
   // The column-band copy (projection.h): proj_bands_plan, proj_bands_fill, proj_{matvec,rmatvec}_bands (B = 1).
   m.def("proj_bands_plan", [](const SpecTuple& st, int64_t nb, int64_t window, uintptr_t perm, uintptr_t slice_ptr,
-                              uintptr_t cols, uintptr_t bperm, uintptr_t widths, Tail tail) {
+                              uintptr_t cols, uintptr_t bperm, uintptr_t widths, Tail<B> tail) {
     const proj::Spec s = to_spec(st);
     check_bands(nb, window, "proj_bands_plan");
     for (auto [a, arg] : {std::pair{perm, "perm"}, {slice_ptr, "slice_ptr"}, {bperm, "bperm"}, {widths, "widths"}})
@@ -147,7 +137,7 @@ void bind_projection_sell(pybind11::module_& m) {
      py::arg(B::kTail), nogil);
 
   m.def("proj_bands_fill", [](const SpecTuple& st, int64_t nb, int64_t window, uintptr_t perm, uintptr_t slice_ptr,
-                              uintptr_t cols, uintptr_t bperm, uintptr_t band_ptr, uintptr_t bcols, Tail tail) {
+                              uintptr_t cols, uintptr_t bperm, uintptr_t band_ptr, uintptr_t bcols, Tail<B> tail) {
     const proj::Spec s = to_spec(st);
     check_bands(nb, window, "proj_bands_fill");
     for (auto [a, arg] : {std::pair{perm, "perm"}, {slice_ptr, "slice_ptr"}, {bperm, "bperm"},
@@ -164,7 +154,7 @@ void bind_projection_sell(pybind11::module_& m) {
   auto bands = [&](const char* name, bool transpose) {
     m.def(name, [transpose, name](const SpecTuple& st, int64_t nb, int64_t window, uintptr_t bperm,
                                   uintptr_t bwidth, uintptr_t bstart, uintptr_t bcols, uintptr_t scales, uintptr_t x,
-                                  uintptr_t out, bool f64, Tail tail) {
+                                  uintptr_t out, bool f64, Tail<B> tail) {
       const proj::Spec s = to_spec(st);
       check_bands(nb, window, name);
       for (auto [a, arg] : {std::pair{bperm, "bperm"}, {bwidth, "bwidth"}, {bstart, "bstart"}, {scales, "scales"},
@@ -187,5 +177,4 @@ void bind_projection_sell(pybind11::module_& m) {
   bands("proj_rmatvec_bands", true);
 }
 
-}  // namespace bind
-}  // namespace lscape
+}  // namespace lscape::bind

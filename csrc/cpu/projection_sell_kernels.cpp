@@ -431,47 +431,45 @@ void rmatvec_bands(const Spec& s, int64_t nb, int64_t W, const uint16_t* bperm, 
   });
 }
 
+// f(entries) with the stored column entries typed as they are stored: 16-bit where d is narrow
+// (sell_narrow), 32-bit else.  Every product below dispatches through it, once per call.
+template <typename F>
+void with_entries(const Spec& s, const void* cols, F&& f) {
+  if (sell_narrow(s.d))
+    f(static_cast<const uint16_t*>(cols));
+  else
+    f(static_cast<const uint32_t*>(cols));
+}
+
 }  // namespace
 
 template <typename T>
 void matvec_sell_cpu(const Spec& s, const uint16_t* perm, const int64_t* slice_ptr, const void* cols,
                      const T* scales, const T* theta, T* out, int64_t B, int nthreads) {
-  if (sell_narrow(s.d))
-    matvec(s, perm, slice_ptr, static_cast<const uint16_t*>(cols), scales, theta, out, B, nthreads);
-  else
-    matvec(s, perm, slice_ptr, static_cast<const uint32_t*>(cols), scales, theta, out, B, nthreads);
+  with_entries(s, cols, [&](auto e) { matvec(s, perm, slice_ptr, e, scales, theta, out, B, nthreads); });
 }
 
 template <typename T>
 void rmatvec_sell_cpu(const Spec& s, const uint16_t* perm, const int64_t* slice_ptr, const void* cols,
                       const T* scales, const T* g, T* out, int64_t B, int nthreads) {
-  if (sell_narrow(s.d))
-    rmatvec(s, perm, slice_ptr, static_cast<const uint16_t*>(cols), scales, g, out, B, nthreads);
-  else
-    rmatvec(s, perm, slice_ptr, static_cast<const uint32_t*>(cols), scales, g, out, B, nthreads);
+  with_entries(s, cols, [&](auto e) { rmatvec(s, perm, slice_ptr, e, scales, g, out, B, nthreads); });
 }
 
 template <typename T>
 void matvec_bands_cpu(const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm, const uint16_t* bwidth,
                       const int64_t* bstart, const void* bcols, const T* scales, const T* theta, T* out,
                       int nthreads) {
-  if (sell_narrow(s.d))
-    matvec_bands(s, nb, window, bperm, bwidth, bstart, static_cast<const uint16_t*>(bcols), scales, theta, out,
-                 nthreads);
-  else
-    matvec_bands(s, nb, window, bperm, bwidth, bstart, static_cast<const uint32_t*>(bcols), scales, theta, out,
-                 nthreads);
+  with_entries(s, bcols, [&](auto e) {
+    matvec_bands(s, nb, window, bperm, bwidth, bstart, e, scales, theta, out, nthreads);
+  });
 }
 
 template <typename T>
 void rmatvec_bands_cpu(const Spec& s, int64_t nb, int64_t window, const uint16_t* bperm, const uint16_t* bwidth,
                        const int64_t* bstart, const void* bcols, const T* scales, const T* g, T* out, int nthreads) {
-  if (sell_narrow(s.d))
-    rmatvec_bands(s, nb, window, bperm, bwidth, bstart, static_cast<const uint16_t*>(bcols), scales, g, out,
-                  nthreads);
-  else
-    rmatvec_bands(s, nb, window, bperm, bwidth, bstart, static_cast<const uint32_t*>(bcols), scales, g, out,
-                  nthreads);
+  with_entries(s, bcols, [&](auto e) {
+    rmatvec_bands(s, nb, window, bperm, bwidth, bstart, e, scales, g, out, nthreads);
+  });
 }
 
 LSCAPE_PROJ_SELL_INSTANTIATE(float)

@@ -215,13 +215,21 @@ __device__ __forceinline__ bool chunk_item(const ForceArgs& a, int64_t item, int
   return true;
 }
 
-// Split path, first pass: a block per (interior image, chunk), the chunk's tangent partial sums.
-__global__ void __launch_bounds__(kThreads) tangent_kernel(const ForceArgs a) {
-  __shared__ double red[kWarps * 4];
+// The split path's passes: a block per (interior image, chunk) item of a running band, in turn:
+// body(item, it), it the item's ChunkItem.
+template <class Body>
+__device__ __forceinline__ void for_chunk_items(const ForceArgs& a, Body&& body) {
   const int64_t m = a.n - 2, items = a.B * m * a.C;
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {  // uniform over the block
     ChunkItem it;
-    if (!chunk_item(a, item, m, it)) continue;
+    if (chunk_item(a, item, m, it)) body(item, it);
+  }
+}
+
+// Split path, first pass: a block per (interior image, chunk), the chunk's tangent partial sums.
+__global__ void __launch_bounds__(kThreads) tangent_kernel(const ForceArgs a) {
+  __shared__ double red[kWarps * 4];
+  for_chunk_items(a, [&](int64_t item, const ChunkItem& it) {
     double t[4] = {0.0, 0.0, 0.0, 0.0};
     tangent_part(it.rows, it.j0 + threadIdx.x, it.j1, kThreads, it.wp, it.wm, t);
     team_sum<kThreads>(t, red);
@@ -229,17 +237,14 @@ __global__ void __launch_bounds__(kThreads) tangent_kernel(const ForceArgs a) {
       double* p = a.part4 + item * 4;
       p[0] = t[0], p[1] = t[1], p[2] = t[2], p[3] = t[3];
     }
-  }
+  });
 }
 
 // Split path, second pass: a block per (interior image, chunk): the image's tangent sums from all its
 // chunks' partials, then the chunk's F and force partial sums.
 __global__ void __launch_bounds__(kThreads) force_split_kernel(const ForceArgs a) {
   __shared__ double red[kWarps * 4];
-  const int64_t m = a.n - 2, items = a.B * m * a.C;
-  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {  // uniform over the block
-    ChunkItem it;
-    if (!chunk_item(a, item, m, it)) continue;
+  for_chunk_items(a, [&](int64_t item, const ChunkItem& it) {
     const int64_t r = it.r, b = it.b, i = it.i;
     const int32_t best = band_imax(a.e + b * a.n, a.n);
     if (i == 1 && it.chunk == 0 && threadIdx.x == 0) a.imax[b] = best;
@@ -258,7 +263,7 @@ __global__ void __launch_bounds__(kThreads) force_split_kernel(const ForceArgs a
       double* q = a.part3 + item * 3;
       q[0] = f[0], q[1] = f[1], q[2] = f[2];
     }
-  }
+  });
 }
 
 // Split path: a warp per interior image adds up its chunks' force partial sums into work.

@@ -129,6 +129,22 @@ __device__ __forceinline__ void stored_range(const Spec& s, const int32_t* __res
   q1 = base + ss[1];
 }
 
+// Segment (col, chunk)'s nonzeros, f(row, neg, n) on the group's lanes: regenerated from the seed (kImplicit,
+// walk_implicit) or read from the stored `indices` (walk_stored).  Called by all lanes of the group together.
+template <bool kImplicit, class F>
+__device__ __forceinline__ void walk_segment(const Spec& s, const int32_t* __restrict__ seg_start,
+                                             const int64_t* __restrict__ chunk_ptr,
+                                             const int32_t* __restrict__ indices, int64_t col, int64_t chunk,
+                                             const Group& g, F&& f) {
+  if (kImplicit) {
+    walk_implicit(s, col, chunk, g, f);
+  } else {
+    int64_t q0, q1;
+    stored_range(s, seg_start, chunk_ptr, col, chunk, q0, q1);
+    walk_stored(indices, q0, q1, g, f);
+  }
+}
+
 __device__ __forceinline__ int64_t global_thread() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
 }
@@ -202,13 +218,7 @@ matvec_chunk_kernel(const Spec s, const int32_t* __restrict__ seg_start, const i
         atomicAdd(a, signed_value(v0, neg));
         for (int t = 1; t < nb; ++t) atomicAdd(a + t * nr, signed_value(sc * __ldg(th + t * d), neg));
       };
-      if (kImplicit) {
-        walk_implicit(s, j, c, g, emit);
-      } else {
-        int64_t q0, q1;
-        stored_range(s, seg_start, chunk_ptr, j, c, q0, q1);
-        walk_stored(indices, q0, q1, g, emit);
-      }
+      walk_segment<kImplicit>(s, seg_start, chunk_ptr, indices, j, c, g, emit);
     }
     __syncthreads();
     for (int i = static_cast<int>(threadIdx.x); i < nacc; i += static_cast<int>(blockDim.x)) {
@@ -297,13 +307,7 @@ rmatvec_kernel(const Spec s, const int32_t* __restrict__ seg_start, const int64_
           if (t < nb) acc[t] += signed_value(__ldg(gb + t * D + row), neg);
       };
       for (int64_t c = c_lo + q; c < c_hi; c += Q) {  // uniform over the subgroup
-        if (kImplicit) {
-          walk_implicit(s, j, c, g, emit);
-        } else {
-          int64_t q0, q1;
-          stored_range(s, seg_start, chunk_ptr, j, c, q0, q1);
-          walk_stored(indices, q0, q1, g, emit);
-        }
+        walk_segment<kImplicit>(s, seg_start, chunk_ptr, indices, j, c, g, emit);
       }
     }
     // Fixed-order reduction over the team.
@@ -515,53 +519,41 @@ const char* rmatvec_launch(const Spec& s, const int32_t* seg_start, const int64_
 
 }  // namespace
 
-template <typename T>
-const char* matvec_indices_cuda(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
-                                const int32_t* indices, const T* scales, const T* theta, T* out, int64_t B,
-                                void* stream) {
-  return matvec_launch<T, false>(s, seg_start, chunk_ptr, indices, scales, theta, out, B,
-                                 static_cast<cudaStream_t>(stream));
-}
+// projection.h's entry points, P theta (matvec) and P^T g (rmatvec), each on the stored indices and implicit
+// (no indices: nonzeros regenerated from the seed): one definition for both products, x being theta or g.
+#define LSCAPE_PRODUCT_ENTRIES(product)                                                                       \
+  template <typename T>                                                                                     \
+  const char* product##_indices_cuda(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,     \
+                                     const int32_t* indices, const T* scales, const T* x, T* out, int64_t B,\
+                                     void* stream) {                                                        \
+    return product##_launch<T, false>(s, seg_start, chunk_ptr, indices, scales, x, out, B,                  \
+                                      static_cast<cudaStream_t>(stream));                                   \
+  }                                                                                                         \
+  template <typename T>                                                                                     \
+  const char* product##_implicit_cuda(const Spec& s, const T* scales, const T* x, T* out, int64_t B,        \
+                                      void* stream) {                                                       \
+    return product##_launch<T, true>(s, nullptr, nullptr, nullptr, scales, x, out, B,                       \
+                                     static_cast<cudaStream_t>(stream));                                    \
+  }
+LSCAPE_PRODUCT_ENTRIES(matvec)
+LSCAPE_PRODUCT_ENTRIES(rmatvec)
+#undef LSCAPE_PRODUCT_ENTRIES
 
-template <typename T>
-const char* rmatvec_indices_cuda(const Spec& s, const int32_t* seg_start, const int64_t* chunk_ptr,
-                                 const int32_t* indices, const T* scales, const T* g, T* out, int64_t B,
-                                 void* stream) {
-  return rmatvec_launch<T, false>(s, seg_start, chunk_ptr, indices, scales, g, out, B,
-                                  static_cast<cudaStream_t>(stream));
-}
-
-template <typename T>
-const char* matvec_implicit_cuda(const Spec& s, const T* scales, const T* theta, T* out, int64_t B,
-                                 void* stream) {
-  return matvec_launch<T, true>(s, nullptr, nullptr, nullptr, scales, theta, out, B,
-                                static_cast<cudaStream_t>(stream));
-}
-
-template <typename T>
-const char* rmatvec_implicit_cuda(const Spec& s, const T* scales, const T* g, T* out, int64_t B,
-                                  void* stream) {
-  return rmatvec_launch<T, true>(s, nullptr, nullptr, nullptr, scales, g, out, B,
-                                 static_cast<cudaStream_t>(stream));
-}
-
-int cuda_runtime_version() {
+namespace {
+// What a runtime query gives, or 0 where it fails (no driver, no device), its error cleared.
+int or_zero(cudaError_t (*query)(int*)) {
   int v = 0;
-  if (cudaRuntimeGetVersion(&v) != cudaSuccess) {
+  if (query(&v) != cudaSuccess) {
     cudaGetLastError();
     return 0;
   }
   return v;
 }
+}  // namespace
 
-int cuda_device_count() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return n;
-}
+int cuda_runtime_version() { return or_zero(cudaRuntimeGetVersion); }
+
+int cuda_device_count() { return or_zero(cudaGetDeviceCount); }
 
 #define LSCAPE_INSTANTIATE(T)                                                                          \
   template const char* matvec_indices_cuda<T>(const Spec&, const int32_t*, const int64_t*, const int32_t*, \

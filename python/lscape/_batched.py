@@ -21,7 +21,7 @@ raises `Unsupported`.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -253,7 +253,6 @@ class BatchedForward:
             raise Unsupported(self.reason or "the folded BatchNorms are in train mode")
         gm = self.gm
         B = next(iter(params.values())).shape[0]
-        mods = self._mods
         bufs = self._buffers if buffers is None else buffers
         env: dict = {}
 
@@ -269,9 +268,6 @@ class BatchedForward:
                 return params[name]
             return bufs[name] if name in bufs else None
 
-        def raw(v):
-            return None if v is None else v.t if isinstance(v, _Param) else v
-
         out = None
         for node in gm.graph.nodes:
             if node.op == "placeholder":
@@ -281,55 +277,70 @@ class BatchedForward:
             elif node.op == "output":
                 out = val(node.args[0])
             elif node.op == "call_module":
-                m = mods[node.target]
-                x = val(node.args[0])
-                if type(m) in _CONVS:
-                    env[node] = _conv(x, params[f"{node.target}.weight"], par(f"{node.target}.bias"),
-                                      list(_CONVS).index(type(m)) + 1, m.stride, m.padding, m.dilation, m.groups,
-                                      self._unfolded, self._pool, node.name)
-                elif type(m) is nn.Linear:
-                    env[node] = _linear(x, params[f"{node.target}.weight"], par(f"{node.target}.bias"))
-                elif type(m) is nn.ReLU:
-                    env[node] = _relu(x, len(node.args[0].users) == 1)
-                elif type(m) is nn.Flatten:
-                    env[node] = _flatten(x, m.start_dim, m.end_dim)
-                else:  # _PASS
-                    env[node] = x
+                env[node] = self._module(node, val(node.args[0]), params, par)
             elif node.op == "call_function":
-                t = node.target
-                args = [val(a) for a in node.args]
-                if t is _conv_bn or t is _linear_bn:
-                    x, w, b, g, beta, mean, var = (args[0], *(raw(a) for a in args[1:]))
-                    kw = node.kwargs
-                    s, shift = _scale_shift(b, g, beta, mean, var, kw["eps"])
-                    shift = shift.expand(B, -1) if shift.dim() == 1 else shift
-                    s = s.expand(B, -1) if s.dim() == 1 else s
-                    w = w * s.reshape(B, -1, *([1] * (w.dim() - 2)))
-                    if t is _linear_bn:
-                        env[node] = _linear(x, w, shift)
-                    else:
-                        env[node] = _conv(x, w, shift, kw["dims"], kw["stride"], kw["padding"], kw["dilation"],
-                                          kw["groups"], self._unfolded, self._pool, node.name)
-                elif t is operator.add:
-                    fresh_a = isinstance(node.args[0], torch.fx.Node) and len(node.args[0].users) == 1
-                    env[node] = _add(args[0], args[1], fresh_a)
-                elif t is torch.flatten:
-                    env[node] = _flatten(args[0], *_flatten_dims(args, node.kwargs))
-                else:  # a ReLU
-                    if node.kwargs.get("inplace", False):
-                        raise Unsupported("an in-place ReLU of a graph value")
-                    env[node] = _relu(args[0], isinstance(node.args[0], torch.fx.Node) and
-                                      len(node.args[0].users) == 1)
-            else:  # call_method: relu / relu_ / flatten
-                args = [val(a) for a in node.args]
-                if node.target == "flatten":
-                    env[node] = _flatten(args[0], *_flatten_dims(args, node.kwargs))
-                else:
-                    if node.target == "relu_":
-                        raise Unsupported("an in-place ReLU of a graph value")
-                    env[node] = _relu(args[0], len(node.args[0].users) == 1)
+                env[node] = self._function(node, [val(a) for a in node.args], B)
+            else:  # call_method
+                env[node] = _method(node, [val(a) for a in node.args])
         if isinstance(out, _Act):  # never a view of a reused buffer: the caller may keep it
             return out.lead().clone() if self._pool.holds(out.t) else out.lead()
         if isinstance(out, torch.Tensor):  # an output that no parameter reaches: the same at every point
             return out.expand(B, *out.shape)
         raise Unsupported("a model whose output is not one tensor")
+
+    def _module(self, node: torch.fx.Node, x, params: Mapping[str, torch.Tensor], par: Callable):
+        """A call_module node's value at the B points, x its input; par(name): a parameter or buffer, or None."""
+        m = self._mods[node.target]
+        if type(m) in _CONVS:
+            return _conv(x, params[f"{node.target}.weight"], par(f"{node.target}.bias"),
+                         list(_CONVS).index(type(m)) + 1, m.stride, m.padding, m.dilation, m.groups,
+                         self._unfolded, self._pool, node.name)
+        if type(m) is nn.Linear:
+            return _linear(x, params[f"{node.target}.weight"], par(f"{node.target}.bias"))
+        if type(m) is nn.ReLU:
+            return _relu(x, len(node.args[0].users) == 1)
+        if type(m) is nn.Flatten:
+            return _flatten(x, m.start_dim, m.end_dim)
+        return x  # _PASS
+
+    def _function(self, node: torch.fx.Node, args: list, B: int):
+        """A call_function node's value at the B points, args its arguments' values."""
+        t = node.target
+        if t is _conv_bn or t is _linear_bn:
+            return self._folded(node, args, B)
+        if t is operator.add:
+            fresh_a = isinstance(node.args[0], torch.fx.Node) and len(node.args[0].users) == 1
+            return _add(args[0], args[1], fresh_a)
+        if t is torch.flatten:
+            return _flatten(args[0], *_flatten_dims(args, node.kwargs))
+        # a ReLU
+        if node.kwargs.get("inplace", False):
+            raise Unsupported("an in-place ReLU of a graph value")
+        return _relu(args[0], isinstance(node.args[0], torch.fx.Node) and len(node.args[0].users) == 1)
+
+    def _folded(self, node: torch.fx.Node, args: list, B: int) -> _Act:
+        """A convolution or linear layer with the BatchNorm after it folded in, at the B points."""
+        x, w, b, g, beta, mean, var = (args[0], *(_raw(a) for a in args[1:]))
+        kw = node.kwargs
+        s, shift = _scale_shift(b, g, beta, mean, var, kw["eps"])
+        shift = shift.expand(B, -1) if shift.dim() == 1 else shift
+        s = s.expand(B, -1) if s.dim() == 1 else s
+        w = w * s.reshape(B, -1, *([1] * (w.dim() - 2)))
+        if node.target is _linear_bn:
+            return _linear(x, w, shift)
+        return _conv(x, w, shift, kw["dims"], kw["stride"], kw["padding"], kw["dilation"], kw["groups"],
+                     self._unfolded, self._pool, node.name)
+
+
+def _raw(v):
+    """A folded layer's argument as a tensor (or None)."""
+    return None if v is None else v.t if isinstance(v, _Param) else v
+
+
+def _method(node: torch.fx.Node, args: list):
+    """A call_method node's value (relu / relu_ / flatten) at the B points, args its arguments' values."""
+    if node.target == "flatten":
+        return _flatten(args[0], *_flatten_dims(args, node.kwargs))
+    if node.target == "relu_":
+        raise Unsupported("an in-place ReLU of a graph value")
+    return _relu(args[0], len(node.args[0].users) == 1)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ._hvpbase import differentiating, row_chunks
+from ._hvpbase import differentiating, keep, row_chunks
 
 __all__ = ["HessianDropoutError", "sdpa"]
 
@@ -150,9 +150,8 @@ class _SDPAGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, dO, q, k, v, out, spec):
-        ctx.save_for_backward(dO, q, k, v, out)
-        # per node, not per attention call: a product runs this first backward again with another dO
-        ctx.spec, ctx.fixed = spec, {}
+        keep(ctx, spec, dO, q, k, v, out)
+        ctx.fixed = {}  # per node, not per attention call: a product runs this first backward again with another dO
         o, qi, ki, vi = spec.inner
         return torch.autograd.grad(o, (qi, ki, vi), dO, retain_graph=True)
 
@@ -173,8 +172,7 @@ class _SDPA(torch.autograd.Function):
             o = _PLAIN(*inner, **kwargs)
         spec.inner = (o, *inner)
         out = o.detach()
-        ctx.save_for_backward(q, k, v, out)
-        ctx.spec = spec
+        keep(ctx, spec, q, k, v, out)
         return out
 
     @staticmethod

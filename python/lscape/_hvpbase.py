@@ -1,5 +1,6 @@
 """What lscape's written-out double backwards (_hvpops, _hvpattention, _hvpnorms, _hvpactivations, _hvploss)
-share: when to run them, and how to bound the temporaries of a second backward."""
+share: when to run them, what a Function keeps for its backward, and how to bound the temporaries of a second
+backward."""
 from __future__ import annotations
 
 import torch
@@ -18,3 +19,10 @@ def row_chunks(rows: int, per_row: int, budget: int = CHUNK_ELEMS) -> list[slice
     """Slices of range(rows), each of at most `budget` entries at `per_row` entries a row (at least one row)."""
     step = max(1, budget // max(1, per_row))
     return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def keep(ctx, spec, *tensors: torch.Tensor) -> None:
+    """What a written-out Function's backward reads: `tensors` (saved for backward, ctx.saved_tensors) and the
+    call's `spec` (ctx.spec), which the next backward passes on."""
+    ctx.save_for_backward(*tensors)
+    ctx.spec = spec

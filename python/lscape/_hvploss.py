@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from ._hvpbase import differentiating, row_chunks
+from ._hvpbase import differentiating, keep, row_chunks
 
 __all__ = ["cross_entropy"]
 
@@ -53,8 +53,7 @@ class _CEGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gL, z, y, lse, spec):
-        ctx.save_for_backward(gL, z, y, lse)
-        ctx.spec = spec
+        keep(ctx, spec, gL, z, y, lse)
         z2 = _rows(z)
         g = (z2 - lse[:, None]).exp_()
         g.scatter_add_(1, y[:, None], torch.full_like(g[:, :1], -1.0))
@@ -88,8 +87,7 @@ class _CEGrad(torch.autograd.Function):
 class _CE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, y, spec, value):
-        ctx.save_for_backward(z, y, torch.logsumexp(_rows(z), 1))
-        ctx.spec = spec
+        keep(ctx, spec, z, y, torch.logsumexp(_rows(z), 1))
         return value()
 
     @staticmethod

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
-from ._hvpbase import differentiating
+from ._hvpbase import differentiating, keep
 
 __all__ = ["layer_norm", "norm_with_value", "rms_norm"]
 
@@ -71,8 +71,7 @@ class _NormGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gy, x, w, mu, r, spec):
-        ctx.save_for_backward(gy, x, w, mu, r)
-        ctx.spec = spec
+        keep(ctx, spec, gy, x, w, mu, r)
         if spec.centered:  # torch's fused backward, on its own statistics' layout (only the bias' shape is read)
             shape = x.shape[:x.dim() - len(spec.shape)] + (1,) * len(spec.shape)
             return _aten.native_layer_norm_backward(gy, x, spec.shape, mu.reshape(shape), r.reshape(shape), w,
@@ -116,8 +115,7 @@ class _Norm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, spec, value):
         y, mu, r = value()
-        ctx.save_for_backward(x, w, mu, r)
-        ctx.spec = spec
+        keep(ctx, spec, x, w, mu, r)
         return y
 
     @staticmethod

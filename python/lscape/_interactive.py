@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .plot import _scaled, _values
+from ._plotvalues import quantity_values, scaled
 
 _HEIGHT = 540  # px; the width follows the window (responsive)
 _MARK = "crimson"
@@ -71,8 +71,8 @@ def _hover(quantity: str, log: bool) -> str:
 def figure(surface: Any, quantity: str = "train_loss", *, log: bool = False):
     """The plotly Figure of lscape.plot.interactive."""
     go, make_subplots = plotly()
-    raw = _values(surface, quantity)
-    z, label = _scaled(raw, "log" if log else "linear", quantity)
+    raw = quantity_values(surface, quantity)
+    z, label = scaled(raw, "log" if log else "linear", quantity)
     z = z.filled(np.nan)
     raw = np.where(np.isnan(z), np.nan, raw)
     x = np.asarray(surface.x, dtype=np.float64)

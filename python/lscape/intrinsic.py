@@ -39,10 +39,10 @@ import torch
 from torch import nn
 
 from . import _checks
+from ._atomicfiles import atomic_savez, load_npz
 from ._modelio import Batch, Batches, Objective, as_batch, one_batch
 from ._runlock import hold_file
 from .executor import get_executor
-from .experiments.io import atomic_savez, load_npz
 from .subspace import Subspace
 
 __all__ = ["IntrinsicDimension", "intrinsic_dimension", "OPTIMIZERS", "METRICS"]

@@ -22,11 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from ._plotvalues import check_scale, quantity_values, scaled, surface_arg
+
 __all__ = ["contour", "filled_contour", "heatmap", "surface3d", "curve", "trajectory", "spectral_density",
            "neb_profile", "intrinsic_dimension", "plot_all", "interactive"]
-
-_SCALES = ("linear", "log")
-
 
 def _mpl():
     """matplotlib's Figure class, or an ImportError that names the extra to install."""
@@ -45,55 +44,17 @@ def _axes(ax, projection: str | None = None):
     return fig, fig.add_subplot(projection=projection)
 
 
-def _check_scale(scale: str) -> str:
-    if scale not in _SCALES:
-        raise ValueError(f"scale: got {scale!r}, expected one of {_SCALES}")
-    return scale
-
-
-def _surface_arg(surface: Any) -> Any:
-    """surface, when it looks like a lscape.Surface (x, y, values, ndim); a TypeError naming it else."""
-    if not all(hasattr(surface, a) for a in ("x", "y", "values", "ndim")):
-        raise TypeError(f"surface: got {type(surface).__name__} {surface!r:.60}, expected a lscape.Surface "
-                        "(lscape.surface(...) or lscape.Surface.load(path))")
-    return surface
-
-
-def _values(surface: Any, quantity: str) -> np.ndarray:
-    """The named quantity as float64, or a ValueError naming `quantity` and the ones the surface holds."""
-    _surface_arg(surface)
-    if not isinstance(quantity, str) or quantity not in surface.values:
-        raise ValueError(f"quantity: got {quantity!r}, expected one of {sorted(surface.values)}")
-    return np.asarray(surface.values[quantity], dtype=np.float64)
-
-
 def _require_2d(surface: Any, what: str) -> None:
-    _surface_arg(surface)
+    surface_arg(surface)
     if surface.ndim != 2 or surface.y is None:
         raise ValueError(f"surface: got a {surface.ndim}-D surface, expected a 2-D one for {what} "
                          "(use lscape.plot.curve for 1-D surfaces)")
 
 
-def _scaled(z: np.ndarray, scale: str, quantity: str) -> tuple[np.ma.MaskedArray, str]:
-    """z with NaN (and, on a log scale, non-positive) cells masked, and the colour-bar label."""
-    _check_scale(scale)
-    bad = ~np.isfinite(z)
-    if scale == "log":
-        bad |= ~(z > 0)
-        if bad.all():
-            raise ValueError(f"scale='log': {quantity} has no positive computed value to draw")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.log10(np.where(bad, 1.0, z))
-        return np.ma.masked_array(z, bad), f"log10 {quantity}"
-    if bad.all():
-        raise ValueError(f"{quantity}: no cell is computed yet (all NaN), nothing to draw")
-    return np.ma.masked_array(np.where(bad, 0.0, z), bad), quantity
-
-
 def _plane(surface: Any, quantity: str, scale: str, what: str):
     """(X, Y, Z) meshes for a 2-D plot of `quantity`: Z[j, i] is the value at (x[i], y[j])."""
     _require_2d(surface, what)
-    z, label = _scaled(_values(surface, quantity), scale, quantity)
+    z, label = scaled(quantity_values(surface, quantity), scale, quantity)
     X, Y = np.meshgrid(np.asarray(surface.x, dtype=np.float64), np.asarray(surface.y, dtype=np.float64))
     return X, Y, z.T, label
 
@@ -199,12 +160,12 @@ def curve(surface: Any, quantities: list[str] | None = None, *, ax=None, scale: 
     """A 1-D surface: losses (and other metrics) on the left axis, accuracies on a twin right axis; NaN points
     are gaps.  quantities: default all of the surface's.  scale="log" makes the left axis logarithmic.
     Returns the Figure."""
-    _check_scale(scale)
-    if _surface_arg(surface).ndim != 1:
+    check_scale(scale)
+    if surface_arg(surface).ndim != 1:
         raise ValueError(f"surface: got a {surface.ndim}-D surface, expected a 1-D one for a curve "
                          "(use lscape.plot.contour for 2-D surfaces)")
     names = sorted(surface.values) if quantities is None else list(quantities)
-    vals = {n: _values(surface, n) for n in names}
+    vals = {n: quantity_values(surface, n) for n in names}
     x = np.asarray(surface.x, dtype=np.float64)
     fig, ax = _axes(ax)
     left = [n for n in names if not _is_accuracy(n)]
@@ -259,7 +220,7 @@ def spectral_density(grid, density=None, *, ax=None, scale: str = "log"):
     """The Hessian eigenvalue density from `lscape.probes.spectral_density`: pass its (grid, density) tuple or
     the two (G,) arrays.  scale="log" (the default, as the spectra span decades) uses a log density axis.
     Returns the Figure."""
-    _check_scale(scale)
+    check_scale(scale)
     if density is None:
         if not (isinstance(grid, tuple) and len(grid) == 2):
             raise TypeError(f"density: got None with grid {type(grid).__name__}, expected the (G,) density, or "
@@ -288,7 +249,7 @@ def neb_profile(result: Any, *, ax=None, scale: str = "linear", bands: list[int]
     """Energy against arc length along each NEB band of an `lscape.NEBResult` (images (B, n, D), energies
     (B, n)); each band's highest image (the saddle estimate) is marked.  bands: which to draw, default all.
     Returns the Figure."""
-    _check_scale(scale)
+    check_scale(scale)
     if not (hasattr(result, "energies") and hasattr(result, "images")):
         raise TypeError(f"result: got {type(result).__name__} {result!r:.60}, expected an lscape.NEBResult "
                         "(images (B, n, D), energies (B, n))")
@@ -355,15 +316,15 @@ def plot_all(surface: Any, out_dir: str | Path, *, quantities: list[str] | None 
     """Draw the sensible set of PNGs for a surface into out_dir (created if needed) and return their paths:
     a 1-D surface gets one curve; a 2-D one gets contour, filled contour, heat map and 3-D surface of every
     quantity (default all), and the trajectory over the first loss if the surface has one."""
-    _check_scale(scale)
-    _surface_arg(surface)
+    check_scale(scale)
+    surface_arg(surface)
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"out_dir: got {type(out_dir).__name__} {out_dir!r}, expected a folder path")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = sorted(surface.values) if quantities is None else list(quantities)
     for n in names:
-        _values(surface, n)  # every name is checked before anything is drawn
+        quantity_values(surface, n)  # every name is checked before anything is drawn
     suffix = "_log" if scale == "log" else ""
     if surface.ndim == 1:
         return [_save(curve(surface, names, scale=scale), out / f"curve{suffix}.png")]

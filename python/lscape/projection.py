@@ -14,7 +14,7 @@ The counter-based generator is csrc/include/lscape/rng.h, mirrored bit for bit b
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,7 +32,60 @@ PROJECTIONS = (*STORAGES, "fastfood")
 DENSE_LIMIT = 2**28  # to_dense() refuses more elements than this (1 GiB of float32)
 
 
-class SparseSignProjection:
+_P = TypeVar("_P", bound="_Projection")
+
+
+class _Projection:
+    """What both kinds of P share: their description, the products (through `_ops`, the kernels' ops module:
+    lscape.ops.projection or lscape.ops.fastfood), nbytes and to().  A subclass sets `spec` and `device`, and
+    says what it holds (_held) and how a copy on another device gets its buffers (_moved)."""
+
+    _ops: Any
+    spec: Any
+    device: torch.device
+
+    D = property(lambda self: self.spec.D, doc="Rows of P: the length of P theta (int).")
+    d = property(lambda self: self.spec.d, doc="Columns of P: the length of theta (int).")
+    seed = property(lambda self: self.spec.seed, doc="The seed P was drawn from (int).")
+    shape = property(lambda self: (self.spec.D, self.spec.d), doc="(D, d), as a matrix's shape.")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory P holds: its buffers and what it keeps for products (a sparse P's cached scales, band
+        copy and torch-backend COO; a Fastfood P's draws in each dtype products ran in)."""
+        return sum(t.numel() * t.element_size() for t in self._held())
+
+    def _held(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def to(self: _P, device: torch.device | str) -> _P:
+        """The same matrix with its buffers on `device`."""
+        device = _device_arg(device)
+        if device == self.device:
+            return self
+        other = object.__new__(type(self))
+        other.device, other.spec = device, self.spec
+        self._moved(other)
+        return other
+
+    def _moved(self, other: _Projection) -> None:
+        """Give `other` (this P's copy on other.device) its buffers and empty caches."""
+        raise NotImplementedError
+
+    def matvec(self, theta: Any) -> Any:
+        """P theta: (d,) -> (D,) or (B, d) -> (B, D)."""
+        return _apply(self, self._ops, theta, "theta", transpose=False, grad=False)
+
+    def rmatvec(self, g: Any) -> Any:
+        """P^T g: (D,) -> (d,) or (B, D) -> (B, d)."""
+        return _apply(self, self._ops, g, "g", transpose=True, grad=False)
+
+    def __call__(self, theta: Any) -> Any:
+        """P theta with autograd: the gradient with respect to theta is rmatvec."""
+        return _apply(self, self._ops, theta, "theta", transpose=False, grad=True)
+
+
+class SparseSignProjection(_Projection):
     """A D x d sparse +-1 projection with normalised columns.
 
     Args:
@@ -56,6 +109,8 @@ class SparseSignProjection:
     (float32 or float64), numpy arrays (CPU) or CuPy arrays (CUDA); results come back in the same kind.
     """
 
+    _ops = ops
+
     def __init__(self, D: int, d: int, *, seed: int = 0, density: float | None = None,
                  storage: str = "indices", device: torch.device | str | None = None) -> None:
         D = _checks.int_arg("D", D, low=1, high=ref.MAX_ROWS - 1)
@@ -75,11 +130,7 @@ class SparseSignProjection:
         self._bands_cache: list[ops.Bands | None] = []  # [] until a one-vector product first asks
 
     # ---- description -------------------------------------------------------------------------------
-    D = property(lambda self: self.spec.D, doc="Rows of P: the length of P theta (int).")
-    d = property(lambda self: self.spec.d, doc="Columns of P: the length of theta (int).")
-    seed = property(lambda self: self.spec.seed, doc="The seed P was drawn from (int).")
     density = property(lambda self: self.spec.density, doc="Each entry's probability of being nonzero (float).")
-    shape = property(lambda self: (self.spec.D, self.spec.d), doc="(D, d), as a matrix's shape.")
 
     @property
     def col_counts(self) -> torch.Tensor:
@@ -96,48 +147,25 @@ class SparseSignProjection:
         """Columns that drew no nonzero (they stay zero)."""
         return int((self.col_counts == 0).sum())
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of memory P holds (its buffers and cached scales; a torch-backend COO cache included)."""
+    def _held(self) -> list[torch.Tensor]:
+        """Its buffers, cached scales, band copy and (torch backend) COO cache."""
         held = list(self._buffers.values()) + list(self._scale_cache.values())
         held += [t for coo in self._coo_cache.values() for t in coo]
         held += [t for bands in self._bands_cache if bands is not None for t in bands.tensors]
-        return sum(t.numel() * t.element_size() for t in held)
+        return held
 
     def __repr__(self) -> str:
         return (f"SparseSignProjection(D={self.D}, d={self.d}, seed={self.seed}, density={self.density:.4g}, "
                 f"storage={self.storage!r}, device={str(self.device)!r}, nnz={self.nnz})")
 
-    def to(self, device: torch.device | str) -> SparseSignProjection:
-        """The same matrix with its buffers on `device`."""
-        device = _device_arg(device)
-        if device == self.device:
-            return self
-        other = object.__new__(SparseSignProjection)
-        other.storage, other.device, other.spec = self.storage, device, self.spec
-        if self.storage == "indices" and device.type != self.device.type:
+    def _moved(self, other: SparseSignProjection) -> None:
+        other.storage = self.storage
+        if self.storage == "indices" and other.device.type != self.device.type:
             # the CPU and CUDA lay the stored kind out differently: generate it there (the same matrix)
-            other._buffers = ops.build(self.spec, self.storage, device)
+            other._buffers = ops.build(self.spec, self.storage, other.device)
         else:
-            other._buffers = {k: v.to(device) for k, v in self._buffers.items()}
+            other._buffers = {k: v.to(other.device) for k, v in self._buffers.items()}
         other._scale_cache, other._coo_cache, other._bands_cache = {}, {}, []
-        return other
-
-    # ---- products ----------------------------------------------------------------------------------
-    def matvec(self, theta: Any) -> Any:
-        """P theta: (d,) -> (D,) or (B, d) -> (B, D)."""
-        return self._apply(theta, "theta", transpose=False, grad=False)
-
-    def rmatvec(self, g: Any) -> Any:
-        """P^T g: (D,) -> (d,) or (B, D) -> (B, d)."""
-        return self._apply(g, "g", transpose=True, grad=False)
-
-    def __call__(self, theta: Any) -> Any:
-        """P theta with autograd: the gradient with respect to theta is rmatvec."""
-        return self._apply(theta, "theta", transpose=False, grad=True)
-
-    def _apply(self, x: Any, name: str, transpose: bool, grad: bool) -> Any:
-        return _apply(self, ops, x, name, transpose, grad)
 
     # ---- helpers the ops use -----------------------------------------------------------------------
     def _operands(self, dtype: torch.dtype) -> ops.Operands:
@@ -195,7 +223,7 @@ class SparseSignProjection:
         return dense
 
 
-class FastfoodProjection:
+class FastfoodProjection(_Projection):
     """A D x d Fastfood projection with unit-norm columns (lscape.reference.fastfood defines it).
 
     P = stacked blocks of Hp G Pi H B applied to theta zero-padded to n = 2^ceil(log2 d): H the
@@ -222,6 +250,7 @@ class FastfoodProjection:
     """
 
     storage = "fastfood"  # how lscape.Subspace and intrinsic_dimension name this kind of P
+    _ops = ff_ops
 
     def __init__(self, D: int, d: int, *, seed: int = 0, device: torch.device | str | None = None) -> None:
         D = _checks.int_arg("D", D, low=1, high=ff_ref.MAX_ROWS - 1)
@@ -236,46 +265,20 @@ class FastfoodProjection:
                        "gs": torch.from_numpy(gs).to(self.device), "perm": torch.from_numpy(perm).to(self.device)}
         self._cache: dict[torch.dtype, ff_ops.Operands] = {}
 
-    D = property(lambda self: self.spec.D, doc="Rows of P: the length of P theta (int).")
-    d = property(lambda self: self.spec.d, doc="Columns of P: the length of theta (int).")
-    seed = property(lambda self: self.spec.seed, doc="The seed P was drawn from (int).")
     n = property(lambda self: self.spec.n, doc="The transform size 2^ceil(log2 d) (int).")
     blocks = property(lambda self: self.spec.nb, doc="Blocks of n rows, ceil(D / n), the last one cut (int).")
-    shape = property(lambda self: (self.spec.D, self.spec.d), doc="(D, d), as a matrix's shape.")
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of memory P holds (its draws, and their copies in each dtype products ran in)."""
-        held = list(self._draws.values())
-        held += [t for o in self._cache.values() for t in o.tensors]
-        return sum(t.numel() * t.element_size() for t in held)
+    def _held(self) -> list[torch.Tensor]:
+        """Its draws, and their copies in each dtype products ran in."""
+        return list(self._draws.values()) + [t for o in self._cache.values() for t in o.tensors]
 
     def __repr__(self) -> str:
         return (f"FastfoodProjection(D={self.D}, d={self.d}, seed={self.seed}, n={self.n}, blocks={self.blocks}, "
                 f"device={str(self.device)!r})")
 
-    def to(self, device: torch.device | str) -> FastfoodProjection:
-        """The same matrix with its draws on `device`."""
-        device = _device_arg(device)
-        if device == self.device:
-            return self
-        other = object.__new__(FastfoodProjection)
-        other.device, other.spec = device, self.spec
-        other._draws = {k: v.to(device) for k, v in self._draws.items()}
+    def _moved(self, other: FastfoodProjection) -> None:
+        other._draws = {k: v.to(other.device) for k, v in self._draws.items()}
         other._cache = {}
-        return other
-
-    def matvec(self, theta: Any) -> Any:
-        """P theta: (d,) -> (D,) or (B, d) -> (B, D)."""
-        return _apply(self, ff_ops, theta, "theta", transpose=False, grad=False)
-
-    def rmatvec(self, g: Any) -> Any:
-        """P^T g: (D,) -> (d,) or (B, D) -> (B, d)."""
-        return _apply(self, ff_ops, g, "g", transpose=True, grad=False)
-
-    def __call__(self, theta: Any) -> Any:
-        """P theta with autograd: the gradient with respect to theta is rmatvec."""
-        return _apply(self, ff_ops, theta, "theta", transpose=False, grad=True)
 
     def _operands(self, dtype: torch.dtype) -> ff_ops.Operands:
         o = self._cache.get(dtype)

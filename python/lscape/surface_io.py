@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from .experiments.io import arrays_digest, write_npz
+from ._atomicfiles import arrays_digest, write_npz
 
 __all__ = ["DamagedSurfaceFile", "write_surface", "read_surface", "write_vtp"]
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import _runlock
+from .._atomicfiles import atomic_savez, atomic_write_json, load_npz
 from ..executor import Executor, get_executor
 from .io import (
     ChunkBudget,
@@ -31,11 +32,8 @@ from .io import (
     RunDir,
     RunInterrupted,
     RunStopped,
-    atomic_savez,
-    atomic_write_json,
     checkpointed_chunks,
     config_dict,
-    load_npz,
 )
 from .training import resolve_device, torch_threads
 

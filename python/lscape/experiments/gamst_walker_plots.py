@@ -16,6 +16,14 @@ OPT_LABEL = {"sgd": "gradient descent + momentum", "adadelta": "Adadelta"}
 BLUE, RED, GREEN, GREY, ORANGE = "#1f5fbf", "#d62728", "#2ca02c", "#7f7f7f", "#ff7f0e"
 
 
+def label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """The axis labels, the title (at 10 pt) and the legend (at 8 pt) of one panel, as every figure sets them."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+
+
 def plot_all(res: Mapping[str, Any], out: Path, cfg, plt) -> list[str]:
     """Write every figure into out; returns their file names."""
     figs = [fig1_wf, fig2_mean_fits, fig3_best_fits, fig_losses, fig5_basin, fig_hessian]
@@ -254,10 +262,7 @@ def fig4_neb(res, cfg, plt):
     for i in range(outs.shape[0]):
         c.plot(res["grid_x"], outs[i], color=cmap(norm(i)), lw=0.9)
     c.scatter(res["x_train"], res["y_train"], s=4, color="k", zorder=3, label="training set")
-    c.set_xlabel("x")
-    c.set_ylabel("network output")
-    c.set_title("(c) output functions along that path (same colours; dark = $W_f$)", fontsize=10)
-    c.legend(fontsize=8)
+    label_axes(c, "x", "network output", "(c) output functions along that path (same colours; dark = $W_f$)")
     mid = arc[:, 1:-1]
     for k in range(ang.shape[0]):
         if k != hl:
@@ -265,10 +270,8 @@ def fig4_neb(res, cfg, plt):
                    lw=0.5, alpha=0.4)
     d.plot(mid[hl], ang[hl], color="k", lw=1.4, label="the path of (b)")
     d.set_xlim(0.0, xmax)
-    d.set_xlabel("distance along the NEB path from $W_f$")
-    d.set_ylabel("angle between successive segments (rad)")
-    d.set_title("(d) segment angles", fontsize=10)
-    d.legend(fontsize=8)
+    label_axes(d, "distance along the NEB path from $W_f$", "angle between successive segments (rad)",
+               "(d) segment angles")
     return fig, "fig4_neb.png"
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .common import save_figures
-from .gamst_walker_plots import BLUE, GREY, RED
+from .gamst_walker_plots import BLUE, GREY, RED, label_axes
 
 ACT_LABEL = {"relu": "ReLU", "sigmoid": "logistic sigmoid"}
 
@@ -27,10 +27,8 @@ def fig2_interpolation(res, cfg, plt):
         for x in (0, 1):
             ax.axvline(x, color=GREY, lw=0.7, ls=":")
         ax.set_yscale("log")
-        ax.set_xlabel(r"$\alpha$   ($\theta = (1-\alpha)\,\theta_i + \alpha\,\theta_f$)")
-        ax.set_ylabel("cross-entropy J($\\theta$)")
-        ax.set_title(f"{ACT_LABEL[act]}: initial -> final parameters", fontsize=10)
-        ax.legend(fontsize=8)
+        label_axes(ax, r"$\alpha$   ($\theta = (1-\alpha)\,\theta_i + \alpha\,\theta_f$)",
+                   "cross-entropy J($\\theta$)", f"{ACT_LABEL[act]}: initial -> final parameters")
     return fig, "fig2_interpolation.png"
 
 
@@ -74,10 +72,8 @@ def fig5_trajectory(res, cfg, plt):
     for act, c in (("relu", BLUE), ("sigmoid", RED)):
         ax.plot(res[f"{act}_coord"], res[f"{act}_residual"], color=c, marker=".", ms=3, lw=0.8,
                 label=ACT_LABEL[act])
-    ax.set_xlabel("coordinate along the line from $\\theta_i$ (0) to $\\theta_f$ (1)")
-    ax.set_ylabel("norm of the residual off the line")
-    ax.set_title("how far SGD strays from the initial -> final line", fontsize=10)
-    ax.legend(fontsize=8)
+    label_axes(ax, "coordinate along the line from $\\theta_i$ (0) to $\\theta_f$ (1)",
+               "norm of the residual off the line", "how far SGD strays from the initial -> final line")
     return fig, "fig5_trajectory.png"
 
 

@@ -1,4 +1,4 @@
-"""A run's folder: atomic files, the config check on resume, and checkpointed chunks.
+"""A run's folder: the config check on resume, and checkpointed chunks (files written by lscape._atomicfiles).
 
 A run folder holds
     config.json        the resolved config (a resumed run must have the same one)
@@ -14,8 +14,6 @@ A run folder holds
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import json
 import math
 import os
@@ -28,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomicfiles import arrays_digest, atomic_savez, atomic_write_json, jsonable, load_npz
 from ..executor import Executor, ExecutorLost
 
 
@@ -52,66 +51,6 @@ class DamagedCheckpointWarning(UserWarning):
 CHECKSUM_KEY = "__sha256__"  # inside every checkpoint: the digest of the other arrays
 
 
-def arrays_digest(arrays: Mapping[str, Any]) -> str:
-    """SHA-256 of named arrays: names, dtypes, shapes and bytes, in name order."""
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k])
-        h.update(f"{k}\0{a.dtype.str}\0{a.shape}\0".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """write(file) into a temp file next to path, fsync, then os.replace: path is never half-written."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_npz(f, arrays: Mapping[str, Any]) -> None:
-    """np.savez(f, **arrays) through memory, then one write: a failing write (a full disk) raises from
-    f.write, and no half-written zip object is left to fail again when it is collected (numpy 1.x's
-    savez leaves one open on the closed file)."""
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    f.write(buf.getbuffer())
-
-
-def atomic_savez(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
-    """np.savez(path, **arrays), atomically."""
-    _atomic_write(Path(path), lambda f: write_npz(f, arrays))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    _atomic_write(Path(path), lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable)
-                                                + "\n"), mode="w")
-
-
-def _jsonable(v):
-    if isinstance(v, (np.floating, np.integer, np.bool_)):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
-    """The arrays of an .npz file as a dict (read fully, file closed), or None if it does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # our handle: closed even on a bad file
-        return {k: z[k] for k in z.files}
-
-
 class RunDir:
     """The output folder of one run.
 
@@ -124,7 +63,7 @@ class RunDir:
         self.path = Path(out)
         self.ckpt = self.path / "checkpoints"
         self.ckpt.mkdir(parents=True, exist_ok=True)
-        cfg = json.loads(json.dumps(dict(config), default=_jsonable))
+        cfg = json.loads(json.dumps(dict(config), default=jsonable))
         cfg_path = self.path / "config.json"
         if resume:
             if cfg_path.exists():

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -261,112 +261,151 @@ def _starts_arg(landscape, starts, box, first_walker: int) -> tuple[torch.Tensor
     return x, x.shape[0]
 
 
-def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
-    """The walk itself: one landscape.loss_and_grad call on all W walkers per step."""
-    D, W, like, steps, seed, first_walker, gradient = a.D, a.W, a.like, a.steps, a.seed, a.first_walker, a.gradient
-    box, bound, x, record_positions = a.box, a.bound, a.x, a.record_positions
-    keys = _walker_keys(seed, first_walker, W)
-    if x is None:
-        x, up = _random_starts(keys, box, D, like)
-    else:
-        up = None if box is None else x <= 0.5 * (box[0] + box[1])  # b_j = 0 (walk up) in the lower half
-    start = x.clone()
+class _Arrays:
+    """Where a walk's per-step arithmetic runs.  The step is a few elementwise passes over (W, D).  On the
+    CPU they run in numpy: at these sizes waking torch's intra-op pool costs more than the work (100x more on
+    a busy 2-core machine).  On a GPU they run in torch.  Both are IEEE elementwise operations: the same bits."""
 
-    # The per-step arithmetic is a few elementwise passes over (W, D).  On the CPU they run in numpy: at
-    # these sizes waking torch's intra-op pool costs more than the work (100x more on a busy 2-core
-    # machine).  On a GPU they run in torch.  Both are IEEE elementwise operations: the same bits.
-    cpu = _numpy_steps(like.device)
-    xp = np if cpu else torch
-    arr = (lambda t: t.numpy()) if cpu else (lambda t: t)
-    tensor = torch.from_numpy if cpu else (lambda a: a)
-    x, bound = arr(x), arr(bound)
-    low, high = (arr(b) for b in box) if box is not None else (None, None)
-    up = arr(up) if up is not None else None
+    def __init__(self, like: torch.Tensor) -> None:
+        self.cpu = _numpy_steps(like.device)
+        self.xp = np if self.cpu else torch
+        self.device = like.device
 
-    def empty(shape, dtype):
-        return np.empty(shape, dtype=_np_dtype(dtype)) if cpu else torch.empty(shape, dtype=dtype, device=like.device)
+    def arr(self, t: torch.Tensor):
+        """A tensor as this side's array (a numpy view on the CPU)."""
+        return t.numpy() if self.cpu else t
 
-    loss_rec = empty((W, steps + 1), torch.float64)
-    gnorm_rec = empty((W, steps + 1), torch.float64)
-    positions = empty((W, steps + 1, D), like.dtype) if record_positions else None
-    first_bad = xp.full((W,), -1, dtype=xp.int64) if cpu else torch.full((W,), -1, device=like.device)
-    stopped = xp.zeros(W, dtype=xp.bool_ if cpu else torch.bool)
-    if not cpu:
-        stopped = stopped.to(like.device)
+    def tensor(self, a) -> torch.Tensor:
+        """This side's array as a tensor (sharing its memory)."""
+        return torch.from_numpy(a) if self.cpu else a
 
-    # The fused C++ step (walk.h) where the backend has one for this dtype; else the passes below.
-    # (Other dtypes keep the passes even under a forced backend: the step is not the op the user forced.)
-    fused = (_backend.kernel("walk_step", like.device, like.dtype)
-             if cpu and like.dtype in (torch.float32, torch.float64) else None)
-    if cpu and fused is None:  # the step sizes' buffer and rng.draw32's counter term, reused step after step
-        r_buf = np.empty((W, D), dtype=x.dtype)
-        with np.errstate(over="ignore"):
-            counters = np.arange(D, dtype=np.uint32) * rng.GOLDEN32
-    names = tuple(getattr(landscape, "metric_names", ()))
-    metric_rec = {k: torch.empty((W, steps + 1), dtype=torch.float64) for k in names}
-    for s in range(steps + 1):
-        if names:  # the metrics of the same forward passes
-            with landscape.recording_metrics() as rec:
-                loss, grad = landscape.loss_and_grad(tensor(x))
-            got = torch.cat(rec).to(device="cpu", dtype=torch.float64)
-            for c, k in enumerate(names):
-                metric_rec[k][:, s] = got[:, c]
-        else:
-            loss, grad = landscape.loss_and_grad(tensor(x))  # the one batched evaluation of this step
-        loss, grad = arr(loss), arr(grad)
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype):
+        return np.empty(shape, dtype=_np_dtype(dtype)) if self.cpu else torch.empty(shape, dtype=dtype,
+                                                                                     device=self.device)
+
+
+class _Samples:
+    """What a walk records at each of its steps + 1 samples, and which walkers have stopped."""
+
+    def __init__(self, sp: _Arrays, a: _WalkArgs, names: tuple[str, ...]) -> None:
+        W, n = a.W, a.steps + 1
+        self.sp = sp
+        self.loss = sp.empty((W, n), torch.float64)
+        self.gnorm = sp.empty((W, n), torch.float64)
+        self.positions = sp.empty((W, n, a.D), a.like.dtype) if a.record_positions else None
+        self.first_bad = np.full((W,), -1, dtype=np.int64) if sp.cpu else torch.full((W,), -1, device=sp.device)
+        self.stopped = np.zeros(W, dtype=np.bool_) if sp.cpu else torch.zeros(W, dtype=torch.bool).to(sp.device)
+        self.names = names  # the landscape's metrics, in the order it records them
+        self.metrics = {k: torch.empty((W, n), dtype=torch.float64) for k in names}
+
+    def add(self, s: int, x, loss, grad):
+        """Record sample s (positions x (W, D), loss (W,), grad (W, D)); returns (W,) bool: its loss or
+        gradient is not finite.  A stopped walker's loss and gradient norm are NaN."""
+        xp = self.sp.xp
         gnorm = _row_norms(grad, xp)
-        loss64 = loss.astype(np.float64) if cpu else loss.to(torch.float64)
+        loss64 = loss.astype(np.float64) if self.sp.cpu else loss.to(torch.float64)
         bad = ~(xp.isfinite(loss64) & xp.isfinite(gnorm))
         if bool(bad.any()):
-            first_bad = xp.where(bad & (first_bad < 0), s, first_bad)
-        if bool(stopped.any()):
-            loss64 = xp.where(stopped, math.nan, loss64)
-            gnorm = xp.where(stopped, math.nan, gnorm)
-        loss_rec[:, s] = loss64
-        gnorm_rec[:, s] = gnorm
-        if positions is not None:
-            positions[:, s] = x
-        if s == steps:
+            self.first_bad = xp.where(bad & (self.first_bad < 0), s, self.first_bad)
+        if bool(self.stopped.any()):
+            loss64 = xp.where(self.stopped, math.nan, loss64)
+            gnorm = xp.where(self.stopped, math.nan, gnorm)
+        self.loss[:, s] = loss64
+        self.gnorm[:, s] = gnorm
+        if self.positions is not None:
+            self.positions[:, s] = x
+        return bad
+
+
+def _evaluate(landscape: Landscape, x: torch.Tensor, names: tuple[str, ...], metrics: dict[str, torch.Tensor],
+              s: int):
+    """landscape.loss_and_grad(x), the one batched evaluation of step s; the landscape's metrics of the same
+    forward passes go into metrics[name][:, s], for each of the landscape's metric `names`."""
+    if not names:
+        return landscape.loss_and_grad(x)
+    with landscape.recording_metrics() as rec:
+        loss, grad = landscape.loss_and_grad(x)
+    got = torch.cat(rec).to(device="cpu", dtype=torch.float64)
+    for c, k in enumerate(names):
+        metrics[k][:, s] = got[:, c]
+    return loss, grad
+
+
+def _walk(landscape: Landscape, a: _WalkArgs, callback) -> WalkResult:
+    """The walk itself: one landscape.loss_and_grad call on all W walkers per step."""
+    keys = _walker_keys(a.seed, a.first_walker, a.W)
+    if a.x is None:
+        x, up = _random_starts(keys, a.box, a.D, a.like)
+    else:
+        x = a.x
+        up = None if a.box is None else x <= 0.5 * (a.box[0] + a.box[1])  # b_j = 0 (walk up) in the lower half
+    start = x.clone()
+    sp = _Arrays(a.like)
+    x, bound = sp.arr(x), sp.arr(a.bound)
+    low, high = (sp.arr(b) for b in a.box) if a.box is not None else (None, None)
+    up = sp.arr(up) if up is not None else None
+    rec = _Samples(sp, a, tuple(getattr(landscape, "metric_names", ())))
+    step = _stepper(sp, a, keys, bound, x.dtype)
+    for s in range(a.steps + 1):
+        loss, grad = _evaluate(landscape, sp.tensor(x), rec.names, rec.metrics, s)
+        loss, grad = sp.arr(loss), sp.arr(grad)
+        bad = rec.add(s, x, loss, grad)
+        if s == a.steps:
             break
-        tag = a.first_step + s + 1  # this step's draws (continued walks: as one uninterrupted walk)
-        if fused is not None:  # the same bits as the passes below, in one
-            if gradient:
-                stopped |= bad
-            x = _fused_step(fused, keys, tag, bound, grad if gradient else None, None if gradient else up,
-                            stopped if gradient else None, x)
-        else:
-            # r <= bound: u < 1 (it may round up to 1 in float32), bound is exact in this dtype
-            if cpu:
-                r = _step_sizes(keys, tag, bound, counters, r_buf)
-            else:
-                u = torch.from_numpy(_uniform(_draws(keys, tag, D))).to(dtype=like.dtype, device=like.device)
-                r = u * bound
-            if gradient:
-                stopped |= bad  # no direction from a non-finite gradient: this walker stops, the others go on
-                if cpu:  # r > 0, so -r where g_j > 0 and r elsewhere is r with the sign of -g_j, except at g_j = +0
-                    step = np.copysign(r, -grad, out=r)
-                    zero = grad == 0
-                    if zero.any():
-                        step[zero] = np.abs(step[zero])
-                else:
-                    step = xp.where(grad > 0, -r, r)  # Bosman's mask: down where g_j > 0, up where g_j <= 0
-                if bool(stopped.any()):
-                    step[stopped] = 0
-            else:
-                step = xp.where(up, r, -r)  # the bit pattern: up while b_j = 0, down while b_j = 1
-            x = x + step
+        if a.gradient:
+            rec.stopped |= bad  # no direction from a non-finite gradient: this walker stops, the others go on
+        x = step(a.first_step + s + 1, x, grad, up, rec.stopped)  # tag: continued walks draw as one walk
         if low is not None:
             out = (x > high) | (x < low)
             if bool(out.any()):  # most steps stay inside: skip the reflection passes then
-                x = _reflect(x, low, high, xp)
-                if not gradient:
+                x = _reflect(x, low, high, sp.xp)
+                if not a.gradient:
                     up = up ^ out  # turn back where the walker was reflected
         if callback is not None:
-            callback(s + 1, steps)
-    return WalkResult(loss=tensor(loss_rec), grad_norm=tensor(gnorm_rec), start=start, end=tensor(x),
-                      positions=None if positions is None else tensor(positions),
-                      first_nonfinite=tensor(first_bad), gradient=gradient, step_bound=tensor(bound), seed=seed,
-                      first_walker=first_walker, metrics=metric_rec)
+            callback(s + 1, a.steps)
+    return WalkResult(loss=sp.tensor(rec.loss), grad_norm=sp.tensor(rec.gnorm), start=start, end=sp.tensor(x),
+                      positions=None if rec.positions is None else sp.tensor(rec.positions),
+                      first_nonfinite=sp.tensor(rec.first_bad), gradient=a.gradient, step_bound=sp.tensor(bound),
+                      seed=a.seed, first_walker=a.first_walker, metrics=rec.metrics)
+
+
+def _stepper(sp: _Arrays, a: _WalkArgs, keys: np.ndarray, bound, dtype) -> Callable:
+    """step(tag, x, grad, up, stopped) -> the positions after one step (before any reflection): the fused C++
+    step (walk.h) where the backend has one for this dtype, else elementwise passes with the same bits.
+    (Other dtypes keep the passes even under a forced backend: the step is not the op the user forced.)"""
+    like, gradient = a.like, a.gradient
+    fused = (_backend.kernel("walk_step", like.device, like.dtype)
+             if sp.cpu and like.dtype in (torch.float32, torch.float64) else None)
+    if fused is not None:
+        return lambda tag, x, grad, up, stopped: _fused_step(
+            fused, keys, tag, bound, grad if gradient else None, None if gradient else up,
+            stopped if gradient else None, x)
+    if sp.cpu:  # the step sizes' buffer and rng.draw32's counter term, reused step after step
+        r_buf = np.empty((a.W, a.D), dtype=dtype)
+        with np.errstate(over="ignore"):
+            counters = np.arange(a.D, dtype=np.uint32) * rng.GOLDEN32
+
+    def passes(tag, x, grad, up, stopped):
+        # r <= bound: u < 1 (it may round up to 1 in float32), bound is exact in this dtype
+        if sp.cpu:
+            r = _step_sizes(keys, tag, bound, counters, r_buf)
+        else:
+            u = torch.from_numpy(_uniform(_draws(keys, tag, a.D))).to(dtype=like.dtype, device=like.device)
+            r = u * bound
+        if not gradient:
+            return x + sp.xp.where(up, r, -r)  # the bit pattern: up while b_j = 0, down while b_j = 1
+        if sp.cpu:  # r > 0, so -r where g_j > 0 and r elsewhere is r with the sign of -g_j, except at g_j = +0
+            step = np.copysign(r, -grad, out=r)
+            zero = grad == 0
+            if zero.any():
+                step[zero] = np.abs(step[zero])
+        else:
+            step = torch.where(grad > 0, -r, r)  # Bosman's mask: down where g_j > 0, up where g_j <= 0
+        if bool(stopped.any()):
+            step[stopped] = 0
+        return x + step
+
+    return passes
 
 
 def _fused_step(k: _backend.Kernel, keys: np.ndarray, tag: int, bound: np.ndarray, grad: np.ndarray | None,
