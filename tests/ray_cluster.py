@@ -24,17 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# How fast the GCS declares a silent node dead: Ray's defaults (a health check every 3 s, 5 misses) take
-# about 15-20 s; these take about 2 s, so the test spends its time on the run, not on waiting.
-HEALTH_CHECK = {"health_check_period_ms": 500, "health_check_failure_threshold": 3, "health_check_timeout_ms": 500}
-
 
 def main(nodes: int, temp_dir: str) -> None:
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                            "temp_dir": temp_dir, "_system_config": HEALTH_CHECK})
+                                                            "temp_dir": temp_dir})
     for _ in range(nodes - 1):
         cluster.add_node(num_cpus=1, temp_dir=temp_dir)
     cluster.wait_for_nodes()
