@@ -67,27 +67,34 @@ def ray_cluster(nodes: int, env: dict[str, str]) -> Iterator[dict[str, Any]]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...); None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def running_task(raylet: int, task: str = "_run_task") -> bool:
     """Whether a worker of the node whose raylet is `raylet` is running `task` now (a Ray worker is a child
     of its node's raylet and titles itself ray::TASK while it runs one, ray::IDLE between tasks)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            title = (stat.parent / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except (OSError, IndexError, ValueError):  # gone meanwhile
+    for proc in Path("/proc").glob("[0-9]*"):
+        stat = _stat(proc.name)
+        if stat is None or stat[1] != str(raylet):
             continue
-        if ppid == raylet and title.split()[0:1] == [f"ray::{task}"]:
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if title.split()[:1] == [f"ray::{task}"]:
             return True
     return False
 
 
 def alive(pid: int) -> bool:
     """Whether process `pid` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
 
 
 if __name__ == "__main__":

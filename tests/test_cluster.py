@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from ray_cluster import alive, ray_cluster, running_task
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="kills raylets by pid and reads /proc: Linux processes"),
-]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="kills raylets by pid and reads /proc: Linux "
+                                                              "processes")
+pytest.importorskip("ray", reason="the cluster tests need Ray (pip install '.[ray]')")
 
 # Goldilocks at smoke scale, lengthened so that a raylet can be killed mid-run: 9 cells (3 radii for the
 # hyperplane, the hypersphere and the full space) of about a second each on one thread.

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from lscape import experiments
 from lscape.executor import EXECUTORS, Executor, LocalExecutor, get_executor
+from ray_cluster import alive
 
 
 def _square(i: int, shared: int) -> dict[str, np.ndarray]:
@@ -166,13 +167,6 @@ def test_workers_die_with_a_killed_driver(tmp_path):
     proc.wait()
     pids = [int(f.name) for f in tmp_path.iterdir()]
     assert len(pids) == 2
-
-    def alive(pid: int) -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        return state not in ("Z", "X")
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(map(alive, pids)):
