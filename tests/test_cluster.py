@@ -109,7 +109,6 @@ def _driver_log(cluster: dict) -> str:
     return "".join(p.read_text(errors="replace") for p in logs)
 
 
-@pytest.mark.slow  # a fresh cluster per attempt, about 30-60 s each
 def test_a_killed_raylet_of_the_drivers_node_stops_the_run_with_status_75_and_a_local_resume_equals_local(
         local_run, tmp_path):
     """One node, its raylet killed mid-run: the driver loses its own node (its local raylet and object
