@@ -32,7 +32,7 @@ OMP_NUM_THREADS set to it.  A task whose worker dies (a killed process, a lost
 node) is retried up to `max_retries` times; a task that raises is not retried unless its exception is
 one a retry can cure (OSError, ConnectionError, TimeoutError, MemoryError): a bad input fails the run at
 once with its own error.  So a lost worker node costs only its chunks in flight, rerun elsewhere (the
-driver owns every task and object the job needs, on its own node).  When the cluster itself fails (the
+driver owns every task, and fn and shared sit in its own node's object store).  When the cluster itself fails (the
 driver's node or the head is lost, its raylet dies, the object store runs out of memory, the driver loses
 its connection, a chunk's retries run out), the map stops with an ExecutorLost that names the chunks
 finished so far: they were handed to on_result, so a resumed run (on a fresh Ray, or locally) computes only
