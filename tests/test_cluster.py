@@ -1,5 +1,5 @@
 """Real Ray clusters on this machine (tests/ray_cluster.py) losing a raylet in the middle of a reproduction
-run through the command line: a worker node lost while the head lives costs nothing (Ray reruns its chunk
+run through the command line: a worker node lost while the head lives costs only its chunk in flight (Ray reruns it
 on the head and the run ends equal to a local one); the driver's own node lost stops the run with lscape's
 exit status 75, the finished chunks kept and `--resume` named, and the resumed run equals a local one."""
 from __future__ import annotations
