@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from lscape import experiments
 from lscape.executor import EXECUTORS, Executor, LocalExecutor, get_executor
+from ray_cluster import alive
 
 
 def _square(i: int, shared: int) -> dict[str, np.ndarray]:
@@ -166,13 +167,6 @@ def test_workers_die_with_a_killed_driver(tmp_path):
     proc.wait()
     pids = [int(f.name) for f in tmp_path.iterdir()]
     assert len(pids) == 2
-
-    def alive(pid: int) -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-        return state not in ("Z", "X")
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(map(alive, pids)):
@@ -352,79 +346,6 @@ def test_a_cluster_fault_stops_the_run_naming_its_finished_chunks_and_a_local_re
     err = capsys.readouterr().err
     assert rc == 75 and "3 of 6 chunks finished" in err and "(chunk_0, chunk_1, chunk_2)" in err
     assert f"`lscape reproduce bosman --scale smoke --out {tmp_path / 'cli'} --resume`" in err
-
-
-_RAYLET_KILLER = """
-import os, signal, sys, time
-import numpy as np, ray
-from lscape.executor import RayExecutor
-from lscape.experiments import io as run_io
-
-def chunk(i, shared):
-    if i == 3:
-        os.kill(os.getppid(), signal.SIGKILL)  # a Ray worker's parent is its node's raylet
-        time.sleep(120)
-    return {"v": np.arange(50.0) * (i + 1)}
-
-ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-rd = run_io.RunDir(sys.argv[1], {"job": "raylet"}, resume=True)
-t0 = time.monotonic()
-try:
-    run_io.checkpointed_chunks(rd, [f"c{i}" for i in range(6)], chunk, RayExecutor(num_cpus=1, max_retries=1),
-                               run_io.ChunkBudget(None))
-except run_io.RunStopped as exc:
-    print(f"STOPPED after {time.monotonic() - t0:.0f} s: {exc}", flush=True)
-    os._exit(75)
-print("NOT STOPPED", flush=True)
-"""
-
-
-def _ray_driver_log() -> str:
-    """The newest Ray session's driver log (where Ray says why it ended a driver)."""
-    import glob
-    import pathlib
-    import tempfile
-
-    logs = glob.glob(os.path.join(tempfile.gettempdir(), "ray", "session_latest", "logs", "python-core-driver-*"))
-    return "".join(pathlib.Path(p).read_text(errors="replace") for p in logs)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(sys.platform != "linux", reason="kills a raylet by pid: Linux process semantics")
-def test_a_killed_raylet_stops_the_run_within_a_minute_and_a_local_resume_equals_local(tmp_path):
-    """A real local Ray (in a subprocess, so the session's Ray lives on) whose raylet is killed mid-run."""
-    pytest.importorskip("ray", reason="needs Ray (pip install '.[ray]')")
-    from lscape.experiments import io as run_io
-
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", _RAYLET_KILLER, str(tmp_path / "run")], env=env,
-                          capture_output=True, text=True, timeout=240)
-    elapsed = time.monotonic() - t0
-    if proc.returncode == 75:  # lscape saw the dead raylet first: a named stop, the finished chunks listed
-        assert "LocalRayletDiedError" in proc.stdout and "(c0, c1, c2) and are kept" in proc.stdout, proc.stdout
-        stopped_after = float(proc.stdout.split("STOPPED after ")[1].split(" s")[0])
-        assert stopped_after < 60, (stopped_after, elapsed)
-    else:
-        # A race inside Ray itself: when the driver's core worker reaches the dead node's object store first it
-        # ends the process ("connection to the plasma store is failed. Terminate the process", exit status 1)
-        # before any exception reaches Python.  Nothing finished may be lost then either: checked below.
-        assert proc.returncode == 1 and "NOT STOPPED" not in proc.stdout, (proc.returncode, proc.stdout[-2000:])
-        assert "plasma store is failed" in _ray_driver_log(), proc.stderr[-3000:]
-        assert elapsed < 90, elapsed  # the subprocess's start and Ray's own start-up included
-    kept = sorted(f.name for f in (tmp_path / "run" / "checkpoints").glob("c*.npz"))
-    assert kept == ["c0.npz", "c1.npz", "c2.npz"], kept
-
-    def chunk(i, shared):
-        return {"v": np.arange(50.0) * (i + 1)}
-
-    def job(out):
-        rd = run_io.RunDir(out, {"job": "raylet"}, resume=True)
-        return run_io.checkpointed_chunks(rd, [f"c{i}" for i in range(6)], chunk, LocalExecutor(),
-                                          run_io.ChunkBudget(None))
-
-    for a, b in zip(job(tmp_path / "run"), job(tmp_path / "ref"), strict=True):
-        np.testing.assert_array_equal(a["v"], b["v"])
 
 
 def test_a_run_stopped_by_a_lost_cluster_resumes_on_a_fresh_ray_to_the_local_results(ray_executor, tmp_path):

@@ -233,6 +233,7 @@ def locks_file(arg: str = "file"):
 
 
 @atexit.register
-def _release_all() -> None:
+def release_all() -> None:
+    """Release every lock this process holds (at exit; by hand before os._exit, which skips atexit)."""
     for lock in list(_HELD.values()):
         lock.release()

@@ -31,10 +31,12 @@ bit-identical to local ones.  A different --num-cpus gives results equal to a lo
 OMP_NUM_THREADS set to it.  A task whose worker dies (a killed process, a lost
 node) is retried up to `max_retries` times; a task that raises is not retried unless its exception is
 one a retry can cure (OSError, ConnectionError, TimeoutError, MemoryError): a bad input fails the run at
-once with its own error.  When the cluster itself fails (the node or head is lost, its raylet dies, the
-object store runs out of memory, the driver loses its connection), the map stops with an ExecutorLost that
-names the chunks finished so far: they were handed to on_result, so a resumed run (on a fresh Ray, or
-locally) computes only the others.
+once with its own error.  So a lost worker node costs only its chunks in flight, rerun elsewhere (the
+driver owns every task, and fn and shared sit in its own node's object store).  When the cluster itself fails (the
+driver's node or the head is lost, its raylet dies, the object store runs out of memory, the driver loses
+its connection, a chunk's retries run out), the map stops with an ExecutorLost that names the chunks
+finished so far: they were handed to on_result, so a resumed run (on a fresh Ray, or locally) computes only
+the others.  docs/cluster.md says which fault does what, as measured on a real two-node cluster.
 """
 from __future__ import annotations
 
