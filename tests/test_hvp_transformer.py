@@ -366,16 +366,22 @@ def _gpt2(attn):
     return transformers.GPT2LMHeadModel(cfg).eval().double()
 
 
-@pytest.mark.filterwarnings("ignore")
-def test_hugging_face_gpt2_sdpa_products_equal_eager(counted):
+def _gpt2_case():
+    """(the sdpa model, tokens, shifted targets, its flat loss, the eager twin's, theta, two vectors)."""
     sdpa_model, eager = _gpt2("sdpa"), _gpt2("eager")
-    assert sdpa_model.config._attn_implementation == "sdpa"
     idx = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(6))
     y = idx.roll(-1, 1)
     y[:, -1] = -100
     loss_new, theta = _flat_loss(sdpa_model, idx, y)
     loss_ref, _ = _flat_loss(eager, idx, y)
     V = torch.randn(2, theta.numel(), dtype=F64, generator=torch.Generator().manual_seed(7))
+    return sdpa_model, idx, y, loss_new, loss_ref, theta, V
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_hugging_face_gpt2_sdpa_products_equal_eager(counted):
+    sdpa_model, idx, y, loss_new, loss_ref, theta, V = _gpt2_case()
+    assert sdpa_model.config._attn_implementation == "sdpa"
     # through lscape.probes.hvp on a function landscape (hvp_mode without a module: F.* caught), batched
     L = Landscape.from_function(loss_new, theta.numel())
     got = spectrum.hvp(L, theta, V)
@@ -449,13 +455,7 @@ def test_hugging_face_gpt2_head_fused_products_equal_eager(counted, monkeypatch)
     """GPT-2's lm_head (an nn.Linear tied to the embedding) fused with the loss, from logits and from the
     model's own loss (labels in the batch), against torch's autograd on the eager twin."""
     monkeypatch.setattr(_hvphead, "HEAD_MIN_CLASSES", 97)
-    sdpa_model, eager = _gpt2("sdpa"), _gpt2("eager")
-    idx = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(6))
-    y = idx.roll(-1, 1)
-    y[:, -1] = -100
-    loss_new, theta = _flat_loss(sdpa_model, idx, y)
-    loss_ref, _ = _flat_loss(eager, idx, y)
-    V = torch.randn(2, theta.numel(), dtype=F64, generator=torch.Generator().manual_seed(7))
+    sdpa_model, idx, y, loss_new, loss_ref, theta, V = _gpt2_case()
     g_ref, hv_ref = _grad_hvp(loss_ref, theta, V, torch.enable_grad())
     g_new, hv_new = _grad_hvp(loss_new, theta, V, _hvpops.hvp_mode(sdpa_model))
     torch.testing.assert_close(g_new, g_ref, rtol=1e-10, atol=1e-12)
