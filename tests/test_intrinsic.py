@@ -93,7 +93,8 @@ def test_the_default_search_sweeps_geometrically_then_bisects_to_5_percent_or_10
     bisection until the bracket is within max(10, 5% of its upper end)."""
     D = 5000
     monkeypatch.setattr(intrinsic, "_train", lambda d, seed, sh: {
-        "score": float(d is None or d >= 733), "loss": 0.0, "train_loss": 0.0, "history": np.full(1, np.nan)})
+        "score": float(d is None or d >= 733), "loss": 0.0, "train_loss": 0.0, "history": np.full(1, np.nan),
+        "storage": "full" if d is None else "indices"})
     model = nn.Linear(D - 1, 1)  # D parameters
     res = lscape.intrinsic_dimension(model, F.mse_loss, (torch.zeros(2, D - 1), torch.zeros(2, 1)), metric=groups_hit)
     # (720, 760) is 40 apart, more than 5% of 760 = 38: one more bisection
