@@ -93,7 +93,8 @@ def test_the_default_search_sweeps_geometrically_then_bisects_to_5_percent_or_10
     bisection until the bracket is within max(10, 5% of its upper end)."""
     D = 5000
     monkeypatch.setattr(intrinsic, "_train", lambda d, seed, sh: {
-        "score": float(d is None or d >= 733), "loss": 0.0, "train_loss": 0.0, "history": np.full(1, np.nan)})
+        "score": float(d is None or d >= 733), "loss": 0.0, "train_loss": 0.0, "history": np.full(1, np.nan),
+        "storage": "full" if d is None else "indices"})
     model = nn.Linear(D - 1, 1)  # D parameters
     res = lscape.intrinsic_dimension(model, F.mse_loss, (torch.zeros(2, D - 1), torch.zeros(2, 1)), metric=groups_hit)
     # (720, 760) is 40 apart, more than 5% of 760 = 38: one more bisection
@@ -138,8 +139,18 @@ def test_result_fields_save_load_and_the_file_resumes_without_retraining(tmp_pat
     for back in (lscape.IntrinsicDimension.load(path), lscape.IntrinsicDimension.load(f)):
         assert_same(res, back)
         assert back.info == res.info and back.order.tolist() == [4, 16, 64]
+    # the study file's run table names each run's projection storage as built ("auto" resolved)
+    table = np.load(f)
+    assert table["run_storage"].tolist() == ["full" if d == 0 else "indices" for d in table["run_d"].tolist()]
+    assert res.info["storage"] == "auto" and res.info["storage_chosen"] == {"4": "indices", "16": "indices",
+                                                                            "64": "indices"}
     again = small_study(f, on_run=lambda d, s, r: pytest.fail("a finished run was trained again"))
     assert_same(res, again)
+    assert again.info == res.info
+    # a file written before run_storage was kept resumes too, its storages the ones that code chose
+    old = tmp_path / "old.npz"
+    np.savez(old, **{k: table[k] for k in table.files if k != "run_storage"})
+    assert small_study(old, on_run=lambda d, s, r: pytest.fail("retrained")).info == res.info
     more = small_study(f, dims=[4, 16, 32, 64], on_run=lambda d, s, r: seen.append((d, s)))
     assert seen[8:] == [(32, 0), (32, 1)]  # only the new d is trained
     np.testing.assert_array_equal(more.scores[[0, 1, 3]], res.scores)
@@ -239,6 +250,8 @@ def test_storage_auto_stores_p_while_it_fits_and_goes_implicit_above(monkeypatch
     monkeypatch.setattr(intrinsic, "FASTFOOD_NNZ_PER_ROW", 0.0)
     fastfood = small_study(dims=[16], seeds=1, baseline=1.0)
     assert made == ["indices", "implicit", "fastfood"]
+    # each result names what "auto" resolved to (not "auto"), from the P its runs were built with
+    assert [r.info["storage_chosen"] for r in (stored, implicit, fastfood)] == [{"16": m} for m in made]
     np.testing.assert_allclose(implicit.losses, stored.losses, rtol=1e-3)
     # another matrix of the same kind: trained to a comparable loss, not the same one
     assert np.all(np.isfinite(fastfood.losses)) and not np.array_equal(fastfood.losses, stored.losses)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_run_outputs, smoke_run_fixture
-from lscape import cli, experiments
+from lscape import cli, experiments, intrinsic
 from lscape.experiments import common
 from lscape.experiments import intrinsic_dimension as idim
 
@@ -33,6 +33,9 @@ def test_smoke_writes_everything(smoke_run):
             assert s["D"] == int(r[f"{net}_D"]) and s["threshold"] == pytest.approx(0.9)
             assert s["baseline_acc"] == pytest.approx(float(r[f"{net}_baseline_scores"].mean()))
             assert len(s["per_seed"]) == cfg.seeds and len(s["acc_gain_last_20pct_epochs"]) == len(dims)
+            # what storage="auto" chose, by concrete name, for each swept d (D and d this small: the stored P)
+            assert s["storage"] == "auto" and s["storage_chosen"] == {str(d): "indices" for d in dims}
+            assert r[f"{net}_storage"].tolist() == ["indices"] * len(dims)
             # the reading: d_int90 is the first d whose mean reaches the target, or None
             mean = r[f"{net}_scores"].mean(axis=1)
             hit = [d for d, m in zip(dims, mean, strict=True) if m >= s["threshold"]]
@@ -83,12 +86,17 @@ def test_paper_networks_have_li_et_al_sizes_and_init():
                 std = (2 / p[0].numel()) ** 0.5
                 assert p.abs().max().item() <= 2 * std, name
                 assert p.std().item() == pytest.approx(0.8796 * std, rel=0.25 if p.numel() < 1000 else 0.03), name
-    assert cfg.dataset == "mnist" and cfg.seeds == 3
+    # the official budget: 100 epochs, 3 seeds, the full-space baselines, d dense on both sides of Li et al.'s
+    assert cfg.dataset == "mnist" and cfg.seeds == 3 and cfg.full_space
     assert (cfg.lr, cfg.beta2, cfg.l2, cfg.batch) == (1e-3, 0.99, 1e-4, 128)
-    # the stored sparse P by name (what "auto" picks may change), and d swept above Li et al.'s crossing
-    assert cfg.storage == "indices"
-    for net in ("fc", "lenet"):
-        assert max(getattr(cfg, f"{net}_dims")) > idim.LI_ET_AL[net]
+    assert (cfg.fc_epochs, cfg.lenet_epochs) == (100, 100)
+    assert cfg.fc_dims == (600, 700, 750, 800, 900, 1000) and cfg.lenet_dims == (200, 250, 290, 350, 400)
+    assert cfg.storage == "auto"
+    for net, D in (("fc", 199_210), ("lenet", 44_426)):
+        dims = getattr(cfg, f"{net}_dims")
+        assert min(dims) < idim.LI_ET_AL[net] < max(dims)
+        # "auto" keeps the stored sparse P at every swept d (what the summary then records)
+        assert {intrinsic._storage(cfg.storage, D, d) for d in dims} == {"indices"}
 
 
 def test_cli_set_overrides_reach_the_config_typed(monkeypatch, capsys, tmp_path):

@@ -68,6 +68,7 @@ FASTFOOD_MIN_D = 2500
 # can take gigabytes of activations (a CNN on CIFAR-10's 10,000 test images)
 EVAL_BATCH = 1000
 _FORMAT = "lscape.intrinsic_dimension/1"
+FULL_SPACE = "full"  # the run table's storage of a full-space (d = D baseline) run: no projection
 
 
 # ---- the result ---------------------------------------------------------------------------------------
@@ -80,7 +81,8 @@ class IntrinsicDimension:
     score after every epoch (NaN unless history=True); baseline: the reference score (measured: the mean of
     baseline_scores (seeds,) of full-space runs); threshold; D; seeds (the seed of each column); runs: the
     training runs the study took (baseline included); order: the d values in the order they were run (a
-    search's path); info: the study's settings."""
+    search's path); info: the study's settings, and under "storage_chosen" {str(d): the projection storage
+    d's runs were trained with ("indices", "implicit" or "fastfood"; what storage="auto" resolved to)}."""
     dims: np.ndarray
     scores: np.ndarray
     losses: np.ndarray
@@ -369,7 +371,9 @@ def _train(d: int | None, seed: int, sh: _Study) -> dict[str, Any]:
                 history[epoch] = _score(run.trained(), sh)[0]
         score, test_loss = _score(run.trained(), sh)
     history[-1] = score if sh.history else np.nan
-    return {"score": score, "loss": test_loss, "train_loss": train_loss, "history": history}
+    # the P this run was trained in, as built (what storage="auto" resolved to), recorded in the study file
+    storage = run.net.P.storage if run.subspace else FULL_SPACE
+    return {"score": score, "loss": test_loss, "train_loss": train_loss, "history": history, "storage": storage}
 
 
 def _run_chunk(i: int, sh: _Study) -> dict[str, Any]:
@@ -379,7 +383,8 @@ def _run_chunk(i: int, sh: _Study) -> dict[str, Any]:
 
 # ---- the run table: the study's checkpoint file ------------------------------------------------------------
 class _Runs:
-    """Finished runs {(d, seed): result} (d = 0 for the full space), saved to `file` after each."""
+    """Finished runs {(d, seed): result} (d = 0 for the full space), saved to `file` after each, with the
+    projection storage each run used (run_storage)."""
 
     def __init__(self, file, fingerprint: dict, epochs: int) -> None:
         self.file, self.fingerprint, self.epochs = file, fingerprint, epochs
@@ -400,7 +405,10 @@ class _Runs:
         for k, (d, s) in enumerate(zip(arrays["run_d"].tolist(), arrays["run_seed"].tolist(), strict=True)):
             self.done[(d, s)] = {"score": float(arrays["run_score"][k]), "loss": float(arrays["run_loss"][k]),
                                  "train_loss": float(arrays["run_train_loss"][k]),
-                                 "history": arrays["run_history"][k]}
+                                 "history": arrays["run_history"][k],
+                                 # files written before run_storage was kept: the storage that code chose
+                                 "storage": str(arrays["run_storage"][k]) if "run_storage" in arrays else
+                                 _storage(fingerprint["storage"], fingerprint["D"], d) if d else FULL_SPACE}
 
     def add(self, d: int, seed: int, result: dict[str, Any]) -> None:
         self.done[(d, seed)] = result
@@ -413,7 +421,8 @@ class _Runs:
         rows = [self.done[k] for k in keys]
         arrays = {"run_d": np.array([k[0] for k in keys], np.int64),
                   "run_seed": np.array([k[1] for k in keys], np.int64),
-                  "run_history": np.array([r["history"] for r in rows], np.float64).reshape(len(rows), self.epochs)}
+                  "run_history": np.array([r["history"] for r in rows], np.float64).reshape(len(rows), self.epochs),
+                  "run_storage": np.array([r["storage"] for r in rows], dtype=str)}
         for name in ("score", "loss", "train_loss"):
             arrays[f"run_{name}"] = np.array([r[name] for r in rows], np.float64)
         meta: dict[str, Any] = {"format": _FORMAT, "study": self.fingerprint}
@@ -563,7 +572,8 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
     storage: P's storage, "indices", "implicit" (a sparse P, stored or regenerated), "fastfood" (a
       FastfoodProjection), or "auto": fastfood where d >= 4 sqrt(D) and d >= 2,500 (FASTFOOD_NNZ_PER_ROW,
       FASTFOOD_MIN_D: where it was measured faster), else the sparse P, stored while its nonzeros take
-      under STORED_P_BYTES = 1 GiB, implicit (O(d) memory) above; never a dense D x d matrix.
+      under STORED_P_BYTES = 1 GiB, implicit (O(d) memory) above; never a dense D x d matrix.  The storage
+      each run was built with is kept: result.info["storage_chosen"], and `file`'s run table (run_storage).
     executor: "local", "ray" or an lscape.executor.Executor; each
       (d, seed) run is one chunk.  file: an .npz path written after every run; an existing file of the same
       study is resumed (its runs are not redone); a file of another study is refused.  history: also score
@@ -623,7 +633,8 @@ def intrinsic_dimension(model, loss_fn: Callable, data, *, test_data=None, dims:
         runs = _Runs(file, fingerprint, epochs)  # a file of another study is refused here, before any training
         res = _run_study(runs, sh, ex, dims, seed_list, base, threshold, D, search, on_run, progress)
         res.info = {**fingerprint, "baseline": baseline if isinstance(baseline, str) else base,
-                    "search": dataclasses.asdict(search) if dims is None else None}
+                    "search": dataclasses.asdict(search) if dims is None else None,
+                    "storage_chosen": {str(d): runs.done[(d, seed_list[0])]["storage"] for d in res.dims.tolist()}}
         if file is not None:
             runs.save(res)
     return res
