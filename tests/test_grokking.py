@@ -11,6 +11,7 @@ from lscape import cli
 from lscape.experiments import common
 from lscape.experiments import grokking as gk
 from lscape.experiments import grokking_stages as st
+from lscape.experiments import grokking_probes as gp
 from lscape.experiments import grokking_train as gt
 
 smoke_run = smoke_run_fixture(gk.run, "grok_smoke")
@@ -103,3 +104,25 @@ def test_set_values_that_make_no_study_are_refused_by_name_before_any_training(b
     assert rc == 2
     assert named in capsys.readouterr().err
     assert not out.exists()  # refused before the run folder, let alone a chunk
+
+
+def test_hessian_products_through_sdpa_equal_autograd_on_the_written_out_twin():
+    """The Hessian chunks' landscape (the trained network, SDPA, last position alone) against plain autograd
+    on the attention="math" twin computing every position."""
+    from lscape import probes
+    from lscape._flat import FlatLayout
+    cfg = gk.config("smoke")
+    split = st.load_data(cfg, None).mod
+    L = gp._landscape(cfg, split, True, gp.HESSIAN_ATTENTION)
+    twin = gt.transformer(cfg, cfg.seed, attention="math").double()
+    layout = FlatLayout.of(twin.gpt)  # LastToken's own parameters, in the same order
+    theta = layout.flatten(twin.gpt)
+    v = torch.randn(layout.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def loss(t):
+        logits = torch.func.functional_call(twin.gpt, layout.split(t), (split.x_train,))
+        return torch.nn.functional.cross_entropy(logits[:, -1, :cfg.p], split.y_train)
+
+    want = torch.autograd.functional.hvp(loss, theta, v)[1]
+    got = probes.hvp(L, theta.float(), v[None].float())[0].double()
+    torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-5 * float(want.abs().max()))

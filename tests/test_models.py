@@ -84,6 +84,25 @@ def test_math_attention_is_twice_differentiable():
     assert all(torch.isfinite(h).all() for h in hv) and any(h.abs().sum() > 0 for h in hv)
 
 
+@pytest.mark.parametrize("n_layers,attention", [(1, "sdpa"), (2, "sdpa"), (2, "math")])
+def test_last_position_alone_equals_the_full_forward_and_its_gradients(n_layers, attention):
+    m = nanogpt(n_layers=n_layers, context=8, attention=attention).double()
+    idx = _tokens(4, 7)
+    full, last = m(idx)[:, -1], m(idx, last=True)
+    assert last.shape == (4, 65)
+    torch.testing.assert_close(last, full, rtol=1e-12, atol=1e-12)
+    params = list(m.parameters())
+    target = idx[:, 0]
+    g_full = torch.autograd.grad(nn.functional.cross_entropy(full, target), params)
+    g_last = torch.autograd.grad(nn.functional.cross_entropy(last, target), params)
+    for a, b in zip(g_full, g_last, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # the other positions do matter: the last one attends to every key
+    other = idx.clone()
+    other[:, 0] = (other[:, 0] + 1) % 65
+    assert not torch.allclose(m(other, last=True), last)
+
+
 def test_nanogpt_tied_head_shares_the_embedding():
     m = nanogpt()
     assert m.lm_head.weight is m.wte.weight

@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from ._hvpbase import differentiating, row_chunks
-from ._hvploss import _row_weights
+from ._hvploss import _reduce_rows, _row_weights
 from ._hvploss import cross_entropy as _cross_entropy
 
 __all__ = ["cross_entropy", "linear", "HEAD_MIN_CLASSES"]
@@ -57,13 +57,6 @@ def _head_of(z: torch.Tensor):
     same_rows = (src.is_contiguous() and z.is_contiguous() and z.data_ptr() == src.data_ptr()
                  and z.numel() == src.numel() and z.shape[1] == W.shape[0])
     return (h.reshape(-1, h.shape[-1]), W, b) if same_rows else None
-
-
-def _reduce(spec, per_row: torch.Tensor, gL: torch.Tensor) -> torch.Tensor:
-    """d/d(gL) from each row's (p . c - c_y) * valid."""
-    if spec.reduction == "none":
-        return per_row.reshape(gL.shape)
-    return per_row.sum() / spec.count if spec.reduction == "mean" else per_row.sum()
 
 
 class _HeadGrad(torch.autograd.Function):
@@ -111,7 +104,7 @@ class _HeadGrad(torch.autograd.Function):
             if db is not None:
                 db += dz.sum(0)
             del p, c, dz, gz
-        return _reduce(spec, per_row, gL), dh, dW, db, None, None, None, None
+        return _reduce_rows(spec, per_row, gL), dh, dW, db, None, None, None, None
 
 
 def _second_differentiable(spec, gL, w, h, W, b, y, u, vW, vb):
@@ -124,7 +117,7 @@ def _second_differentiable(spec, gL, w, h, W, b, y, u, vW, vb):
     dz = w[:, None] * p * (c - pc[:, None])
     per_row = (pc - c.gather(1, y[:, None])[:, 0]) * spec.valid
     db = None if b is None else dz.sum(0)
-    return _reduce(spec, per_row, gL), dz @ W + gz @ vW, dz.t() @ h + gz.t() @ u, db
+    return _reduce_rows(spec, per_row, gL), dz @ W + gz @ vW, dz.t() @ h + gz.t() @ u, db
 
 
 class _HeadCE(torch.autograd.Function):

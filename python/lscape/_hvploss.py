@@ -48,6 +48,13 @@ def _row_weights(spec: _Spec, gL: torch.Tensor) -> torch.Tensor:
     return w * spec.valid
 
 
+def _reduce_rows(spec: _Spec, per_row: torch.Tensor, gL: torch.Tensor) -> torch.Tensor:
+    """d/d(gL) from each row's (M,) derivative of w's factor, reduced as the loss was (gL's shape)."""
+    if spec.reduction == "none":
+        return per_row.reshape(gL.shape)
+    return per_row.sum() / spec.count if spec.reduction == "mean" else per_row.sum()
+
+
 class _CEGrad(torch.autograd.Function):
     """(gL, z, y, lse) -> gz: cross-entropy's first backward, differentiable once more in gL and z."""
 
@@ -76,12 +83,7 @@ class _CEGrad(torch.autograd.Function):
                 p = torch.sub(z2[rows], lse[rows, None], out=dz[rows]).exp_()
                 pv[rows] = (p * v2[rows]).sum(1)
                 p.mul_(v2[rows] - pv[rows, None]).mul_(w[rows, None])
-        per_row = (pv - vy) * spec.valid
-        if spec.reduction == "none":
-            dgL = per_row.reshape(gL.shape)
-        else:
-            dgL = per_row.sum() / spec.count if spec.reduction == "mean" else per_row.sum()
-        return dgL, _unrows(dz, spec.shape), None, None, None
+        return _reduce_rows(spec, (pv - vy) * spec.valid, gL), _unrows(dz, spec.shape), None, None, None
 
 
 class _CE(torch.autograd.Function):

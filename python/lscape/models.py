@@ -127,12 +127,19 @@ class _SelfAttention(nn.Module):
         self.c_attn = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.c_proj = nn.Linear(d_model, d_model, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """x (N, T, C) -> (N, T, C); last=True: the last position's output only, (N, 1, C)."""
         N, T, C = x.shape
-        q, k, v = (t.view(N, T, self.n_heads, C // self.n_heads).transpose(1, 2)
-                   for t in self.c_attn(x).split(C, dim=2))
-        y = attention(q, k, v, causal=self.causal, how=self.attention)
-        return self.c_proj(y.transpose(1, 2).reshape(N, T, C))
+        if last:  # keys and values of every position, the query of the last one alone
+            w, b = self.c_attn.weight, self.c_attn.bias
+            q = F.linear(x[:, -1:], w[:C], None if b is None else b[:C])
+            k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)
+        else:
+            q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(N, t.shape[1], self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        # the last query sees every key, so its causal mask is no mask
+        y = attention(q, k, v, causal=self.causal and not last, how=self.attention)
+        return self.c_proj(y.transpose(1, 2).reshape(N, q.shape[2], C))
 
 
 class _Block(nn.Module):
@@ -151,8 +158,9 @@ class _Block(nn.Module):
         self.mlp.add_module("act", ACTIVATIONS[activation]())
         self.mlp.add_module("c_proj", nn.Linear(mlp_ratio * d_model, d_model, bias=bias))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """x (N, T, C) -> (N, T, C); last=True: the last position only, (N, 1, C)."""
+        x = (x[:, -1:] if last else x) + self.attn(self.ln_1(x), last)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -187,7 +195,9 @@ def _transformer_args(d_model, n_layers, n_heads, mlp_ratio, attention) -> tuple
 class GPT(nn.Module):
     """A nanoGPT-style decoder: token (wte) + learned position (wpe) embeddings, pre-LN blocks of causal
     self-attention and an MLP, final LayerNorm (ln_f), LM head (tied to wte when `tied`).
-    forward(idx (N, T) int64, T <= context) -> logits (N, T, vocab_size)."""
+    forward(idx (N, T) int64, T <= context) -> logits (N, T, vocab_size); forward(idx, last=True) -> the
+    last position's logits (N, vocab_size), forward(idx)[:, -1] without the other positions' work in the
+    last block (its queries, MLP and head run for the last position alone)."""
 
     def __init__(self, vocab_size: int, context: int, d_model: int, n_layers: int, n_heads: int,
                  mlp_ratio: int, *, activation: str, layer_norm: bool, tied: bool, bias: bool,
@@ -204,15 +214,16 @@ class GPT(nn.Module):
             self.lm_head.weight = self.wte.weight
         _init_like_nanogpt(self, n_layers)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, last: bool = False) -> torch.Tensor:
         if idx.ndim != 2 or idx.dtype != torch.int64 or not 1 <= idx.shape[1] <= self.context:
             raise ValueError(f"idx: got {_checks.describe(idx)}, expected int64 token ids of shape (N, T) "
                              f"with 1 <= T <= context = {self.context}")
         pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
-        for block in self.blocks:
-            x = block(x)
-        return self.lm_head(self.ln_f(x))
+        for i, block in enumerate(self.blocks):
+            x = block(x, last and i == len(self.blocks) - 1)
+        logits = self.lm_head(self.ln_f(x))
+        return logits[:, -1] if last else logits
 
 
 def nanogpt(vocab_size: int = 65, context: int = 64, d_model: int = 128, n_layers: int = 4, n_heads: int = 4,

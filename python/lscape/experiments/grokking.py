@@ -20,8 +20,8 @@ Tegmark 2023) LU mechanism and MNIST grokking.
 
 Every training segment, Hessian snapshot, LU cell and the line/NEB stage is a checkpointed chunk: a killed
 run resumes where it stopped, and the independent chunks (Hessians, LU cells) run side by side on Ray.
-Until Hessian products go through F.scaled_dot_product_attention, the Hessian chunks evaluate the same
-network with attention written out (nanogpt(attention="math")).
+Hessian products go through the network as it is trained, F.scaled_dot_product_attention included
+(lscape._hvpattention writes out its second derivatives).
 """
 from __future__ import annotations
 

@@ -24,20 +24,23 @@ class LastToken(nn.Module):
     """Nanda et al.'s readout: the transformer's logits at the last position ('='), over the p residues.
 
     forward(idx (N, 3) int64) -> (N, p) logits.  The '=' token's unembedding row is never read (Nanda et
-    al. unembed to p classes; nanogpt unembeds to its vocabulary of p + 1)."""
+    al. unembed to p classes; nanogpt unembeds to its vocabulary of p + 1).  Only the last position's
+    query, MLP and logits are computed (GPT.forward(last=True)): the same function as Nanda et al.'s, which
+    computes all three positions and reads one, at 2.6x less work an epoch (54 vs 142 ms at p = 113 on
+    2 cores)."""
 
     def __init__(self, gpt: nn.Module, p: int) -> None:
         super().__init__()
         self.gpt, self.p = gpt, p
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.gpt(idx)[:, -1, :self.p]
+        return self.gpt(idx, last=True)[:, :self.p]
 
 
 def transformer(cfg: Any, seed: int, attention: str = "sdpa") -> LastToken:
     """Nanda et al.'s one-layer ReLU transformer without LayerNorm for (a op b) mod p (D = 227,328 at
-    p = 113, d_model = 128).  attention="math" is the same function with attention written out, for the
-    Hessian products (double backward), until the fused one has its own."""
+    p = 113, d_model = 128).  attention="math" is the same function with attention written out in plain
+    ops (the tests check the Hessian products through SDPA against it)."""
     gpt = models.nanogpt(vocab_size=cfg.p + 1, context=3, d_model=cfg.d_model, n_layers=1, n_heads=cfg.n_heads,
                          activation="relu", layer_norm=False, tied=False, attention=attention, seed=seed)
     return LastToken(gpt, cfg.p)
