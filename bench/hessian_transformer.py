@@ -21,7 +21,9 @@ Cases:
 Each prints the median wall and CPU seconds (of --reps) of a gradient / a product, the graph build's, and
 the process's peak resident memory (GB; imports, model and data included, the same in every case; and
 build_peak_gb, the peak once the graph is built, before any product);
-`compare` adds the ratios to the gradient.
+`compare` adds the ratios to the gradient.  --profile: one more call under torch.profiler, whose matrix
+products' own time (mm, addmm, bmm, baddbmm, linear's) is printed beside the gradient's whole time: the
+floor any product pays, whatever is written around them.
 """
 from __future__ import annotations
 
@@ -63,6 +65,18 @@ def _timed(fn, keep: bool = False):
     return (out if keep else None), wall, cpu
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm")
+
+
+def _matmul_seconds(fn) -> float:
+    """The seconds fn() spends inside matrix products (their own CPU time, torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMULS) / 1e6
+
+
 def one(a: argparse.Namespace) -> dict:
     from lscape import _hvpops
 
@@ -74,12 +88,14 @@ def one(a: argparse.Namespace) -> dict:
     def loss():
         z = logits(x)
         return F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1))
-    walls, cpus, build, build_peak = [], [], (0.0, 0.0), 0.0
+    walls, cpus, build, build_peak, mm = [], [], (0.0, 0.0), 0.0, None
     if a.case == "grad":
         for _ in range(a.reps + 1):  # the first is a warm-up
             _, w, c = _timed(lambda: torch.autograd.grad(loss(), params))
             walls.append(w)
             cpus.append(c)
+        if a.profile:
+            mm = _matmul_seconds(lambda: torch.autograd.grad(loss(), params))
     else:
         def graph():
             with _hvpops.hvp_mode(model) if a.case == "lscape" else torch.enable_grad():
@@ -95,18 +111,21 @@ def one(a: argparse.Namespace) -> dict:
                 _, w, c = _timed(lambda vs=vs: torch.autograd.grad(g, params, vs, retain_graph=True))
                 walls.append(w)
                 cpus.append(c)
+            if a.profile:
+                mm = _matmul_seconds(lambda vs=vs: torch.autograd.grad(g, params, vs, retain_graph=True))
     peak = _isolated.peak_gb()
     return {"model": a.model, "case": a.case, "threads": a.threads, "D": sum(p.numel() for p in params),
             "wall": statistics.median(walls[1:]), "cpu": statistics.median(cpus[1:]), "first_wall": walls[0],
             "build_wall": build[0], "build_cpu": build[1], "build_peak_gb": build_peak, "peak_gb": peak,
-            "reps": a.reps}
+            "reps": a.reps, "matmul_s": mm}
 
 
 def compare(a: argparse.Namespace) -> None:
     rows = {}
     for case in a.cases:
         rows[case] = _isolated.one_in_a_process(__file__, ["--case", case, "--model", a.model, "--threads",
-                                                            str(a.threads), "--reps", str(a.reps)])
+                                                            str(a.threads), "--reps", str(a.reps)]
+                                                + (["--profile"] if a.profile else []))
     g = rows.get("grad")
     print(f"\n{a.model} (D = {next(iter(rows.values()))['D']:,}), float32, CPU, {a.threads} thread(s), "
           f"median of {a.reps}")
@@ -118,6 +137,12 @@ def compare(a: argparse.Namespace) -> None:
         mem = f"{r['peak_gb'] / g['peak_gb']:.2f}" if g else "—"
         build = f"{r['build_wall']:.3f}" if r["case"] != "grad" else "—"
         print(f"| {r['case']} | {r['wall']:.3f} | {r['cpu']:.3f} | {rel} | {build} | {r['peak_gb']:.2f} | {mem} |")
+    if a.profile:  # one call each under the profiler: the wall seconds of its matrix products' calls
+        print("\n| case | matrix products s (profiled call, wall) | / the gradient's median wall s |")
+        print("| --- | --- | --- |")
+        for r in rows.values():
+            rel = f"{r['matmul_s'] / g['wall']:.2f}x" if g else "—"
+            print(f"| {r['case']} | {r['matmul_s']:.3f} | {rel} |")
 
 
 def main() -> None:
@@ -127,6 +152,7 @@ def main() -> None:
     ap.add_argument("--model", choices=("nanogpt", "gpt2"), default="nanogpt")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions (after one warm-up); the median")
+    ap.add_argument("--profile", action="store_true", help="one more call profiled: its matrix products' time")
     _isolated.main(ap, one, compare)
 
 

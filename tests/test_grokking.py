@@ -10,8 +10,8 @@ from conftest import assert_run_outputs, smoke_run_fixture
 from lscape import cli
 from lscape.experiments import common
 from lscape.experiments import grokking as gk
-from lscape.experiments import grokking_stages as st
 from lscape.experiments import grokking_probes as gp
+from lscape.experiments import grokking_stages as st
 from lscape.experiments import grokking_train as gt
 
 smoke_run = smoke_run_fixture(gk.run, "grok_smoke")

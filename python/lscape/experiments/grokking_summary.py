@@ -49,11 +49,15 @@ def _modular(res: dict[str, Any]) -> dict[str, Any]:
 def _hessian(res: dict[str, Any]) -> dict[str, Any]:
     s, top, tr = res["mod_snap_step"], res["hess_eigs"][:, 0], res["hess_trace"]
     k = int(np.argmax(top))
-    j = int(res["mem_index"])
-    return {"snapshot_epochs": s.tolist(), "top_eigenvalue": top.tolist(), "trace": tr.tolist(),
-            "top_eigenvalue_max": float(top[k]), "top_eigenvalue_max_epoch": int(s[k]),
-            "at_memorised": {"epoch": int(s[j]), "top": float(top[j]), "trace": float(tr[j])},
-            "final": {"epoch": int(s[-1]), "top": float(top[-1]), "trace": float(tr[-1])}}
+    at = lambda j: {"epoch": int(s[j]), "top": float(top[j]), "trace": float(tr[j])}  # noqa: E731
+    out = {"snapshot_epochs": s.tolist(), "top_eigenvalue": top.tolist(), "trace": tr.tolist(),
+           "top_eigenvalue_max": float(top[k]), "top_eigenvalue_max_epoch": int(s[k]),
+           "at_memorised": at(int(res["mem_index"])), "final": at(len(s) - 1)}
+    grok = first_step(res["mod_rec_step"], res["mod_rec"][:, 3], 0.9)
+    if grok is not None:  # the snapshots either side of the test accuracy's crossing of 0.9
+        j = int(np.searchsorted(s, grok))
+        out["around_grokked"] = [at(i) for i in sorted({max(j - 1, 0), min(j, len(s) - 1)})]
+    return out
 
 
 def _paths(res: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +95,8 @@ def summary(cfg, res: dict[str, Any]) -> dict[str, Any]:
            "epochs": cfg.epochs, "modular_addition": _modular(res), "hessian": _hessian(res),
            "paths": _paths(res), "lu_transformer": _lu(res, "mod"), "lu_mnist": _lu(res, "mnist"),
            "mnist_grokking": _mnist(res), "papers": PAPERS,
-           "hessian_attention": "math (same function as sdpa; switch once sdpa has Hessian products)"}
+           "hessian_attention": "sdpa (the network as trained; lscape._hvpattention's written-out second "
+                                "derivatives)"}
     return _finite(out)
 
 
