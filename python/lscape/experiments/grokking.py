@@ -118,11 +118,13 @@ SCALES: dict[str, Config] = {
                     lu_scales=(0.5, 1.0, 2.0), lu_epochs=10, mnist_dataset="digits", mnist_train=200, mnist_test=300,
                     mnist_width=32, mnist_lu_steps=10, mnist_steps=40, mnist_segment_steps=20, mnist_record_log=6,
                     evals=3),
-    # <= 10 minutes on 2 cores: p = 59 (1,044 training pairs), Nanda et al.'s network at 3x their learning
-    # rate (lr 1e-3 had not memorised after 1,500 epochs); MNIST grokking with weight decay 0.2 (not 0.01),
-    # so the norm decays, and the test accuracy rises, within 8,000 steps
-    "default": Config("default", p=59, lr=3e-3, epochs=2_500, segment_epochs=500, record_log=30, record_every=50,
-                      snapshot_log=4, snapshot_linear=7, hessian_k=2, hessian_tol=1e-2, hessian_iters=30,
+    # <= 10 minutes on 2 cores: p = 59 with half the pairs for training (1,740), Nanda et al.'s network and
+    # optimiser; measured: train accuracy 1 by epoch 100, test accuracy 0.9 near epoch 850 (at 30% of the
+    # pairs p = 59 had not grokked by epoch 3,300); MNIST grokking with weight decay 0.2 (not 0.01), so the
+    # norm decays, and the test accuracy rises, within 8,000 steps
+    "default": Config("default", p=59, train_fraction=0.5, epochs=2_000, segment_epochs=500, record_log=30,
+                      record_every=25,
+                      snapshot_log=4, snapshot_linear=10, hessian_k=2, hessian_tol=1e-2, hessian_iters=30,
                       hutchinson_samples=6, surface_grid=11, line_points=21, neb_images=8, neb_steps=40,
                       lu_scales=(0.3, 0.5, 0.7, 1.0, 1.5, 2.2, 3.3), lu_epochs=200, lu_lr=3e-3,
                       mnist_test=2_000, mnist_lu_steps=1_000, mnist_weight_decay=0.2, mnist_steps=8_000,

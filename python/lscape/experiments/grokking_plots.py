@@ -141,9 +141,13 @@ def fig5_lu(res, cfg, plt):
         for ax in axes[row]:
             ax.axvline(1.0, color="grey", ls=":", lw=1, label=f"w0 = {float(res[f'lu_{net}_w0']):.3g}")
             ax.set_xscale("log")
+            ticks = s if len(s) <= 11 else s[::2]  # the grid's own values, plainly written
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks], minor=False)
+            ax.set_xticks([], minor=True)
             ax.set_xlabel("weight norm w / w0 (training on the sphere |theta| = w)")
             ax.set_title(f"{title}: after training at fixed norm", fontsize=10)
             ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig, "fig5_lu.png"
 
 
