@@ -129,8 +129,9 @@ SCALES: dict[str, Config] = {
                       lu_scales=(0.3, 0.5, 0.7, 1.0, 1.5, 2.2, 3.3), lu_epochs=200, lu_lr=3e-3,
                       mnist_test=2_000, mnist_lu_steps=1_000, mnist_weight_decay=0.2, mnist_steps=8_000,
                       mnist_segment_steps=2_000, mnist_record_log=40, evals=5),
-    # the papers' budgets (a GPU job): Nanda et al.'s 40,000 epochs, Omnigrok's 10,000 / 100,000 steps and
-    # its grid of 21 norms from w0 / 10 to 10 w0 (the transformer's own run: 1.4 w0 at memorisation, ~0.9 w0 once grokked)
+    # the papers' budgets: Nanda et al.'s 40,000 epochs, Omnigrok's 10,000 / 100,000 steps and its grid
+    # of 21 norms from w0 / 10 to 10 w0 (the transformer's own run: 1.4 w0 at memorisation, ~0.9 w0 once
+    # grokked)
     "paper": Config("paper", lu_scales=tuple(round(10 ** (k / 10), 4) for k in range(-10, 11))),
 }
 
