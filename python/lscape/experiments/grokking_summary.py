@@ -49,7 +49,10 @@ def _modular(res: dict[str, Any]) -> dict[str, Any]:
 def _hessian(res: dict[str, Any]) -> dict[str, Any]:
     s, top, tr = res["mod_snap_step"], res["hess_eigs"][:, 0], res["hess_trace"]
     k = int(np.argmax(top))
-    at = lambda j: {"epoch": int(s[j]), "top": float(top[j]), "trace": float(tr[j])}  # noqa: E731
+
+    def at(j: int) -> dict[str, float]:
+        return {"epoch": int(s[j]), "top": float(top[j]), "trace": float(tr[j])}
+
     out = {"snapshot_epochs": s.tolist(), "top_eigenvalue": top.tolist(), "trace": tr.tolist(),
            "top_eigenvalue_max": float(top[k]), "top_eigenvalue_max_epoch": int(s[k]),
            "at_memorised": at(int(res["mem_index"])), "final": at(len(s) - 1)}
